@@ -1,0 +1,19 @@
+"""Pure token-compression pieces: structures, merge/reconstruct, configs.
+
+Nothing here imports mmseg, so it can be used and tested on its own.
+"""
+from .config import CompressionConfig
+from .merge import (TokenCompressor, merge_matrix, merge_sparse,
+                    reconstruct_matrix, reconstruct_sparse)
+from .structure import (CompressionStructure, assign_groups, build_structure,
+                        lattice_centres, lattice_structure,
+                        nearest_rule_groups, reconstruct_weights,
+                        row_rule_groups)
+
+__all__ = [
+    'CompressionConfig', 'CompressionStructure', 'TokenCompressor',
+    'assign_groups', 'build_structure', 'lattice_centres',
+    'lattice_structure', 'merge_matrix', 'merge_sparse',
+    'nearest_rule_groups', 'reconstruct_matrix', 'reconstruct_sparse',
+    'reconstruct_weights', 'row_rule_groups'
+]

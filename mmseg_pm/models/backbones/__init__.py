@@ -1,0 +1,3 @@
+from .pm_vit import PMVisionTransformer
+
+__all__ = ['PMVisionTransformer']

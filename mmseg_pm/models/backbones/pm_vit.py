@@ -1,0 +1,471 @@
+"""Prune-and-Merge Vision Transformer: Segmenter's ViT with token
+compression inside the encoder and the full grid back at every output.
+
+Drop-in for mmseg's ``VisionTransformer``: the same constructor arguments and
+parameter names (mmseg's Segmenter checkpoints load as they are), and with
+``compression=None`` the same function. Attention runs through
+``scaled_dot_product_attention``; ``Attention.probs_hook`` switches one block
+to an explicit softmax so a scoring pass can see (and differentiate through)
+the attention probabilities.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import constant_init, kaiming_init, trunc_normal_
+from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+from mmseg.models.utils import PatchEmbed, resize
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.utils import _pair
+
+from mmseg_pm.compression.config import CompressionConfig
+from mmseg_pm.compression.merge import TokenCompressor
+from mmseg_pm.compression.structure import (CompressionStructure,
+                                            lattice_structure)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on the residual branch (per sample)."""
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x
+        keep = 1 - self.drop_prob
+        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class QKVProjection(nn.Module):
+    """Holds the projections under the names of ``nn.MultiheadAttention``
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj``), which is what
+    mmseg's checkpoints store them as."""
+
+    def __init__(self, embed_dims: int, bias: bool = True):
+        super().__init__()
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dims,
+                                                       embed_dims))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dims)) \
+            if bias else None
+        self.out_proj = nn.Linear(embed_dims, embed_dims, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional explicit-softmax path.
+
+    ``probs_hook``: when set, the block computes ``softmax(q k^T / sqrt(d))``
+    explicitly and calls ``probs_hook(probs)`` with the (B, heads, T, T)
+    tensor before using it (a scoring pass registers gradient hooks on it).
+    Otherwise fused ``scaled_dot_product_attention`` is used.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, attn_drop: float = 0.,
+                 proj_drop: float = 0., qkv_bias: bool = True):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims={embed_dims} is not divisible by '
+                             f'num_heads={num_heads}')
+        self.num_heads = num_heads
+        self.attn = QKVProjection(embed_dims, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.probs_hook: Optional[Callable[[Tensor], None]] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
+        q, k, v = qkv.view(b, t, 3, self.num_heads,
+                           c // self.num_heads).permute(2, 0, 3, 1, 4)
+        drop = self.attn_drop if self.training else 0.
+        if self.probs_hook is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            scale = 1.0 / math.sqrt(q.shape[-1])
+            probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+            self.probs_hook(probs)
+            out = F.dropout(probs, drop, self.training) @ v
+        out = out.transpose(1, 2).reshape(b, t, c)
+        return self.proj_drop(self.attn.out_proj(out))
+
+
+class FFN(nn.Module):
+    """Two-layer MLP named like mmcv's FFN (``layers.0.0``, ``layers.1``)."""
+
+    def __init__(self, embed_dims: int, hidden_dims: int, act_cfg: dict,
+                 drop: float = 0.):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(embed_dims, hidden_dims),
+                          build_activation_layer(act_cfg), nn.Dropout(drop)),
+            nn.Linear(hidden_dims, embed_dims), nn.Dropout(drop))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm ViT block, laid out as mmseg's TransformerEncoderLayer
+    (stochastic depth on the FFN branch only, as there)."""
+
+    def __init__(self, embed_dims: int, num_heads: int, hidden_dims: int,
+                 drop_rate: float = 0., attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0., qkv_bias: bool = True,
+                 act_cfg: dict = dict(type='GELU'),
+                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False):
+        super().__init__()
+        self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.attn = Attention(embed_dims, num_heads, attn_drop_rate,
+                              drop_rate, qkv_bias)
+        self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.ffn = FFN(embed_dims, hidden_dims, act_cfg, drop_rate)
+        self.drop_path = DropPath(drop_path_rate)
+        self.with_cp = with_cp
+
+    def _forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.drop_path(self.ffn(self.ln2(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+@MODELS.register_module()
+class PMVisionTransformer(BaseModule):
+    """Vision Transformer with Prune-and-Merge token compression.
+
+    Arguments are those of mmseg's ``VisionTransformer`` plus:
+
+    Args:
+        compression (dict | None): None for the dense model, else
+            ``dict(mode='layer', layers=[...])`` or
+            ``dict(mode='span', spans=[(first, last), ...])`` with optional
+            ``keep_rate`` (0.7), ``prune_rate`` (0.0), ``rule`` ('row' or
+            'nearest'), ``impl`` ('sparse' or 'dense') and ``trainable``
+            (True: merge/reconstruct weights are learnt). Until a structure
+            is installed (``set_structures`` or a checkpoint), every unit uses
+            centres on a regular lattice with ``keep_rate`` of the tokens and
+            no pruning. The structures are built for the grid of ``img_size``.
+    """
+
+    def __init__(self,
+                 img_size=224,
+                 patch_size=16,
+                 patch_pad='corner',
+                 in_channels=3,
+                 embed_dims=768,
+                 num_layers=12,
+                 num_heads=12,
+                 mlp_ratio=4,
+                 out_origin=False,
+                 out_indices=-1,
+                 qkv_bias=True,
+                 drop_rate=0.,
+                 attn_drop_rate=0.,
+                 drop_path_rate=0.,
+                 with_cls_token=True,
+                 output_cls_token=False,
+                 norm_cfg=dict(type='LN'),
+                 act_cfg=dict(type='GELU'),
+                 patch_norm=False,
+                 patch_bias=False,
+                 pre_norm=False,
+                 final_norm=False,
+                 interpolate_mode='bicubic',
+                 num_fcs=2,
+                 norm_eval=False,
+                 with_cp=False,
+                 frozen_exclude=['all'],
+                 compression=None,
+                 pretrained=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if isinstance(img_size, int):
+            img_size = _pair(img_size)
+        elif isinstance(img_size, (tuple, list)):
+            img_size = tuple(img_size)
+            if len(img_size) == 1:
+                img_size = _pair(img_size[0])
+            if len(img_size) != 2:
+                raise ValueError(f'img_size must have 1 or 2 entries, got '
+                                 f'{img_size}')
+        if output_cls_token and not with_cls_token:
+            raise ValueError('output_cls_token=True needs with_cls_token=True')
+        if num_fcs != 2:
+            raise ValueError(f'only num_fcs=2 is supported, got {num_fcs}')
+        if init_cfg and pretrained:
+            raise ValueError('init_cfg and pretrained cannot be set at the '
+                             'same time')
+        if isinstance(pretrained, str):
+            warnings.warn('DeprecationWarning: pretrained is deprecated, '
+                          'please use "init_cfg" instead')
+            self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        elif pretrained is not None:
+            raise TypeError('pretrained must be a str or None')
+
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.interpolate_mode = interpolate_mode
+        self.norm_eval = norm_eval
+        self.pretrained = pretrained
+        self.out_origin = out_origin
+        self.frozen_exclude = frozen_exclude
+        self.with_cls_token = with_cls_token
+        self.output_cls_token = output_cls_token
+
+        self.patch_embed = PatchEmbed(
+            in_channels=in_channels,
+            embed_dims=embed_dims,
+            conv_type='Conv2d',
+            kernel_size=patch_size,
+            stride=patch_size,
+            padding=patch_pad,
+            bias=patch_bias,
+            norm_cfg=norm_cfg if patch_norm else None,
+            init_cfg=None)
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1,
+                                                  embed_dims))
+        self.drop_after_pos = nn.Dropout(p=drop_rate)
+        self.pre_norm = pre_norm
+        if pre_norm:
+            self.ln_pre = build_norm_layer(norm_cfg, embed_dims)[1]
+
+        if isinstance(out_indices, int):
+            out_indices = [num_layers - 1 if out_indices == -1 else out_indices]
+        elif not isinstance(out_indices, (list, tuple)):
+            raise TypeError('out_indices must be type of int, list or tuple')
+        self.out_indices = [num_layers + i if i < 0 else i for i in out_indices]
+
+        dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
+        self.layers = nn.ModuleList(
+            TransformerBlock(embed_dims, num_heads, mlp_ratio * embed_dims,
+                             drop_rate, attn_drop_rate, dpr[i], qkv_bias,
+                             act_cfg, norm_cfg, with_cp)
+            for i in range(num_layers))
+        self.final_norm = final_norm
+        if final_norm:
+            self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
+
+        self.compression = CompressionConfig.from_dict(compression, num_layers)
+        self.token_compressors = nn.ModuleDict()
+        if self.compression is not None:
+            default = lattice_structure(self.grid_size,
+                                        self.compression.keep_rate,
+                                        self.compression.rule)
+            for first, _ in self.compression.units:
+                self.token_compressors[str(first)] = TokenCompressor(
+                    default, self.compression.impl,
+                    self.compression.trainable)
+        self._freeze()
+
+    # ------------------------------------------------------------------
+    # structures
+    @property
+    def compressed_units(self) -> List[Tuple[int, int]]:
+        return [] if self.compression is None else list(self.compression.units)
+
+    def structures(self) -> List[CompressionStructure]:
+        """Current structure of every compressed unit, in block order."""
+        return [self.token_compressors[str(a)].structure()
+                for a, _ in self.compressed_units]
+
+    def set_structures(self, structures: Sequence[CompressionStructure]) -> None:
+        """Install one structure per compressed unit (in block order)."""
+        units = self.compressed_units
+        if len(structures) != len(units):
+            raise ValueError(f'got {len(structures)} structures for '
+                             f'{len(units)} compressed units {units}')
+        for (first, _), structure in zip(units, structures):
+            self.token_compressors[str(first)].set_structure(structure)
+
+    # ------------------------------------------------------------------
+    # weights
+    def init_weights(self):
+        if isinstance(self.init_cfg, dict) and \
+                self.init_cfg.get('type') == 'Pretrained':
+            checkpoint = CheckpointLoader.load_checkpoint(
+                self.init_cfg['checkpoint'], logger=None, map_location='cpu')
+            state_dict = checkpoint.get('state_dict', checkpoint)
+            prefix = self.init_cfg.get('prefix')
+            if prefix:
+                prefix = prefix.rstrip('.') + '.'
+                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
+                              if k.startswith(prefix)}
+            if 'pos_embed' in state_dict and \
+                    state_dict['pos_embed'].shape != self.pos_embed.shape:
+                print_log(f'Resize the pos_embed shape from '
+                          f'{tuple(state_dict["pos_embed"].shape)} to '
+                          f'{tuple(self.pos_embed.shape)}')
+                old = int(math.sqrt(state_dict['pos_embed'].shape[1] - 1))
+                state_dict['pos_embed'] = self.resize_pos_embed(
+                    state_dict['pos_embed'], self.grid_size, (old, old),
+                    self.interpolate_mode)
+            load_state_dict(self, state_dict, strict=False, logger=None)
+        elif self.init_cfg is not None:
+            super().init_weights()
+        else:
+            trunc_normal_(self.pos_embed, std=.02)
+            trunc_normal_(self.cls_token, std=.02)
+            for name, m in self.named_modules():
+                if isinstance(m, nn.Linear):
+                    trunc_normal_(m.weight, std=.02)
+                    if m.bias is not None:
+                        if 'ffn' in name:
+                            nn.init.normal_(m.bias, mean=0., std=1e-6)
+                        else:
+                            nn.init.constant_(m.bias, 0)
+                elif isinstance(m, QKVProjection):
+                    trunc_normal_(m.in_proj_weight, std=.02)
+                    if m.in_proj_bias is not None:
+                        nn.init.constant_(m.in_proj_bias, 0)
+                elif isinstance(m, nn.Conv2d):
+                    kaiming_init(m, mode='fan_in', bias=0.)
+                elif isinstance(m, (_BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+                    constant_init(m, val=1.0, bias=0.)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # A checkpoint's structures must match this model's compressed units:
+        # loading them into other blocks would be a silent wrong answer.
+        key = prefix + 'token_compressors.'
+        saved = sorted({k[len(key):].split('.')[0]
+                        for k in state_dict if k.startswith(key)}, key=int)
+        ours = sorted(self.token_compressors.keys(), key=int)
+        if saved and saved != ours:
+            raise ValueError(
+                f'the checkpoint has compressed units starting at blocks '
+                f'{saved} but this model is configured with {ours} '
+                f'(compression={self.compression}); make the config\'s '
+                '`compression` match the one the checkpoint was made with')
+        if ours and not saved and any(k.startswith(prefix) for k in state_dict):
+            print_log(
+                'loading a checkpoint without compression structures into a '
+                'compressed PMVisionTransformer: every compressed unit keeps '
+                'the built-in lattice structure (run tools/prune.py to derive '
+                'one from token scores)', logger='current', level=30)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _freeze(self):
+        if 'all' in self.frozen_exclude:
+            return
+        for name, param in self.named_parameters():
+            if not any(exclude in name for exclude in self.frozen_exclude):
+                param.requires_grad = False
+
+    @staticmethod
+    def resize_pos_embed(pos_embed: Tensor, input_shape, pos_shape,
+                         mode: str) -> Tensor:
+        """Resize the patch part of ``pos_embed`` (1, 1 + h*w, C)."""
+        pos_h, pos_w = pos_shape
+        cls_pos = pos_embed[:, :1]
+        grid = pos_embed[:, -pos_h * pos_w:].reshape(1, pos_h, pos_w, -1)
+        grid = resize(grid.permute(0, 3, 1, 2), size=tuple(input_shape),
+                      align_corners=False, mode=mode)
+        return torch.cat((cls_pos, grid.flatten(2).transpose(1, 2)), dim=1)
+
+    # ------------------------------------------------------------------
+    # forward
+    def _check_grid(self, inputs: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Pad inputs whose token grid is smaller than the structures' grid;
+        refuse larger ones. Returns the (maybe padded) inputs and the grid
+        the outputs are cropped back to."""
+        p = self.patch_size
+        grid = (math.ceil(inputs.shape[-2] / p), math.ceil(inputs.shape[-1] / p))
+        if self.compression is None or grid == self.grid_size:
+            return inputs, grid
+        gh, gw = self.grid_size
+        if grid[0] > gh or grid[1] > gw:
+            raise ValueError(
+                f'input {tuple(inputs.shape[-2:])} gives a {grid[0]}x{grid[1]}'
+                f' token grid, larger than the {gh}x{gw} grid the compression '
+                f'structures were built for (img_size={self.img_size}); use '
+                f"slide inference with crop_size <= {self.img_size} "
+                "(test_cfg=dict(mode='slide', ...)) or rebuild the structures "
+                'for the larger img_size')
+        pad = (0, gw * p - inputs.shape[-1], 0, gh * p - inputs.shape[-2])
+        return F.pad(inputs, pad), grid
+
+    def _embed(self, inputs: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        x, hw = self.patch_embed(inputs)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        pos = self.pos_embed
+        if x.shape[1] != pos.shape[1]:
+            pos = self.resize_pos_embed(pos, hw, self.grid_size,
+                                        self.interpolate_mode)
+        x = self.drop_after_pos(x + pos)
+        if not self.with_cls_token:
+            x = x[:, 1:]
+        if self.pre_norm:
+            x = self.ln_pre(x)
+        return x, hw
+
+    def _to_output(self, x: Tensor, hw, crop) -> Tensor | list:
+        num_prefix = 1 if self.with_cls_token else 0
+        b, _, c = x.shape
+        out = x[:, num_prefix:].reshape(b, hw[0], hw[1], c)
+        out = out[:, :crop[0], :crop[1]].permute(0, 3, 1, 2).contiguous()
+        if self.output_cls_token:
+            return [out, x[:, 0]]
+        return out
+
+    def forward(self, inputs: Tensor) -> Tuple:
+        inputs, crop = self._check_grid(inputs)
+        x, hw = self._embed(inputs)
+        num_prefix = 1 if self.with_cls_token else 0
+        starts = {a: (b, self.token_compressors[str(a)])
+                  for a, b in self.compressed_units}
+        outs = []
+        if self.out_origin:
+            outs.append(self._to_output(x, hw, crop))
+
+        unit = None  # (last block, compressor, shortcut) inside a unit
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i in starts:
+                end, compressor = starts[i]
+                merged, shortcut = compressor.merge(x[:, num_prefix:])
+                x = torch.cat((x[:, :num_prefix], merged), dim=1)
+                unit = (end, compressor, shortcut)
+            x = layer(x)
+            full = x
+            if unit is not None and (i == unit[0] or i in self.out_indices):
+                _, compressor, shortcut = unit
+                full = torch.cat(
+                    (x[:, :num_prefix],
+                     compressor.reconstruct(x[:, num_prefix:], shortcut)),
+                    dim=1)
+                if i == unit[0]:
+                    x, unit = full, None
+            if i == last and self.final_norm:
+                x = full = self.ln1(full)
+            if i in self.out_indices:
+                outs.append(self._to_output(full, hw, crop))
+        return tuple(outs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.eval()
+        return self
