@@ -6,8 +6,9 @@ It is plain data, validated on construction, independent of any model:
 
 * ``group[p]``  window (0..K-1) that token p is merged into, -1 if pruned;
 * ``centre[k]`` token index of window k's centre, strictly increasing;
-* ``weight[p]`` merge weight w_p: 1 at centres, 0 for pruned tokens,
-  S_p / S_centre for merged tokens (DESIGN.md §2.3).
+* ``weight[p]`` merge weight w_p: 0 for pruned tokens; as built, 1 at
+  centres and S_p / S_centre for merged tokens (DESIGN.md §2.3). Weights
+  are trainable, so a fine-tuned structure may hold other values.
 
 The merge matrix M (K x N) holds ``weight[p]`` at ``(group[p], p)`` and the
 reconstruct matrix is its pseudo-inverse, which for disjoint windows is
@@ -89,12 +90,8 @@ class CompressionStructure:
                              '(group[centre[k]] == k)')
         if not torch.isfinite(self.weight).all():
             raise ValueError('weights must be finite')
-        if not torch.all(self.weight[self.centre] == 1):
-            raise ValueError('centre weights must be 1')
         if torch.any(self.weight[self.pruned] != 0):
             raise ValueError('pruned tokens must have weight 0')
-        if torch.any(self.weight[~self.pruned] <= 0):
-            raise ValueError('merged tokens must have a positive weight')
 
     def merge_matrix(self) -> Tensor:
         """Dense (K, N) merge matrix, the authors' formulation."""
