@@ -14,8 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
 import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.device import get_device  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
+
+# Devices mmengine's init_dist works with.
+ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')
 
 
 class UsageError(ValueError):
@@ -60,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 def set_local_rank(local_rank: int) -> None:
     """Expose the launcher's rank to mmengine unless torchrun already did."""
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
+
+
+def check_launcher(launcher: str, device: str) -> None:
+    """mmengine's init_dist binds each process to an accelerator."""
+    if launcher != 'none' and device not in ACCELERATORS:
+        raise UsageError(
+            f'--launcher {launcher} needs accelerators (mmengine binds each '
+            f'process to a GPU); on {device!r} use --launcher none')
 
 
 def load_config(path: str, cfg_options, launcher: str) -> Config:
@@ -131,6 +143,7 @@ def build_runner(cfg: Config) -> Runner:
 
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
+    check_launcher(args.launcher, get_device())
     check_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)

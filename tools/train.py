@@ -21,8 +21,8 @@ from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
 
-# Devices mmengine's AmpOptimWrapper accepts (it asserts one is available).
-AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
+# Devices mmengine's AmpOptimWrapper and init_dist work with.
+ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')
 
 
 class UsageError(ValueError):
@@ -62,6 +62,14 @@ def set_local_rank(local_rank: int) -> None:
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
 
 
+def check_launcher(launcher: str, device: str) -> None:
+    """mmengine's init_dist binds each process to an accelerator."""
+    if launcher != 'none' and device not in ACCELERATORS:
+        raise UsageError(
+            f'--launcher {launcher} needs accelerators (mmengine binds each '
+            f'process to a GPU); on {device!r} use --launcher none')
+
+
 def load_config(path: str, cfg_options, launcher: str) -> Config:
     """Read the config and apply command-line overrides."""
     if not Path(path).is_file():
@@ -83,9 +91,9 @@ def resolve_work_dir(cfg: Config, cli_work_dir, config_path: str) -> None:
 
 def enable_amp(cfg: Config, device: str) -> None:
     """Switch to AmpOptimWrapper; fail early where mmengine cannot run it."""
-    if device not in AMP_DEVICES:
+    if device not in ACCELERATORS:
         raise UsageError(
-            f'--amp needs one of {AMP_DEVICES}, but the device is '
+            f'--amp needs one of {ACCELERATORS}, but the device is '
             f'{device!r}: mmengine\'s AmpOptimWrapper refuses to run '
             'without one (CPU autocast would be bfloat16 only). '
             'Drop --amp to train in float32.')
@@ -112,10 +120,12 @@ def build_runner(cfg: Config) -> Runner:
 
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
+    device = get_device()
+    check_launcher(args.launcher, device)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
-        enable_amp(cfg, get_device())
+        enable_amp(cfg, device)
     if args.resume:
         cfg.resume = True
     return cfg

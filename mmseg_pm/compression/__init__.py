@@ -5,6 +5,10 @@ Nothing here imports mmseg, so it can be used and tested on its own.
 from .config import CompressionConfig
 from .merge import (TokenCompressor, merge_matrix, merge_sparse,
                     reconstruct_matrix, reconstruct_sparse)
+from .scoring import (attention_scores, normalise_scores, token_scores,
+                      token_scores_from_config)
+from .search import (RANKINGS, layer_token_counts, search_structures,
+                     select_tokens, token_budget, unit_scores)
 from .structure import (CompressionStructure, assign_groups, build_structure,
                         lattice_centres, lattice_structure,
                         nearest_rule_groups, reconstruct_weights,
@@ -15,5 +19,8 @@ __all__ = [
     'assign_groups', 'build_structure', 'lattice_centres',
     'lattice_structure', 'merge_matrix', 'merge_sparse',
     'nearest_rule_groups', 'reconstruct_matrix', 'reconstruct_sparse',
-    'reconstruct_weights', 'row_rule_groups'
+    'reconstruct_weights', 'row_rule_groups', 'attention_scores',
+    'normalise_scores', 'token_scores', 'token_scores_from_config',
+    'RANKINGS', 'layer_token_counts', 'search_structures', 'select_tokens',
+    'token_budget', 'unit_scores'
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -274,6 +275,7 @@ class PMVisionTransformer(BaseModule):
                 self.token_compressors[str(first)] = TokenCompressor(
                     default, self.compression.impl,
                     self.compression.trainable)
+        self.compression_bypassed = False  # see dense_forward()
         self._freeze()
 
     # ------------------------------------------------------------------
@@ -281,6 +283,17 @@ class PMVisionTransformer(BaseModule):
     @property
     def compressed_units(self) -> List[Tuple[int, int]]:
         return [] if self.compression is None else list(self.compression.units)
+
+    @contextmanager
+    def dense_forward(self):
+        """Run every block on all tokens inside the ``with`` block: the
+        token-scoring pass needs the dense model's attention."""
+        previous = self.compression_bypassed
+        self.compression_bypassed = True
+        try:
+            yield self
+        finally:
+            self.compression_bypassed = previous
 
     def structures(self) -> List[CompressionStructure]:
         """Current structure of every compressed unit, in block order."""
@@ -391,7 +404,8 @@ class PMVisionTransformer(BaseModule):
         the outputs are cropped back to."""
         p = self.patch_size
         grid = (math.ceil(inputs.shape[-2] / p), math.ceil(inputs.shape[-1] / p))
-        if self.compression is None or grid == self.grid_size:
+        if (self.compression is None or self.compression_bypassed
+                or grid == self.grid_size):
             return inputs, grid
         gh, gw = self.grid_size
         if grid[0] > gh or grid[1] > gw:
@@ -433,7 +447,8 @@ class PMVisionTransformer(BaseModule):
         x, hw = self._embed(inputs)
         num_prefix = 1 if self.with_cls_token else 0
         starts = {a: (b, self.token_compressors[str(a)])
-                  for a, b in self.compressed_units}
+                  for a, b in self.compressed_units
+                  if not self.compression_bypassed}
         outs = []
         if self.out_origin:
             outs.append(self._to_output(x, hw, crop))

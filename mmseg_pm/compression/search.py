@@ -1,0 +1,132 @@
+"""From token scores to one compression structure per unit (DESIGN.md §2.2).
+
+A compressed unit (one block, or a span of blocks whose scores are
+averaged) ranks its N patch tokens. With ``num_keep = int(keep_rate * N)``
+(at least 1) and ``num_prune = int(prune_rate * N)``:
+
+* 'global' ranking (the paper's automatic structure): the scores of all U
+  units are ranked together; the ``num_keep * U`` highest are centres and
+  the ``num_prune * U`` lowest are pruned, so each unit gets its own counts.
+* 'layer' ranking: the same within each unit (exactly ``num_keep`` centres
+  and ``num_prune`` pruned tokens in every unit).
+
+The ranking is one stable sort by descending score: among equal scores the
+lower index (earlier unit, then raster order) ranks higher, so ties never
+change the counts, and a token is never both kept and pruned. A unit that
+the global ranking leaves without a centre gets its best token as one (the
+only case where the total exceeds ``num_keep * U``). Everything that is
+neither a centre nor pruned is merged by :func:`build_structure`'s rule.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .config import CompressionConfig
+from .structure import CompressionStructure, build_structure
+
+RANKINGS = ('global', 'layer')
+
+
+def token_budget(num_tokens: int, keep_rate: float,
+                 prune_rate: float) -> Tuple[int, int]:
+    """(centres, pruned) per unit implied by the rates."""
+    return max(1, int(keep_rate * num_tokens)), int(prune_rate * num_tokens)
+
+
+def unit_scores(scores: Tensor, units: Sequence[Tuple[int, int]]) -> Tensor:
+    """(U, N) scores: the mean over each inclusive (first, last) unit."""
+    return torch.stack([scores[a:b + 1].mean(dim=0) for a, b in units])
+
+
+def select_tokens(scores: Tensor, num_keep: int, num_prune: int,
+                  ranking: str = 'global') -> Tuple[Tensor, Tensor]:
+    """Boolean (U, N) masks of centres and pruned tokens.
+
+    ``num_keep`` and ``num_prune`` are per-unit counts; 'global' ranks all
+    U*N scores together, 'layer' each row alone.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f'ranking must be one of {RANKINGS}, got {ranking!r}')
+    num_units, num_tokens = scores.shape
+    if num_keep + num_prune > num_tokens:
+        raise ValueError(f'{num_keep} centres + {num_prune} pruned tokens '
+                         f'exceed the {num_tokens} tokens of a unit')
+    rows = scores.reshape(1, -1) if ranking == 'global' else scores
+    order = torch.sort(rows, dim=1, descending=True, stable=True).indices
+    factor = num_units if ranking == 'global' else 1
+    keep = torch.zeros_like(rows, dtype=torch.bool)
+    prune = torch.zeros_like(rows, dtype=torch.bool)
+    keep.scatter_(1, order[:, :num_keep * factor], True)
+    if num_prune:
+        prune.scatter_(1, order[:, -num_prune * factor:], True)
+    keep, prune = keep.reshape(scores.shape), prune.reshape(scores.shape)
+    for unit in torch.nonzero(~keep.any(dim=1)).flatten().tolist():
+        best = int(torch.sort(scores[unit], descending=True,
+                              stable=True).indices[0])
+        keep[unit, best], prune[unit, best] = True, False
+    return keep, prune
+
+
+def check_scores(scores: Tensor, num_layers: int, num_tokens: int) -> None:
+    if tuple(scores.shape) != (num_layers, num_tokens):
+        raise ValueError(f'scores must have shape ({num_layers}, {num_tokens})'
+                         f' (blocks x patch tokens), got {tuple(scores.shape)}')
+    if not torch.isfinite(scores).all() or (scores < 0).any():
+        raise ValueError('scores must be finite and non-negative')
+
+
+def search_structures(scores: Tensor,
+                      config: CompressionConfig,
+                      grid: Tuple[int, int],
+                      ranking: str = 'global') -> List[CompressionStructure]:
+    """One structure per compressed unit of ``config``, in block order.
+
+    Args:
+        scores: (num_layers, N) token scores (:func:`token_scores`); only the
+            rows of compressed blocks are used.
+        config: which units, keep_rate, prune_rate and assignment rule.
+        grid: (H, W) token grid, N = H * W.
+        ranking: 'global' or 'layer' (see the module docstring).
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f'ranking must be one of {RANKINGS}, got {ranking!r}')
+    config.validate()
+    num_tokens = int(grid[0]) * int(grid[1])
+    units = list(config.units)
+    last = max(b for _, b in units)
+    if scores.ndim != 2 or scores.shape[0] <= last:
+        raise ValueError(f'scores of shape {tuple(scores.shape)} do not cover '
+                         f'compressed block {last}')
+    check_scores(scores, scores.shape[0], num_tokens)
+    per_unit = unit_scores(scores.float().cpu(), units)
+    dead = [units[u] for u in range(len(units)) if per_unit[u].max() <= 0]
+    if dead:
+        raise ValueError(
+            f'the scores of compressed units {dead} are all zero, so they '
+            'cannot rank tokens (the scoring loss had no gradient through '
+            'their attention); score with more iterations or other data')
+    num_keep, num_prune = token_budget(num_tokens, config.keep_rate,
+                                       config.prune_rate)
+    keep, prune = select_tokens(per_unit, num_keep, num_prune, ranking)
+    return [
+        build_structure(grid, torch.nonzero(keep[u]).flatten(), prune[u],
+                        per_unit[u], config.rule) for u in range(len(units))
+    ]
+
+
+def layer_token_counts(structures: Sequence[CompressionStructure],
+                       units: Sequence[Tuple[int, int]], num_layers: int,
+                       num_tokens: int, num_prefix: int = 1) -> List[dict]:
+    """Per block: its unit, centres, merged, pruned and the number of tokens
+    it runs on (centres + class token; all tokens for dense blocks)."""
+    rows = [dict(layer=i, unit=None, centres=num_tokens, merged=0, pruned=0,
+                 tokens=num_tokens + num_prefix) for i in range(num_layers)]
+    for (first, last), s in zip(units, structures):
+        for i in range(first, last + 1):
+            rows[i] = dict(layer=i, unit=(first, last), centres=s.num_groups,
+                           merged=s.num_merged, pruned=s.num_pruned,
+                           tokens=s.num_groups + num_prefix)
+    return rows

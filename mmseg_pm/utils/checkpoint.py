@@ -1,0 +1,60 @@
+"""Read and write checkpoints safely.
+
+Reading: ``torch.load(..., weights_only=True)`` with mmengine's allow-list
+(numpy arrays and scalars, ``HistoryBuffer``): enough for mmengine Runner
+checkpoints and mmseg's released ones, and no arbitrary unpickling. URLs go
+through mmengine's loader (downloaded once into torch's hub cache).
+Writing: a temporary file in the destination folder, then a rename, so a
+crash never leaves a half-written checkpoint under the final name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def load_checkpoint_file(path: str, map_location='cpu') -> dict:
+    """Load a checkpoint dict from a local file or an http(s) URL."""
+    if '://' in str(path):
+        from mmengine.runner.checkpoint import CheckpointLoader
+        checkpoint = CheckpointLoader.load_checkpoint(
+            str(path), map_location=map_location)
+    else:
+        from mmengine.runner.checkpoint import get_torch_safe_globals
+        if not Path(path).is_file():
+            raise FileNotFoundError(f'checkpoint file not found: {path}')
+        with torch.serialization.safe_globals(get_torch_safe_globals()):
+            checkpoint = torch.load(path, map_location=map_location,
+                                    weights_only=True)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{path} does not hold a checkpoint dict')
+    return checkpoint
+
+
+def checkpoint_state_dict(checkpoint: dict) -> dict:
+    """The weights of a checkpoint: mmengine keeps them under
+    ``state_dict``; a bare state dict is returned as is. A ``module.``
+    prefix (DDP) is removed."""
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    if all(k.startswith('module.') for k in state_dict):
+        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def save_checkpoint_atomic(checkpoint: dict, path: str) -> None:
+    """``torch.save`` to a temporary sibling file, then rename to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
+                               dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(checkpoint, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
