@@ -5,7 +5,6 @@ Example::
     python tools/test.py CONFIG CHECKPOINT --out work_dirs/preds
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -13,17 +12,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
 import mmseg_pm  # noqa: E402,F401
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-from mmseg.registry import RUNNERS  # noqa: E402
+from mmseg_pm.cli import (UsageError,  # noqa: E402
+                          add_runner_arguments, build_runner,
+                          check_launcher, load_config, resolve_work_dir,
+                          set_local_rank)
 
-# Devices mmengine's init_dist works with.
-ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')
 
-
-class UsageError(ValueError):
-    """A bad command line: reported as a usage error, not a traceback."""
+CFG_EXAMPLE = 'test_dataloader.batch_size=2'
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,59 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='save painted predictions under SHOW_DIR/vis_data/vis_image')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='--show interval (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config entries, e.g. test_dataloader.batch_size=2')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument(
-        '--tta', action='store_true', help='test-time augmentation')
-    # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_arguments(parser, CFG_EXAMPLE)
     return parser
-
-
-def set_local_rank(local_rank: int) -> None:
-    """Expose the launcher's rank to mmengine unless torchrun already did."""
-    os.environ.setdefault('LOCAL_RANK', str(local_rank))
-
-
-def check_launcher(launcher: str, device: str) -> None:
-    """mmengine's init_dist binds each process to an accelerator."""
-    if launcher != 'none' and device not in ACCELERATORS:
-        raise UsageError(
-            f'--launcher {launcher} needs accelerators (mmengine binds each '
-            f'process to a GPU); on {device!r} use --launcher none')
-
-
-def load_config(path: str, cfg_options, launcher: str) -> Config:
-    """Read the config and apply command-line overrides."""
-    if not Path(path).is_file():
-        raise UsageError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
-    cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
 
 
 def check_checkpoint(path: str) -> None:
     """Fail before building the model; remote URIs are left to mmengine."""
     if '://' not in path and not Path(path).is_file():
         raise UsageError(f'checkpoint file not found: {path}')
-
-
-def resolve_work_dir(cfg: Config, cli_work_dir, config_path: str) -> None:
-    """Work dir priority: CLI > config > ./work_dirs/<config stem>."""
-    if cli_work_dir is not None:
-        cfg.work_dir = cli_work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = str(Path('./work_dirs') / Path(config_path).stem)
 
 
 def enable_visualization(cfg: Config, show: bool, show_dir,
@@ -132,13 +84,6 @@ def save_predictions(cfg: Config, out_dir: str) -> None:
     for evaluator in evaluators:
         evaluator['output_dir'] = out_dir
         evaluator['keep_results'] = True
-
-
-def build_runner(cfg: Config) -> Runner:
-    """Default Runner, or a registered one named by ``runner_type``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
 
 
 def prepare_config(args: argparse.Namespace) -> Config:

@@ -7,7 +7,6 @@ Example::
 """
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -15,18 +14,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
 import mmseg_pm  # noqa: E402,F401
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-from mmseg.registry import RUNNERS  # noqa: E402
+from mmseg_pm.cli import (ACCELERATORS, UsageError,  # noqa: E402
+                          add_runner_arguments, build_runner,
+                          check_launcher, load_config, resolve_work_dir,
+                          set_local_rank)
 
-# Devices mmengine's AmpOptimWrapper and init_dist work with.
-ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')
 
-
-class UsageError(ValueError):
-    """A bad command line: reported as a usage error, not a traceback."""
+CFG_EXAMPLE = 'train_cfg.max_iters=100'
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,52 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         '--amp',
         action='store_true',
         help='automatic mixed precision (AmpOptimWrapper, dynamic scale)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override config entries, e.g. train_cfg.max_iters=100 '
-        'or key="[a,b]"')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_runner_arguments(parser, CFG_EXAMPLE)
     return parser
-
-
-def set_local_rank(local_rank: int) -> None:
-    """Expose the launcher's rank to mmengine unless torchrun already did."""
-    os.environ.setdefault('LOCAL_RANK', str(local_rank))
-
-
-def check_launcher(launcher: str, device: str) -> None:
-    """mmengine's init_dist binds each process to an accelerator."""
-    if launcher != 'none' and device not in ACCELERATORS:
-        raise UsageError(
-            f'--launcher {launcher} needs accelerators (mmengine binds each '
-            f'process to a GPU); on {device!r} use --launcher none')
-
-
-def load_config(path: str, cfg_options, launcher: str) -> Config:
-    """Read the config and apply command-line overrides."""
-    if not Path(path).is_file():
-        raise UsageError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
-    cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
-def resolve_work_dir(cfg: Config, cli_work_dir, config_path: str) -> None:
-    """Work dir priority: CLI > config > ./work_dirs/<config stem>."""
-    if cli_work_dir is not None:
-        cfg.work_dir = cli_work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = str(Path('./work_dirs') / Path(config_path).stem)
 
 
 def enable_amp(cfg: Config, device: str) -> None:
@@ -109,13 +62,6 @@ def enable_amp(cfg: Config, device: str) -> None:
                          f'{wrapper.get("type")!r}')
     wrapper.type = 'AmpOptimWrapper'
     wrapper.loss_scale = 'dynamic'
-
-
-def build_runner(cfg: Config) -> Runner:
-    """Default Runner, or a registered one named by ``runner_type``."""
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
 
 
 def prepare_config(args: argparse.Namespace) -> Config:

@@ -1,0 +1,29 @@
+# Distillation fine-tuning of the pruned tiny synthetic Segmenter (the demo's
+# setting, DESIGN.md §2.4): teacher = the dense tiny Segmenter as
+# tools/train.py writes it by default; alpha=1, T=20, AdamW lr 1e-4.
+#   python tools/prune.py configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \
+#       work_dirs/segmenter_vit-tiny_mask_synthetic-ade-64x64/iter_400.pth \
+#       --out work_dirs/pruned_tiny.pth --iters 20
+#   python tools/train.py configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \
+#       --cfg-options load_from=work_dirs/pruned_tiny.pth
+_base_ = ['../synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py']
+
+model = dict(
+    type='DistillEncoderDecoder',
+    teacher_config='{{fileDirname}}/../synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py',  # noqa
+    teacher_checkpoint='work_dirs/segmenter_vit-tiny_mask_synthetic-ade-64x64/iter_400.pth',  # noqa
+    distill_alpha=1.0,
+    distill_temperature=20.0)
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
+        weight_decay=0.0))
+param_scheduler = [
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=0, end=200,
+         by_epoch=False)
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=200, val_interval=200)
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200))
