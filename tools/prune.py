@@ -14,15 +14,9 @@ Example::
         segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth \\
         --out work_dirs/pm_vit-s/pruned.pth --iters 100
 
-``--mode`` and the config's ``compression`` mode:
-  * layer-mode configs (``compression=dict(mode='layer', layers=[...])``):
-    ``--mode global`` (default; all compressed layers ranked together, each
-    gets its own token count) or ``--mode layer`` (keep_rate in every layer);
-  * span-mode configs (``dict(mode='span', spans=[...])``): ``--mode span``
-    (default; scores averaged over each span, keep_rate in every span).
+See ``--help`` for how ``--mode`` relates to the config's compression mode.
 """
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -34,6 +28,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
+from mmseg_pm.cli import UsageError, load_config  # noqa: E402
 from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   layer_token_counts, search_structures,
                                   token_scores_from_config)
@@ -54,10 +49,6 @@ MODE_HELP = """--mode and the config's compression mode:
   span-mode configs (compression=dict(mode='span', spans=[...])):
     span (default): scores averaged over each span, keep_rate in every span
 """
-
-
-class UsageError(ValueError):
-    """A bad command line: reported as a usage error, not a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,25 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_paths(args) -> None:
-    if not Path(args.config).is_file():
-        raise UsageError(f'config file not found: {args.config}')
     if '://' not in args.checkpoint and not Path(args.checkpoint).is_file():
         raise UsageError(f'checkpoint file not found: {args.checkpoint}')
     out = Path(args.out).resolve()
     if '://' not in args.checkpoint and out == Path(args.checkpoint).resolve():
         raise UsageError('--out is the input checkpoint; write the '
                          'compressed model to another file')
-    if out.exists() and not args.force:
-        raise UsageError(f'{args.out} exists; pass --force to overwrite it')
     if out.is_dir():
         raise UsageError(f'--out {args.out} is a directory; name a file')
+    if out.exists() and not args.force:
+        raise UsageError(f'{args.out} exists; pass --force to overwrite it')
 
 
 def configure(args) -> Config:
     """The config with the command-line overrides, validated."""
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     backbone = cfg.model.get('backbone', {})
     compression = backbone.get('compression')
     if backbone.get('type') != 'PMVisionTransformer' or compression is None:
@@ -207,7 +194,7 @@ def prune(args, cfg: Config) -> dict:
     load_dense_weights(model, checkpoint, args.checkpoint)
     model.to(device)
     backbone = model.backbone
-    compression = dataclasses.replace(backbone.compression)
+    compression = backbone.compression
     _, ranking = MODE_TO_RANKING[args.mode]
 
     model.eval()

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         help='save painted predictions under SHOW_DIR/vis_data/vis_image')
     parser.add_argument(
         '--wait-time', type=float, default=2, help='--show interval (s)')
+    parser.add_argument(
+        '--tta', action='store_true', help='test-time augmentation')
     add_runner_arguments(parser, CFG_EXAMPLE)
     return parser
 

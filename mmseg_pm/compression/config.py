@@ -1,13 +1,54 @@
-"""The ``compression=`` argument of the backbone, parsed and validated."""
+"""The ``compression=`` argument of the backbone, parsed and validated.
+
+``method`` picks the compressor: 'pm' (Prune-and-Merge, the default,
+:class:`CompressionConfig`), 'mstm' (:class:`MSTMConfig`) or 'tome'
+(:class:`ToMeConfig`); :func:`parse_compression` reads any of them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 from .merge import IMPLS
 from .structure import ASSIGN_RULES
 
 MODES = ('layer', 'span')
+METHODS = ('pm', 'mstm', 'tome')
+
+
+def _check_keys(cfg: dict, known: set, method: str) -> None:
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f'unknown compression keys {unknown} for '
+                         f'method={method!r}; expected some of '
+                         f'{sorted(known)}')
+
+
+def _check_layers(layers: Sequence[int], num_layers: int,
+                  name: str) -> List[int]:
+    """Sorted, distinct block indices inside 0..num_layers-1."""
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f'{name} must be a non-empty list of block indices, '
+                         f'got {layers!r}')
+    layers = [int(i) for i in layers]
+    if len(set(layers)) != len(layers):
+        raise ValueError(f'{name} lists a block twice: {layers}')
+    outside = [i for i in layers if not 0 <= i < num_layers]
+    if outside:
+        raise ValueError(f'{name} {outside} are outside blocks '
+                         f'0..{num_layers - 1}')
+    return sorted(layers)
+
+
+def _per_layer(value, layers: List[int], name: str) -> list:
+    """A scalar for every layer, or one value per layer (in given order)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(layers):
+            raise ValueError(f'{name} has {len(value)} entries for '
+                             f'{len(layers)} layers {layers}; give one per '
+                             'layer or a single value')
+        return list(value)
+    return [value] * len(layers)
 
 
 @dataclass(frozen=True)
@@ -20,6 +61,7 @@ class CompressionConfig:
     ``units`` is the common form: a list of inclusive ``(first, last)``.
     """
 
+    method: ClassVar[str] = 'pm'
     mode: str = 'layer'
     units: List[Tuple[int, int]] = field(default_factory=list)
     keep_rate: float = 0.7
@@ -34,12 +76,16 @@ class CompressionConfig:
         if cfg is None:
             return None
         cfg = dict(cfg)
+        method = cfg.pop('method', 'pm')
+        if method != 'pm':
+            raise ValueError(
+                f"compression method={method!r} is not Prune-and-Merge: it "
+                'has no static structures (tools/prune.py and '
+                "set_structures apply to method='pm' only); parse any "
+                'method with parse_compression()')
         known = {'mode', 'layers', 'spans', 'keep_rate', 'prune_rate', 'rule',
                  'impl', 'trainable'}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f'unknown compression keys {unknown}; '
-                             f'expected some of {sorted(known)}')
+        _check_keys(cfg, known, 'pm')
         mode = cfg.pop('mode', 'layer')
         if mode not in MODES:
             raise ValueError(f'compression mode must be one of {MODES}, '
@@ -94,3 +140,89 @@ class CompressionConfig:
     def layers(self) -> List[int]:
         """Every block that runs on compressed tokens."""
         return [i for a, b in self.units for i in range(a, b + 1)]
+
+
+@dataclass(frozen=True)
+class MSTMConfig:
+    """Multi-Scale And Token Mergence (``method='mstm'``).
+
+    At each block of ``prune_layers`` the top ``keep_rate`` of the current
+    patch tokens (by class-token attention) stay; every other token is merged
+    into its most similar kept token. ``keep_rates`` maps each pruning block
+    to its rate (``keep_rate`` may be one float or one per pruning layer).
+    ``coarse``: fuse the zero-initialised 2x2 coarse branch into the tokens
+    before the first pruning layer.
+    """
+
+    method: ClassVar[str] = 'mstm'
+    keep_rates: Dict[int, float] = field(default_factory=dict)
+    coarse: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'MSTMConfig':
+        cfg = dict(cfg)
+        _check_keys(cfg, {'method', 'prune_layers', 'keep_rate', 'coarse'},
+                    'mstm')
+        if 'prune_layers' not in cfg:
+            raise ValueError("method='mstm' needs prune_layers=[...] (the "
+                             'blocks that merge tokens), e.g. [2, 5, 8]')
+        given = cfg['prune_layers']
+        layers = _check_layers(given, num_layers, 'prune_layers')
+        rates = _per_layer(cfg.get('keep_rate', 0.7), list(given), 'keep_rate')
+        for rate in rates:
+            if not 0 < rate <= 1:
+                raise ValueError(f'keep_rate must be in (0, 1], got {rate}')
+        keep_rates = {int(i): float(r) for i, r in zip(given, rates)}
+        coarse = cfg.get('coarse', True)
+        if not isinstance(coarse, bool):
+            raise ValueError(f'coarse must be True or False, got {coarse!r}')
+        return cls(keep_rates={i: keep_rates[i] for i in layers},
+                   coarse=coarse)
+
+    @property
+    def prune_layers(self) -> List[int]:
+        return list(self.keep_rates)
+
+
+@dataclass(frozen=True)
+class ToMeConfig:
+    """Token Merging (``method='tome'``): ``merges`` maps each block of
+    ``layers`` (default: every block) to the number ``r`` of tokens it
+    merges away (``r`` may be one int or one per layer)."""
+
+    method: ClassVar[str] = 'tome'
+    merges: Dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'ToMeConfig':
+        cfg = dict(cfg)
+        _check_keys(cfg, {'method', 'layers', 'r'}, 'tome')
+        if 'r' not in cfg:
+            raise ValueError("method='tome' needs r= (tokens merged per "
+                             'block: an int, or a list with one per layer)')
+        given = cfg.get('layers', list(range(num_layers)))
+        layers = _check_layers(given, num_layers, 'layers')
+        rs = _per_layer(cfg['r'], list(given), 'r')
+        for r in rs:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+                raise ValueError(f'r must be a non-negative int, got {r!r}')
+        merges = dict(zip((int(i) for i in given), rs))
+        return cls(merges={i: merges[i] for i in layers})
+
+
+AnyCompressionConfig = Union[CompressionConfig, MSTMConfig, ToMeConfig]
+
+
+def parse_compression(cfg: Optional[dict],
+                      num_layers: int) -> Optional[AnyCompressionConfig]:
+    """The backbone's ``compression=`` dict as the config of its method
+    (None: the dense model)."""
+    if cfg is None:
+        return None
+    method = cfg.get('method', 'pm')
+    parsers = {'pm': CompressionConfig, 'mstm': MSTMConfig,
+               'tome': ToMeConfig}
+    if method not in parsers:
+        raise ValueError(f'compression method must be one of {METHODS}, got '
+                         f'{method!r}')
+    return parsers[method].from_dict(cfg, num_layers)

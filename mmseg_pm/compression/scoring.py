@@ -34,8 +34,12 @@ def attention_scores(probs: Tensor, grad: Tensor, num_prefix: int) -> Tensor:
     the first ``num_prefix`` keys (the class token) are left out.
     """
     b, h, t, _ = probs.shape
-    v = (probs * grad).sum(dim=(0, 1, 2)) / (b * h * t)
-    return v[num_prefix:].abs()
+    # float64: v_j is a small difference of many terms. One (T, T) slice at
+    # a time keeps the float64 copies small.
+    v = torch.zeros(t, dtype=torch.float64, device=probs.device)
+    for a, g in zip(probs.flatten(0, 1), grad.flatten(0, 1)):
+        v += (a.double() * g.double()).sum(dim=0)
+    return (v / (b * h * t))[num_prefix:].abs()
 
 
 def normalise_scores(scores: Tensor, depth_lambda: float = 0.0) -> Tensor:
@@ -158,7 +162,7 @@ def token_scores(model: nn.Module,
             grads = torch.autograd.grad(loss, captured)
             for layer, (probs, grad) in enumerate(zip(captured, grads)):
                 totals[layer] += attention_scores(
-                    probs.detach(), grad, num_prefix).double().cpu()
+                    probs.detach(), grad, num_prefix).cpu()
             captured.clear()
             seen += 1
     if seen == 0:

@@ -7,6 +7,11 @@ parameter names (mmseg's Segmenter checkpoints load as they are), and with
 ``scaled_dot_product_attention``; ``Attention.probs_hook`` switches one block
 to an explicit softmax so a scoring pass can see (and differentiate through)
 the attention probabilities.
+
+``compression=dict(method='mstm' | 'tome', ...)`` hosts the input-dependent
+token mergers instead (mmseg_pm/compression/mstm.py, tome.py): they run each
+merging block in two halves (``attention_residual`` then
+``mlp_residual``) and merge the tokens in between.
 """
 from __future__ import annotations
 
@@ -29,10 +34,13 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from mmseg_pm.compression.config import CompressionConfig
+from mmseg_pm.compression.config import (CompressionConfig, MSTMConfig,
+                                         ToMeConfig, parse_compression)
 from mmseg_pm.compression.merge import TokenCompressor
+from mmseg_pm.compression.mstm import MSTM
 from mmseg_pm.compression.structure import (CompressionStructure,
                                             lattice_structure)
+from mmseg_pm.compression.tome import ToMe
 
 
 class DropPath(nn.Module):
@@ -72,6 +80,9 @@ class Attention(nn.Module):
     explicitly and calls ``probs_hook(probs)`` with the (B, heads, T, T)
     tensor before using it (a scoring pass registers gradient hooks on it).
     Otherwise fused ``scaled_dot_product_attention`` is used.
+
+    ``bias``: optional additive attention bias broadcastable to
+    (B, heads, T, T), e.g. ToMe's log token sizes as (B, 1, 1, T).
     """
 
     def __init__(self, embed_dims: int, num_heads: int, attn_drop: float = 0.,
@@ -86,21 +97,31 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.probs_hook: Optional[Callable[[Tensor], None]] = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        return self.forward_qk(x, bias)[0]
+
+    def forward_qk(self, x: Tensor, bias: Optional[Tensor] = None
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The output and the (B, heads, T, d) queries and keys (token
+        mergers rank and match tokens on them)."""
         b, t, c = x.shape
         qkv = F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
         q, k, v = qkv.view(b, t, 3, self.num_heads,
                            c // self.num_heads).permute(2, 0, 3, 1, 4)
         drop = self.attn_drop if self.training else 0.
         if self.probs_hook is None:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                 dropout_p=drop)
         else:
             scale = 1.0 / math.sqrt(q.shape[-1])
-            probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+            logits = (q * scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                logits = logits + bias
+            probs = torch.softmax(logits, dim=-1)
             self.probs_hook(probs)
             out = F.dropout(probs, drop, self.training) @ v
         out = out.transpose(1, 2).reshape(b, t, c)
-        return self.proj_drop(self.attn.out_proj(out))
+        return self.proj_drop(self.attn.out_proj(out)), q, k
 
 
 class FFN(nn.Module):
@@ -120,7 +141,12 @@ class FFN(nn.Module):
 
 class TransformerBlock(nn.Module):
     """Pre-norm ViT block, laid out as mmseg's TransformerEncoderLayer
-    (stochastic depth on the FFN branch only, as there)."""
+    (stochastic depth on the FFN branch only, as there).
+
+    ``attention_residual`` and ``mlp_residual`` are its two halves, for
+    token mergers that change the tokens in between; ``attn_bias`` is added
+    to the attention logits.
+    """
 
     def __init__(self, embed_dims: int, num_heads: int, hidden_dims: int,
                  drop_rate: float = 0., attn_drop_rate: float = 0.,
@@ -136,14 +162,34 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate)
         self.with_cp = with_cp
 
-    def _forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))
+    def _attention_residual(self, x: Tensor, attn_bias: Optional[Tensor]
+                            ) -> Tuple[Tensor, Tensor, Tensor]:
+        out, q, k = self.attn.forward_qk(self.ln1(x), attn_bias)
+        return x + out, q, k
+
+    def _mlp_residual(self, x: Tensor) -> Tensor:
         return x + self.drop_path(self.ffn(self.ln2(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, attn_bias: Optional[Tensor]) -> Tensor:
+        return self._mlp_residual(self._attention_residual(x, attn_bias)[0])
+
+    def _run(self, fn, x: Tensor, *args):
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            return cp.checkpoint(fn, x, *args, use_reentrant=False)
+        return fn(x, *args)
+
+    def attention_residual(self, x: Tensor,
+                           attn_bias: Optional[Tensor] = None
+                           ) -> Tuple[Tensor, Tensor, Tensor]:
+        """``x + attn(ln1(x))`` and the attention's queries and keys."""
+        return self._run(self._attention_residual, x, attn_bias)
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        """``x + ffn(ln2(x))``."""
+        return self._run(self._mlp_residual, x)
+
+    def forward(self, x: Tensor, attn_bias: Optional[Tensor] = None) -> Tensor:
+        return self._run(self._forward, x, attn_bias)
 
 
 @MODELS.register_module()
@@ -162,6 +208,10 @@ class PMVisionTransformer(BaseModule):
             is installed (``set_structures`` or a checkpoint), every unit uses
             centres on a regular lattice with ``keep_rate`` of the tokens and
             no pruning. The structures are built for the grid of ``img_size``.
+            ``method='mstm'`` (``prune_layers``, ``keep_rate``, ``coarse``)
+            or ``method='tome'`` (``layers``, ``r``) select the
+            input-dependent token mergers instead (any input size); see
+            mmseg_pm/compression/config.py.
     """
 
     def __init__(self,
@@ -265,9 +315,10 @@ class PMVisionTransformer(BaseModule):
         if final_norm:
             self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
 
-        self.compression = CompressionConfig.from_dict(compression, num_layers)
+        self.compression = parse_compression(compression, num_layers)
         self.token_compressors = nn.ModuleDict()
-        if self.compression is not None:
+        self.token_merger: Optional[nn.Module] = None  # MSTM or ToMe
+        if isinstance(self.compression, CompressionConfig):
             default = lattice_structure(self.grid_size,
                                         self.compression.keep_rate,
                                         self.compression.rule)
@@ -275,6 +326,17 @@ class PMVisionTransformer(BaseModule):
                 self.token_compressors[str(first)] = TokenCompressor(
                     default, self.compression.impl,
                     self.compression.trainable)
+        elif isinstance(self.compression, MSTMConfig):
+            if not with_cls_token:
+                raise ValueError(
+                    "compression method='mstm' ranks tokens by the class "
+                    "token's attention and needs with_cls_token=True; use "
+                    "method='tome' or 'pm' for a model without a class token")
+            self.token_merger = MSTM(embed_dims, self.compression.keep_rates,
+                                     self.compression.coarse)
+        elif isinstance(self.compression, ToMeConfig):
+            self.token_merger = ToMe(self.compression.merges,
+                                     class_token=with_cls_token)
         self.compression_bypassed = False  # see dense_forward()
         self._freeze()
 
@@ -282,12 +344,16 @@ class PMVisionTransformer(BaseModule):
     # structures
     @property
     def compressed_units(self) -> List[Tuple[int, int]]:
-        return [] if self.compression is None else list(self.compression.units)
+        """Prune-and-Merge units (none for the dense model, MSTM and ToMe)."""
+        if not isinstance(self.compression, CompressionConfig):
+            return []
+        return list(self.compression.units)
 
     @contextmanager
     def dense_forward(self):
         """Run every block on all tokens inside the ``with`` block: the
-        token-scoring pass needs the dense model's attention."""
+        token-scoring pass needs the dense model's attention. (MSTM's
+        coarse branch still runs: it is part of the model, not a merge.)"""
         previous = self.compression_bypassed
         self.compression_bypassed = True
         try:
@@ -302,6 +368,11 @@ class PMVisionTransformer(BaseModule):
 
     def set_structures(self, structures: Sequence[CompressionStructure]) -> None:
         """Install one structure per compressed unit (in block order)."""
+        if self.token_merger is not None:
+            raise ValueError(
+                f'compression method={self.compression.method!r} merges each '
+                'image its own way and has no static structures; '
+                "set_structures applies to method='pm'")
         units = self.compressed_units
         if len(structures) != len(units):
             raise ValueError(f'got {len(structures)} structures for '
@@ -404,8 +475,8 @@ class PMVisionTransformer(BaseModule):
         the outputs are cropped back to."""
         p = self.patch_size
         grid = (math.ceil(inputs.shape[-2] / p), math.ceil(inputs.shape[-1] / p))
-        if (self.compression is None or self.compression_bypassed
-                or grid == self.grid_size):
+        if (not isinstance(self.compression, CompressionConfig)
+                or self.compression_bypassed or grid == self.grid_size):
             return inputs, grid
         gh, gw = self.grid_size
         if grid[0] > gh or grid[1] > gw:
@@ -449,6 +520,8 @@ class PMVisionTransformer(BaseModule):
         starts = {a: (b, self.token_compressors[str(a)])
                   for a, b in self.compressed_units
                   if not self.compression_bypassed}
+        merger = self.token_merger
+        state = None if merger is None else merger.start(x, hw)
         outs = []
         if self.out_origin:
             outs.append(self._to_output(x, hw, crop))
@@ -458,17 +531,19 @@ class PMVisionTransformer(BaseModule):
         for i, layer in enumerate(self.layers):
             if i in starts:
                 end, compressor = starts[i]
-                merged, shortcut = compressor.merge(x[:, num_prefix:])
-                x = torch.cat((x[:, :num_prefix], merged), dim=1)
+                x, shortcut = compressor.merge(x, num_prefix)
                 unit = (end, compressor, shortcut)
-            x = layer(x)
+            if merger is None:
+                x = layer(x)
+            else:
+                x, state = merger.run_block(
+                    i, layer, x, state, merge=not self.compression_bypassed)
             full = x
+            if merger is not None and i in self.out_indices:
+                full = merger.restore(x, state)
             if unit is not None and (i == unit[0] or i in self.out_indices):
                 _, compressor, shortcut = unit
-                full = torch.cat(
-                    (x[:, :num_prefix],
-                     compressor.reconstruct(x[:, num_prefix:], shortcut)),
-                    dim=1)
+                full = compressor.reconstruct(x, shortcut, num_prefix)
                 if i == unit[0]:
                     x, unit = full, None
             if i == last and self.final_norm:

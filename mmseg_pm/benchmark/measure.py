@@ -1,0 +1,224 @@
+"""Measurements of one model: FLOPs, parameters, time and peak memory.
+
+Timing is interleaved: each repeat runs every model once in turn, so
+background load on a shared machine hits all rows alike; medians (and
+minima) are reported. Peak memory is the most tensor memory held above what
+was allocated before the step (model and input excluded): on a GPU
+``torch.cuda.max_memory_allocated``; on the CPU the allocations and frees
+the profiler records from torch's CPU allocator, summed in order.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from typing import Callable, Dict, Hashable, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmseg_pm.utils.flops import count_flops, vit_flops
+
+PARTS = ('backbone', 'segmentor')
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
+          'fp16': torch.float16}
+
+
+def part_module(segmentor: nn.Module, part: str) -> nn.Module:
+    """The module timed for ``part``: the backbone alone, or the segmentor
+    (backbone + decode head, ``mode='tensor'``: logits before resizing)."""
+    if part == 'backbone':
+        return segmentor.backbone
+    if part == 'segmentor':
+        return SegmentorTensor(segmentor)
+    raise ValueError(f'unknown part {part!r}; use one of {PARTS}')
+
+
+class SegmentorTensor(nn.Module):
+    """``segmentor(x, mode='tensor')`` as a plain module."""
+
+    def __init__(self, segmentor: nn.Module):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, x: Tensor):
+        return self.segmentor(x, mode='tensor')
+
+
+def autocast(device: str, dtype: str):
+    """Autocast to ``dtype`` ('fp32' = none)."""
+    if dtype == 'fp32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=DTYPES[dtype])
+
+
+def synchronize(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def time_interleaved(calls: Dict[Hashable, Callable[[], object]],
+                     warmup: int, repeats: int,
+                     device: str = 'cpu') -> Dict[Hashable, List[float]]:
+    """Seconds per call of every callable, ``repeats`` times each, the
+    callables taking turns (after ``warmup`` untimed calls each)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    synchronize(device)
+    gc.collect()
+    times = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def summarise(seconds: Sequence[float], batch: int) -> dict:
+    median = statistics.median(seconds)
+    return dict(latency_ms=1e3 * median, latency_ms_min=1e3 * min(seconds),
+                images_per_s=batch / median,
+                images_per_s_best=batch / min(seconds),
+                repeats=len(seconds))
+
+
+def _profiled_peak_bytes(step: Callable[[], object]) -> int:
+    """Peak of (bytes allocated - bytes freed) by torch's CPU allocator
+    while ``step`` runs, from the profiler's allocation events."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU],
+                 profile_memory=True) as prof:
+        step()
+    events, stack = [], list(
+        prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and \
+                event.extra_fields.device.type == 'cpu':
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+    live = peak = 0
+    for _, size in sorted(events, key=lambda e: e[0]):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def peak_memory_bytes(step: Callable[[], object], device: str) -> int:
+    """Most tensor memory held at once by ``step`` beyond what was held
+    before it."""
+    gc.collect()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    return _profiled_peak_bytes(step)
+
+
+def inference_step(module: nn.Module, x: Tensor, device: str,
+                   dtype: str) -> Callable[[], object]:
+    def step():
+        with torch.inference_mode(), autocast(device, dtype):
+            return module(x)
+    return step
+
+
+def _outputs_loss(out) -> Tensor:
+    if isinstance(out, Tensor):
+        return out.float().mean()
+    return sum(_outputs_loss(o) for o in out)
+
+
+def train_step(module: nn.Module, x: Tensor, device: str,
+               dtype: str) -> Callable[[], object]:
+    """Forward + backward of the mean of the outputs, in train mode; the
+    gradients are dropped afterwards."""
+    def step():
+        module.train()
+        try:
+            with autocast(device, dtype):
+                loss = _outputs_loss(module(x))
+            loss.backward()
+        finally:
+            module.eval()
+            for p in module.parameters():
+                p.grad = None
+    return step
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def counted_flops(module: nn.Module, x: Tensor) -> int:
+    """FLOPs of what runs for one forward of ``x`` (fp32)."""
+    module.eval()
+    return count_flops(module, x)
+
+
+def tokens_per_layer(backbone: nn.Module, grid: Sequence[int]
+                     ) -> Optional[List[int]]:
+    """Tokens each block runs on (class token included), or None where
+    the backbone's token counts are not static (ToMe, MSTM)."""
+    n = grid[0] * grid[1]
+    prefix = 1 if getattr(backbone, 'with_cls_token', True) else 0
+    tokens = [prefix + n] * len(backbone.layers)
+    if getattr(backbone, 'token_merger', None) is not None:
+        return None
+    compressors = getattr(backbone, 'token_compressors', None)
+    if compressors and not getattr(backbone, 'compression_bypassed', False):
+        for first, last in backbone.compressed_units:
+            k = compressors[str(first)].num_groups
+            for i in range(first, last + 1):
+                tokens[i] = prefix + k
+    return tokens
+
+
+def _merge_flops(backbone: nn.Module, grid: Sequence[int],
+                 embed_dims: int) -> int:
+    """FLOPs of merge and reconstruct as count_flops counts them: the
+    sparse segment sum (2 per source element, class token included), the
+    dense formulation's (K x N) and (N x K) products; gathers and scales
+    are element-wise (not counted)."""
+    compressors = getattr(backbone, 'token_compressors', None)
+    if not compressors or getattr(backbone, 'compression_bypassed', False):
+        return 0
+    n = grid[0] * grid[1]
+    prefix = 1 if backbone.with_cls_token else 0
+    total = 0
+    for first, last in backbone.compressed_units:
+        comp = compressors[str(first)]
+        k = comp.num_groups
+        reconstructs = 1 + sum(1 for i in backbone.out_indices
+                               if first <= i < last)
+        if comp.impl == 'sparse':
+            total += 2 * (prefix + n) * embed_dims
+        else:
+            total += 2 * k * n * embed_dims * (1 + reconstructs)
+    return total
+
+
+def analytic_backbone_flops(backbone: nn.Module, image_hw: Sequence[int]
+                            ) -> Optional[int]:
+    """:func:`vit_flops` for the backbone's shapes and token counts, plus
+    its merge/reconstruct; None where the token counts are not static."""
+    proj = backbone.patch_embed.projection
+    patch = proj.kernel_size[0]
+    grid = (-(-image_hw[0] // patch), -(-image_hw[1] // patch))
+    tokens = tokens_per_layer(backbone, grid)
+    if tokens is None:
+        return None
+    embed_dims = proj.out_channels
+    hidden = backbone.layers[0].ffn.layers[0][0].out_features
+    return vit_flops(grid[0] * grid[1], embed_dims, len(backbone.layers),
+                     patch, proj.in_channels, hidden // embed_dims,
+                     tokens_per_layer=tokens) + \
+        _merge_flops(backbone, grid, embed_dims)

@@ -1,0 +1,232 @@
+"""The models a benchmark puts side by side, built from mmseg configs.
+
+Every config gives a family of rows that share its weights:
+
+* ``mmseg``  mmseg's own ``VisionTransformer`` (what users run today);
+* ``off``    this project's ``PMVisionTransformer`` with compression off;
+* ``sparse`` / ``dense``  Prune-and-Merge at a keep rate with the sparse
+  (segment sum + gather) or the dense-matrix (the authors') merge and
+  reconstruct;
+* ``config`` the config's backbone exactly as written (e.g. ToMe or MSTM).
+
+Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
+has none). Their structures come from the checkpoint when its keep rate is
+the config's own, else from the built-in lattice at the row's keep rate:
+speed depends on the token counts only.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+VARIANTS = ('mmseg', 'off', 'sparse', 'dense', 'config')
+DENSE_VARIANTS = ('mmseg', 'off')
+COMPRESSED_VARIANTS = ('sparse', 'dense')
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One row: a config, the variant of its backbone and its weights."""
+
+    config: str
+    variant: str
+    checkpoint: Optional[str] = None
+    keep_rate: Optional[float] = None
+    img_size: Optional[Tuple[int, int]] = None
+
+    @property
+    def impl(self) -> Optional[str]:
+        return self.variant if self.variant in COMPRESSED_VARIANTS else None
+
+    @property
+    def model_name(self) -> str:
+        return config_stem(self.config)
+
+    @property
+    def label(self) -> str:
+        names = {'mmseg': 'mmseg VisionTransformer',
+                 'off': 'PM, compression off',
+                 'config': 'as configured'}
+        if self.variant in COMPRESSED_VARIANTS:
+            return f'PM {self.variant} keep {self.keep_rate:g}'
+        return names[self.variant]
+
+
+def config_stem(config: str) -> str:
+    """``mmseg::a/b.py`` or ``configs/a/b.py`` -> ``b``."""
+    return Path(config.split('::')[-1]).stem
+
+
+def parse_config_arg(arg: str) -> Tuple[str, Optional[str]]:
+    """``CONFIG[:CHECKPOINT]`` -> (config, checkpoint or None)."""
+    cut = arg.find('.py:')
+    if cut < 0:
+        return arg, None
+    return arg[:cut + 3], arg[cut + 4:] or None
+
+
+def load_config(config: str, cfg_options: Optional[dict] = None):
+    """The mmengine Config with ``cfg_options`` merged in."""
+    import mmseg_pm  # noqa: F401  (registers modules and the mmseg:: scope)
+    from mmengine.config import Config
+    try:
+        cfg = Config.fromfile(config)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f'config {config!r} not found ({err}); give a path such as '
+            'configs/segmenter/pm-segmenter_vit-s_mask_8xb1-160k_ade20k-'
+            '512x512.py or an mmseg:: config') from None
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def pm_compression(backbone_cfg: dict) -> Optional[dict]:
+    """The config's Prune-and-Merge ``compression`` dict, or None."""
+    comp = backbone_cfg.get('compression')
+    if comp is None or comp.get('method', 'pm') != 'pm':
+        return None
+    return dict(comp)
+
+
+def expand_specs(config: str, checkpoint: Optional[str],
+                 variants: Sequence[str],
+                 keep_rates: Optional[Sequence[float]],
+                 cfg_options: Optional[dict] = None) -> Tuple[
+                     List[ModelSpec], List[str]]:
+    """Rows of one config, and notes on rows left out (and why)."""
+    cfg = load_config(config, cfg_options)
+    backbone = cfg.model.backbone
+    notes = []
+    own = backbone.get('compression')
+    own_pm = pm_compression(backbone)
+    if keep_rates is None:
+        keep_rates = [own_pm.get('keep_rate', 0.7)] if own_pm else [0.7, 0.5]
+    specs = []
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f'unknown variant {variant!r}; use some of '
+                             f'{VARIANTS}')
+        if variant in DENSE_VARIANTS:
+            specs.append(ModelSpec(config, variant, checkpoint))
+        elif variant == 'config':
+            specs.append(ModelSpec(config, variant, checkpoint,
+                                   keep_rate=(own or {}).get('keep_rate')))
+        else:
+            if own is not None and own_pm is None:
+                notes.append(f'{config_stem(config)}: no {variant} rows: its '
+                             f'compression method is {own.get("method")!r}, '
+                             "not Prune-and-Merge (use --variants config)")
+                continue
+            for rate in keep_rates:
+                if rate >= 1:
+                    notes.append(f'keep rate {rate:g} is the uncompressed '
+                                 'model: see the mmseg / off rows')
+                    continue
+                specs.append(ModelSpec(config, variant, checkpoint,
+                                       keep_rate=float(rate)))
+    return specs, sorted(set(notes))
+
+
+def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
+    """The backbone config of ``spec``'s variant."""
+    backbone = copy.deepcopy(dict(backbone))
+    backbone.pop('init_cfg', None)
+    if spec.img_size is not None:
+        backbone['img_size'] = tuple(spec.img_size)
+    if spec.variant == 'config':
+        return backbone
+    if spec.variant == 'mmseg':
+        backbone['type'] = 'VisionTransformer'
+        backbone.pop('compression', None)
+        return backbone
+    backbone['type'] = 'PMVisionTransformer'
+    if spec.variant == 'off':
+        backbone['compression'] = None
+        return backbone
+    comp = pm_compression(backbone)
+    if comp is None:
+        num_layers = backbone.get('num_layers', 12)
+        comp = dict(mode='layer', layers=list(range(2, num_layers)))
+    comp.update(keep_rate=spec.keep_rate, impl=spec.impl)
+    backbone['compression'] = comp
+    return backbone
+
+
+def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None
+                    ) -> nn.Module:
+    """The segmentor of ``spec`` (random weights, eval mode, on the CPU)."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    cfg = load_config(spec.config, cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg['pretrained'] = None  # URLs cannot be fetched here
+    model_cfg['backbone'] = backbone_config(spec, model_cfg['backbone'])
+    model_cfg.pop('init_cfg', None)
+    model = MODELS.build(model_cfg)
+    model.eval()
+    return model
+
+
+def without_compressors(state: Dict[str, torch.Tensor]
+                        ) -> Dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if '.token_compressors.' not in k}
+
+
+def checkpoint_state(path: str) -> Dict[str, torch.Tensor]:
+    from mmengine.runner.checkpoint import CheckpointLoader
+    ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    return ckpt.get('state_dict', ckpt)
+
+
+def share_weights(model: nn.Module, weights: Dict[str, torch.Tensor],
+                  keep_structures: bool) -> None:
+    """Load the shared ``weights`` into ``model``.
+
+    The checkpoint's structures (``token_compressors``) are used only when
+    ``keep_structures``; otherwise the model keeps its own. Tensors whose
+    shape differs (a resized pos_embed) are left as they are.
+    """
+    own = model.state_dict()
+    state = without_compressors(weights)
+    state = {k: v for k, v in state.items()
+             if k in own and own[k].shape == v.shape}
+    compressors = {k: v for k, v in own.items() if '.token_compressors.' in k}
+    if keep_structures:
+        saved = {k: v for k, v in weights.items()
+                 if '.token_compressors.' in k}
+        if set(saved) == set(compressors):
+            compressors = saved
+    state.update(compressors)
+    model.load_state_dict(state, strict=False)
+
+
+def build_family(specs: Sequence[ModelSpec],
+                 cfg_options: Optional[dict] = None,
+                 seed: int = 0) -> List[nn.Module]:
+    """Segmentors for ``specs`` of one config, all with the same weights
+    (the checkpoint's, or those of the first row built)."""
+    models = []
+    weights = None
+    for spec in specs:
+        torch.manual_seed(seed)
+        model = build_segmentor(spec, cfg_options)
+        if weights is None:
+            weights = checkpoint_state(spec.checkpoint) \
+                if spec.checkpoint else model.state_dict()
+        own_rate = None
+        cfg = load_config(spec.config, cfg_options)
+        comp = pm_compression(cfg.model.backbone)
+        if comp is not None:
+            own_rate = comp.get('keep_rate', 0.7)
+        share_weights(model, weights,
+                      keep_structures=bool(spec.checkpoint)
+                      and spec.keep_rate == own_rate)
+        models.append(model)
+    return models

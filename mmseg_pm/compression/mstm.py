@@ -1,0 +1,175 @@
+"""Multi-Scale And Token Mergence (MSTM; Bian et al., arXiv 2306.04897),
+as this project reads its abstract (no code was released; DESIGN.md §3).
+
+At each pruning block, between its attention and its MLP:
+
+* importance of a patch token = the class token's attention to it,
+  averaged over heads (that block's own attention);
+* crucial tokens = the top ``keep_rate`` of the current patch tokens;
+* every other token joins its most similar crucial token (cosine similarity
+  of the keys); a group's token is the importance-weighted average of its
+  members, the crucial token included with its own importance.
+
+Multi-scale: 2x2-average-pooled tokens of the patch embedding, projected by
+a linear layer that starts at zero, are added to the fine tokens (each gets
+its cell's coarse token) before the first pruning block, so a pretrained
+dense model is unchanged at initialisation.
+
+Token counts per block are fixed (batches stay rectangular) but which
+tokens merge depends on the image. The source map (tome.py) brings the full
+grid back at any depth.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .tome import gather_tokens, initial_source, key_metric, merge_tokens
+
+
+def class_attention(q: Tensor, k: Tensor) -> Tensor:
+    """The class token's attention to each patch token, averaged over heads:
+    (B, heads, T, d) queries and keys -> (B, T - 1). Only the class row of
+    the attention is computed."""
+    logits = (q[:, :, :1] / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)
+    return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]
+
+
+def num_crucial(num_tokens: int, keep_rate: float) -> int:
+    """Crucial tokens kept out of ``num_tokens`` patch tokens (at least 1)."""
+    return max(1, int(keep_rate * num_tokens))
+
+
+def crucial_token_matching(metric: Tensor, importance: Tensor,
+                           num_keep: int) -> Tensor:
+    """Slot of each patch token: the ``num_keep`` most important tokens are
+    the slots (in their original order); every other token goes to the slot
+    of its most similar crucial token.
+
+    ``metric`` (B, N, d), ``importance`` (B, N). Returns (B, N) in
+    [0, num_keep).
+    """
+    b = metric.shape[0]
+    with torch.no_grad():
+        order = importance.argsort(dim=1, descending=True, stable=True)
+        crucial = order[:, :num_keep].sort(dim=1).values
+        others = order[:, num_keep:]
+        metric = F.normalize(metric, dim=-1)
+        similarity = gather_tokens(metric, others) @ gather_tokens(
+            metric, crucial).transpose(1, 2)  # (B, N - K, K)
+        assign = torch.empty_like(order)
+        assign.scatter_(1, crucial, torch.arange(
+            num_keep, device=metric.device).expand(b, -1))
+        assign.scatter_(1, others, similarity.argmax(dim=-1))
+    return assign
+
+
+def coarse_cells(hw: Tuple[int, int], device=None) -> Tuple[Tensor, int]:
+    """Index of the 2x2 cell of every token of an H x W raster grid (odd
+    edges give 1- or 2-token cells), and the number of cells."""
+    h, w = hw
+    rows = torch.arange(h, device=device) // 2
+    cols = torch.arange(w, device=device) // 2
+    cells_per_row = math.ceil(w / 2)
+    cell = (rows[:, None] * cells_per_row + cols[None, :]).flatten()
+    return cell, math.ceil(h / 2) * cells_per_row
+
+
+class CoarseBranch(nn.Module):
+    """Each token's 2x2 cell mean, linearly projected.
+
+    The projection is held as plain parameters that start at zero (not an
+    ``nn.Linear``, which the backbone's weight initialisation would
+    re-draw), so adding the branch leaves a pretrained model unchanged until
+    it is trained.
+    """
+
+    def __init__(self, embed_dims: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(embed_dims, embed_dims))
+        self.bias = nn.Parameter(torch.zeros(embed_dims))
+
+    def forward(self, tokens: Tensor, hw: Tuple[int, int]) -> Tensor:
+        """(B, H*W, C) patch tokens -> (B, H*W, C) projected cell means."""
+        cell, num_cells = coarse_cells(hw, tokens.device)
+        count = tokens.new_zeros(num_cells).index_add(
+            0, cell, tokens.new_ones(cell.shape))
+        pooled = tokens.new_zeros(tokens.shape[0], num_cells,
+                                  tokens.shape[2]).index_add(1, cell, tokens)
+        coarse = F.linear(pooled / count[:, None], self.weight, self.bias)
+        return coarse.index_select(1, cell)
+
+
+class MSTMState(NamedTuple):
+    source: Tensor  # (B, T0): current token of every original token
+    coarse: Optional[Tensor]  # (B, H*W, C) coarse tokens until fused
+
+
+class MSTM(nn.Module):
+    """MSTM in the backbone. ``keep_rates`` maps each pruning block to the
+    fraction of the current patch tokens it keeps as crucial tokens.
+    Needs the class token (its attention is the importance).
+
+    The backbone drives it with ``start`` (after the embedding),
+    ``run_block`` (in place of each block) and ``restore`` (full grid).
+    """
+
+    def __init__(self, embed_dims: int, keep_rates: Dict[int, float],
+                 coarse: bool = True):
+        super().__init__()
+        if not keep_rates:
+            raise ValueError('MSTM needs at least one pruning layer')
+        self.keep_rates = dict(sorted(keep_rates.items()))
+        self.fuse_layer = min(self.keep_rates)
+        self.coarse = CoarseBranch(embed_dims) if coarse else None
+
+    def start(self, x: Tensor, hw: Tuple[int, int]) -> MSTMState:
+        coarse = None if self.coarse is None else self.coarse(x[:, 1:], hw)
+        return MSTMState(initial_source(x), coarse)
+
+    def run_block(self, i: int, layer: nn.Module, x: Tensor,
+                  state: MSTMState,
+                  merge: bool = True) -> Tuple[Tensor, MSTMState]:
+        """Block ``i`` on ``x``: fuses the coarse tokens before the first
+        pruning block; merges at pruning blocks unless ``merge=False``."""
+        if i == self.fuse_layer and state.coarse is not None:
+            x = torch.cat((x[:, :1], x[:, 1:] + state.coarse), dim=1)
+            state = state._replace(coarse=None)
+        num_patches = x.shape[1] - 1
+        num_keep = num_patches
+        if merge and i in self.keep_rates:
+            num_keep = num_crucial(num_patches, self.keep_rates[i])
+        if num_keep == num_patches:
+            return layer(x), state
+        x, q, k = layer.attention_residual(x)
+        importance = class_attention(q, k)
+        patch_slots = crucial_token_matching(key_metric(k)[:, 1:], importance,
+                                             num_keep)
+        assign = F.pad(patch_slots + 1, (1, 0))  # class token: slot 0
+        # an underflowed softmax must not leave a group with zero weight
+        importance = importance.clamp_min(torch.finfo(importance.dtype).tiny)
+        weight = F.pad(importance, (1, 0), value=1.0)
+        x, _ = merge_tokens(x, assign, weight, num_keep + 1)
+        source = assign.gather(1, state.source)
+        return layer.mlp_residual(x), state._replace(source=source)
+
+    def restore(self, x: Tensor, state: MSTMState) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
+        return gather_tokens(x, state.source)
+
+    def tokens_per_layer(self, num_tokens: int, num_layers: int) -> List[int]:
+        """Tokens each block outputs (its MLP runs on them), class token
+        included, for ``num_tokens`` input tokens."""
+        counts, num_patches = [], num_tokens - 1
+        for i in range(num_layers):
+            if i in self.keep_rates:
+                num_patches = num_crucial(num_patches, self.keep_rates[i])
+            counts.append(num_patches + 1)
+        return counts
+
+    def extra_repr(self) -> str:
+        return f'keep_rates={self.keep_rates}'

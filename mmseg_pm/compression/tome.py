@@ -1,0 +1,158 @@
+"""Token Merging (ToMe, Bolya et al., ICLR 2023) inside the backbone, and the
+merge-by-assignment pieces it shares with MSTM.
+
+A merge step sends each of the T current tokens to one of K slots
+(``assign``, (B, T) with values in [0, K)); a slot's new token is the
+weighted average of its members. Composing the assignments gives the
+*source map*: for every original token (class token included) the index of
+the current token that holds it, so the full grid is one gather away at any
+depth. Both compressors keep the class token alone in slot 0.
+
+ToMe itself, per block that merges: keys averaged over heads, tokens split
+alternately into sets A and B, each A token's most similar B token (cosine),
+the ``r`` most similar of those edges merged (size-weighted averages), the
+class token never merged. Token sizes then enter every later attention as a
+``log(size)`` bias on the logits (proportional attention). Training-free.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def key_metric(k: Tensor) -> Tensor:
+    """(B, heads, T, d) keys -> (B, T, d): what token similarity is
+    measured on (ToMe's choice: the keys averaged over heads)."""
+    return k.mean(dim=1)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """Per image, ``x[b, index[b]]``: (B, T, C) and (B, M) -> (B, M, C)."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def merge_tokens(x: Tensor, assign: Tensor, weight: Tensor,
+                 num_slots: int) -> Tuple[Tensor, Tensor]:
+    """Weighted average of the tokens of every slot.
+
+    ``x`` (B, T, C), ``assign`` (B, T) slot of each token, ``weight`` (B, T)
+    positive. Returns the merged tokens (B, K, C) and each slot's total
+    weight (B, K). One segment sum over the flattened batch, so each image
+    merges its own way without a loop.
+    """
+    b, _, c = x.shape
+    offset = torch.arange(b, device=x.device)[:, None] * num_slots
+    slots = (assign + offset).flatten()
+    weight = weight.to(x.dtype)
+    total = x.new_zeros(b * num_slots).index_add(0, slots, weight.flatten())
+    summed = x.new_zeros(b * num_slots, c).index_add(
+        0, slots, (x * weight[..., None]).flatten(0, 1))
+    merged = summed / total[:, None]
+    return merged.view(b, num_slots, c), total.view(b, num_slots)
+
+
+def initial_source(x: Tensor) -> Tensor:
+    """The source map before any merge: every token holds itself."""
+    b, t, _ = x.shape
+    return torch.arange(t, device=x.device).expand(b, t)
+
+
+def bipartite_soft_matching(metric: Tensor, r: int,
+                            protect_first: bool = True) -> Tuple[Tensor, int]:
+    """ToMe's matching: the slot of each token after merging ``r`` of them.
+
+    ``metric`` (B, T, d). Tokens 0, 2, 4, ... form set A and 1, 3, 5, ...
+    set B; each A token's best edge is its most similar B token (cosine
+    similarity); the ``r`` A tokens with the most similar edges merge into
+    their B token. ``protect_first`` keeps token 0 (the class token) out of
+    the merge. Slots follow ToMe's output order: the unmerged A tokens in
+    their original order, then every B token. Returns (assign (B, T),
+    number of slots T - r).
+    """
+    b, t, _ = metric.shape
+    with torch.no_grad():
+        metric = F.normalize(metric, dim=-1)
+        a, bset = metric[:, ::2], metric[:, 1::2]
+        scores = a @ bset.transpose(1, 2)  # (B, |A|, |B|)
+        if protect_first:
+            scores[:, 0] = -torch.inf
+        best, match = scores.max(dim=-1)
+        order = best.argsort(dim=-1, descending=True, stable=True)
+        merged, kept = order[:, :r], order[:, r:].sort(dim=-1).values
+        num_kept = a.shape[1] - r
+        arange = torch.arange(t, device=metric.device)
+        assign_a = torch.empty_like(order)
+        assign_a.scatter_(1, kept, arange[:num_kept].expand(b, -1))
+        assign_a.scatter_(1, merged, num_kept + match.gather(1, merged))
+        assign = torch.empty(b, t, dtype=torch.long, device=metric.device)
+        assign[:, ::2] = assign_a
+        assign[:, 1::2] = num_kept + arange[:bset.shape[1]]
+    return assign, t - r
+
+
+def tome_merges(num_tokens: int, r: int, protect_first: bool) -> int:
+    """``r`` capped at what bipartite matching can merge: half the
+    mergeable tokens (ToMe's cap)."""
+    return max(0, min(r, (num_tokens - int(protect_first)) // 2))
+
+
+class ToMeState(NamedTuple):
+    source: Tensor  # (B, T0): current token of every original token
+    size: Optional[Tensor]  # (B, T) original tokens per current token
+
+
+class ToMe(nn.Module):
+    """ToMe in the backbone: the blocks of ``merges`` merge ``r`` tokens each
+    between their attention and their MLP; every block after a merge uses
+    proportional attention. No parameters.
+
+    The backbone drives it with ``start`` (after the embedding),
+    ``run_block`` (in place of each block) and ``restore`` (full grid).
+    """
+
+    def __init__(self, merges: Dict[int, int], class_token: bool = True):
+        super().__init__()
+        self.merges = dict(sorted(merges.items()))
+        self.class_token = class_token
+
+    def start(self, x: Tensor, hw: Tuple[int, int]) -> ToMeState:
+        return ToMeState(initial_source(x), None)
+
+    def run_block(self, i: int, layer: nn.Module, x: Tensor,
+                  state: ToMeState,
+                  merge: bool = True) -> Tuple[Tensor, ToMeState]:
+        """Block ``i`` on ``x`` (merging unless ``merge=False``)."""
+        bias = None
+        if state.size is not None:  # proportional attention
+            bias = state.size.log()[:, None, None, :]
+        r = tome_merges(x.shape[1], self.merges.get(i, 0), self.class_token)
+        if not merge or r == 0:
+            return layer(x, bias), state
+        x, _, k = layer.attention_residual(x, bias)
+        assign, num_slots = bipartite_soft_matching(key_metric(k), r,
+                                                    self.class_token)
+        size = state.size if state.size is not None else x.new_ones(
+            x.shape[:2])
+        x, size = merge_tokens(x, assign, size, num_slots)
+        source = assign.gather(1, state.source)
+        return layer.mlp_residual(x), ToMeState(source, size)
+
+    def restore(self, x: Tensor, state: ToMeState) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
+        return gather_tokens(x, state.source)
+
+    def tokens_per_layer(self, num_tokens: int, num_layers: int) -> List[int]:
+        """Tokens each block outputs (its MLP runs on them), class token
+        included, for ``num_tokens`` input tokens."""
+        counts = []
+        for i in range(num_layers):
+            num_tokens -= tome_merges(num_tokens, self.merges.get(i, 0),
+                                      self.class_token)
+            counts.append(num_tokens)
+        return counts
+
+    def extra_repr(self) -> str:
+        return f'merges={self.merges}, class_token={self.class_token}'

@@ -1,0 +1,169 @@
+"""ONNX export of a segmentor at a fixed input size, and a parity check
+against onnxruntime.
+
+The exported graph is the segmentor's ``mode='tensor'`` forward: normalised
+(B, 3, H, W) images in, decoder logits out (at the decoder's resolution, or
+at the input's with ``upsample=True``). The data preprocessor (mean/std,
+BGR->RGB, padding) is not part of it.
+
+torch's TorchScript exporter refuses the segment sum of the sparse merge
+(``index_add`` with repeated indices), so export goes through
+``torch.export`` (``dynamo=True``, needs onnxscript), which lowers it to a
+ScatterND with add-reduction. A Prune-and-Merge structure is a constant of
+the graph: its shapes and indices are fixed, nothing depends on the image.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_OPSET = 18
+# protobuf's limit: larger models keep their weights in a side file
+SINGLE_FILE_LIMIT = 1_800_000_000
+
+
+class TensorForward(nn.Module):
+    """``segmentor(x, mode='tensor')`` as a plain module (what is exported);
+    ``upsample`` resizes the logits to the input size as mmseg's inference
+    does."""
+
+    def __init__(self, segmentor: nn.Module, upsample: bool = False):
+        super().__init__()
+        self.segmentor = segmentor
+        self.upsample = upsample
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        logits = self.segmentor(inputs, mode='tensor')
+        if self.upsample:
+            head = getattr(self.segmentor, 'decode_head', None)
+            logits = F.interpolate(
+                logits, size=inputs.shape[-2:], mode='bilinear',
+                align_corners=getattr(head, 'align_corners', False))
+        return logits
+
+
+def load_segmentor(config: str, checkpoint: str, cfg_options=None):
+    """``(cfg, model)``: the config's segmentor with the checkpoint's
+    weights, in eval mode, on CPU. Weights the checkpoint lacks are an error
+    (a half-initialised model is useless to export or inspect); extra
+    entries are reported. Pretrained-weight settings of the config are
+    ignored: the checkpoint has every weight."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import mmseg_pm  # noqa: F401  (registers the project's modules)
+    from mmseg_pm.utils import checkpoint_state_dict, load_checkpoint_file
+
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    cfg.model.pop('pretrained', None)
+    if isinstance(cfg.model.get('backbone'), dict):
+        cfg.model.backbone.pop('init_cfg', None)
+    model = MODELS.build(cfg.model)
+    state = checkpoint_state_dict(load_checkpoint_file(checkpoint))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(
+            f'{checkpoint} lacks {len(result.missing_keys)} weights of the '
+            f'config\'s model, e.g. {result.missing_keys[:5]}; is it a '
+            'checkpoint of this config?')
+    if result.unexpected_keys:
+        print(f'warning: ignored {len(result.unexpected_keys)} checkpoint '
+              f'entries, e.g. {result.unexpected_keys[:5]}')
+    model.eval()
+    return cfg, model
+
+
+def compression_method(segmentor: nn.Module) -> str:
+    """'dense', 'pm', 'mstm' or 'tome': what the backbone compresses with."""
+    backbone = getattr(segmentor, 'backbone', segmentor)
+    if getattr(backbone, 'token_merger', None) is not None:
+        return type(backbone.token_merger).__name__.lower()
+    if len(getattr(backbone, 'token_compressors', ())):
+        return 'pm'
+    return 'dense'
+
+
+def _param_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size()
+               for t in list(module.parameters()) + list(module.buffers()))
+
+
+def export_onnx(segmentor: nn.Module,
+                out: str,
+                shape: Tuple[int, int],
+                batch_size: int = 1,
+                opset: int = DEFAULT_OPSET,
+                upsample: bool = False) -> Path:
+    """Export ``segmentor`` (eval mode) for ``(batch_size, 3, *shape)``
+    inputs to ``out``, atomically: the file(s) are written in a temporary
+    folder next to ``out`` and renamed into place only once complete."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = TensorForward(segmentor, upsample).eval()
+    example = torch.zeros(batch_size, 3, *shape)
+    external = _param_bytes(module) > SINGLE_FILE_LIMIT
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+    try:
+        tmp = tmp_dir / out.name
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter('ignore')
+            program = torch.onnx.export(
+                module, (example, ), dynamo=True, opset_version=opset,
+                input_names=['inputs'], output_names=['logits'],
+                external_data=external, verbose=False)
+            program.save(str(tmp), external_data=external)
+        data = [p for p in tmp_dir.iterdir() if p != tmp]
+        for p in data:  # weights first, so the model never points at nothing
+            os.replace(p, out.parent / p.name)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def onnx_parity(segmentor: nn.Module,
+                onnx_file: str,
+                inputs: Sequence[Tensor],
+                upsample: bool = False) -> float:
+    """Max |onnxruntime (CPU) - PyTorch| over the logits of ``inputs``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file),
+                                   providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    module = TensorForward(segmentor, upsample).eval()
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            expected = module(x).numpy()
+            (got, ) = session.run(None, {name: x.numpy()})
+            if got.shape != expected.shape:
+                raise RuntimeError(f'onnxruntime returned {got.shape}, '
+                                   f'PyTorch {expected.shape}')
+            worst = max(worst, float(abs(got - expected).max()))
+    return worst
+
+
+def parity_inputs(shape: Tuple[int, int], batch_size: int = 1,
+                  num: int = 2, seed: int = 0,
+                  image: Optional[Tensor] = None) -> list:
+    """Normalised-image-like inputs: ``num`` seeded N(0, 1) batches (plus a
+    real preprocessed ``image`` if given)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(batch_size, 3, *shape, generator=g)
+              for _ in range(num)]
+    if image is not None:
+        inputs.append(image)
+    return inputs

@@ -1,0 +1,152 @@
+"""tools/prune.py end to end: a dense checkpoint trained by tools/train.py is
+scored, pruned and saved; tools/test.py evaluates the output with no extra
+flags, and tools/train.py fine-tunes it with distillation."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmseg_pm  # noqa: F401
+from mmseg_pm.cli import build_runner
+from mmseg_pm.compression import CompressionConfig, search_structures
+from mmseg_pm.datasets import make_synthetic_ade
+
+ROOT = Path(__file__).resolve().parents[1]
+DENSE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+PM = ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+SPAN_OR_LAYER = PM
+DISTILL = ROOT / 'configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+
+
+def tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'test_tools_{name}', ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def data_options(root, batch_size=2):
+    return [f'{s}_dataloader.dataset.data_root={root}'
+            for s in ('train', 'val', 'test')] + \
+        [f'train_dataloader.batch_size={batch_size}']
+
+
+def load(path):
+    from mmengine.runner.checkpoint import get_torch_safe_globals
+    with torch.serialization.safe_globals(get_torch_safe_globals()):
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+@pytest.fixture(scope='module')
+def dense(tmp_path_factory):
+    """A tiny synthetic data set and a dense checkpoint after 2 iterations
+    of tools/train.py (a real mmengine Runner checkpoint)."""
+    tmp = tmp_path_factory.mktemp('prune_tool')
+    data = make_synthetic_ade(tmp / 'data', num_train=4, num_val=2,
+                              size=(64, 96), seed=3, progress=False)['root']
+    tool('train').main([
+        str(DENSE), '--work-dir', str(tmp / 'dense'), '--cfg-options',
+        *data_options(data), 'train_cfg.max_iters=2', 'val_cfg=None',
+        'val_dataloader=None', 'val_evaluator=None',
+        'default_hooks.checkpoint.interval=2', 'param_scheduler.0.end=2'
+    ])
+    return tmp, data, tmp / 'dense' / 'iter_2.pth'
+
+
+def test_prune_then_test_then_distill(dense, capsys):
+    tmp, data, checkpoint = dense
+    out = tmp / 'pruned.pth'
+    summary = tool('prune').main([
+        str(PM), str(checkpoint), '--out', str(out), '--iters', '2',
+        '--keep-rate', '0.4', '--prune-rate', '0.1', '--device', 'cpu',
+        '--cfg-options', *data_options(data)
+    ])
+    printed = capsys.readouterr().out
+    assert 'GFLOPs per 64x64 crop' in printed and 'centres' in printed
+
+    saved = load(out)  # plain tensors and data: weights_only loads it
+    meta = saved['meta']['prune_and_merge']
+    state = saved['state_dict']
+    assert meta['compression']['keep_rate'] == 0.4
+    assert meta['mode'] == 'global'
+    # the structures in the weights are the search result of the saved scores
+    config = CompressionConfig.from_dict(
+        dict(mode='layer', layers=[1, 2, 3], keep_rate=0.4, prune_rate=0.1),
+        4)
+    expected = search_structures(meta['scores'], config, (8, 8), 'global')
+    for first, s in zip((1, 2, 3), expected):
+        prefix = f'backbone.token_compressors.{first}.'
+        assert torch.equal(state[prefix + 'group'], s.group)
+        assert torch.equal(state[prefix + 'merge_weight'], s.weight)
+    # global ranking: the totals are exact, the layers differ
+    assert sum(s.num_groups for s in expected) == int(0.4 * 64) * 3
+    assert sum(s.num_pruned for s in expected) == int(0.1 * 64) * 3
+    assert [r['tokens'] for r in meta['layers']][0] == 65
+    assert meta['flops_compressed'] < meta['flops_dense']
+    assert summary['flops_dense'] == meta['flops_dense']
+    # the dense weights are carried over unchanged
+    dense_state = load(checkpoint)['state_dict']
+    for key, value in dense_state.items():
+        assert torch.equal(state[key], value), key
+
+    # tools/test.py evaluates it with no other flags (but the data root)
+    test = tool('test')
+    args = test.build_parser().parse_args(
+        [str(PM), str(out), '--work-dir', str(tmp / 'test'),
+         '--cfg-options', *data_options(data)])
+    runner = build_runner(test.prepare_config(args))
+    metrics = runner.test()
+    assert 0 <= metrics['mIoU'] <= 100
+    installed = runner.model.backbone.structures()
+    assert [s.num_groups for s in installed] == \
+        [s.num_groups for s in expected]
+
+    # a few iterations of distillation fine-tuning from it
+    tool('train').main([
+        str(DISTILL), '--work-dir', str(tmp / 'distill'), '--cfg-options',
+        *data_options(data), f'load_from={out}',
+        f'model.teacher_checkpoint={checkpoint}', 'train_cfg.max_iters=2',
+        'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None',
+        'default_hooks.checkpoint.interval=2', 'param_scheduler.0.end=2'
+    ])
+    tuned = load(tmp / 'distill' / 'iter_2.pth')['state_dict']
+    assert not any('teacher' in k for k in tuned)
+    assert set(tuned) == set(state)
+    for first in (1, 2, 3):  # the support is fixed, the weights learn
+        prefix = f'backbone.token_compressors.{first}.'
+        assert torch.equal(tuned[prefix + 'group'], state[prefix + 'group'])
+    assert not torch.equal(tuned['backbone.token_compressors.1.merge_weight'],
+                           state['backbone.token_compressors.1.merge_weight'])
+
+
+def run_prune_expecting_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tool('prune').main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_command_lines_fail_before_any_work(dense, capsys):
+    tmp, _, checkpoint = dense
+    out = tmp / 'never.pth'
+    base = [str(PM), str(checkpoint), '--out', str(out)]
+    err = run_prune_expecting_error(base + ['--keep-rate', '1.5'], capsys)
+    assert 'keep_rate must be in (0, 1]' in err
+    err = run_prune_expecting_error(
+        base + ['--keep-rate', '0.7', '--prune-rate', '0.4'], capsys)
+    assert 'keep_rate + prune_rate' in err
+    err = run_prune_expecting_error(base + ['--mode', 'span'], capsys)
+    assert 'span-mode config' in err
+    err = run_prune_expecting_error(
+        [str(PM), str(checkpoint), '--out', str(checkpoint)], capsys)
+    assert '--out is the input checkpoint' in err
+    err = run_prune_expecting_error(
+        [str(DENSE), str(checkpoint), '--out', str(out)], capsys)
+    assert 'not a Prune-and-Merge config' in err
+    assert not out.exists()
+    out.write_bytes(b'keep me')
+    err = run_prune_expecting_error(base, capsys)
+    assert 'exists; pass --force' in err
+    assert out.read_bytes() == b'keep me'

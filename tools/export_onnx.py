@@ -1,0 +1,105 @@
+"""Export a (compressed) segmentor to ONNX at a fixed input size.
+
+The graph is the segmentor's ``mode='tensor'`` forward: normalised
+(B, 3, H, W) images in (the config's data preprocessor: mean/std and
+BGR->RGB are *not* included), decoder logits out. ``--check`` runs the file
+with onnxruntime on CPU and prints the largest difference to PyTorch.
+
+Example::
+
+    python tools/export_onnx.py \\
+        configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \\
+        work_dirs/pm_tiny/pruned.pth --out work_dirs/pm_tiny/model.onnx --check
+
+Prune and Merge exports (its structure is a constant of the graph). MSTM
+and ToMe choose their merges per image with sorting and scattering; see
+docs/weights_export_visualize.md for what that means for their export.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
+import torch  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+
+from mmseg_pm.export import (DEFAULT_OPSET, compression_method,  # noqa: E402
+                             export_onnx, load_segmentor, onnx_parity,
+                             parity_inputs)
+
+PARITY_TOLERANCE = 1e-4
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Export a segmentor to ONNX (fixed input size)')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', required=True, help='ONNX file to write')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='input size (default: the backbone img_size, '
+                        'the size compression structures are built for)')
+    parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
+    parser.add_argument('--upsample', action='store_true',
+                        help='resize the logits to the input size inside the '
+                        'graph (default: the decoder resolution)')
+    parser.add_argument('--check', action='store_true',
+                        help='compare onnxruntime CPU outputs with PyTorch')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite an existing --out')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries')
+    return parser.parse_args(argv)
+
+
+def default_shape(model):
+    backbone = getattr(model, 'backbone', None)
+    size = getattr(backbone, 'img_size', None)
+    if size is None:
+        raise SystemExit('error: pass --shape H W (the backbone has no '
+                         'img_size)')
+    return tuple(int(s) for s in size)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SystemExit(f'error: {out} exists; pass --force to overwrite it')
+    if out.resolve() in (Path(args.checkpoint).resolve(),
+                         Path(args.config).resolve()):
+        raise SystemExit('error: --out would overwrite an input')
+    try:
+        _, model = load_segmentor(args.config, args.checkpoint,
+                                  args.cfg_options)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f'error: {err}')
+    shape = tuple(args.shape) if args.shape else default_shape(model)
+    method = compression_method(model)
+    start = time.perf_counter()
+    export_onnx(model, out, shape, args.batch_size, args.opset,
+                args.upsample)
+    print(f'exported {method} model for {args.batch_size}x3x{shape[0]}x'
+          f'{shape[1]} inputs to {out} '
+          f'({time.perf_counter() - start:.1f} s)')
+    report = dict(out=str(out), shape=shape, method=method)
+    if args.check:
+        inputs = parity_inputs(shape, args.batch_size)
+        diff = onnx_parity(model, out, inputs, args.upsample)
+        verdict = 'OK' if diff <= PARITY_TOLERANCE else 'MISMATCH'
+        print(f'onnxruntime vs PyTorch: max abs diff {diff:.3g} over '
+              f'{len(inputs)} inputs ({verdict}, tolerance '
+              f'{PARITY_TOLERANCE:g})')
+        report['max_abs_diff'] = diff
+        if diff > PARITY_TOLERANCE:
+            raise SystemExit(1)
+    return report
+
+
+if __name__ == '__main__':
+    with torch.no_grad():
+        main()
