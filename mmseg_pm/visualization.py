@@ -17,6 +17,7 @@ and, when token scores are given, a heat map per block underneath.
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,11 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# qualitative colours (tab10 without its grey, which marks pruned tokens)
+# qualitative colours: tab10 then its light tab20 partners, without the
+# greys (grey marks pruned tokens)
 PALETTE = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b',
-           '#e377c2', '#bcbd22', '#17becf')
+           '#e377c2', '#bcbd22', '#17becf', '#aec7e8', '#ffbb78', '#98df8a',
+           '#ff9896', '#c5b0d5', '#c49c94', '#f7b6d2', '#dbdb8d', '#9edae5')
 PRUNED_COLOUR = '#7f7f7f'
-WINDOW_ALPHA = 0.5
+WINDOW_ALPHA = 0.6
 PRUNED_ALPHA = 0.8
 
 
@@ -161,6 +164,23 @@ def window_edges(group: Tensor, grid: Tuple[int, int]) -> np.ndarray:
     return np.asarray(segments, dtype=float)
 
 
+def window_colours(token_map: TokenMap) -> Tensor:
+    """Palette index per window. Up to ``len(PALETTE)`` merged windows get
+    a colour each (so the scattered parts of one MSTM/ToMe group read as
+    one); more are coloured so that neighbouring windows differ."""
+    window = token_map.window
+    kept = window >= 0
+    if not kept.any():
+        return torch.zeros(0, dtype=torch.long)
+    sizes = torch.bincount(window[kept])
+    merged = torch.nonzero(sizes > 1).flatten()
+    if merged.numel() <= len(PALETTE):
+        colours = torch.zeros(sizes.numel(), dtype=torch.long)
+        colours[merged] = torch.arange(merged.numel())
+        return colours
+    return colour_windows(window, token_map.grid)
+
+
 def window_overlay(token_map: TokenMap) -> np.ndarray:
     """(H, W, 4) RGBA fill: merged windows coloured, tokens alone clear,
     pruned positions grey."""
@@ -171,7 +191,7 @@ def window_overlay(token_map: TokenMap) -> np.ndarray:
     kept = window >= 0
     sizes = torch.bincount(window[kept], minlength=int(window.max()) + 1) \
         if kept.any() else torch.zeros(0, dtype=torch.long)
-    colours = colour_windows(window, token_map.grid)
+    colours = window_colours(token_map)
     rgba = np.zeros((h * w, 4))
     for p in range(h * w):
         k = int(window[p])
@@ -182,10 +202,21 @@ def window_overlay(token_map: TokenMap) -> np.ndarray:
     return rgba.reshape(h, w, 4)
 
 
+def muted(image: np.ndarray) -> np.ndarray:
+    """A light greyscale copy of an RGB image (uint8 or float in [0, 1]),
+    so the window colours drawn over it stand out."""
+    rgb = np.asarray(image, dtype=float)
+    if rgb.max() > 1:
+        rgb = rgb / 255.0
+    grey = rgb[..., :3] @ np.array([0.299, 0.587, 0.114])
+    return np.repeat((0.35 + 0.6 * grey)[..., None], 3, axis=-1)
+
+
 def _show_image(ax, image: Optional[np.ndarray], grid: Tuple[int, int]):
     h, w = grid
     if image is not None:
-        ax.imshow(image, extent=(0, w, h, 0), interpolation='bilinear')
+        ax.imshow(muted(image), extent=(0, w, h, 0),
+                  interpolation='bilinear')
         ax.set_aspect((image.shape[0] / h) / (image.shape[1] / w))
     else:
         ax.set_facecolor('#f0f0f0')
@@ -198,8 +229,8 @@ def _show_image(ax, image: Optional[np.ndarray], grid: Tuple[int, int]):
 
 def draw_token_map(ax, image: Optional[np.ndarray], token_map: TokenMap,
                    title: Optional[str] = None) -> None:
-    """One panel: the image (RGB uint8 or float, or None) with the token
-    roles drawn over it in grid-cell coordinates."""
+    """One panel: the image (RGB uint8 or float, or None; shown in light
+    grey) with the token roles drawn over it in grid-cell coordinates."""
     from matplotlib.collections import LineCollection, PatchCollection
     from matplotlib.patches import Rectangle
 
@@ -282,8 +313,8 @@ def plot_token_maps(image: Optional[np.ndarray],
     with_scores = any(s is not None for s in scores)
     rows = 2 if with_scores else 1
     cols = len(token_maps)
-    fig = Figure(figsize=(panel_size * cols + 0.6,
-                          panel_size * rows + 1.3))
+    fig = Figure(figsize=(max(panel_size * cols + 0.6, 6.5),
+                          panel_size * rows + 1.5))
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, token_map in enumerate(token_maps):
         draw_token_map(axes[0, i], image, token_map)
@@ -301,12 +332,14 @@ def plot_token_maps(image: Optional[np.ndarray],
     fig.legend(handles=legend_handles(with_centres), loc='lower center',
                ncol=4, fontsize=8, frameon=False)
     if score_note:
-        fig.text(0.5, 0.045, score_note, ha='center', va='bottom',
-                 fontsize=8, color='#444444')
+        width = int(fig.get_figwidth() * 13)  # characters at fontsize 8
+        fig.text(0.5, 0.05, textwrap.fill(score_note, width), ha='center',
+                 va='bottom', fontsize=8, color='#444444')
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.88 if title else 0.93,
-                        bottom=0.13, wspace=0.15, hspace=0.25)
+    fig.subplots_adjust(left=0.02, right=0.95, top=0.88 if title else 0.93,
+                        bottom=0.17 if rows == 1 else 0.12, wspace=0.3,
+                        hspace=0.25)
     return fig
 
 

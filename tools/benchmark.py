@@ -14,8 +14,12 @@ Examples::
 
 Writes benchmarks/<name>.json, .md and .png (see docs/benchmark.md).
 """
+import os
 import sys
 from pathlib import Path
+
+# The CPU memory measurement uses torch's profiler; keep its log quiet.
+os.environ.setdefault('KINETO_LOG_LEVEL', '5')
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -31,6 +31,25 @@ from mmseg_pm.export import (DEFAULT_OPSET, compression_method,  # noqa: E402
                              parity_inputs)
 
 PARITY_TOLERANCE = 1e-4
+EXPORT_HINTS = dict(
+    mstm=' (MSTM and ToMe pick their merges per image with a stable '
+    'argsort, which torch.onnx cannot translate; see '
+    'docs/weights_export_visualize.md)')
+EXPORT_HINTS['tome'] = EXPORT_HINTS['mstm']
+
+
+def export_failure(err: BaseException) -> str:
+    """The informative line of an exporter error (they run to pages)."""
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in reversed(chain):
+        for line in str(e).splitlines():
+            if 'No ONNX function found' in line or 'not supported' in line:
+                return line.strip()[:300]
+    return f'{type(chain[-1]).__name__}: ' + \
+        (str(chain[-1]).strip().splitlines() or [''])[0][:300]
 
 
 def parse_args(argv=None):
@@ -81,8 +100,13 @@ def main(argv=None) -> dict:
     shape = tuple(args.shape) if args.shape else default_shape(model)
     method = compression_method(model)
     start = time.perf_counter()
-    export_onnx(model, out, shape, args.batch_size, args.opset,
-                args.upsample)
+    try:
+        export_onnx(model, out, shape, args.batch_size, args.opset,
+                    args.upsample)
+    except Exception as err:  # the exporter's errors have many types
+        raise SystemExit(f'error: ONNX export of the {method} model failed: '
+                         f'{export_failure(err)}'
+                         f'{EXPORT_HINTS.get(method, "")}')
     print(f'exported {method} model for {args.batch_size}x3x{shape[0]}x'
           f'{shape[1]} inputs to {out} '
           f'({time.perf_counter() - start:.1f} s)')

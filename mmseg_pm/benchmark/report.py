@@ -122,15 +122,15 @@ def check_targets(rows: Sequence[dict]) -> List[dict]:
                             t['images_per_s'] /
                             dense['timing'][batch]['images_per_s'],
                             MIN_SPARSE_OVER_DENSE, row, batch)
+            mem = row.get('memory') or {}
             for kind in ('inference', 'train'):
-                mine = (row.get('memory') or {}).get(kind)
-                refs = [(reference_row(rows, row, v) or {}).get('memory')
-                        for v in ('mmseg', 'off')]
-                refs = [m[kind] for m in refs if m and m.get(kind)]
-                if mine and refs:
-                    add(f'peak memory {kind}: dense / compressed',
-                        min(refs) / mine, 1.0, row,
-                        (row.get('memory') or {}).get('batch'), strict=True)
+                for ref in ('mmseg', 'off'):
+                    theirs = ((reference_row(rows, row, ref) or {}).get(
+                        'memory') or {}).get(kind)
+                    if mem.get(kind) and theirs:
+                        add(f'peak memory {kind}: {ref} / compressed',
+                            theirs / mem[kind], 1.0, row, mem.get('batch'),
+                            strict=True)
         if row['variant'] == 'off':
             r = row.get('vs_mmseg')
             for batch, s in (r or {}).get('speedup', {}).items():
@@ -148,14 +148,21 @@ def _mb(nbytes):
     return None if nbytes is None else nbytes / 2**20
 
 
+def _token_range(tokens) -> str:
+    """'fewest-most' tokens a block runs on."""
+    if not tokens:
+        return '-'
+    return f'{min(tokens)}-{max(tokens)}' if min(tokens) != max(tokens) \
+        else str(tokens[0])
+
+
 def table_rows(rows: Sequence[dict], batches: Sequence[int]) -> List[list]:
     """One line per row: the columns of :func:`table_header`."""
     lines = []
     for row in rows:
-        tokens = row.get('tokens_per_layer')
         line = [row['model'], row['part'], row['dtype'], row['label'],
-                '-' if not tokens else f'{min(tokens)}-{max(tokens)}',
-                _fmt(row['params'] / 1e6), _fmt(row['gflops']),
+                _token_range(row.get('tokens_per_layer')),
+                _fmt(row['params'] / 1e6), _fmt(row['gflops'], '.4g'),
                 _fmt(row.get('backbone_flops_deviation_pct'), '+.2f')]
         for b in batches:
             t = row['timing'].get(b)
@@ -168,8 +175,8 @@ def table_rows(rows: Sequence[dict], batches: Sequence[int]) -> List[list]:
                 line.append(_fmt(r.get('speedup', {}).get(b), '.3f') + ' / ' +
                             _fmt(r.get('efficiency', {}).get(b), '.3f'))
         mem = row.get('memory') or {}
-        line += [_fmt(_mb(mem.get('inference')), '.0f'),
-                 _fmt(_mb(mem.get('train')), '.0f')]
+        line += [_fmt(_mb(mem.get('inference')), '.1f'),
+                 _fmt(_mb(mem.get('train')), '.1f')]
         lines.append(line)
     return lines
 
@@ -211,8 +218,8 @@ def scale_lines(rows: Sequence[dict]) -> List[list]:
         eff = next(iter(r.get('efficiency', {}).values()), None)
         lines.append([row['model'], f"{row['img_size'][0]}x"
                       f"{row['img_size'][1]}", row['label'],
-                      str(max(row['tokens_per_layer'] or [0])),
-                      _fmt(row['gflops']), _fmt(t['latency_ms'], '.1f'),
+                      _token_range(row['tokens_per_layer']),
+                      _fmt(row['gflops'], '.4g'), _fmt(t['latency_ms'], '.1f'),
                       _fmt(t['images_per_s'], '.3f'),
                       _fmt(r.get('flops_ratio'), '.3f'),
                       _fmt(speedup, '.3f'), _fmt(eff, '.3f')])

@@ -17,6 +17,7 @@ speed depends on the token counts only.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -71,19 +72,25 @@ def parse_config_arg(arg: str) -> Tuple[str, Optional[str]]:
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None):
-    """The mmengine Config with ``cfg_options`` merged in."""
+    """The mmengine Config with ``cfg_options`` merged in (a fresh copy;
+    parsing is cached: every row of a config reads it)."""
+    cfg = copy.deepcopy(_parsed_config(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_config(config: str):
     import mmseg_pm  # noqa: F401  (registers modules and the mmseg:: scope)
     from mmengine.config import Config
     try:
-        cfg = Config.fromfile(config)
+        return Config.fromfile(config)
     except FileNotFoundError as err:
         raise FileNotFoundError(
             f'config {config!r} not found ({err}); give a path such as '
             'configs/segmenter/pm-segmenter_vit-s_mask_8xb1-160k_ade20k-'
             '512x512.py or an mmseg:: config') from None
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
 
 
 def pm_compression(backbone_cfg: dict) -> Optional[dict]:

@@ -106,6 +106,12 @@ def weight_with_prefix(weight: Tensor, num_prefix: int) -> Tensor:
     return torch.cat((weight.new_ones(num_prefix), weight))
 
 
+def _normal_tensors():
+    """Cached tensors made under ``torch.inference_mode`` could not be
+    used by autograd later: make them as normal tensors."""
+    return torch.inference_mode(False)
+
+
 class TokenCompressor(nn.Module):
     """One compressed unit: merge before its first block, reconstruct after
     its last.
@@ -205,37 +211,41 @@ class TokenCompressor(nn.Module):
         cached = None if torch.compiler.is_compiling() else self._rows.get(key)
         if cached is not None:
             return cached
-        index = with_prefix(self._index, num_prefix)
-        groups = num_prefix + self.num_groups
-        tokens = index.numel()
-        pruned = self._pruned + num_prefix
-        rows = (batched_rows(index, batch, groups),
-                batched_rows(pruned, batch, tokens))
+        with _normal_tensors():
+            index = with_prefix(self._index, num_prefix)
+            groups = num_prefix + self.num_groups
+            tokens = index.numel()
+            pruned = self._pruned + num_prefix
+            rows = (batched_rows(index, batch, groups),
+                    batched_rows(pruned, batch, tokens))
         if not torch.compiler.is_compiling():
             self._rows[key] = rows
         return rows
 
     def _unit_weights(self, num_prefix: int, dtype: torch.dtype
                       ) -> Tuple[Tensor, Tensor]:
-        """Merge and reconstruct weights over prefix + patch tokens."""
-        cacheable = not torch.compiler.is_compiling() and not (
-            torch.is_grad_enabled() and (self.merge_weight.requires_grad or
-                                         self.reconstruct_weight.requires_grad))
-        if cacheable:
-            key = (num_prefix, dtype, self._kept.device,
-                   self.merge_weight.data_ptr(), self.merge_weight._version,
-                   self.reconstruct_weight.data_ptr(),
-                   self.reconstruct_weight._version)
-            cached = self._weights.get(key)
-            if cached is not None:
-                return cached
-        weights = tuple(
-            weight_with_prefix(w * self._kept, num_prefix).to(dtype)
-            for w in (self.merge_weight, self.reconstruct_weight))
-        if cacheable:
-            self._weights.clear()  # one entry: the weights as they are now
-            self._weights[key] = weights
-        return weights
+        """Merge and reconstruct weights over prefix + patch tokens; cached
+        (one entry, keyed by the parameters' storage and version) while
+        no gradient flows to them."""
+        def compute():
+            return tuple(
+                weight_with_prefix(w * self._kept, num_prefix).to(dtype)
+                for w in (self.merge_weight, self.reconstruct_weight))
+
+        needs_grad = torch.is_grad_enabled() and (
+            self.merge_weight.requires_grad
+            or self.reconstruct_weight.requires_grad)
+        if needs_grad or torch.compiler.is_compiling():
+            return compute()
+        key = (num_prefix, dtype, self._kept.device,
+               self.merge_weight.data_ptr(), self.merge_weight._version,
+               self.reconstruct_weight.data_ptr(),
+               self.reconstruct_weight._version)
+        if key not in self._weights:
+            with _normal_tensors(), torch.no_grad():
+                self._weights.clear()
+                self._weights[key] = compute()
+        return self._weights[key]
 
     # ------------------------------------------------------------------
     def merge(self, x: Tensor, num_prefix: int = 0

@@ -1,0 +1,311 @@
+"""Pure pieces of the quality study at matched FLOPs (``tools/study.py``).
+
+The study compresses one trained dense Segmenter with every method to the
+same GFLOPs and compares mIoU before and after the same distillation
+fine-tune. This module holds what needs no trained model: which blocks each
+method compresses, the integer knob each method is calibrated on, the FLOPs
+calibration search, the random-centre floor, and the table and plot.
+
+Every method has one integer knob whose FLOPs are monotone in it:
+
+* Prune and Merge ('pm-row', 'pm-nearest', 'pm-span') and the random floor:
+  the centres per unit, ``k`` of the N patch tokens;
+* MSTM: the crucial tokens kept at its first pruning block (every pruning
+  block keeps the same fraction of its current tokens);
+* ToMe: the total number of merges ``q`` spread over the blocks as evenly as
+  possible (``q // L`` per block, one more in the first ``q % L`` blocks),
+  so its FLOPs move in steps far finer than one ``r``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from mmseg_pm.compression.structure import (CompressionStructure,
+                                            build_structure)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method of the study."""
+
+    name: str
+    label: str
+    family: str  # 'pm', 'random', 'mstm' or 'tome'
+    marker: str  # matplotlib marker of its points
+
+
+METHODS: Dict[str, Method] = {m.name: m for m in (
+    Method('pm-row', 'Prune and Merge, per layer, row rule', 'pm', 'o'),
+    Method('pm-nearest', 'Prune and Merge, per layer, nearest rule', 'pm',
+           's'),
+    Method('pm-span', 'Prune and Merge, span mode', 'pm', 'D'),
+    Method('mstm', 'MSTM', 'mstm', '^'),
+    Method('tome', 'ToMe', 'tome', 'v'),
+    Method('random', 'random centres (floor)', 'random', 'X'),
+)}
+
+
+class CalibrationError(ValueError):
+    """No knob value brings a method close enough to the FLOPs target."""
+
+
+# ---------------------------------------------------------------- layers
+def pm_layers(num_layers: int) -> List[int]:
+    """Blocks Prune and Merge compresses: all but block 0 (the released
+    Segmenter configs likewise leave the first blocks dense)."""
+    if num_layers < 2:
+        raise ValueError(f'the study needs at least 2 blocks, got '
+                         f'{num_layers}')
+    return list(range(1, num_layers))
+
+
+def span_units(num_layers: int) -> List[Tuple[int, int]]:
+    """The span-mode units: blocks 1..L-1 in two consecutive halves (the
+    first one longer when odd), each with one shared structure."""
+    blocks = pm_layers(num_layers)
+    if len(blocks) < 2:
+        return [(blocks[0], blocks[-1])]
+    cut = blocks[0] + math.ceil(len(blocks) / 2) - 1
+    return [(blocks[0], cut), (cut + 1, blocks[-1])]
+
+
+def mstm_layers(num_layers: int) -> List[int]:
+    """MSTM's pruning blocks: every other block from block 1, at most three
+    (the ViT-S config prunes at 3 of 12 blocks)."""
+    pm_layers(num_layers)
+    return list(range(1, max(num_layers - 1, 2), 2))[:3]
+
+
+# ---------------------------------------------------------------- knobs
+def keep_rate_for(count: int, num_tokens: int) -> float:
+    """A keep rate whose ``int(rate * N)`` is exactly ``count`` (k / N
+    itself can round down to k - 1 in floating point)."""
+    if not 1 <= count <= num_tokens:
+        raise ValueError(f'count must be in [1, {num_tokens}], got {count}')
+    return min(1.0, (count + 0.5) / num_tokens)
+
+
+def tome_schedule(total_merges: int, num_layers: int) -> List[int]:
+    """``r`` per block for ``total_merges`` spread evenly, front-loaded."""
+    if total_merges < 0:
+        raise ValueError(f'total_merges must be >= 0, got {total_merges}')
+    base, extra = divmod(total_merges, num_layers)
+    return [base + (1 if i < extra else 0) for i in range(num_layers)]
+
+
+def knob_range(method: str, num_tokens: int, num_layers: int
+               ) -> Tuple[int, int]:
+    """Inclusive range of the method's knob."""
+    family = METHODS[method].family
+    if family == 'tome':  # ToMe caps each block at half its tokens
+        return 0, num_layers * (num_tokens // 2)
+    return 1, num_tokens
+
+
+def compression_for(method: str, knob: int, num_layers: int,
+                    num_tokens: int, prune_rate: float = 0.0) -> dict:
+    """The backbone's ``compression=`` dict of a method at a knob value."""
+    family = METHODS[method].family
+    if family == 'tome':
+        return dict(method='tome', layers=list(range(num_layers)),
+                    r=tome_schedule(knob, num_layers))
+    keep_rate = keep_rate_for(knob, num_tokens)
+    if family == 'mstm':
+        return dict(method='mstm', prune_layers=mstm_layers(num_layers),
+                    keep_rate=keep_rate, coarse=True)
+    if method == 'pm-span':
+        return dict(mode='span', spans=span_units(num_layers),
+                    keep_rate=keep_rate, prune_rate=prune_rate, rule='row')
+    rule = 'nearest' if method == 'pm-nearest' else 'row'
+    return dict(mode='layer', layers=pm_layers(num_layers),
+                keep_rate=keep_rate,
+                prune_rate=prune_rate if family == 'pm' else 0.0, rule=rule)
+
+
+def search_ranking(method: str) -> str:
+    """Structure-search ranking: the paper's global ('automatic') ranking
+    in layer mode; each span ranks alone."""
+    return 'layer' if method == 'pm-span' else 'global'
+
+
+def knob_text(method: str, knob: int, num_tokens: int,
+              num_layers: int) -> str:
+    """The calibrated knob in words, for the table."""
+    family = METHODS[method].family
+    if family == 'tome':
+        r = tome_schedule(knob, num_layers)
+        return f'r={r[0]}' if len(set(r)) == 1 else \
+            f'r={"/".join(map(str, r))}'
+    rate = knob / num_tokens
+    if family == 'mstm':
+        return f'keep {rate:.2f} at blocks {mstm_layers(num_layers)}'
+    return f'keep {knob}/{num_tokens} ({rate:.2f})'
+
+
+# ---------------------------------------------------------------- search
+def calibrate_knob(flops_at: Callable[[int], float], lo: int, hi: int,
+                   target: float) -> Tuple[int, float]:
+    """The knob in ``[lo, hi]`` whose FLOPs are nearest ``target``.
+
+    ``flops_at`` must be monotone in the knob (either direction); the
+    search bisects, so it costs about log2(hi - lo) evaluations. Ties go to
+    the smaller knob. Returns (knob, its FLOPs).
+    """
+    if lo > hi:
+        raise ValueError(f'empty knob range [{lo}, {hi}]')
+    cache: Dict[int, float] = {}
+
+    def flops(k: int) -> float:
+        if k not in cache:
+            cache[k] = float(flops_at(k))
+        return cache[k]
+
+    increasing = flops(hi) >= flops(lo)
+    a, b = lo, hi
+    while b - a > 1:
+        mid = (a + b) // 2
+        if (flops(mid) < target) == increasing:
+            a = mid
+        else:
+            b = mid
+    best = min((a, b), key=lambda k: (abs(flops(k) - target), k))
+    return best, flops(best)
+
+
+def check_within(method: str, achieved: float, target: float,
+                 tolerance: float) -> None:
+    """Raise :class:`CalibrationError` if ``achieved`` misses ``target`` by
+    more than the relative ``tolerance``."""
+    miss = achieved / target - 1
+    if abs(miss) > tolerance:
+        raise CalibrationError(
+            f'{method}: the nearest setting gives {achieved / 1e9:.4f} '
+            f'GFLOPs, {100 * miss:+.1f}% from the target '
+            f'{target / 1e9:.4f} (tolerance {100 * tolerance:.0f}%); the '
+            'target is outside what this method reaches on this model')
+
+
+def random_structures(grid: Tuple[int, int], num_units: int,
+                      num_centres: int, seed: int,
+                      rule: str = 'row') -> List[CompressionStructure]:
+    """The floor: each unit gets ``num_centres`` centres drawn uniformly at
+    random (no scores), uniform merge weights, nothing pruned."""
+    num_tokens = grid[0] * grid[1]
+    if not 1 <= num_centres <= num_tokens:
+        raise ValueError(f'num_centres must be in [1, {num_tokens}], got '
+                         f'{num_centres}')
+    generator = torch.Generator().manual_seed(seed)
+    return [build_structure(grid, torch.randperm(
+        num_tokens, generator=generator)[:num_centres], rule=rule)
+        for _ in range(num_units)]
+
+
+# ---------------------------------------------------------------- report
+COLUMNS = ('method', 'budget', 'setting', 'GFLOPs', '% of dense',
+           'mIoU before FT', 'mIoU after FT', 'images/s')
+
+
+def _cells(row: dict) -> Tuple[str, ...]:
+    def miou(key):
+        value = row.get(key)
+        return '-' if value is None else f'{value:.2f}'
+
+    budget = '-' if row.get('budget') is None else \
+        f'{100 * row["budget"]:.0f}%'
+    return (row['method'], budget, row.get('setting', '-'),
+            f'{row["gflops"]:.4f}', f'{100 * row["fraction"]:.1f}',
+            miou('miou_before'), miou('miou_after'),
+            f'{row["images_per_s"]:.0f}')
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Plain-text table (dense row first, then one per method and budget)."""
+    body = [_cells(r) for r in rows]
+    widths = [max(len(x[i]) for x in [COLUMNS] + body)
+              for i in range(len(COLUMNS))]
+
+    def line(cells):
+        return '  '.join(c.ljust(w) if i in (0, 2) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return '\n'.join([line(COLUMNS), '  '.join('-' * w for w in widths)] +
+                     [line(b) for b in body])
+
+
+def format_markdown(rows: Sequence[dict]) -> str:
+    lines = ['| ' + ' | '.join(COLUMNS) + ' |',
+             '|---|---:|---|---:|---:|---:|---:|---:|']
+    lines += ['| ' + ' | '.join(_cells(r)) + ' |' for r in rows]
+    return '\n'.join(lines) + '\n'
+
+
+def best_per_budget(rows: Sequence[dict], key: str = 'miou_after'
+                    ) -> Dict[float, dict]:
+    """The row with the highest ``key`` at every budget (ties: first)."""
+    best: Dict[float, dict] = {}
+    for row in rows:
+        budget = row.get('budget')
+        if budget is None or row.get(key) is None:
+            continue
+        if budget not in best or row[key] > best[budget][key]:
+            best[budget] = row
+    return best
+
+
+def plot_study(rows: Sequence[dict], dense: dict, path, title: str,
+               note: Optional[str] = None) -> None:
+    """mIoU against GFLOPs: one marker shape per method, hollow before and
+    filled after fine-tuning, joined by a thin line; the dense model as a
+    star with its mIoU as a dashed line. Written atomically."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    colours = plt.get_cmap('tab10')
+    fig, ax = plt.subplots(figsize=(8.5, 5.6))
+    names = list(dict.fromkeys(r['method'] for r in rows))
+    for i, name in enumerate(names):
+        method = METHODS[name]
+        colour = colours(i)
+        mine = [r for r in rows if r['method'] == name]
+        for r in mine:
+            ax.plot([r['gflops']] * 2, [r['miou_before'], r['miou_after']],
+                    '-', color=colour, lw=0.8, alpha=0.6)
+        ax.scatter([r['gflops'] for r in mine],
+                   [r['miou_before'] for r in mine], marker=method.marker,
+                   s=55, facecolors='none', edgecolors=[colour],
+                   linewidths=1.4)
+        ax.scatter([r['gflops'] for r in mine],
+                   [r['miou_after'] for r in mine], marker=method.marker,
+                   s=55, color=colour, label=method.label)
+    ax.scatter([dense['gflops']], [dense['miou']], marker='*', s=180,
+               color='black', label=f'dense ({dense["miou"]:.2f} mIoU)',
+               zorder=3)
+    ax.axhline(dense['miou'], color='black', ls='--', lw=0.8)
+    for budget in sorted({r['budget'] for r in rows}):
+        ax.axvline(budget * dense['gflops'], color='grey', ls=':', lw=0.8)
+        ax.annotate(f'{100 * budget:.0f}% of dense', (budget *
+                    dense['gflops'], 0.02), xycoords=('data', 'axes fraction'),
+                    rotation=90, fontsize=8, color='grey', ha='right')
+    ax.scatter([], [], marker='o', facecolors='none', edgecolors='grey',
+               label='hollow: before fine-tuning')
+    ax.scatter([], [], marker='o', color='grey',
+               label='filled: after distillation fine-tuning')
+    ax.set_xlabel('GFLOPs per image (encoder + decoder, counted)')
+    ax.set_ylabel('mIoU (%)')
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='lower right', framealpha=0.9)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color='dimgrey')
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp.png')
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
