@@ -23,7 +23,8 @@ from torch import nn
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.compression import build_structure, reconstruct_weights
-from mmseg_pm.converters import (ConversionError, convert_timm_vit,
+from mmseg_pm.converters import (ConversionError, convert_decoder,
+                                 convert_timm_vit,
                                  structure_from_matrices)
 from mmseg_pm.models import PMVisionTransformer
 
@@ -354,3 +355,19 @@ def test_segmenter_tool_refuses_bad_matrices_without_writing(tmp_path):
         segmenter2mmseg_pm.main([str(src), str(tmp_path / 'a.pth'),
                                  '--grid', '3', '5'])
     assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint.pth']
+
+
+def test_segmenter_linear_decoder_becomes_an_fcn_head():
+    linear = randomise(nn.Linear(32, NUM_CLASSES), seed=3)
+    head, kind = convert_decoder({f'head.{k}': v
+                                  for k, v in linear.state_dict().items()})
+    assert kind == 'linear'
+    fcn = MODELS.build(dict(
+        type='FCNHead', in_channels=32, channels=32, num_convs=0,
+        kernel_size=1, concat_input=False, num_classes=NUM_CLASSES,
+        dropout_ratio=0.0)).eval()
+    fcn.load_state_dict(head, strict=True)
+    tokens = torch.randn(2, 32, *GRID)
+    with torch.no_grad():
+        expected = linear(tokens.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        assert (fcn([tokens]) - expected).abs().max().item() <= 1e-5

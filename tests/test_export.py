@@ -15,7 +15,8 @@ from mmseg_pm.compression import build_structure
 from mmseg_pm.export import load_segmentor, onnx_parity, parity_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
+BASE = ROOT / 'configs/synthetic' / \
+    'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
 spec = importlib.util.spec_from_file_location('export_onnx',
                                               ROOT / 'tools/export_onnx.py')

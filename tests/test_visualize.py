@@ -23,7 +23,8 @@ from mmseg_pm.visualization import (PALETTE, TokenMap, colour_windows,
 
 matplotlib.use('Agg')
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
+BASE = ROOT / 'configs/synthetic' / \
+    'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
 
 def test_window_edges_follow_group_boundaries():

@@ -405,11 +405,15 @@ def parse_args(argv=None):
                         help='largest relative miss of the GFLOPs target')
     parser.add_argument('--speed-rounds', type=int, default=5)
     parser.add_argument('--speed-iters', type=int, default=20)
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (1: on shared cores more '
+                        'threads contend and run far slower)')
     parser.add_argument('--fresh', action='store_true',
                         help='recompute cached stages')
     args = parser.parse_args(argv)
     for name in ('dense_iters', 'finetune_iters', 'score_iters', 'num_train',
-                 'num_val', 'batch_size', 'speed_rounds', 'speed_iters'):
+                 'num_val', 'batch_size', 'speed_rounds', 'speed_iters',
+                 'threads'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.img_size % 8:
@@ -431,6 +435,7 @@ def main(argv=None) -> dict:
     warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
     warnings.filterwarnings('ignore', category=UserWarning,
                             module='mmengine')
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     load = dict(start=os.getloadavg()[0])
     work, out = Path(args.work_dir), Path(args.out_dir)
@@ -444,7 +449,8 @@ def main(argv=None) -> dict:
     base = study_config(args)
     settings = {k: v for k, v in vars(args).items()
                 if k not in ('work_dir', 'out_dir', 'fresh', 'methods',
-                             'budgets', 'speed_rounds', 'speed_iters')}
+                             'budgets', 'speed_rounds', 'speed_iters',
+                             'threads')}
     dense_stamp = {k: settings[k] for k in (
         'data_root', 'dense_iters', 'seed', 'img_size', 'num_layers',
         'num_train', 'num_val', 'batch_size')}

@@ -17,7 +17,8 @@ Example::
 
     python tools/visualize_tokens.py \\
         configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \\
-        work_dirs/pm_tiny/pruned.pth data/synthetic_ade/images/validation/0000.jpg \\
+        work_dirs/pm_tiny/pruned.pth \\
+        data/synthetic_ade/images/validation/ADE_val_00000002.jpg \\
         --out tokens.png --layers 1 2 3
 """
 import argparse

@@ -398,8 +398,8 @@ def convert_segmenter(state_dict: Dict[str, Tensor],
         converted.update({f'decode_head.{k}': v for k, v in head.items()})
         if kind == 'linear':
             notes.append("linear decoder: use decode_head=dict(type='FCNHead'"
-                         ', num_convs=0, kernel_size=1, concat_input=False, '
-                         '...) as mmseg\'s segmenter linear configs do')
+                         ', num_convs=0, concat_input=False, ...) as '
+                         "mmseg's segmenter_vit-s_fcn config does")
         else:
             num = 1 + max([int(k.split('.')[1]) for k in head
                            if k.startswith('layers.')], default=-1)

@@ -1,0 +1,133 @@
+"""The quality study's machinery: knobs, FLOPs calibration on a tiny model,
+and one method end to end (tools/study.py) with two iterations."""
+import importlib.util
+import json
+import math
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
+                            compression_for, keep_rate_for, mstm_layers,
+                            random_structures, span_units, tome_schedule)
+from mmseg_pm.utils import count_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the study runs: on shared cores two threads
+    contend and tiny models run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_study_tool():
+    spec = importlib.util.spec_from_file_location('study_tool',
+                                                  ROOT / 'tools/study.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_knobs_mean_what_they_say():
+    for n in (36, 64, 144, 1024):
+        assert all(int(keep_rate_for(k, n) * n) == k for k in range(1, n + 1))
+    assert tome_schedule(11, 4) == [3, 3, 3, 2]
+    assert sum(tome_schedule(577, 8)) == 577
+    assert span_units(8) == [(1, 4), (5, 7)]
+    assert span_units(2) == [(1, 1)]
+    assert mstm_layers(8) == [1, 3, 5]
+    assert compression_for('tome', 5, 4, 64)['r'] == [2, 1, 1, 1]
+    assert compression_for('pm-nearest', 16, 4, 64)['rule'] == 'nearest'
+
+
+def test_calibrate_knob_finds_the_nearest_value_either_direction():
+    def falling(k):  # like ToMe: more merges, fewer FLOPs
+        return 1000 - 7 * k
+
+    calls = []
+
+    def rising(k):  # like a keep count
+        calls.append(k)
+        return 3 * k * k
+
+    assert calibrate_knob(falling, 0, 100, 500) == (71, 503)
+    assert calibrate_knob(rising, 1, 1000, 30000) == (100, 30000)
+    assert len(calls) <= 12  # bisection, not a scan
+    assert calibrate_knob(rising, 1, 10, 10 ** 9)[0] == 10  # clamps
+    with pytest.raises(CalibrationError, match='outside what'):
+        check_within('tome', 0.9e9, 1e9, 0.02)
+
+
+def test_random_structures_are_seeded_and_have_the_count():
+    a = random_structures((8, 8), 3, 10, seed=1)
+    b = random_structures((8, 8), 3, 10, seed=1)
+    assert [s.num_groups for s in a] == [10, 10, 10]
+    assert all(torch.equal(x.centre, y.centre) for x, y in zip(a, b))
+    assert not torch.equal(a[0].centre, a[1].centre)  # one draw per unit
+    assert all(s.num_pruned == 0 for s in a)
+
+
+def tiny_args(tmp_path, **kw):
+    args = dict(img_size=64, num_layers=4, prune_rate=0.0, tolerance=0.02,
+                seed=0, data_root=str(tmp_path), batch_size=2)
+    args.update(kw)
+    return Namespace(**args)
+
+
+@pytest.mark.parametrize('method', ['pm-row', 'tome'])
+def test_calibration_hits_the_flops_target(tmp_path, method):
+    study = load_study_tool()
+    args = tiny_args(tmp_path)
+    base = study.study_config(args)
+    dense = study.build_segmentor(base)
+    dense_flops = study.flops_of(dense, 64)
+    scores = torch.rand(4, 64, generator=torch.Generator().manual_seed(0))
+    model, cfg, knob, flops = study.compress(
+        method, 0.8, base, dense.state_dict(), dense_flops, scores, args)
+    assert abs(flops / (0.8 * dense_flops) - 1) <= 0.02
+    x = torch.rand(1, 3, 64, 64)
+    assert count_flops(model, x, mode='tensor') == flops
+    # the dense weights were loaded: the compressed model differs from the
+    # dense one only through its compression
+    assert torch.equal(model.backbone.patch_embed.projection.weight,
+                       dense.backbone.patch_embed.projection.weight)
+    assert model(x, mode='tensor').shape == dense(x, mode='tensor').shape
+    with pytest.raises(CalibrationError):
+        study.compress(method, 0.05, base, dense.state_dict(), dense_flops,
+                       scores, args)
+
+
+def test_one_method_end_to_end(tmp_path):
+    study = load_study_tool()
+    argv = ['--work-dir', str(tmp_path / 'work'), '--out-dir',
+            str(tmp_path / 'out'), '--img-size', '64', '--num-layers', '4',
+            '--num-train', '4', '--num-val', '2', '--batch-size', '2',
+            '--dense-iters', '2', '--finetune-iters', '2', '--score-iters',
+            '1', '--methods', 'pm-row', '--budgets', '0.8',
+            '--speed-rounds', '1', '--speed-iters', '1']
+    result = study.main(argv)
+    [row] = result['rows']
+    assert row['method'] == 'pm-row' and row['budget'] == 0.8
+    assert abs(row['fraction'] / 0.8 - 1) <= 0.02
+    for key in ('miou_before', 'miou_after', 'images_per_s'):
+        assert math.isfinite(row[key])
+    assert Path(row['finetuned']).is_file()
+    saved = json.loads((tmp_path / 'out/results.json').read_text())
+    assert saved['rows'][0]['miou_after'] == row['miou_after']
+    assert 'not ADE20K' in saved['note']
+    table = (tmp_path / 'out/table.md').read_text()
+    assert '| pm-row | 80% |' in table and '| dense |' in table
+    assert (tmp_path / 'out/miou_vs_gflops.png').stat().st_size > 10000
+
+    # a second run with the same settings reuses every trained model
+    finetuned = Path(row['finetuned']).stat().st_mtime_ns
+    again = study.main(argv)
+    assert Path(row['finetuned']).stat().st_mtime_ns == finetuned
+    assert again['rows'][0]['miou_after'] == row['miou_after']
