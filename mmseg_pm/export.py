@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -157,13 +157,8 @@ def onnx_parity(segmentor: nn.Module,
 
 
 def parity_inputs(shape: Tuple[int, int], batch_size: int = 1,
-                  num: int = 2, seed: int = 0,
-                  image: Optional[Tensor] = None) -> list:
-    """Normalised-image-like inputs: ``num`` seeded N(0, 1) batches (plus a
-    real preprocessed ``image`` if given)."""
+                  num: int = 2, seed: int = 0) -> list:
+    """Normalised-image-like inputs: ``num`` seeded N(0, 1) batches."""
     g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(batch_size, 3, *shape, generator=g)
-              for _ in range(num)]
-    if image is not None:
-        inputs.append(image)
-    return inputs
+    return [torch.randn(batch_size, 3, *shape, generator=g)
+            for _ in range(num)]

@@ -1,4 +1,8 @@
-"""Pictures of what a compressed ViT merged: pure plotting functions.
+"""Pictures of what a compressed ViT merged.
+
+Pure plotting functions on plain data first; at the end, the helpers that
+read that data off a ``PMVisionTransformer`` (structures, or per-image source
+maps recorded while MSTM/ToMe run).
 
 A :class:`TokenMap` is what one block sees of the patch grid: for every
 grid position the token that holds it (``group``, -1 if the position was

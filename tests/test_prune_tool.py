@@ -15,7 +15,6 @@ from mmseg_pm.datasets import make_synthetic_ade
 ROOT = Path(__file__).resolve().parents[1]
 DENSE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 PM = ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
-SPAN_OR_LAYER = PM
 DISTILL = ROOT / 'configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 
 
@@ -150,3 +149,29 @@ def test_bad_command_lines_fail_before_any_work(dense, capsys):
     err = run_prune_expecting_error(base, capsys)
     assert 'exists; pass --force' in err
     assert out.read_bytes() == b'keep me'
+
+
+def test_span_mode_scores_each_span_once(dense, tmp_path, capsys):
+    tmp, data, checkpoint = dense
+    span_config = tmp_path / 'span.py'
+    span_config.write_text(
+        f'_base_ = [{str(PM)!r}]\n'
+        'model = dict(backbone=dict(compression=dict(\n'
+        "    _delete_=True, mode='span', spans=[(1, 3)], keep_rate=0.25)))\n")
+    out = tmp_path / 'span.pth'
+    err = run_prune_expecting_error(
+        [str(span_config), str(checkpoint), '--out', str(out), '--mode',
+         'global'], capsys)
+    assert 'layer-mode config' in err
+    summary = tool('prune').main([
+        str(span_config), str(checkpoint), '--out', str(out), '--iters', '1',
+        '--cfg-options', *data_options(data)
+    ])
+    assert summary['mode'] == 'span'
+    rows = summary['layers']
+    # one structure shared by blocks 1..3: exactly int(0.25 * 64) centres
+    assert [r['unit'] for r in rows] == [None, [1, 3], [1, 3], [1, 3]]
+    assert [r['tokens'] for r in rows] == [65, 17, 17, 17]
+    state = load(out)['state_dict']
+    assert int(state['backbone.token_compressors.1.is_centre'].sum()) == 16
+    assert not any('token_compressors.2' in k for k in state)

@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -38,7 +37,8 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from mmseg_pm.compression import layer_token_counts  # noqa: E402
+from mmseg_pm.benchmark import time_interleaved, tokens_per_layer  # noqa: E402,E501
+from mmseg_pm.benchmark.measure import summarise  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
                             load_checkpoint_file)
@@ -120,95 +120,17 @@ def build_model(config: Path, checkpoint: str, device: str):
 
 
 @torch.no_grad()
-def images_per_second(models: dict, img_size, device: str, rounds: int = 5,
-                      iters: int = 30) -> dict:
-    """Batch-1 forwards of one crop; models are interleaved over ``rounds``
-    (the CPU is shared) and the median round is reported."""
-    x = torch.randn(1, 3, *img_size, device=device)
-    timings = {name: [] for name in models}
-    for model in models.values():
-        for _ in range(5):
-            model(x, mode='tensor')
-    for _ in tqdm(range(rounds), desc='images/s', unit='round'):
-        for name, model in models.items():
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(iters):
-                model(x, mode='tensor')
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            timings[name].append(iters / (time.perf_counter() - start))
-    return {name: statistics.median(t) for name, t in timings.items()}
-
-
-def tokens_per_block(model) -> list:
-    backbone = model.backbone
-    n = ((backbone.img_size[0] // backbone.patch_size) *
-         (backbone.img_size[1] // backbone.patch_size))
-    num_prefix = 1 if backbone.with_cls_token else 0
-    units = getattr(backbone, 'compressed_units', [])
-    structures = backbone.structures() if units else []
-    return [r['tokens'] for r in layer_token_counts(
-        structures, units, len(backbone.layers), n, num_prefix)]
-
-
-def plot_merge_windows(image_path: str, structures, units, path: Path) -> None:
-    """Every unit's structure on one image: merge windows coloured, centres
-    as dots, pruned tokens grey and hatched, window borders drawn."""
-    import cv2
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    h, w = structures[0].grid
-    image = cv2.cvtColor(cv2.imread(image_path), cv2.COLOR_BGR2RGB)
-    image = cv2.resize(image, (w * 32, h * 32), interpolation=cv2.INTER_AREA)
-    cmap = plt.get_cmap('tab20')
-    fig, axes = plt.subplots(1, len(structures) + 1,
-                             figsize=(3.2 * (len(structures) + 1), 3.6))
-    axes[0].imshow(image, extent=(0, w, h, 0))
-    axes[0].set_title('input (one crop)', fontsize=9)
-    for ax, s, (first, last) in zip(axes[1:], structures, units):
-        group = s.group.reshape(h, w)
-        overlay = torch.zeros(h, w, 4)
-        for k in range(s.num_groups):
-            overlay[group == k] = torch.tensor(cmap((k * 7) % 20),
-                                               dtype=torch.float32)
-        overlay[..., 3] = torch.where(group >= 0, 0.5, 0.0)
-        ax.imshow(image, extent=(0, w, h, 0))
-        ax.imshow(overlay.numpy(), extent=(0, w, h, 0),
-                  interpolation='nearest')
-        for y, x in torch.nonzero(group < 0).tolist():
-            ax.add_patch(Rectangle((x, y), 1, 1, facecolor=(0.5, 0.5, 0.5,
-                                                            0.85),
-                                   hatch='xxx', edgecolor='black', lw=0))
-        for y in range(h):  # window borders
-            for x in range(w):
-                if x + 1 < w and group[y, x] != group[y, x + 1]:
-                    ax.plot([x + 1, x + 1], [y, y + 1], 'k-', lw=0.8)
-                if y + 1 < h and group[y, x] != group[y + 1, x]:
-                    ax.plot([x, x + 1], [y + 1, y + 1], 'k-', lw=0.8)
-        cy, cx = s.centre // w, s.centre % w
-        ax.scatter(cx + 0.5, cy + 0.5, s=14, c='white', edgecolors='black',
-                   linewidths=0.8, zorder=3)
-        name = f'block {first}' if first == last else f'blocks {first}-{last}'
-        ax.set_title(f'{name}: {s.num_groups} centres,\n{s.num_merged} '
-                     f'merged, {s.num_pruned} pruned', fontsize=9)
-    for ax in axes:
-        ax.set_xlim(0, w)
-        ax.set_ylim(h, 0)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle('Prune and Merge structures (the same for every crop): '
-                 'windows (colour), centres (dots), pruned (grey, hatched)',
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+def images_per_second(models: dict, img_size, device: str, batch_size: int,
+                      repeats: int = 10) -> dict:
+    """Median images/s of forwards of ``batch_size`` crops, the models
+    taking turns (the CPU is shared), as tools/benchmark.py measures."""
+    x = torch.randn(batch_size, 3, *img_size, device=device)
+    calls = {name: (lambda m=m: m(x, mode='tensor'))
+             for name, m in models.items()}
+    seconds = time_interleaved(calls, warmup=3, repeats=repeats,
+                               device=device)
+    return {name: summarise(t, batch_size)['images_per_s']
+            for name, t in seconds.items()}
 
 
 def format_table(rows: list) -> str:
@@ -260,11 +182,18 @@ def parse_args(argv=None):
     parser.add_argument('--mode', choices=('global', 'layer'),
                         default='global', help='structure search ranking')
     parser.add_argument('--rule', choices=('row', 'nearest'), default='row')
+    parser.add_argument('--bench-batch', type=int, default=16,
+                        help='batch size of the images/s measurement')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (default 1: the tiny model '
+                        'gains little from more, and on a shared CPU more '
+                        'threads can be many times slower)')
     parser.add_argument('--device', choices=('cpu', 'cuda'),
                         default='cuda' if torch.cuda.is_available() else
                         'cpu')
     args = parser.parse_args(argv)
-    for name in ('train_iters', 'distill_iters', 'score_iters'):
+    for name in ('train_iters', 'distill_iters', 'score_iters', 'bench_batch',
+                 'threads'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if not 0 < args.keep_rate <= 1 or not 0 <= args.prune_rate < 1 or \
@@ -276,12 +205,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
     warnings.filterwarnings('ignore', category=UserWarning, module='mmengine')
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    train_tool, test_tool, prune_tool = (load_tool(n) for n in
-                                         ('train', 'test', 'prune'))
+    train_tool, test_tool, prune_tool, visualize_tool = (
+        load_tool(n) for n in ('train', 'test', 'prune', 'visualize_tokens'))
     timings = {}
     start = time.perf_counter()
 
@@ -349,32 +279,40 @@ def main(argv=None) -> dict:
     x = torch.zeros(1, 3, *img_size, device=args.device)
     flops = {name: count_flops(m, x, mode='tensor')
              for name, m in models.items()}
-    speed = images_per_second(models, img_size, args.device)
+    speed = images_per_second(models, img_size, args.device,
+                              args.bench_batch)
     backbone = models['pruned + distilled'].backbone
+    grid = tuple(backbone.grid_size)
     val_image = sorted(Path(data['validation_img_dir']).glob('*.jpg'))[0]
     picture = work / 'merge_windows.png'
-    plot_merge_windows(str(val_image), backbone.structures(),
-                       backbone.compressed_units, picture)
+    with contextlib.redirect_stdout(prune_log):  # tools/visualize_tokens.py
+        visualize_tool.main([str(PM_CONFIG), pruned_ckpt, str(val_image),
+                             '--out', str(picture), '--dpi', '90'])
+    write_atomic(work / 'prune.log', prune_log.getvalue())
     timings['measure_s'] = time.perf_counter() - t
     timings['total_s'] = time.perf_counter() - start
 
     rows = [dict(model=name, mIoU=float(metrics[name]['mIoU']),
                  gflops=flops[name] / 1e9, images_per_s=speed[name],
-                 tokens_per_block=tokens_per_block(models[name]))
+                 tokens_per_block=tokens_per_layer(models[name].backbone,
+                                                   grid))
             for name, _, _ in variants]
     note = (f'Synthetic ADE20K-format data ({data["num_val"]} validation '
             f'images), tiny Segmenter (4 blocks, {img_size[0]}x{img_size[1]}'
             f' crops, {backbone.grid_size[0]}x{backbone.grid_size[1]} '
             f'tokens); keep_rate {args.keep_rate}, prune_rate '
             f'{args.prune_rate}, {args.mode} ranking, {args.rule} rule. '
-            'GFLOPs and images/s: one crop, batch 1, device '
-            f'{args.device}; tokens per block include the class token. '
+            'GFLOPs: one crop; images/s: batches of '
+            f'{args.bench_batch} crops, median of 10 interleaved runs, device '
+            f'{args.device}, {args.threads} thread(s); tokens per block '
+            'include the class token. '
             f'Total time {timings["total_s"]:.0f} s.')
     table = format_table(rows)
     result = dict(rows=rows, settings=vars(args), timings_s=timings,
                   checkpoints=dict(dense=dense_ckpt, pruned=pruned_ckpt,
                                    distilled=distilled_ckpt),
-                  picture=str(picture), note=note)
+                  picture=str(picture), note=note,
+                  prune={k: v for k, v in summary.items() if k != 'scores'})
     write_atomic(work / 'results.json', json.dumps(result, indent=2) + '\n')
     write_atomic(work / 'results.md', format_markdown(rows, note))
     print()

@@ -509,7 +509,7 @@ def main(argv=None) -> dict:
                'ADE20K-format proxy, not ADE20K)',
                note=f'{args.img_size}x{args.img_size} px, '
                f'{args.num_layers}-block Segmenter, '
-               f'{args.finetune_iters}-iteration distillation; see table.md')
+               f'{args.finetune_iters}-iteration distillation; see table.md.')
     result = dict(note=note, summary=summary, dense=dict(
         miou=dense['miou'], gflops=dense['flops'] / 1e9,
         images_per_s=speed['dense'], checkpoint=dense['checkpoint']),
