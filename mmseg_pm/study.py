@@ -8,8 +8,11 @@ calibration search, the random-centre floor, and the table and plot.
 
 Every method has one integer knob whose FLOPs are monotone in it:
 
-* Prune and Merge ('pm-row', 'pm-nearest', 'pm-span') and the random floor:
-  the centres per unit, ``k`` of the N patch tokens;
+* Prune and Merge ('pm-row', 'pm-nearest', 'pm-span'): the centres per
+  unit, ``k`` of the N patch tokens (before the global ranking shares them
+  out among the layers);
+* the random floor: 'pm-row' at the same knob with every centre redrawn at
+  random (same counts per layer, so the same FLOPs);
 * MSTM: the crucial tokens kept at its first pruning block (every pruning
   block keeps the same fraction of its current tokens);
 * ToMe: the total number of merges ``q`` spread over the blocks as evenly as
@@ -45,7 +48,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method('pm-span', 'Prune and Merge, span mode', 'pm', 'D'),
     Method('mstm', 'MSTM', 'mstm', '^'),
     Method('tome', 'ToMe', 'tome', 'v'),
-    Method('random', 'random centres (floor)', 'random', 'X'),
+    Method('random', 'PM row rule, random centres (floor)', 'random', 'X'),
 )}
 
 
@@ -189,19 +192,39 @@ def check_within(method: str, achieved: float, target: float,
             'target is outside what this method reaches on this model')
 
 
-def random_structures(grid: Tuple[int, int], num_units: int,
-                      num_centres: int, seed: int,
-                      rule: str = 'row') -> List[CompressionStructure]:
-    """The floor: each unit gets ``num_centres`` centres drawn uniformly at
-    random (no scores), uniform merge weights, nothing pruned."""
-    num_tokens = grid[0] * grid[1]
-    if not 1 <= num_centres <= num_tokens:
-        raise ValueError(f'num_centres must be in [1, {num_tokens}], got '
-                         f'{num_centres}')
+def random_structures_like(structures: Sequence[CompressionStructure],
+                           unit_scores: torch.Tensor, seed: int,
+                           rule: str = 'row') -> List[CompressionStructure]:
+    """The floor: each structure with its centres (and pruned tokens, if
+    any) drawn uniformly at random instead of by score. Counts per unit,
+    assignment rule and score-ratio merge weights stay as in
+    ``structures``, so the FLOPs are identical and only the choice of
+    centres differs. ``unit_scores`` (U, N): each unit's scores."""
     generator = torch.Generator().manual_seed(seed)
-    return [build_structure(grid, torch.randperm(
-        num_tokens, generator=generator)[:num_centres], rule=rule)
-        for _ in range(num_units)]
+    out = []
+    for s, scores in zip(structures, unit_scores):
+        order = torch.randperm(s.num_tokens, generator=generator)
+        k, p = s.num_groups, s.num_pruned
+        out.append(build_structure(s.grid, order[:k], order[k:k + p],
+                                   scores, rule))
+    return out
+
+
+def window_stats(structures: Sequence[CompressionStructure]) -> dict:
+    """How far merged tokens travel: the mean grid distance from a token to
+    its centre and the largest window, over all units (pruned tokens left
+    out)."""
+    distances, largest = [], 0
+    for s in structures:
+        h, w = s.grid
+        kept = torch.nonzero(~s.pruned).flatten()
+        centre = s.centre[s.group[kept]]
+        dy = (kept // w - centre // w).float()
+        dx = (kept % w - centre % w).float()
+        distances.append(torch.sqrt(dy ** 2 + dx ** 2).mean())
+        largest = max(largest, int(s.tokens_per_group().max()))
+    return dict(mean_distance=float(torch.stack(distances).mean()),
+                max_window=largest)
 
 
 # ---------------------------------------------------------------- report

@@ -48,13 +48,14 @@ from mmseg.registry import MODELS  # noqa: E402
 
 from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   search_structures,
-                                  token_scores_from_config)
+                                  token_scores_from_config, unit_scores)
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.study import (METHODS, CalibrationError,  # noqa: E402
                             best_per_budget, calibrate_knob, check_within,
                             compression_for, format_markdown, format_table,
                             knob_range, knob_text, plot_study,
-                            random_structures, search_ranking)
+                            random_structures_like, search_ranking,
+                            window_stats)
 from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
                             load_checkpoint_file, save_checkpoint_atomic)
 
@@ -230,11 +231,13 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             method, knob, layers, n, args.prune_rate))
 
     def structures_at(knob):
+        config = pm_config(knob)
+        found = search_structures(scores, config, grid,
+                                  search_ranking(method))
         if family == 'random':
-            return random_structures(grid, len(pm_config(knob).units), knob,
-                                     args.seed)
-        return search_structures(scores, pm_config(knob), grid,
-                                 search_ranking(method))
+            return random_structures_like(
+                found, unit_scores(scores, config.units), args.seed)
+        return found
 
     def pm_config(knob):
         return CompressionConfig.from_dict(
@@ -354,6 +357,7 @@ def setup_note(data: dict, base: Config, args, load: dict, total_s: float
                ) -> str:
     b = base.model.backbone
     grid = args.img_size // b.patch_size
+    threads = torch.get_num_threads()
     return (
         f'{PROXY_NOTE} Data: {data["num_train"]} training and '
         f'{data["num_val"]} validation images of {args.img_size}x'
@@ -369,7 +373,8 @@ def setup_note(data: dict, base: Config, args, load: dict, total_s: float
         'whole-image inference. GFLOPs: count_flops of encoder + decoder '
         'at batch 1. images/s: batch 1, every model interleaved on the same '
         f'machine ({os.cpu_count()} CPU cores, torch '
-        f'{torch.__version__}, {torch.get_num_threads()} threads); load '
+        f'{torch.__version__}, {threads} torch thread'
+        f'{"s" if threads > 1 else ""}); load '
         f'average {load["start"]:.1f} at start, {load["end"]:.1f} at end '
         f'(other jobs were sharing the cores). Total time {total_s / 60:.0f}'
         ' min.')
