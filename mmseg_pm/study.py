@@ -125,8 +125,7 @@ def compression_for(method: str, knob: int, num_layers: int,
                     keep_rate=keep_rate, prune_rate=prune_rate, rule='row')
     rule = 'nearest' if method == 'pm-nearest' else 'row'
     return dict(mode='layer', layers=pm_layers(num_layers),
-                keep_rate=keep_rate,
-                prune_rate=prune_rate if family == 'pm' else 0.0, rule=rule)
+                keep_rate=keep_rate, prune_rate=prune_rate, rule=rule)
 
 
 def search_ranking(method: str) -> str:
@@ -263,6 +262,18 @@ def format_markdown(rows: Sequence[dict]) -> str:
     lines = ['| ' + ' | '.join(COLUMNS) + ' |',
              '|---|---:|---|---:|---:|---:|---:|---:|']
     lines += ['| ' + ' | '.join(_cells(r)) + ' |' for r in rows]
+    return '\n'.join(lines) + '\n'
+
+
+def format_windows_markdown(rows: Sequence[dict]) -> str:
+    """The merge windows of the static (Prune-and-Merge family) rows."""
+    lines = ['| method | budget | mean token-to-centre distance (tokens) | '
+             'largest window (tokens) |', '|---|---:|---:|---:|']
+    for r in rows:
+        if r.get('windows'):
+            lines.append(f'| {r["method"]} | {100 * r["budget"]:.0f}% | '
+                         f'{r["windows"]["mean_distance"]:.2f} | '
+                         f'{r["windows"]["max_window"]} |')
     return '\n'.join(lines) + '\n'
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmseg_pm.compression import build_structure
 from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             compression_for, keep_rate_for, mstm_layers,
-                            random_structures, span_units, tome_schedule)
+                            random_structures_like, span_units,
+                            tome_schedule, window_stats)
 from mmseg_pm.utils import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,13 +67,28 @@ def test_calibrate_knob_finds_the_nearest_value_either_direction():
         check_within('tome', 0.9e9, 1e9, 0.02)
 
 
-def test_random_structures_are_seeded_and_have_the_count():
-    a = random_structures((8, 8), 3, 10, seed=1)
-    b = random_structures((8, 8), 3, 10, seed=1)
-    assert [s.num_groups for s in a] == [10, 10, 10]
+def test_random_floor_only_redraws_the_centres():
+    scores = torch.rand(2, 64, generator=torch.Generator().manual_seed(0))
+    found = [build_structure((8, 8), torch.arange(k), None, scores[u])
+             for u, k in enumerate((10, 20))]
+    a = random_structures_like(found, scores, seed=1)
+    b = random_structures_like(found, scores, seed=1)
+    assert [s.num_groups for s in a] == [10, 20]
     assert all(torch.equal(x.centre, y.centre) for x, y in zip(a, b))
-    assert not torch.equal(a[0].centre, a[1].centre)  # one draw per unit
-    assert all(s.num_pruned == 0 for s in a)
+    assert not torch.equal(a[0].centre, found[0].centre)
+    # merge weights still follow the scores: S_p / S_centre
+    s = a[0]
+    p = int(torch.nonzero(s.group >= 0).flatten()[-1])
+    expected = scores[0, p] / scores[0, s.centre[s.group[p]]]
+    assert torch.isclose(s.weight[p], expected.clamp(min=1e-3)) or \
+        p in s.centre.tolist()
+
+
+def test_window_stats_measure_distance_to_the_centre():
+    one_row = build_structure((1, 4), torch.tensor([0]))  # 0 <- 1, 2, 3
+    assert window_stats([one_row]) == dict(mean_distance=1.5, max_window=4)
+    every = build_structure((2, 2), torch.arange(4))
+    assert window_stats([every])['mean_distance'] == 0.0
 
 
 def tiny_args(tmp_path, **kw):
@@ -81,7 +98,7 @@ def tiny_args(tmp_path, **kw):
     return Namespace(**args)
 
 
-@pytest.mark.parametrize('method', ['pm-row', 'tome'])
+@pytest.mark.parametrize('method', ['pm-row', 'tome', 'random'])
 def test_calibration_hits_the_flops_target(tmp_path, method):
     study = load_study_tool()
     args = tiny_args(tmp_path)
@@ -111,7 +128,7 @@ def test_one_method_end_to_end(tmp_path):
             '--num-train', '4', '--num-val', '2', '--batch-size', '2',
             '--dense-iters', '2', '--finetune-iters', '2', '--score-iters',
             '1', '--methods', 'pm-row', '--budgets', '0.8',
-            '--speed-rounds', '1', '--speed-iters', '1']
+            '--speed-repeats', '2']
     result = study.main(argv)
     [row] = result['rows']
     assert row['method'] == 'pm-row' and row['budget'] == 0.8
@@ -125,6 +142,7 @@ def test_one_method_end_to_end(tmp_path):
     table = (tmp_path / 'out/table.md').read_text()
     assert '| pm-row | 80% |' in table and '| dense |' in table
     assert (tmp_path / 'out/miou_vs_gflops.png').stat().st_size > 10000
+    assert row['windows']['max_window'] >= 1
 
     # a second run with the same settings reuses every trained model
     finetuned = Path(row['finetuned']).stat().st_mtime_ns

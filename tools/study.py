@@ -49,10 +49,13 @@ from mmseg.registry import MODELS  # noqa: E402
 from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   search_structures,
                                   token_scores_from_config, unit_scores)
+from mmseg_pm.benchmark import time_interleaved  # noqa: E402
+from mmseg_pm.benchmark.measure import summarise  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.study import (METHODS, CalibrationError,  # noqa: E402
                             best_per_budget, calibrate_knob, check_within,
                             compression_for, format_markdown, format_table,
+                            format_windows_markdown,
                             knob_range, knob_text, plot_study,
                             random_structures_like, search_ranking,
                             window_stats)
@@ -75,7 +78,7 @@ def load_tool(name: str):
     return module
 
 
-demo = load_tool('demo')  # ProgressHook-driven runs, images/s, writes
+demo = load_tool('demo')  # runs tools with progress bars, builds models
 
 
 # ---------------------------------------------------------------- configs
@@ -324,16 +327,34 @@ def score_tokens(base: Config, dense: dict, args) -> list:
 
 
 def measure_speed(dense: dict, rows: list, args) -> dict:
-    """images/s at batch 1 of the dense and every fine-tuned model,
-    interleaved (see demo.images_per_second)."""
+    """images/s at batch 1 of the dense and every fine-tuned model, the
+    models taking turns (mmseg_pm.benchmark.time_interleaved) so that load
+    from other jobs hits them alike; the median call counts."""
     models = {'dense': demo.build_model(Path(dense['config']),
                                         dense['checkpoint'], 'cpu')}
     for row in rows:
         models[row['name']] = demo.build_model(Path(row['config']),
                                                row['finetuned'], 'cpu')
-    return demo.images_per_second(models, (args.img_size, ) * 2, 'cpu',
-                                  rounds=args.speed_rounds,
-                                  iters=args.speed_iters)
+    x = torch.rand(1, 3, args.img_size, args.img_size)
+
+    def forward(model):
+        with torch.inference_mode():
+            return model(x, mode='tensor')
+
+    seconds = time_interleaved(
+        {name: (lambda m=m: forward(m)) for name, m in models.items()},
+        warmup=5, repeats=args.speed_repeats)
+    return {name: summarise(t, 1)['images_per_s']
+            for name, t in seconds.items()}
+
+
+def merge_windows(row: dict):
+    """Window statistics of a Prune-and-Merge-family row's structures (as
+    searched, before fine-tuning), None for input-dependent methods."""
+    if METHODS[row['method']].family not in ('pm', 'random'):
+        return None
+    model = demo.build_model(Path(row['config']), row['compressed'], 'cpu')
+    return window_stats(model.backbone.structures())
 
 
 def summary_lines(dense: dict, rows: list, args) -> list:
@@ -408,8 +429,8 @@ def parse_args(argv=None):
                         'is calibrated)')
     parser.add_argument('--tolerance', type=float, default=0.02,
                         help='largest relative miss of the GFLOPs target')
-    parser.add_argument('--speed-rounds', type=int, default=5)
-    parser.add_argument('--speed-iters', type=int, default=20)
+    parser.add_argument('--speed-repeats', type=int, default=60,
+                        help='timed batch-1 forwards per model (median)')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch CPU threads (1: on shared cores more '
                         'threads contend and run far slower)')
@@ -417,8 +438,7 @@ def parse_args(argv=None):
                         help='recompute cached stages')
     args = parser.parse_args(argv)
     for name in ('dense_iters', 'finetune_iters', 'score_iters', 'num_train',
-                 'num_val', 'batch_size', 'speed_rounds', 'speed_iters',
-                 'threads'):
+                 'num_val', 'batch_size', 'speed_repeats', 'threads'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1')
     if args.img_size % 8:
@@ -454,8 +474,7 @@ def main(argv=None) -> dict:
     base = study_config(args)
     settings = {k: v for k, v in vars(args).items()
                 if k not in ('work_dir', 'out_dir', 'fresh', 'methods',
-                             'budgets', 'speed_rounds', 'speed_iters',
-                             'threads')}
+                             'budgets', 'speed_repeats', 'threads')}
     dense_stamp = {k: settings[k] for k in (
         'data_root', 'dense_iters', 'seed', 'img_size', 'num_layers',
         'num_train', 'num_val', 'batch_size')}
@@ -504,6 +523,7 @@ def main(argv=None) -> dict:
                      images_per_s=speed['dense'])
     for row in rows:
         row['images_per_s'] = speed[row['name']]
+        row['windows'] = merge_windows(row)
     total_s = time.perf_counter() - start
     note = setup_note(data, base, args, load, total_s)
     summary = summary_lines(dense, rows, args)
@@ -527,6 +547,9 @@ def main(argv=None) -> dict:
     demo.write_atomic(out / 'table.md', '\n'.join([
         '# Token compression at matched GFLOPs (synthetic proxy)', '',
         format_markdown([dense_row] + rows), *[f'- {s}' for s in summary],
+        '', 'Merge windows of the static structures (12x12 = 144 tokens; '
+        'how far merged tokens sit from their centre):', '',
+        format_windows_markdown(rows),
         '', note, '', '![mIoU against GFLOPs](miou_vs_gflops.png)', '']))
     print()
     print(table)

@@ -156,7 +156,8 @@ def _token_range(tokens) -> str:
         else str(tokens[0])
 
 
-def table_rows(rows: Sequence[dict], batches: Sequence[int]) -> List[list]:
+def table_rows(rows: Sequence[dict], batches: Sequence[int],
+               memory: bool = True) -> List[list]:
     """One line per row: the columns of :func:`table_header`."""
     lines = []
     for row in rows:
@@ -174,9 +175,10 @@ def table_rows(rows: Sequence[dict], batches: Sequence[int]) -> List[list]:
             for b in batches:
                 line.append(_fmt(r.get('speedup', {}).get(b), '.3f') + ' / ' +
                             _fmt(r.get('efficiency', {}).get(b), '.3f'))
-        mem = row.get('memory') or {}
-        line += [_fmt(_mb(mem.get('inference')), '.1f'),
-                 _fmt(_mb(mem.get('train')), '.1f')]
+        if memory:
+            mem = row.get('memory') or {}
+            line += [_fmt(_mb(mem.get('inference')), '.1f'),
+                     _fmt(_mb(mem.get('train')), '.1f')]
         lines.append(line)
     return lines
 
@@ -189,8 +191,9 @@ def table_header(batches: Sequence[int], memory_batch) -> List[str]:
     for ref in ('mmseg', 'off'):
         head.append(f'FLOPs ratio vs {ref}')
         head += [f'b{b} speed-up / eff vs {ref}' for b in batches]
-    head += [f'peak infer MB (b{memory_batch})',
-             f'peak train MB (b{memory_batch})']
+    if memory_batch is not None:
+        head += [f'peak infer MB (b{memory_batch})',
+                 f'peak train MB (b{memory_batch})']
     return head
 
 
@@ -265,7 +268,8 @@ def render_text(results: dict) -> str:
     s = results['settings']
     parts = [describe(results), '',
              text_table(table_header(s['batch_sizes'], s['memory_batch']),
-                        table_rows(results['rows'], s['batch_sizes']))]
+                        table_rows(results['rows'], s['batch_sizes'],
+                                   s['memory_batch'] is not None))]
     if results.get('scale'):
         parts += ['', 'cost against input size (backbone, batch 1):',
                   text_table(SCALE_HEAD, scale_lines(results['scale']))]
@@ -282,7 +286,8 @@ def render_markdown(results: dict) -> str:
     parts = ['# Benchmark: ' + ', '.join(s['configs']), '',
              describe(results), '',
              markdown_table(table_header(s['batch_sizes'], s['memory_batch']),
-                            table_rows(results['rows'], s['batch_sizes']))]
+                            table_rows(results['rows'], s['batch_sizes'],
+                                       s['memory_batch'] is not None))]
     if results.get('scale'):
         parts += ['', '## Cost against input size (backbone, batch 1)', '',
                   markdown_table(SCALE_HEAD, scale_lines(results['scale']))]
