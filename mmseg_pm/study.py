@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -209,21 +210,37 @@ def random_structures_like(structures: Sequence[CompressionStructure],
     return out
 
 
+def empty_neighbourhoods(structure: CompressionStructure,
+                         size: int = 3) -> float:
+    """Share of the ``size`` x ``size`` token neighbourhoods that hold no
+    centre: the holes a static structure leaves, where every token is
+    rebuilt from a centre outside its neighbourhood."""
+    h, w = structure.grid
+    centres = torch.zeros(h * w)
+    centres[structure.centre] = 1.0
+    kernel = (min(size, h), min(size, w))
+    covered = torch.nn.functional.max_pool2d(centres.view(1, 1, h, w),
+                                             kernel, stride=1)
+    return float((covered == 0).float().mean())
+
+
 def window_stats(structures: Sequence[CompressionStructure]) -> dict:
-    """How far merged tokens travel: the mean grid distance from a token to
-    its centre and the largest window, over all units (pruned tokens left
-    out)."""
-    distances, largest = [], 0
+    """How far merged tokens travel, over all units: the mean grid distance
+    from a token to its centre, the largest window and the share of 3x3
+    neighbourhoods without a centre (pruned tokens left out)."""
+    distances, holes, largest = [], [], 0
     for s in structures:
         h, w = s.grid
         kept = torch.nonzero(~s.pruned).flatten()
         centre = s.centre[s.group[kept]]
         dy = (kept // w - centre // w).float()
         dx = (kept % w - centre % w).float()
-        distances.append(torch.sqrt(dy ** 2 + dx ** 2).mean())
+        distances.append(float(torch.sqrt(dy ** 2 + dx ** 2).mean()))
+        holes.append(empty_neighbourhoods(s))
         largest = max(largest, int(s.tokens_per_group().max()))
-    return dict(mean_distance=float(torch.stack(distances).mean()),
-                max_window=largest)
+    return dict(mean_distance=sum(distances) / len(distances),
+                max_window=largest,
+                empty_3x3=sum(holes) / len(holes))
 
 
 # ---------------------------------------------------------------- report
@@ -268,12 +285,15 @@ def format_markdown(rows: Sequence[dict]) -> str:
 def format_windows_markdown(rows: Sequence[dict]) -> str:
     """The merge windows of the static (Prune-and-Merge family) rows."""
     lines = ['| method | budget | mean token-to-centre distance (tokens) | '
-             'largest window (tokens) |', '|---|---:|---:|---:|']
+             'largest window (tokens) | 3x3 neighbourhoods without a centre '
+             '|', '|---|---:|---:|---:|---:|']
     for r in rows:
         if r.get('windows'):
+            stats = r['windows']
             lines.append(f'| {r["method"]} | {100 * r["budget"]:.0f}% | '
-                         f'{r["windows"]["mean_distance"]:.2f} | '
-                         f'{r["windows"]["max_window"]} |')
+                         f'{stats["mean_distance"]:.2f} | '
+                         f'{stats["max_window"]} | '
+                         f'{100 * stats["empty_3x3"]:.1f}% |')
     return '\n'.join(lines) + '\n'
 
 
@@ -301,7 +321,6 @@ def plot_study(rows: Sequence[dict], dense: dict, path, title: str,
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from pathlib import Path
 
     colours = plt.get_cmap('tab10')
     fig, ax = plt.subplots(figsize=(10, 5.6))

@@ -11,7 +11,8 @@ import torch
 
 from mmseg_pm.compression import build_structure
 from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
-                            compression_for, keep_rate_for, mstm_layers,
+                            compression_for, empty_neighbourhoods,
+                            keep_rate_for, mstm_layers,
                             random_structures_like, span_units,
                             tome_schedule, window_stats)
 from mmseg_pm.utils import count_flops
@@ -86,9 +87,13 @@ def test_random_floor_only_redraws_the_centres():
 
 def test_window_stats_measure_distance_to_the_centre():
     one_row = build_structure((1, 4), torch.tensor([0]))  # 0 <- 1, 2, 3
-    assert window_stats([one_row]) == dict(mean_distance=1.5, max_window=4)
+    assert window_stats([one_row]) == dict(mean_distance=1.5, max_window=4,
+                                           empty_3x3=0.5)  # [1:4] is empty
     every = build_structure((2, 2), torch.arange(4))
-    assert window_stats([every])['mean_distance'] == 0.0
+    assert window_stats([every]) == dict(mean_distance=0.0, max_window=1,
+                                         empty_3x3=0.0)
+    corner = build_structure((6, 6), torch.tensor([0]))
+    assert empty_neighbourhoods(corner) == 15 / 16  # only the (0, 0) window
 
 
 def tiny_args(tmp_path, **kw):

@@ -35,6 +35,7 @@ import platform
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,16 +168,21 @@ def write_config(cfg: Config, path: Path) -> Path:
 # ---------------------------------------------------------------- caching
 def cached(path: Path, stamp: dict, compute, fresh: bool):
     """``compute()``'s JSON-able value, stored at ``path`` with the
-    settings ``stamp`` that produced it and reused while they match."""
+    settings ``stamp`` that produced it and reused while they match.
+    Returns (value, record): the seconds the computation took, the 1-min
+    load average when it ended, and whether this run reused it."""
     if not fresh and path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get('stamp') == stamp:
-            return saved['value']
+        if saved.get('stamp') == stamp and 'record' in saved:
+            return saved['value'], dict(saved['record'], reused=True)
+    start = time.perf_counter()
     value = compute()
+    record = dict(seconds=time.perf_counter() - start,
+                  load_average=os.getloadavg()[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    demo.write_atomic(path, json.dumps(dict(stamp=stamp, value=value),
-                                       indent=1) + '\n')
-    return value
+    demo.write_atomic(path, json.dumps(
+        dict(stamp=stamp, record=record, value=value), indent=1) + '\n')
+    return value, dict(record, reused=False)
 
 
 # ---------------------------------------------------------------- models
@@ -374,11 +380,16 @@ def summary_lines(dense: dict, rows: list, args) -> list:
     return lines
 
 
-def setup_note(data: dict, base: Config, args, load: dict, total_s: float
-               ) -> str:
+def setup_note(data: dict, base: Config, args, stages: list,
+               total_s: float) -> str:
     b = base.model.backbone
     grid = args.img_size // b.patch_size
     threads = torch.get_num_threads()
+    d = Config.fromfile(str(DISTILL_CONFIG))  # what distill_config() uses
+    opt = d.optim_wrapper.optimizer
+    compute = sum(s['seconds'] for s in stages)
+    loads = [s['load_average'] for s in stages]
+    reused = sum(s['reused'] for s in stages)
     return (
         f'{PROXY_NOTE} Data: {data["num_train"]} training and '
         f'{data["num_val"]} validation images of {args.img_size}x'
@@ -389,16 +400,18 @@ def setup_note(data: dict, base: Config, args, load: dict, total_s: float
         f' at batch {args.batch_size}. Every compressed model: calibrated to '
         f'within {100 * args.tolerance:.0f}% of the budget, then '
         f'{args.finetune_iters} iterations of distillation from the dense '
-        'model (CE + KL, alpha 1, T 20, AdamW 1e-4; same seed and data '
-        'order for all). mIoU: mmseg IoUMetric on the validation split, '
-        'whole-image inference. GFLOPs: count_flops of encoder + decoder '
-        'at batch 1. images/s: batch 1, every model interleaved on the same '
-        f'machine ({os.cpu_count()} CPU cores, torch '
+        f'model (CE + KL, alpha {d.model.distill_alpha:g}, T '
+        f'{d.model.distill_temperature:g}, {opt.type} lr {opt.lr:g}; same '
+        'seed and data order for all). mIoU: mmseg IoUMetric on the '
+        'validation split, whole-image inference. GFLOPs: count_flops of '
+        'encoder + decoder at batch 1. images/s: batch 1, every model '
+        f'interleaved on the same machine ({os.cpu_count()} CPU cores, torch '
         f'{torch.__version__}, {threads} torch thread'
-        f'{"s" if threads > 1 else ""}); load '
-        f'average {load["start"]:.1f} at start, {load["end"]:.1f} at end '
-        f'(other jobs were sharing the cores). Total time {total_s / 60:.0f}'
-        ' min.')
+        f'{"s" if threads > 1 else ""}). Compute time of all stages '
+        f'{compute / 60:.0f} min ({total_s / 60:.0f} min in the last run, '
+        f'which reused {reused} cached stages); 1-min load average '
+        f'{min(loads):.1f} to {max(loads):.1f} at the stages\' ends (other '
+        'jobs shared the cores).')
 
 
 def parse_args(argv=None):
@@ -480,16 +493,20 @@ def main(argv=None) -> dict:
         'num_train', 'num_val', 'batch_size')}
 
     print(f'[2/5] dense Segmenter: train {args.dense_iters} iters, evaluate')
-    dense = cached(work / 'dense.json', dense_stamp,
-                   lambda: train_dense(base, args), args.fresh)
+    stages = []
+    dense, record = cached(work / 'dense.json', dense_stamp,
+                           lambda: train_dense(base, args), args.fresh)
+    stages.append(dict(record, stage='dense'))
     dense['model'] = base.model.to_dict()
     print(f'      dense: {dense["miou"]:.2f} mIoU, '
           f'{dense["flops"] / 1e9:.4f} GFLOPs')
 
     print(f'[3/5] token scores ({args.score_iters} batches)')
-    scores = torch.tensor(cached(
+    scores, record = cached(
         work / 'scores.json', dict(dense_stamp, score_iters=args.score_iters),
-        lambda: score_tokens(base, dense, args), args.fresh))
+        lambda: score_tokens(base, dense, args), args.fresh)
+    scores = torch.tensor(scores)
+    stages.append(dict(record, stage='scores'))
 
     variants = [(m, b) for b in args.budgets for m in args.methods]
     print(f'[4/5] {len(variants)} compressed models: calibrate, evaluate, '
@@ -500,10 +517,12 @@ def main(argv=None) -> dict:
         print(f'  ({i}/{len(variants)}) {METHODS[method].label} at '
               f'{100 * budget:.0f}% of the dense GFLOPs')
         try:
-            row = cached(work / 'variants' / name / 'result.json',
-                         dict(settings, method=method, budget=budget),
-                         lambda: run_variant(method, budget, base, dense,
-                                             scores, args), args.fresh)
+            row, record = cached(
+                work / 'variants' / name / 'result.json',
+                dict(settings, method=method, budget=budget),
+                partial(run_variant, method, budget, base, dense, scores,
+                        args), args.fresh)
+            stages.append(dict(record, stage=name))
         except CalibrationError as err:
             print(f'      skipped: {err}')
             skipped.append(dict(method=method, budget=budget,
@@ -515,8 +534,12 @@ def main(argv=None) -> dict:
               f'mIoU {row["miou_before"]:.2f} -> {row["miou_after"]:.2f}')
 
     print('[5/5] images/s side by side (batch 1), table, plot')
+    measure_start = time.perf_counter()
     speed = measure_speed(dense, rows, args)
     load['end'] = os.getloadavg()[0]
+    stages.append(dict(stage='images/s', reused=False,
+                       seconds=time.perf_counter() - measure_start,
+                       load_average=load['end']))
     dense_row = dict(method='dense', budget=None, setting='no compression',
                      gflops=dense['flops'] / 1e9, fraction=1.0,
                      miou_before=dense['miou'], miou_after=None,
@@ -525,9 +548,10 @@ def main(argv=None) -> dict:
         row['images_per_s'] = speed[row['name']]
         row['windows'] = merge_windows(row)
     total_s = time.perf_counter() - start
-    note = setup_note(data, base, args, load, total_s)
+    note = setup_note(data, base, args, stages, total_s)
     summary = summary_lines(dense, rows, args)
     table = format_table([dense_row] + rows)
+    grid = args.img_size // base.model.backbone.patch_size
     plot = out / 'miou_vs_gflops.png'
     plot_study(rows, dict(gflops=dense['flops'] / 1e9, miou=dense['miou']),
                plot, 'Token compression at matched GFLOPs (synthetic '
@@ -541,21 +565,22 @@ def main(argv=None) -> dict:
         rows=rows, skipped=skipped, settings=vars(args), load_average=load,
         machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(),
                      torch=torch.__version__),
-        total_s=total_s, plot=str(plot))
+        stages=stages, total_s=total_s, plot=str(plot))
     demo.write_atomic(out / 'results.json',
                       json.dumps(result, indent=2, default=str) + '\n')
     demo.write_atomic(out / 'table.md', '\n'.join([
         '# Token compression at matched GFLOPs (synthetic proxy)', '',
         format_markdown([dense_row] + rows), *[f'- {s}' for s in summary],
-        '', 'Merge windows of the static structures (12x12 = 144 tokens; '
-        'how far merged tokens sit from their centre):', '',
+        '', f'Merge windows of the static structures ({grid}x{grid} = '
+        f'{grid * grid} tokens; how far merged tokens sit from their '
+        'centre):', '',
         format_windows_markdown(rows),
         '', note, '', '![mIoU against GFLOPs](miou_vs_gflops.png)', '']))
     print()
     print(table)
     print()
-    print('\n'.join(summary + ([f'skipped: {s["method"]} at '
-                                f'{100 * s["budget"]:.0f}%' for s in skipped])))
+    print('\n'.join(summary + [f'skipped: {s["method"]} at '
+                               f'{100 * s["budget"]:.0f}%' for s in skipped]))
     print()
     print(note)
     print(f'outputs: {out}/table.md, results.json, miou_vs_gflops.png')
