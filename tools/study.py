@@ -19,7 +19,7 @@ On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 
 Example::
 
-    python tools/study.py                          # ~25 min on 2 quiet cores
+    python tools/study.py                          # ~21 min on 2 shared cores
     python tools/study.py --budgets 0.7 --methods pm-row tome --dense-iters 100
 
 Stages are cached under ``--work-dir`` by their settings: running again with
@@ -239,6 +239,10 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
         return compressed_config(base, compression_for(
             method, knob, layers, n, args.prune_rate))
 
+    def pm_config(knob):
+        return CompressionConfig.from_dict(
+            compression_for(method, knob, layers, n, args.prune_rate), layers)
+
     def structures_at(knob):
         config = pm_config(knob)
         found = search_structures(scores, config, grid,
@@ -247,10 +251,6 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             return random_structures_like(
                 found, unit_scores(scores, config.units), args.seed)
         return found
-
-    def pm_config(knob):
-        return CompressionConfig.from_dict(
-            compression_for(method, knob, layers, n, args.prune_rate), layers)
 
     if family in ('pm', 'random'):
         model = build_segmentor(config_at(1))
@@ -272,7 +272,9 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     if family in ('pm', 'random'):
         model.backbone.set_structures(structures_at(knob))
     counted = flops_of(model, args.img_size)
-    assert counted == flops, (counted, flops)
+    if counted != flops:
+        raise RuntimeError(f'{method}: the rebuilt model counts {counted} '
+                           f'FLOPs, the calibration {flops}')
     return model, cfg, knob, flops
 
 
