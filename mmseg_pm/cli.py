@@ -69,3 +69,16 @@ def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` of this repository as a module (tools/ is not a
+    package), so the demo and the study call the same code as the CLI."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / 'tools' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(f'mmseg_pm_tools_{name}',
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -18,7 +18,6 @@ results.json and results.md (the table).
 """
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import sys
@@ -39,6 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 from mmseg_pm.benchmark import time_interleaved, tokens_per_layer  # noqa: E402,E501
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
+from mmseg_pm.cli import load_tool  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
                             load_checkpoint_file)
@@ -47,14 +47,6 @@ DENSE_CONFIG = REPO / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-6
 PM_CONFIG = REPO / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 DISTILL_CONFIG = REPO / 'configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 
-
-def load_tool(name: str):
-    """tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f'mmseg_pm_tools_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class ProgressHook(Hook):

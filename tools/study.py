@@ -28,7 +28,6 @@ recomputes everything).
 """
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import platform
@@ -52,6 +51,7 @@ from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   token_scores_from_config, unit_scores)
 from mmseg_pm.benchmark import time_interleaved  # noqa: E402
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
+from mmseg_pm.cli import load_tool  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.study import (METHODS, CalibrationError,  # noqa: E402
                             best_per_budget, calibrate_knob, check_within,
@@ -69,14 +69,6 @@ PROXY_NOTE = ('A small proxy, not ADE20K: synthetic ADE20K-format scenes and '
               'a tiny Segmenter trained from scratch on CPU; the numbers '
               'rank the methods on this proxy only.')
 
-
-def load_tool(name: str):
-    """tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f'mmseg_pm_tools_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 demo = load_tool('demo')  # runs tools with progress bars, builds models
@@ -208,7 +200,7 @@ def flops_of(model, img_size: int) -> int:
 def train(cfg: Config, work_dir: Path, desc: str) -> str:
     """tools/train.py on ``cfg``; returns the final checkpoint."""
     config = write_config(cfg, work_dir / 'config.py')
-    demo.run_tool(demo.load_tool('train'),
+    demo.run_tool(load_tool('train'),
                   [str(config), '--work-dir', str(work_dir)], desc, 'train')
     checkpoint = work_dir / f'iter_{cfg.train_cfg.max_iters}.pth'
     if not checkpoint.is_file():
@@ -220,7 +212,7 @@ def evaluate(config: Path, checkpoint: str, work_dir: Path, desc: str
              ) -> float:
     """mIoU (%) of tools/test.py (mmseg's IoUMetric) on the validation
     split."""
-    metrics = demo.run_tool(demo.load_tool('test'), [
+    metrics = demo.run_tool(load_tool('test'), [
         str(config), str(checkpoint), '--work-dir', str(work_dir / 'test')
     ], desc, 'test')
     return float(metrics['mIoU'])
