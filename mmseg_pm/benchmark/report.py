@@ -311,6 +311,9 @@ def write_atomic(path: Path, data) -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -342,39 +345,53 @@ def render_plot(results: dict) -> bytes:
     rows = results['rows']
     panels = 3 if results.get('scale') else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5))
-    markers = {'mmseg': 's', 'off': 'D'}
-    series: Dict[tuple, list] = {}
-    for row in rows:
-        x = row['keep_rate'] if row['variant'] in ('sparse', 'dense') else 1.0
-        for batch, t in row['timing'].items():
-            key = (row['model'], row['part'], row['dtype'], row['variant'],
-                   batch)
-            series.setdefault(key, []).append((x or 1.0, t['images_per_s']))
-    for (model, part, dtype, variant, batch), points in sorted(
-            series.items(), key=lambda kv: str(kv[0])):
-        points.sort()
-        label = f'{variant} b{batch} {part} {dtype}'
-        if len(results['settings']['configs']) > 1:
-            label = f'{model}: ' + label
-        style = '-o' if variant == 'sparse' else '--x' if variant == 'dense' \
-            else markers.get(variant, 'o')
-        axes[0].plot(*zip(*points), style, label=label)
-    axes[0].set(xlabel='keep rate (1.0 = dense)', ylabel='images / s',
-                title='throughput')
+    several = len(results['settings']['configs']) > 1
+    # images/s: one colour per (model, part, dtype, batch); compressed rows
+    # as lines from the compression-off point at keep rate 1.0, mmseg's
+    # dense model as a square at 1.0
+    groups = sorted({(r['model'], r['part'], r['dtype'], b)
+                     for r in rows for b in r['timing']}, key=str)
+    colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    for group in groups:
+        model, part, dtype, batch = group
+        mine = [r for r in rows if (r['model'], r['part'], r['dtype']) ==
+                group[:3] and batch in r['timing']]
+        ips = {(r['variant'], r['keep_rate']): r['timing'][batch][
+            'images_per_s'] for r in mine}
+        name = f'{model}: ' if several else ''
+        name += f'{part} {dtype} b{batch}'
+        for variant, style in (('sparse', '-o'), ('dense', '--x')):
+            points = sorted((k, v) for (var, k), v in ips.items()
+                            if var == variant)
+            if ('off', None) in ips:
+                points.append((1.0, ips['off', None]))
+            if any(var == variant for var, _ in ips):
+                axes[0].plot(*zip(*points), style, color=colours[group],
+                             label=f'{name} {variant}')
+        if ('mmseg', None) in ips:
+            axes[0].plot([1.0], [ips['mmseg', None]], 's',
+                         color=colours[group], label=f'{name} mmseg')
+    axes[0].set_yscale('log')
+    axes[0].set(xlabel='keep rate (1.0 = dense: off / mmseg)',
+                ylabel='images / s (log)', title='throughput')
     axes[0].legend(fontsize=6)
-    flops: Dict[tuple, list] = {}
-    for row in rows:
-        if row['part'] != rows[0]['part'] or row['dtype'] != rows[0]['dtype']:
-            continue
-        x = row['keep_rate'] if row['variant'] in ('sparse', 'dense') else 1.0
-        flops.setdefault((row['model'], row['variant']), []).append(
-            (x or 1.0, row['gflops']))
-    for (model, variant), points in sorted(flops.items()):
-        points.sort()
-        style = '-o' if variant == 'sparse' else '--x' if variant == 'dense' \
-            else markers.get(variant, 'o')
-        axes[1].plot(*zip(*points), style, label=f'{model}: {variant}')
-    axes[1].set(xlabel='keep rate (1.0 = dense)',
+    part, dtype = rows[0]['part'], rows[0]['dtype']
+    for model in sorted({r['model'] for r in rows}):
+        mine = {(r['variant'], r['keep_rate']): r['gflops'] for r in rows
+                if (r['model'], r['part'], r['dtype']) == (model, part, dtype)}
+        for variant, style in (('sparse', '-o'), ('dense', '--x')):
+            points = sorted((k, v) for (var, k), v in mine.items()
+                            if var == variant)
+            if not points:
+                continue
+            if ('off', None) in mine:
+                points.append((1.0, mine['off', None]))
+            axes[1].plot(*zip(*points), style,
+                         label=(f'{model}: ' if several else '') + variant)
+        if ('mmseg', None) in mine:
+            axes[1].plot([1.0], [mine['mmseg', None]], 's',
+                         label=(f'{model}: ' if several else '') + 'mmseg')
+    axes[1].set(xlabel='keep rate (1.0 = dense: off / mmseg)',
                 ylabel=f'GFLOPs / image ({rows[0]["part"]})',
                 title='counted FLOPs')
     axes[1].legend(fontsize=6)
