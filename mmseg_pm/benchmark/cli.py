@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -176,8 +177,9 @@ def measure_family(config_arg: str, specs: Sequence[ModelSpec], args,
                 log(f'  peak memory {part} {dtype} batch {batch}')
                 x = torch.randn(batch, 3, *hw, device=device)
                 for module, row in zip(modules, part_rows):
-                    row['memory'] = dict(batch=batch, inference=peak_memory_bytes(
-                        inference_step(module, x, device, dtype), device))
+                    row['memory'] = dict(batch=batch)
+                    row['memory']['inference'] = peak_memory_bytes(
+                        inference_step(module, x, device, dtype), device)
                     if memory == 'all':
                         row['memory']['train'] = peak_memory_bytes(
                             train_step(module, x, device, dtype), device)
@@ -228,8 +230,7 @@ def run(args) -> dict:
     add_ratios(results['rows'])
     add_ratios(results['scale'])
     results['checks'] = check_targets(results['rows'])
-    results['load_average_end'] = [round(v, 2) for v in
-                                   __import__('os').getloadavg()]
+    results['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
     return results
 
 

@@ -219,6 +219,8 @@ class TokenCompressor(nn.Module):
             rows = (batched_rows(index, batch, groups),
                     batched_rows(pruned, batch, tokens))
         if not torch.compiler.is_compiling():
+            if len(self._rows) >= 8:  # a few batch sizes are ever in use
+                self._rows.clear()
             self._rows[key] = rows
         return rows
 
