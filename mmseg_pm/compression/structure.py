@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -245,6 +245,3 @@ def lattice_structure(grid: Tuple[int, int],
     """The deterministic built-in structure: lattice centres, no pruning."""
     return build_structure(grid, lattice_centres(grid, keep_rate), rule=rule)
 
-
-def grids_equal(a: Sequence[int], b: Sequence[int]) -> bool:
-    return int(a[0]) == int(b[0]) and int(a[1]) == int(b[1])
