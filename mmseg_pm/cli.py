@@ -1,18 +1,63 @@
-"""Pieces shared by the mmseg-style command lines in ``tools/``."""
+"""Pieces shared by the mmseg-style command lines in ``tools/``: argument
+types that refuse bad values at parsing, config loading and checking (one
+clear line per problem), and the Runner's construction."""
 import argparse
+import difflib
 import os
+import re
 from pathlib import Path
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
+from mmseg_pm.apis.errors import UsageError
+from mmseg_pm.apis.outputs import check_output_dir, is_url
+
 # Devices mmengine's AmpOptimWrapper and init_dist work with.
 ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')
+# checkpoints mmengine's CheckpointHook writes into the work dir
+RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
 
 
-class UsageError(ValueError):
-    """A bad command line: reported as a usage error, not a traceback."""
+# ---------------------------------------------------------------- arguments
+def int_at_least(minimum: int):
+    """argparse ``type``: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f'expected an integer, got {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f'must be >= {minimum}, got {value}')
+        return value
+    parse.__name__ = f'integer >= {minimum}'
+    return parse
+
+
+def float_in(low: float, high: float = float('inf'),
+             low_open: bool = False, high_open: bool = False):
+    """argparse ``type``: a float in the interval from ``low`` to
+    ``high`` (open at the ends marked so)."""
+    interval = f'{"(" if low_open else "["}{low:g}, {high:g}' \
+        f'{")" if high_open or high == float("inf") else "]"}'
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f'expected a number, got {text!r}') from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f'must be in {interval}, got {text}')
+        return value
+    parse.__name__ = f'number in {interval}'
+    return parse
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser,
@@ -45,14 +90,89 @@ def check_launcher(launcher: str, device: str) -> None:
             f'process to a GPU); on {device!r} use --launcher none')
 
 
-def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
-    """Read the config and apply command-line overrides."""
-    if not Path(path).is_file():
+def read_config(path: str) -> Config:
+    """``Config.fromfile`` with every failure as one line naming the file."""
+    file = Path(path)
+    if file.is_dir():
+        raise UsageError(f'config {path} is a folder; name a .py config '
+                         'file')
+    if not file.is_file():
         raise UsageError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+    if file.suffix not in ('.py', '.json', '.yaml', '.yml'):
+        raise UsageError(f'config {path} is not a config file: mmengine '
+                         'reads .py (or .json/.yaml) configs')
+    try:
+        return Config.fromfile(str(file))
+    except Exception as err:  # syntax errors, missing _base_, imports...
+        reason = (str(err).strip().splitlines() or [''])[0][:300]
+        raise UsageError(f'cannot read config {path}: '
+                         f'{type(err).__name__}: {reason}') from err
+
+
+def _kind(value) -> str:
+    if value is None:
+        return 'none'
+    for kind, types in (('bool', bool), ('int', int), ('float', float),
+                        ('str', str)):
+        if isinstance(value, types):
+            return kind
+    return 'other'
+
+
+def _check_option_type(key: str, old, new) -> None:
+    """Scalars keep their kind: an int stays an int, a number a number,
+    a flag a flag, text text. None and containers are left alone."""
+    old_kind, new_kind = _kind(old), _kind(new)
+    if 'none' in (old_kind, new_kind) or 'other' in (old_kind, new_kind) \
+            or old_kind == new_kind or (old_kind, new_kind) == ('float',
+                                                               'int'):
+        return
+    wanted = dict(bool='True or False', int='an integer',
+                  float='a number', str='text')[old_kind]
+    raise UsageError(f'--cfg-options {key}={new!r}: expected {wanted} like '
+                     f'the config\'s {old!r}')
+
+
+def check_cfg_option(cfg: Config, key: str, value) -> None:
+    """Refuse an override whose path has a typo (a name close to an
+    existing one), indexes past a list, or changes a value's kind. New
+    names unlike any existing one are allowed (new arguments)."""
+    node, parts = cfg, key.split('.')
+    for depth, part in enumerate(parts):
+        where = '.'.join(parts[:depth]) or 'the config'
+        if isinstance(node, (list, tuple)):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UsageError(
+                    f'--cfg-options {key}: {where} is a list of {len(node)} '
+                    f'entries; index it with 0..{len(node) - 1}')
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                close = difflib.get_close_matches(
+                    part, [str(k) for k in node], n=1, cutoff=0.8)
+                if close:
+                    name = '.'.join(parts[:depth] + close)
+                    raise UsageError(
+                        f'--cfg-options {key}: {where} has no {part!r}; '
+                        f'did you mean {name}?')
+                return
+            node = node[part]
+        else:
+            return  # None or a scalar replaced by a dict: mmengine decides
+    _check_option_type(key, node, value)
+
+
+def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
+    """Read the config and apply command-line overrides (checked first)."""
+    cfg = read_config(path)
     cfg.launcher = launcher
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        for key, value in cfg_options.items():
+            check_cfg_option(cfg, key, value)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except Exception as err:
+            raise UsageError(f'--cfg-options: {err}') from err
     return cfg
 
 
@@ -69,6 +189,105 @@ def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+# ------------------------------------------------------------ config checks
+def check_loop_config(cfg: Config, loaders) -> None:
+    """Counts that must be >= 1 (a train loop of -3 iterations would exit 0
+    having done nothing): the train loop's length and validation interval,
+    the batch size of every dataloader in ``loaders``."""
+    checks = []
+    if 'train_dataloader' in loaders and isinstance(cfg.get('train_cfg'),
+                                                     dict):
+        checks += [(f'train_cfg.{k}', cfg.train_cfg.get(k))
+                   for k in ('max_iters', 'max_epochs', 'val_interval')]
+    checks += [(f'{name}.batch_size', (cfg.get(name) or {}).get('batch_size'))
+               for name in loaders]
+    for name, value in checks:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or value < 1:
+            raise UsageError(f'{name} must be an integer >= 1, got {value!r}'
+                             f' (set it with --cfg-options {name}=N)')
+
+
+def dataset_folders(dataset: dict) -> list:
+    """(label, folder) of the local image and annotation folders of an mmseg
+    dataset config (``data_root`` + ``data_prefix``), wrappers unwrapped."""
+    if not isinstance(dataset, dict):
+        return []
+    inner = dataset.get('dataset') or dataset.get('datasets')
+    if inner is not None:
+        inner = inner if isinstance(inner, (list, tuple)) else [inner]
+        return [f for d in inner for f in dataset_folders(d)]
+    root = dataset.get('data_root') or ''
+    prefix = dataset.get('data_prefix') or {}
+    folders = []
+    for key, label in (('img_path', 'image'), ('seg_map_path', 'annotation')):
+        sub = prefix.get(key) if isinstance(prefix, dict) else None
+        if isinstance(sub, str) and not is_url(root) and not is_url(sub):
+            folders.append((f'{label} folder', Path(root) / sub))
+    return folders
+
+
+def check_data_folders(cfg: Config, loaders) -> list:
+    """The image and annotation folders of ``loaders`` exist and the image
+    folders hold files; returns them as (label, folder)."""
+    found = []
+    for name in loaders:
+        dataset = (cfg.get(name) or {}).get('dataset')
+        for label, folder in dataset_folders(dataset):
+            fix = (f'make the data first (e.g. python tools/'
+                   f'make_synthetic_ade.py ROOT) or point the config at it '
+                   f'(--cfg-options {name}.dataset.data_root=ROOT)')
+            if not folder.is_dir():
+                raise UsageError(f'{name}: the {label} {folder} does not '
+                                 f'exist; {fix}')
+            if label.startswith('image') and not any(
+                    p.is_file() for p in folder.rglob('*')):
+                raise UsageError(f'{name}: the {label} {folder} holds no '
+                                 f'images; {fix}')
+            found.append((f'{label} {name.split("_")[0]}', folder))
+    return found
+
+
+def check_runner_inputs(cfg: Config, config_path: str, loaders,
+                        out_dirs=None) -> None:
+    """Everything a train or test run is given, checked before the Runner
+    is built: loop counts, data folders, the checkpoint file (a URL is
+    downloaded and ``load_from`` pointed at the local copy) and the folders
+    the run writes (``out_dirs``: {flag: folder}), which must be writable
+    and none of the inputs."""
+    from mmseg_pm.apis.checkpoint import local_checkpoint
+
+    check_loop_config(cfg, loaders)
+    inputs = dict(check_data_folders(cfg, loaders), config=config_path)
+    if cfg.get('load_from'):
+        cfg.load_from = str(local_checkpoint(cfg.load_from))
+        inputs['checkpoint'] = cfg.load_from
+    check_work_dir(cfg, inputs)
+    for flag, folder in (out_dirs or {}).items():
+        if folder is not None:
+            check_output_dir(folder, inputs, flag)
+
+
+def check_work_dir(cfg: Config, inputs=None) -> None:
+    """The work dir is writable and is none of the inputs; and the Runner
+    will not write over the checkpoint it starts from (mmengine names its
+    checkpoints iter_N.pth, and a fresh run in the same work dir saves
+    them again)."""
+    check_output_dir(cfg.work_dir, inputs, flag='--work-dir')
+    load_from = cfg.get('load_from')
+    if not load_from or is_url(load_from) or cfg.get('resume'):
+        return
+    source = Path(load_from).resolve()
+    if source.parent == Path(cfg.work_dir).resolve() and \
+            RUNNER_CHECKPOINT.fullmatch(source.name):
+        raise UsageError(
+            f'load_from {load_from} lies in the work dir {cfg.work_dir}, '
+            f'where this run saves its own {source.name}; copy it elsewhere '
+            'or pass another --work-dir (or --resume to continue that run)')
 
 
 def load_tool(name: str):

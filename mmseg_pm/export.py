@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmseg_pm.apis import atomic_output
+
 DEFAULT_OPSET = 18
 # protobuf's limit: larger models keep their weights in a side file
 SINGLE_FILE_LIMIT = 1_800_000_000
@@ -52,35 +54,26 @@ class TensorForward(nn.Module):
 
 def load_segmentor(config: str, checkpoint: str, cfg_options=None):
     """``(cfg, model)``: the config's segmentor with the checkpoint's
-    weights, in eval mode, on CPU. Weights the checkpoint lacks are an error
-    (a half-initialised model is useless to export or inspect); extra
-    entries are reported. Pretrained-weight settings of the config are
-    ignored: the checkpoint has every weight."""
-    from mmengine.config import Config
+    weights, in eval mode, on CPU. The checkpoint must hold every weight
+    (:func:`mmseg_pm.apis.load_checkpoint_into` with ``require='all'``: a
+    half-initialised model is useless to export or inspect); extra entries
+    are reported. Pretrained-weight settings of the config are ignored:
+    the checkpoint has every weight. Bad input raises a UsageError."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
     import mmseg_pm  # noqa: F401  (registers the project's modules)
-    from mmseg_pm.utils import checkpoint_state_dict, load_checkpoint_file
+    from mmseg_pm.apis import load_checkpoint_into, local_checkpoint
+    from mmseg_pm.cli import load_config
 
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    local_checkpoint(checkpoint)  # a missing file fails before the build
+    cfg = load_config(config, cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     cfg.model.pop('pretrained', None)
     if isinstance(cfg.model.get('backbone'), dict):
         cfg.model.backbone.pop('init_cfg', None)
     model = MODELS.build(cfg.model)
-    state = checkpoint_state_dict(load_checkpoint_file(checkpoint))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise ValueError(
-            f'{checkpoint} lacks {len(result.missing_keys)} weights of the '
-            f'config\'s model, e.g. {result.missing_keys[:5]}; is it a '
-            'checkpoint of this config?')
-    if result.unexpected_keys:
-        print(f'warning: ignored {len(result.unexpected_keys)} checkpoint '
-              f'entries, e.g. {result.unexpected_keys[:5]}')
+    load_checkpoint_into(model, checkpoint)
     model.eval()
     return cfg, model
 
@@ -107,29 +100,33 @@ def export_onnx(segmentor: nn.Module,
                 opset: int = DEFAULT_OPSET,
                 upsample: bool = False) -> Path:
     """Export ``segmentor`` (eval mode) for ``(batch_size, 3, *shape)``
-    inputs to ``out``, atomically: the file(s) are written in a temporary
-    folder next to ``out`` and renamed into place only once complete."""
+    inputs to ``out``, atomically (the output rule of
+    :mod:`mmseg_pm.apis.outputs`): nothing appears under ``out`` unless the
+    export completes."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     module = TensorForward(segmentor, upsample).eval()
     example = torch.zeros(batch_size, 3, *shape)
     external = _param_bytes(module) > SINGLE_FILE_LIMIT
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-    try:
-        tmp = tmp_dir / out.name
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter('ignore')
-            program = torch.onnx.export(
-                module, (example, ), dynamo=True, opset_version=opset,
-                input_names=['inputs'], output_names=['logits'],
-                external_data=external, verbose=False)
-            program.save(str(tmp), external_data=external)
-        data = [p for p in tmp_dir.iterdir() if p != tmp]
-        for p in data:  # weights first, so the model never points at nothing
-            os.replace(p, out.parent / p.name)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    with atomic_output(out) as final_tmp:
+        # the exporter names a weights side file after the model file, so
+        # it writes under the final name inside a temporary folder
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f'.{out.name}.',
+                                        dir=out.parent))
+        try:
+            tmp = tmp_dir / out.name
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter('ignore')
+                program = torch.onnx.export(
+                    module, (example, ), dynamo=True, opset_version=opset,
+                    input_names=['inputs'], output_names=['logits'],
+                    external_data=external, verbose=False)
+                program.save(str(tmp), external_data=external)
+            data = [p for p in tmp_dir.iterdir() if p != tmp]
+            for p in data:  # weights first: the model never points at nothing
+                os.replace(p, out.parent / p.name)
+            os.replace(tmp, final_tmp)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
 
 

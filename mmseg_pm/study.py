@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from mmseg_pm.apis.outputs import save_figure
 from mmseg_pm.compression.structure import (CompressionStructure,
                                             build_structure)
+from mmseg_pm.compression.tome import capped_merges
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,12 @@ def tome_schedule(total_merges: int, num_layers: int) -> List[int]:
     return [base + (1 if i < extra else 0) for i in range(num_layers)]
 
 
+def tome_r(knob: int, num_layers: int, num_tokens: int) -> List[int]:
+    """``r`` per block: the schedule capped at what each block can merge
+    (patch tokens plus the class token; the backbone refuses more)."""
+    return capped_merges(tome_schedule(knob, num_layers), num_tokens + 1)
+
+
 def knob_range(method: str, num_tokens: int, num_layers: int
                ) -> Tuple[int, int]:
     """Inclusive range of the method's knob."""
@@ -116,7 +123,7 @@ def compression_for(method: str, knob: int, num_layers: int,
     family = METHODS[method].family
     if family == 'tome':
         return dict(method='tome', layers=list(range(num_layers)),
-                    r=tome_schedule(knob, num_layers))
+                    r=tome_r(knob, num_layers, num_tokens))
     keep_rate = keep_rate_for(knob, num_tokens)
     if family == 'mstm':
         return dict(method='mstm', prune_layers=mstm_layers(num_layers),
@@ -140,7 +147,7 @@ def knob_text(method: str, knob: int, num_tokens: int,
     """The calibrated knob in words, for the table."""
     family = METHODS[method].family
     if family == 'tome':
-        r = tome_schedule(knob, num_layers)
+        r = tome_r(knob, num_layers, num_tokens)
         return f'r={r[0]}' if len(set(r)) == 1 else \
             f'r={"/".join(map(str, r))}'
     rate = knob / num_tokens
@@ -367,8 +374,5 @@ def plot_study(rows: Sequence[dict], dense: dict, path, title: str,
     fig.text(0.01, 0.01, f'{note} {text}' if note else text, fontsize=7,
              color='dimgrey')
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp.png')
-    fig.savefig(tmp, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
-    tmp.replace(path)

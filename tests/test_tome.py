@@ -83,10 +83,16 @@ def test_proportional_attention_equals_attending_to_copies():
 def test_token_counts_per_layer_and_full_grid_at_every_out_index():
     dense = randomise(tiny_pm(out_indices=ALL))
     x = torch.randn(2, 3, 48, 80)  # 15 patch tokens + the class token
-    model = tome_from(dense, dict(method='tome', r=[5, 5, 5, 5]),
+    # a block merges at most half its mergeable tokens: r=5 in every block
+    # asks too much of blocks 2 and 3 at img_size, and is refused
+    with pytest.raises(ValueError, match=r'r=5 at block 2: the block has 6 '
+                       r'tokens.*at most 2'):
+        tiny_pm(compression=dict(method='tome', r=5))
+    model = tome_from(dense, dict(method='tome', r=[5, 5, 2, 1]),
                       out_indices=ALL)
-    # r is capped at half the mergeable tokens: 16 -> 11 -> 6 -> 4 -> 3
+    # at other input sizes r is capped: 16 -> 11 -> 6 -> 4 -> 3
     assert model.token_merger.tokens_per_layer(16, 4) == [11, 6, 4, 3]
+    assert model.token_merger.tokens_per_layer(12, 4) == [7, 4, 3, 2]
     assert token_counts(model, x) == [16, 11, 11, 6, 6, 4, 4, 3]
     model = tome_from(dense, dict(method='tome', layers=[1, 3], r=[3, 2]),
                       out_indices=ALL)

@@ -40,8 +40,8 @@ from mmseg_pm.benchmark import time_interleaved, tokens_per_layer  # noqa: E402,
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
 from mmseg_pm.cli import load_tool  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
-from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
-                            load_checkpoint_file)
+from mmseg_pm.apis import load_checkpoint_into, write_atomic  # noqa: E402
+from mmseg_pm.utils import count_flops  # noqa: E402
 
 DENSE_CONFIG = REPO / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 PM_CONFIG = REPO / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
@@ -106,8 +106,7 @@ def build_model(config: Path, checkpoint: str, device: str):
     cfg = Config.fromfile(str(config))
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
-    model.load_state_dict(
-        checkpoint_state_dict(load_checkpoint_file(checkpoint)), strict=True)
+    load_checkpoint_into(model, checkpoint)
     return model.to(device).eval()
 
 
@@ -150,12 +149,6 @@ def format_markdown(rows: list, note: str) -> str:
                      f'{r["gflops"]:.4f} | {r["images_per_s"]:.0f} | '
                      f'{" / ".join(str(t) for t in r["tokens_per_block"])} |')
     return '\n'.join(lines) + f'\n\n{note}\n'
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def parse_args(argv=None):

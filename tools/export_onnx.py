@@ -26,6 +26,8 @@ import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
+from mmseg_pm.apis import UsageError, check_output_file  # noqa: E402
+from mmseg_pm.cli import int_at_least  # noqa: E402
 from mmseg_pm.export import (DEFAULT_OPSET, compression_method,  # noqa: E402
                              export_onnx, load_segmentor, onnx_parity,
                              parity_inputs)
@@ -56,11 +58,13 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', required=True, help='ONNX file to write')
-    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--shape', type=int_at_least(1), nargs=2,
+                        metavar=('H', 'W'),
                         help='input size (default: the backbone img_size, '
                         'the size compression structures are built for)')
-    parser.add_argument('--batch-size', type=int, default=1)
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
+    parser.add_argument('--batch-size', type=int_at_least(1), default=1)
+    parser.add_argument('--opset', type=int_at_least(1),
+                        default=DEFAULT_OPSET)
     parser.add_argument('--upsample', action='store_true',
                         help='resize the logits to the input size inside the '
                         'graph (default: the decoder resolution)')
@@ -73,8 +77,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def default_shape(model):
+def input_shape(model, shape):
+    """--shape (at least one patch), else the backbone's img_size."""
     backbone = getattr(model, 'backbone', None)
+    if shape:
+        patch = getattr(backbone, 'patch_size', 1)
+        patch = patch if isinstance(patch, int) else max(patch)
+        if min(shape) < patch:
+            raise SystemExit(f'error: --shape {shape[0]} {shape[1]} is '
+                             f'smaller than one {patch}x{patch} patch')
+        return tuple(shape)
     size = getattr(backbone, 'img_size', None)
     if size is None:
         raise SystemExit('error: pass --shape H W (the backbone has no '
@@ -84,18 +96,15 @@ def default_shape(model):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SystemExit(f'error: {out} exists; pass --force to overwrite it')
-    if out.resolve() in (Path(args.checkpoint).resolve(),
-                         Path(args.config).resolve()):
-        raise SystemExit('error: --out would overwrite an input')
     try:
+        out = check_output_file(args.out, dict(config=args.config,
+                                               checkpoint=args.checkpoint),
+                                args.force)
         _, model = load_segmentor(args.config, args.checkpoint,
                                   args.cfg_options)
-    except (ValueError, FileNotFoundError) as err:
+    except UsageError as err:
         raise SystemExit(f'error: {err}')
-    shape = tuple(args.shape) if args.shape else default_shape(model)
+    shape = input_shape(model, args.shape)
     method = compression_method(model)
     start = time.perf_counter()
     try:

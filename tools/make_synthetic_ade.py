@@ -10,6 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmseg_pm.apis import check_output_dir  # noqa: E402
+from mmseg_pm.cli import int_at_least  # noqa: E402
 from mmseg_pm.datasets.synthetic_ade import make_synthetic_ade  # noqa: E402
 
 
@@ -17,16 +19,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Generate a synthetic data set in ADE20K layout')
     parser.add_argument('root', help='output directory (data_root)')
-    parser.add_argument('--num-train', type=int, default=64)
-    parser.add_argument('--num-val', type=int, default=16)
+    parser.add_argument('--num-train', type=int_at_least(1), default=64)
+    parser.add_argument('--num-val', type=int_at_least(1), default=16)
     parser.add_argument(
         '--size',
-        type=int,
+        type=int_at_least(16),
         nargs=2,
         default=(128, 128),
         metavar=('H', 'W'),
         help='image height and width')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int_at_least(0), default=0)
     parser.add_argument(
         '--overwrite',
         action='store_true',
@@ -37,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
+        check_output_dir(args.root, flag='root')
         info = make_synthetic_ade(
             args.root,
             num_train=args.num_train,
@@ -44,7 +47,7 @@ def main(argv=None) -> dict:
             size=tuple(args.size),
             seed=args.seed,
             overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as err:
+    except (FileExistsError, ValueError) as err:  # UsageError is one
         sys.exit(f'error: {err}')
     action = 'reused' if info['reused'] else 'wrote'
     print(f"{action} {info['num_train']} training + {info['num_val']} "

@@ -28,12 +28,15 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from mmseg_pm.cli import UsageError, load_config  # noqa: E402
+from mmseg_pm.apis import (check_output_file,  # noqa: E402
+                           load_checkpoint_into,
+                           local_checkpoint, save_checkpoint_atomic)
+from mmseg_pm.cli import (UsageError, check_data_folders,  # noqa: E402
+                          float_in, int_at_least, load_config)
 from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   layer_token_counts, search_structures,
                                   token_scores_from_config)
-from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
-                            load_checkpoint_file, save_checkpoint_atomic)
+from mmseg_pm.utils import count_flops  # noqa: E402
 
 MODES = ('global', 'layer', 'span')
 # --mode -> (compression mode the config must have, ranking of the search)
@@ -60,12 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('config', help='Prune-and-Merge config file')
     parser.add_argument('checkpoint', help='dense checkpoint (file or URL)')
     parser.add_argument('--out', required=True, help='output checkpoint')
-    parser.add_argument('--iters', type=int, default=100,
+    parser.add_argument('--iters', type=int_at_least(1), default=100,
                         help='training batches to score with (default 100)')
-    parser.add_argument('--keep-rate', type=float,
+    parser.add_argument('--keep-rate', type=float_in(0, 1, low_open=True),
                         help='fraction of tokens kept as centres '
                         '(default: the config\'s)')
-    parser.add_argument('--prune-rate', type=float,
+    parser.add_argument('--prune-rate',
+                        type=float_in(0, 1, high_open=True),
                         help='fraction of tokens pruned (default: the '
                         'config\'s)')
     parser.add_argument('--mode', choices=MODES,
@@ -73,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'layer-mode configs, span for span-mode configs)')
     parser.add_argument('--rule', choices=('row', 'nearest'),
                         help='merge-window rule (default: the config\'s)')
-    parser.add_argument('--depth-lambda', type=float, default=0.0,
+    parser.add_argument('--depth-lambda', type=float_in(0), default=0.0,
                         help='depth weight 1 - lambda*l of the scores '
                         '(authors: 0 for Segmenter)')
-    parser.add_argument('--seed', type=int, default=0,
+    parser.add_argument('--seed', type=int_at_least(0), default=0,
                         help='seed of the scoring data order')
     parser.add_argument('--device', choices=('cpu', 'cuda'),
                         help='default: cuda if available, else cpu')
@@ -89,17 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_paths(args) -> None:
-    if '://' not in args.checkpoint and not Path(args.checkpoint).is_file():
-        raise UsageError(f'checkpoint file not found: {args.checkpoint}')
-    out = Path(args.out).resolve()
-    if '://' not in args.checkpoint and out == Path(args.checkpoint).resolve():
-        raise UsageError('--out is the input checkpoint; write the '
-                         'compressed model to another file')
-    if out.is_dir():
-        raise UsageError(f'--out {args.out} is a directory; name a file')
-    if out.exists() and not args.force:
-        raise UsageError(f'{args.out} exists; pass --force to overwrite it')
+def check_paths(args, cfg: Config) -> None:
+    """The checkpoint and the scoring data exist; --out is none of the
+    inputs, not an existing file without --force, and writable."""
+    local_checkpoint(args.checkpoint)
+    inputs = dict(check_data_folders(cfg, ['train_dataloader']),
+                  config=args.config, checkpoint=args.checkpoint)
+    check_output_file(args.out, inputs, args.force)
 
 
 def configure(args) -> Config:
@@ -130,8 +130,6 @@ def configure(args) -> Config:
             f"(compression=dict(mode='{needed}', ...)) but {args.config} is "
             f"{parsed.mode}-mode; use --mode "
             f"{'span' if parsed.mode == 'span' else 'global or layer'}")
-    if args.iters < 1:
-        raise UsageError(f'--iters must be >= 1, got {args.iters}')
     return cfg
 
 
@@ -142,25 +140,6 @@ def pick_device(name):
         raise UsageError('--device cuda but torch sees no CUDA device; '
                          'use --device cpu')
     return name
-
-
-def load_dense_weights(model, checkpoint: dict, source: str) -> None:
-    """Load a (dense) checkpoint; the structures keep their current values
-    when it has none. Missing weights are an error, extra ones a warning."""
-    state = checkpoint_state_dict(checkpoint)
-    compressor_keys = {k: v for k, v in model.state_dict().items()
-                       if '.token_compressors.' in k}
-    state = {**compressor_keys, **state}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise ValueError(
-            f'{source} lacks {len(result.missing_keys)} weights of the '
-            f'config\'s model, e.g. {result.missing_keys[:5]}; is it a '
-            'checkpoint of the same architecture?')
-    if result.unexpected_keys:
-        print(f'warning: ignored {len(result.unexpected_keys)} checkpoint '
-              f'entries the model does not have, e.g. '
-              f'{result.unexpected_keys[:5]}')
 
 
 def segmentor_flops(model, img_size, device) -> int:
@@ -190,8 +169,9 @@ def prune(args, cfg: Config) -> dict:
     device = pick_device(args.device)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
-    checkpoint = load_checkpoint_file(args.checkpoint)
-    load_dense_weights(model, checkpoint, args.checkpoint)
+    # every weight; the structures are searched below
+    checkpoint = load_checkpoint_into(model, args.checkpoint,
+                                      structures='ignore')
     model.to(device)
     backbone = model.backbone
     compression = backbone.compression
@@ -240,8 +220,8 @@ def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_paths(args)
         cfg = configure(args)  # every option is checked before any work
+        check_paths(args, cfg)
         return prune(args, cfg)
     except UsageError as err:
         parser.error(str(err))

@@ -60,8 +60,10 @@ from mmseg_pm.study import (METHODS, CalibrationError,  # noqa: E402
                             knob_range, knob_text, plot_study,
                             random_structures_like, search_ranking,
                             window_stats)
-from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
-                            load_checkpoint_file, save_checkpoint_atomic)
+from mmseg_pm.apis import (atomic_output,  # noqa: E402
+                           checkpoint_state_dict, load_checkpoint_file,
+                           load_checkpoint_into, save_checkpoint_atomic)
+from mmseg_pm.utils import count_flops  # noqa: E402
 
 DENSE_CONFIG = REPO / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 DISTILL_CONFIG = REPO / 'configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
@@ -150,10 +152,8 @@ def distill_config(student: Config, teacher_model: dict, teacher_ckpt: str,
 
 
 def write_config(cfg: Config, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.tmp.py')
-    cfg.dump(str(tmp))
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        cfg.dump(str(tmp))
     return path
 
 
@@ -307,8 +307,7 @@ def train_dense(base: Config, args) -> dict:
                        'train dense')
     config = work / 'config.py'
     model = build_segmentor(base)
-    model.load_state_dict(checkpoint_state_dict(
-        load_checkpoint_file(checkpoint)), strict=True)
+    load_checkpoint_into(model, checkpoint)
     return dict(checkpoint=checkpoint, config=str(config),
                 flops=flops_of(model, args.img_size),
                 miou=evaluate(config, checkpoint, work, 'test dense'))

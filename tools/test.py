@@ -14,10 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
+from mmseg_pm.apis import (check_runner_checkpoint,  # noqa: E402
+                           local_checkpoint)
 from mmseg_pm.cli import (UsageError,  # noqa: E402
                           add_runner_arguments, build_runner,
-                          check_launcher, load_config, resolve_work_dir,
-                          set_local_rank)
+                          check_launcher, check_runner_inputs, float_in,
+                          load_config, resolve_work_dir, set_local_rank)
 
 
 CFG_EXAMPLE = 'test_dataloader.batch_size=2'
@@ -40,17 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         '--show-dir',
         help='save painted predictions under SHOW_DIR/vis_data/vis_image')
     parser.add_argument(
-        '--wait-time', type=float, default=2, help='--show interval (s)')
+        '--force', action='store_true',
+        help='write into an --out folder that already holds files')
+    parser.add_argument(
+        '--wait-time', type=float_in(0), default=2,
+        help='--show interval (s)')
     parser.add_argument(
         '--tta', action='store_true', help='test-time augmentation')
     add_runner_arguments(parser, CFG_EXAMPLE)
     return parser
-
-
-def check_checkpoint(path: str) -> None:
-    """Fail before building the model; remote URIs are left to mmengine."""
-    if '://' not in path and not Path(path).is_file():
-        raise UsageError(f'checkpoint file not found: {path}')
 
 
 def enable_visualization(cfg: Config, show: bool, show_dir,
@@ -78,6 +78,16 @@ def enable_tta(cfg: Config) -> None:
     cfg.model = cfg.tta_model
 
 
+def check_out_folder(out_dir: str, force: bool) -> None:
+    """Predictions are named after the images: an earlier run's files in
+    ``out_dir`` would be replaced, so that needs --force."""
+    folder = Path(out_dir)
+    if folder.is_dir() and any(folder.iterdir()) and not force:
+        raise UsageError(f'--out {out_dir} already holds files; pass --force '
+                         'to write predictions over them, or choose an '
+                         'empty folder')
+
+
 def save_predictions(cfg: Config, out_dir: str) -> None:
     """Make the test metric(s) write predicted label maps to ``out_dir``."""
     evaluators = cfg.test_evaluator
@@ -91,15 +101,18 @@ def save_predictions(cfg: Config, out_dir: str) -> None:
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
     check_launcher(args.launcher, get_device())
-    check_checkpoint(args.checkpoint)
+    checkpoint = local_checkpoint(args.checkpoint)  # before the config
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
-    cfg.load_from = args.checkpoint
+    cfg.load_from = str(checkpoint)
     if args.show or args.show_dir:
         enable_visualization(cfg, args.show, args.show_dir, args.wait_time)
     if args.tta:
         enable_tta(cfg)
+    check_runner_inputs(cfg, args.config, ['test_dataloader'],
+                        {'--out': args.out, '--show-dir': args.show_dir})
     if args.out is not None:
+        check_out_folder(args.out, args.force)
         save_predictions(cfg, args.out)
     return cfg
 
@@ -110,9 +123,12 @@ def main(argv=None) -> None:
     set_local_rank(args.local_rank)
     try:
         cfg = prepare_config(args)
+        runner = build_runner(cfg)
+        # every weight, and the structures the config compresses with
+        check_runner_checkpoint(runner, require='all')
     except UsageError as err:
         parser.error(str(err))
-    build_runner(cfg).test()
+    return runner.test()
 
 
 if __name__ == '__main__':

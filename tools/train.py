@@ -17,10 +17,11 @@ import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
+from mmseg_pm.apis import check_runner_checkpoint  # noqa: E402
 from mmseg_pm.cli import (ACCELERATORS, UsageError,  # noqa: E402
                           add_runner_arguments, build_runner,
-                          check_launcher, load_config, resolve_work_dir,
-                          set_local_rank)
+                          check_launcher, check_runner_inputs, load_config,
+                          resolve_work_dir, set_local_rank)
 
 
 CFG_EXAMPLE = 'train_cfg.max_iters=100'
@@ -74,6 +75,9 @@ def prepare_config(args: argparse.Namespace) -> Config:
         enable_amp(cfg, device)
     if args.resume:
         cfg.resume = True
+    validating = cfg.get('val_cfg') and cfg.get('val_dataloader')
+    check_runner_inputs(cfg, args.config, ['train_dataloader'] +
+                        (['val_dataloader'] if validating else []))
     return cfg
 
 
@@ -83,9 +87,12 @@ def main(argv=None) -> None:
     set_local_rank(args.local_rank)
     try:
         cfg = prepare_config(args)
+        runner = build_runner(cfg)
+        # fine-tuning may add weights (a new head), but not most of them
+        check_runner_checkpoint(runner, require='most')
     except UsageError as err:
         parser.error(str(err))
-    build_runner(cfg).train()
+    runner.train()
 
 
 if __name__ == '__main__':

@@ -31,8 +31,10 @@ import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
+from mmseg_pm.apis import (UsageError, check_output_file,  # noqa: E402
+                           load_checkpoint_file, save_figure)
+from mmseg_pm.cli import int_at_least  # noqa: E402
 from mmseg_pm.export import compression_method, load_segmentor  # noqa: E402
-from mmseg_pm.utils import load_checkpoint_file  # noqa: E402
 from mmseg_pm.visualization import (merging_layers,  # noqa: E402
                                     model_token_maps, plot_token_maps)
 
@@ -47,18 +49,21 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('image', help='image file')
-    parser.add_argument('--out', required=True, help='PNG to write')
-    parser.add_argument('--layers', type=int, nargs='+',
+    parser.add_argument('--out', required=True,
+                        help='picture to write (.png, .pdf, .svg, ...)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite an existing --out')
+    parser.add_argument('--layers', type=int_at_least(0), nargs='+',
                         help='blocks to draw (default: the first '
                         f'{MAX_DEFAULT_LAYERS} blocks where tokens merge)')
     parser.add_argument('--scores', help='token scores: a .pth with an '
                         '(L, N) tensor, a dict with "scores", or a '
                         'checkpoint from tools/prune.py')
-    parser.add_argument('--score-iters', type=int, default=4,
+    parser.add_argument('--score-iters', type=int_at_least(0), default=4,
                         help='when no scores are found, compute them on this '
                         'many batches of the config\'s training data '
                         '(0: do not)')
-    parser.add_argument('--dpi', type=int, default=150)
+    parser.add_argument('--dpi', type=int_at_least(1), default=150)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries')
     return parser.parse_args(argv)
@@ -128,16 +133,36 @@ def load_image(path, model):
     return bgr[..., ::-1].copy(), data['inputs']
 
 
+def check_out(args) -> None:
+    """--out: a picture format matplotlib writes, and the output rule."""
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(args.out).suffix[1:].lower()
+    if suffix not in formats:
+        raise UsageError(f'--out {args.out}: name a picture file ending in '
+                         f'one of {sorted("." + f for f in formats)}')
+    check_output_file(args.out, dict(config=args.config,
+                                     checkpoint=args.checkpoint,
+                                     image=args.image, scores=args.scores),
+                      args.force)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    for path in (args.config, args.checkpoint, args.image):
+    try:
+        return draw(args)
+    except UsageError as err:
+        raise SystemExit(f'error: {err}')
+
+
+def draw(args):
+    for path in (args.config, args.image):
         if not Path(path).is_file():
             raise SystemExit(f'error: file not found: {path}')
-    try:
-        cfg, model = load_segmentor(args.config, args.checkpoint,
-                                    args.cfg_options)
-    except ValueError as err:
-        raise SystemExit(f'error: {err}')
+    check_out(args)
+    cfg, model = load_segmentor(args.config, args.checkpoint,
+                                args.cfg_options)
     backbone = model.backbone
     if not hasattr(backbone, 'compressed_units'):
         raise SystemExit('error: the backbone is not a PMVisionTransformer; '
@@ -158,11 +183,7 @@ def main(argv=None):
         note += ' | merges depend on the image: this is its source map'
     title = f'{METHOD_NAMES[method]}: {Path(args.image).name}'
     fig = plot_token_maps(image, token_maps, per_layer, note, title)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.name}.tmp.png')
-    fig.savefig(tmp, dpi=args.dpi)
-    tmp.replace(out)
+    out = save_figure(fig, args.out, dpi=args.dpi)
     for token_map in token_maps:
         print(f'{token_map.label}: {token_map.title}')
     print(note)

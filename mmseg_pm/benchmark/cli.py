@@ -22,14 +22,13 @@ from .measure import (DTYPES, PARTS, analytic_backbone_flops, counted_flops,
                       inference_step, parameter_count, part_module,
                       peak_memory_bytes, summarise, time_interleaved,
                       tokens_per_layer, train_step)
+from mmseg_pm.apis import UsageError, check_output_file
+from mmseg_pm.cli import float_in, int_at_least
+
 from .report import (add_ratios, check_targets, machine_info, render_text,
-                     write_results)
+                     result_paths, write_results)
 from .variants import (VARIANTS, ModelSpec, build_family, config_stem,
                        expand_specs, parse_config_arg)
-
-
-class UsageError(ValueError):
-    """A bad command line: reported without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,31 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per config: mmseg's VisionTransformer, ours "
                    'with compression off, compressed with the sparse / '
                    "dense-matrix merge, the config's backbone as written")
-    p.add_argument('--keep-rates', nargs='+', type=float, default=None,
+    p.add_argument('--keep-rates', nargs='+', default=None,
+                   type=float_in(0, 1, low_open=True),
                    help="keep rates of the compressed rows (default: the "
                    "config's own, or 0.7 0.5); 1.0 = the dense rows")
     p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
                    help='time the backbone alone and/or the segmentor '
                    "(backbone + decode head, mode='tensor')")
-    p.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 8])
+    p.add_argument('--batch-sizes', nargs='+', type=int_at_least(1),
+                   default=[1, 8])
     p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:i]'")
     p.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
                    default=['fp32'],
                    help='fp32, or autocast to bf16 / fp16 (GPU; bf16 works '
                    'on CPU too)')
-    p.add_argument('--threads', type=int, default=None,
+    p.add_argument('--threads', type=int_at_least(1), default=None,
                    help='torch intra-op threads (default: torch\'s)')
-    p.add_argument('--warmup', type=int, default=2,
+    p.add_argument('--warmup', type=int_at_least(0), default=2,
                    help='untimed calls per row before timing')
-    p.add_argument('--repeats', type=int, default=10,
+    p.add_argument('--repeats', type=int_at_least(1), default=10,
                    help='timed calls per row (interleaved; median)')
     p.add_argument('--memory', choices=['none', 'inference', 'all'],
                    default='all', help='peak memory of an inference step '
                    'and (all) of a training step (forward + backward)')
-    p.add_argument('--memory-batch-size', type=int, default=None,
+    p.add_argument('--memory-batch-size', type=int_at_least(1),
+                   default=None,
                    help='batch of the memory steps (default: the largest '
                    'of --batch-sizes)')
-    p.add_argument('--resolutions', nargs='*', type=int, default=[],
+    p.add_argument('--resolutions', nargs='*', type=int_at_least(1),
+                   default=[],
                    help='also time the backbone (batch 1) at these square '
                    'input sizes, first config only')
     p.add_argument('--scale-variants', nargs='+', choices=VARIANTS,
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--name', default=None,
                    help='result file name (default: first config + device)')
     p.add_argument('--no-plot', action='store_true')
+    p.add_argument('--force', action='store_true',
+                   help='overwrite result files of the same --name')
     return p
 
 
@@ -101,11 +106,15 @@ def check_args(args) -> None:
     if args.device == 'cpu' and 'fp16' in args.dtypes:
         log('note: fp16 autocast on the CPU is slow; bf16 is the CPU\'s '
             'half precision')
-    if min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 0:
-        raise UsageError('--batch-sizes and --repeats must be >= 1 and '
-                         '--warmup >= 0')
-    if args.threads is not None and args.threads < 1:
-        raise UsageError('--threads must be >= 1')
+    inputs = {}
+    for i, arg in enumerate(args.configs):
+        config, checkpoint = parse_config_arg(arg)
+        inputs.update({f'config {i + 1}': config,
+                       f'checkpoint {i + 1}': checkpoint})
+    for path in result_paths(Path(args.out_dir),
+                             args.name or default_name(args),
+                             plot=not args.no_plot).values():
+        check_output_file(path, inputs, args.force, flag='--out-dir/--name')
 
 
 def image_size(segmentor) -> tuple:

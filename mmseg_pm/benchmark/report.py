@@ -6,11 +6,12 @@ import datetime
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from mmseg_pm.apis import write_atomic
 
 # The issue's targets (ViT-S Segmenter, 512x512, 2 CPU threads).
 MIN_EFFICIENCY = 0.95
@@ -301,26 +302,6 @@ def render_markdown(results: dict) -> str:
 
 # ----------------------------------------------------------------------
 # files
-def write_atomic(path: Path, data) -> None:
-    """Write ``data`` (str or bytes) to a temporary file next to ``path``
-    and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = 'w' if isinstance(data, str) else 'wb'
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -418,14 +399,22 @@ def render_plot(results: dict) -> bytes:
     return buf.getvalue()
 
 
+def result_paths(out_dir: Path, name: str,
+                 plot: bool = True) -> Dict[str, Path]:
+    """The files :func:`write_results` writes."""
+    out_dir = Path(out_dir)
+    paths = {'json': out_dir / f'{name}.json', 'md': out_dir / f'{name}.md'}
+    if plot:
+        paths['png'] = out_dir / f'{name}.png'
+    return paths
+
+
 def write_results(results: dict, out_dir: Path, name: str,
                   plot: bool = True) -> Dict[str, Path]:
     """Write ``name``.json / .md / .png under ``out_dir`` (atomically)."""
-    out_dir = Path(out_dir)
-    paths = {'json': out_dir / f'{name}.json', 'md': out_dir / f'{name}.md'}
+    paths = result_paths(out_dir, name, plot)
     write_atomic(paths['json'], render_json(results))
     write_atomic(paths['md'], render_markdown(results))
     if plot:
-        paths['png'] = out_dir / f'{name}.png'
         write_atomic(paths['png'], render_plot(results))
     return paths

@@ -74,8 +74,12 @@ def parse_config_arg(arg: str) -> Tuple[str, Optional[str]]:
 def load_config(config: str, cfg_options: Optional[dict] = None):
     """The mmengine Config with ``cfg_options`` merged in (a fresh copy;
     parsing is cached: every row of a config reads it)."""
+    from mmseg_pm.cli import check_cfg_option
+
     cfg = copy.deepcopy(_parsed_config(config))
     if cfg_options:
+        for key, value in cfg_options.items():
+            check_cfg_option(cfg, key, value)
         cfg.merge_from_dict(cfg_options)
     return cfg
 
@@ -84,13 +88,19 @@ def load_config(config: str, cfg_options: Optional[dict] = None):
 def _parsed_config(config: str):
     import mmseg_pm  # noqa: F401  (registers modules and the mmseg:: scope)
     from mmengine.config import Config
+
+    from mmseg_pm.apis import UsageError
     try:
         return Config.fromfile(config)
     except FileNotFoundError as err:
-        raise FileNotFoundError(
+        raise UsageError(
             f'config {config!r} not found ({err}); give a path such as '
             'configs/segmenter/pm-segmenter_vit-s_mask_8xb1-160k_ade20k-'
             '512x512.py or an mmseg:: config') from None
+    except Exception as err:  # syntax errors, not a config, ...
+        reason = (str(err).strip().splitlines() or [''])[0][:300]
+        raise UsageError(f'cannot read config {config}: '
+                         f'{type(err).__name__}: {reason}') from err
 
 
 def pm_compression(backbone_cfg: dict) -> Optional[dict]:
@@ -186,10 +196,18 @@ def without_compressors(state: Dict[str, torch.Tensor]
     return {k: v for k, v in state.items() if '.token_compressors.' not in k}
 
 
-def checkpoint_state(path: str) -> Dict[str, torch.Tensor]:
-    from mmengine.runner.checkpoint import CheckpointLoader
-    ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    return ckpt.get('state_dict', ckpt)
+def checkpoint_state(path: str, model: Optional[nn.Module] = None
+                     ) -> Dict[str, torch.Tensor]:
+    """The weights of a checkpoint, checked against ``model`` (a model of
+    its config at its own img_size) when given: every weight must be in
+    it (the rows pick their structures themselves)."""
+    from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
+                               load_checkpoint_into)
+    checkpoint = load_checkpoint_file(path)
+    if model is not None:
+        load_checkpoint_into(model, checkpoint, source=path,
+                             structures='ignore')
+    return checkpoint_state_dict(checkpoint)
 
 
 def share_weights(model: nn.Module, weights: Dict[str, torch.Tensor],
@@ -225,7 +243,8 @@ def build_family(specs: Sequence[ModelSpec],
         torch.manual_seed(seed)
         model = build_segmentor(spec, cfg_options)
         if weights is None:
-            weights = checkpoint_state(spec.checkpoint) \
+            fits = model if spec.img_size is None else None
+            weights = checkpoint_state(spec.checkpoint, fits) \
                 if spec.checkpoint else model.state_dict()
         own_rate = None
         cfg = load_config(spec.config, cfg_options)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,13 +25,47 @@ def _check_keys(cfg: dict, known: set, method: str) -> None:
                          f'{sorted(known)}')
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _block_index(value, name: str) -> int:
+    """A block index: an integer (1.7 is not block 1)."""
+    if not _is_int(value):
+        raise ValueError(f'{name} must hold integer block indices, got '
+                         f'{value!r} ({type(value).__name__})')
+    return int(value)
+
+
+def _check_number(value, name: str) -> float:
+    """A real number (not a flag, not text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f'{name} must be a number, got {value!r} '
+                         f'({type(value).__name__})')
+    return float(value)
+
+
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f'{name} must be True or False, got {value!r}')
+    return value
+
+
+def _check_span(span) -> Tuple[int, int]:
+    """A span: two block indices (first, last)."""
+    if not isinstance(span, (list, tuple)) or len(span) != 2:
+        raise ValueError('spans must be (first, last) pairs of block '
+                         f'indices, got {span!r}')
+    return (_block_index(span[0], 'spans'), _block_index(span[1], 'spans'))
+
+
 def _check_layers(layers: Sequence[int], num_layers: int,
                   name: str) -> List[int]:
     """Sorted, distinct block indices inside 0..num_layers-1."""
     if not isinstance(layers, (list, tuple)) or not layers:
         raise ValueError(f'{name} must be a non-empty list of block indices, '
                          f'got {layers!r}')
-    layers = [int(i) for i in layers]
+    layers = [_block_index(i, name) for i in layers]
     if len(set(layers)) != len(layers):
         raise ValueError(f'{name} lists a block twice: {layers}')
     outside = [i for i in layers if not 0 <= i < num_layers]
@@ -38,6 +73,12 @@ def _check_layers(layers: Sequence[int], num_layers: int,
         raise ValueError(f'{name} {outside} are outside blocks '
                          f'0..{num_layers - 1}')
     return sorted(layers)
+
+
+def _index_list(value, name: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f'{name} must be a list, got {value!r}')
+    return list(value)
 
 
 def _per_layer(value, layers: List[int], name: str) -> list:
@@ -96,12 +137,14 @@ class CompressionConfig:
             if spans is not None or layers is None:
                 raise ValueError("compression mode 'layer' takes layers=[...] "
                                  '(block indices), not spans')
-            units = [(int(i), int(i)) for i in layers]
+            units = [(_block_index(i, 'layers'), ) * 2
+                     for i in _index_list(layers, 'layers')]
         else:
             if layers is not None or spans is None:
                 raise ValueError("compression mode 'span' takes "
                                  'spans=[(first, last), ...], not layers')
-            units = [(int(a), int(b)) for a, b in spans]
+            units = [_check_span(span) for span in _index_list(spans,
+                                                               'spans')]
         if not units:
             raise ValueError('compression lists no layers; use '
                              'compression=None for the dense model')
@@ -114,6 +157,11 @@ class CompressionConfig:
         for (_, last), (first, _) in zip(units, units[1:]):
             if first <= last:
                 raise ValueError(f'compressed layers/spans overlap: {units}')
+        for key in ('keep_rate', 'prune_rate'):
+            if key in cfg:
+                cfg[key] = _check_number(cfg[key], key)
+        if 'trainable' in cfg:
+            _check_flag(cfg['trainable'], 'trainable')
         config = cls(mode=mode, units=units, **cfg)
         config.validate()
         return config
@@ -170,12 +218,10 @@ class MSTMConfig:
         layers = _check_layers(given, num_layers, 'prune_layers')
         rates = _per_layer(cfg.get('keep_rate', 0.7), list(given), 'keep_rate')
         for rate in rates:
-            if not 0 < rate <= 1:
+            if not 0 < _check_number(rate, 'keep_rate') <= 1:
                 raise ValueError(f'keep_rate must be in (0, 1], got {rate}')
         keep_rates = {int(i): float(r) for i, r in zip(given, rates)}
-        coarse = cfg.get('coarse', True)
-        if not isinstance(coarse, bool):
-            raise ValueError(f'coarse must be True or False, got {coarse!r}')
+        coarse = _check_flag(cfg.get('coarse', True), 'coarse')
         return cls(keep_rates={i: keep_rates[i] for i in layers},
                    coarse=coarse)
 

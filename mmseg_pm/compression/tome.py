@@ -99,6 +99,32 @@ def tome_merges(num_tokens: int, r: int, protect_first: bool) -> int:
     return max(0, min(r, (num_tokens - int(protect_first)) // 2))
 
 
+def capped_merges(rs: List[int], num_tokens: int,
+                  protect_first: bool = True) -> List[int]:
+    """The ``r`` each consecutive block really merges (see
+    :func:`tome_merges`) for ``num_tokens`` input tokens."""
+    capped = []
+    for r in rs:
+        capped.append(tome_merges(num_tokens, r, protect_first))
+        num_tokens -= capped[-1]
+    return capped
+
+
+def check_tome_merges(merges: Dict[int, int], num_tokens: int,
+                      protect_first: bool, where: str = '') -> None:
+    """Refuse an ``r`` larger than what bipartite matching can merge in its
+    block (half the mergeable tokens the block has, after the merges of
+    the blocks before it), for ``num_tokens`` input tokens."""
+    for block in sorted(merges):
+        cap = tome_merges(num_tokens, num_tokens, protect_first)
+        if merges[block] > cap:
+            raise ValueError(
+                f'ToMe r={merges[block]} at block {block}: the block has '
+                f'{num_tokens} tokens{where} and can merge at most {cap} '
+                f'(half of those it may merge); use r <= {cap} there')
+        num_tokens -= merges[block]
+
+
 class ToMeState(NamedTuple):
     source: Tensor  # (B, T0): current token of every original token
     size: Optional[Tensor]  # (B, T) original tokens per current token

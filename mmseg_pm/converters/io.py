@@ -7,14 +7,14 @@ so a failed conversion leaves no file under the destination name.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
-from mmseg_pm.utils import load_checkpoint_file, save_checkpoint_atomic
+from mmseg_pm.apis import (check_output_file, load_checkpoint_file,
+                           local_checkpoint, save_checkpoint_atomic)
 
 from .timm_vit import ConversionError
 
@@ -35,17 +35,14 @@ def load_weights_file(path: str) -> dict:
             'state_dict() and convert that')
     if suffix == '.safetensors':
         from safetensors.torch import load_file
-        if not Path(path).is_file():
-            raise FileNotFoundError(f'checkpoint file not found: {path}')
-        return load_file(path, device='cpu')
-    try:
-        return load_checkpoint_file(path)
-    except pickle.UnpicklingError as err:
-        raise ConversionError(
-            f'{path} holds Python objects that weights-only loading refuses '
-            f'({str(err).splitlines()[0]}). If you trust the file, re-save '
-            'just its weights (torch.save(torch.load(PATH, weights_only='
-            "False)['model'], 'weights.pth')) and convert that") from err
+        local = local_checkpoint(path)
+        try:
+            return load_file(local, device='cpu')
+        except Exception as err:
+            raise ConversionError(f'{path} is not a readable safetensors '
+                                  f'file ({type(err).__name__}: {err})') \
+                from err
+    return load_checkpoint_file(path)
 
 
 def unwrap_state_dict(checkpoint: dict,
@@ -73,15 +70,9 @@ def unwrap_state_dict(checkpoint: dict,
 
 
 def check_destination(src: str, dst: str, force: bool = False) -> None:
-    """Refuse to overwrite the input, or an existing file without force."""
-    dst_path = Path(dst).resolve()
-    if '://' not in str(src) and dst_path == Path(src).resolve():
-        raise ConversionError('the destination is the input checkpoint; '
-                              'write the converted weights to another file')
-    if dst_path.is_dir():
-        raise ConversionError(f'{dst} is a directory; name a file')
-    if dst_path.exists() and not force:
-        raise ConversionError(f'{dst} exists; pass --force to overwrite it')
+    """The output rule (mmseg_pm.apis.outputs): not the input, not an
+    existing file without force, a writable folder."""
+    check_output_file(dst, dict(checkpoint=src), force, flag='destination')
 
 
 def save_converted(state_dict: Dict[str, Tensor], dst: str,

@@ -15,6 +15,8 @@ from typing import Dict, List, Tuple
 
 from torch import Tensor
 
+from mmseg_pm.apis.errors import UsageError
+
 # timm key (outside the blocks) -> mmseg key
 TIMM_TOP_KEYS = {
     'cls_token': 'cls_token',
@@ -54,7 +56,7 @@ DIST_TOKEN = 'dist_token'
 _BLOCK = re.compile(r'^blocks\.(\d+)\.(.+)$')
 
 
-class ConversionError(ValueError):
+class ConversionError(UsageError):
     """The input is not a checkpoint this converter understands."""
 
 

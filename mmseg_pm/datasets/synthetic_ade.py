@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mmseg_pm.apis.outputs import umask_mode
+
 __all__ = [
     'SYNTHETIC_CLASSES', 'CLASS_IDS', 'CLASS_NAMES', 'TRAIN_LABELS',
     'IGNORE_ID', 'MANIFEST_NAME', 'make_sample', 'make_synthetic_ade'
@@ -378,7 +380,7 @@ def make_synthetic_ade(root,
         progress = num_train + num_val >= AUTO_PROGRESS_MIN_IMAGES
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{root.name}.tmp-', dir=root.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; root should not be
+    tmp.chmod(umask_mode(directory=True))  # mkdtemp makes it private
     try:
         _generate(tmp, dict(training=num_train, validation=num_val), size,
                   seed, progress)

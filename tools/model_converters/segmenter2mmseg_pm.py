@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mmseg_pm.converters import (ConversionError,  # noqa: E402
-                                 check_destination, convert_segmenter,
+from mmseg_pm.apis import UsageError  # noqa: E402
+from mmseg_pm.converters import (check_destination,  # noqa: E402
+                                 convert_segmenter,
                                  load_weights_file, save_converted,
                                  unwrap_state_dict)
 
@@ -61,7 +62,7 @@ def main(argv=None):
             state_dict, grid=tuple(args.grid) if args.grid else None,
             derive_reconstruct=args.derive_reconstruct,
             drop_dist_token=args.drop_dist_token)
-    except (ConversionError, FileNotFoundError) as err:
+    except UsageError as err:  # ConversionError, checkpoint, output
         sys.exit(f'error: {err}')
     meta = dict(converted_from=str(args.src), format='segmenter',
                 compression=compression, notes=notes)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mmseg_pm.converters import (ConversionError,  # noqa: E402
-                                 check_destination, convert_timm_vit,
+from mmseg_pm.apis import UsageError  # noqa: E402
+from mmseg_pm.converters import (check_destination,  # noqa: E402
+                                 convert_timm_vit,
                                  load_weights_file, save_converted,
                                  unwrap_state_dict)
 
@@ -50,7 +51,7 @@ def main(argv=None):
         check_destination(args.src, args.dst, args.force)
         state_dict = unwrap_state_dict(load_weights_file(args.src), args.key)
         converted, notes = convert_timm_vit(state_dict, args.drop_dist_token)
-    except (ConversionError, FileNotFoundError) as err:
+    except UsageError as err:  # ConversionError, checkpoint, output
         sys.exit(f'error: {err}')
     save_converted(converted, args.dst,
                    meta=dict(converted_from=str(args.src), format='timm_vit',

@@ -40,7 +40,7 @@ from mmseg_pm.compression.merge import TokenCompressor
 from mmseg_pm.compression.mstm import MSTM
 from mmseg_pm.compression.structure import (CompressionStructure,
                                             lattice_structure)
-from mmseg_pm.compression.tome import ToMe
+from mmseg_pm.compression.tome import ToMe, check_tome_merges
 
 
 class DropPath(nn.Module):
@@ -289,8 +289,13 @@ class PMVisionTransformer(BaseModule):
             bias=patch_bias,
             norm_cfg=norm_cfg if patch_norm else None,
             init_cfg=None)
-        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
-        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.patch_pad = patch_pad
+        # structures are built for the grid the model runs on at img_size
+        # (a partial patch is padded up); pos_embed keeps mmseg's size so
+        # its checkpoints load, and is resized to that grid in forward
+        self.grid_size = self.token_grid(img_size)
+        self.pos_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+        num_patches = self.pos_grid[0] * self.pos_grid[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1,
                                                   embed_dims))
@@ -335,6 +340,10 @@ class PMVisionTransformer(BaseModule):
             self.token_merger = MSTM(embed_dims, self.compression.keep_rates,
                                      self.compression.coarse)
         elif isinstance(self.compression, ToMeConfig):
+            check_tome_merges(
+                self.compression.merges,
+                self.grid_size[0] * self.grid_size[1] + int(with_cls_token),
+                with_cls_token, f' (the tokens of img_size={img_size})')
             self.token_merger = ToMe(self.compression.merges,
                                      class_token=with_cls_token)
         self.compression_bypassed = False  # see dense_forward()
@@ -400,7 +409,7 @@ class PMVisionTransformer(BaseModule):
                           f'{tuple(self.pos_embed.shape)}')
                 old = int(math.sqrt(state_dict['pos_embed'].shape[1] - 1))
                 state_dict['pos_embed'] = self.resize_pos_embed(
-                    state_dict['pos_embed'], self.grid_size, (old, old),
+                    state_dict['pos_embed'], self.pos_grid, (old, old),
                     self.interpolate_mode)
             load_state_dict(self, state_dict, strict=False, logger=None)
         elif self.init_cfg is not None:
@@ -469,12 +478,23 @@ class PMVisionTransformer(BaseModule):
 
     # ------------------------------------------------------------------
     # forward
+    def token_grid(self, size) -> Tuple[int, int]:
+        """The token grid the patch embedding makes of an input of ``size``
+        (H, W): 'corner'/'same' padding pads a partial patch up, a numeric
+        padding drops it (as a convolution does)."""
+        p = self.patch_size
+        if isinstance(self.patch_pad, str):
+            return (math.ceil(size[0] / p), math.ceil(size[1] / p))
+        pad = _pair(self.patch_pad)
+        return ((size[0] + 2 * pad[0] - p) // p + 1,
+                (size[1] + 2 * pad[1] - p) // p + 1)
+
     def _check_grid(self, inputs: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         """Pad inputs whose token grid is smaller than the structures' grid;
         refuse larger ones. Returns the (maybe padded) inputs and the grid
         the outputs are cropped back to."""
         p = self.patch_size
-        grid = (math.ceil(inputs.shape[-2] / p), math.ceil(inputs.shape[-1] / p))
+        grid = self.token_grid(inputs.shape[-2:])
         if (not isinstance(self.compression, CompressionConfig)
                 or self.compression_bypassed or grid == self.grid_size):
             return inputs, grid
@@ -495,7 +515,7 @@ class PMVisionTransformer(BaseModule):
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         pos = self.pos_embed
         if x.shape[1] != pos.shape[1]:
-            pos = self.resize_pos_embed(pos, hw, self.grid_size,
+            pos = self.resize_pos_embed(pos, hw, self.pos_grid,
                                         self.interpolate_mode)
         x = self.drop_after_pos(x + pos)
         if not self.with_cls_token:

@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList, add_prefix
 from torch import Tensor, nn
 
-from mmseg_pm.utils import checkpoint_state_dict, load_checkpoint_file
+from mmseg_pm.apis.checkpoint import load_checkpoint_into
 
 
 def pixel_distill_loss(student_logits: Tensor,
@@ -108,8 +108,8 @@ class DistillEncoderDecoder(EncoderDecoder):
 
     def _build_teacher(self, config, checkpoint: str) -> nn.Module:
         teacher = MODELS.build(load_model_config(config))
-        state_dict = checkpoint_state_dict(load_checkpoint_file(checkpoint))
-        teacher.load_state_dict(state_dict, strict=True)
+        load_checkpoint_into(teacher, checkpoint,
+                             source=f'teacher_checkpoint {checkpoint}')
         teacher.eval().requires_grad_(False)
         if teacher.decode_head.out_channels != self.decode_head.out_channels:
             raise ValueError(
