@@ -231,10 +231,10 @@ def dataset_folders(dataset: dict) -> list:
     return folders
 
 
-def check_data_folders(cfg: Config, loaders) -> list:
+def check_data_folders(cfg: Config, loaders) -> dict:
     """The image and annotation folders of ``loaders`` exist and the image
-    folders hold files; returns them as (label, folder)."""
-    found = []
+    folders hold files; returns them as {label: folder}."""
+    found = {}
     for name in loaders:
         dataset = (cfg.get(name) or {}).get('dataset')
         for label, folder in dataset_folders(dataset):
@@ -248,7 +248,7 @@ def check_data_folders(cfg: Config, loaders) -> list:
                     p.is_file() for p in folder.rglob('*')):
                 raise UsageError(f'{name}: the {label} {folder} holds no '
                                  f'images; {fix}')
-            found.append((f'{label} {name.split("_")[0]}', folder))
+            found[f'{name.split("_")[0]} {label}'] = folder
     return found
 
 

@@ -28,8 +28,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from mmseg_pm.apis import (check_output_file,  # noqa: E402
-                           load_checkpoint_into,
+from mmseg_pm.apis import (check_not_input,  # noqa: E402
+                           check_output_file, load_checkpoint_into,
                            local_checkpoint, save_checkpoint_atomic)
 from mmseg_pm.cli import (UsageError, check_data_folders,  # noqa: E402
                           float_in, int_at_least, load_config)
@@ -97,9 +97,10 @@ def check_paths(args, cfg: Config) -> None:
     """The checkpoint and the scoring data exist; --out is none of the
     inputs, not an existing file without --force, and writable."""
     local_checkpoint(args.checkpoint)
-    inputs = dict(check_data_folders(cfg, ['train_dataloader']),
-                  config=args.config, checkpoint=args.checkpoint)
-    check_output_file(args.out, inputs, args.force)
+    check_output_file(args.out, dict(config=args.config,
+                                     checkpoint=args.checkpoint), args.force)
+    check_not_input(args.out, check_data_folders(cfg, ['train_dataloader']),
+                    '--out')
 
 
 def configure(args) -> Config:

@@ -137,15 +137,14 @@ def check_out(args) -> None:
     """--out: a picture format matplotlib writes, and the output rule."""
     from matplotlib.figure import Figure
 
-    formats = Figure().canvas.get_supported_filetypes()
-    suffix = Path(args.out).suffix[1:].lower()
-    if suffix not in formats:
-        raise UsageError(f'--out {args.out}: name a picture file ending in '
-                         f'one of {sorted("." + f for f in formats)}')
     check_output_file(args.out, dict(config=args.config,
                                      checkpoint=args.checkpoint,
                                      image=args.image, scores=args.scores),
                       args.force)
+    formats = Figure().canvas.get_supported_filetypes()
+    if Path(args.out).suffix[1:].lower() not in formats:
+        raise UsageError(f'--out {args.out}: name a picture file ending in '
+                         f'one of {sorted("." + f for f in formats)}')
 
 
 def main(argv=None):

@@ -106,7 +106,8 @@ def check_output_file(path: PathLike, inputs: Inputs = None,
         if not force:
             raise OutputError(f'{flag} {path} exists; pass --force to '
                               'overwrite it, or choose another name')
-        if not os.access(out, os.W_OK):
+        # the write bit too: root's access() ignores a file made read-only
+        if not os.access(out, os.W_OK) or not out.stat().st_mode & 0o200:
             raise OutputError(f'{flag} {path} is read-only; it is not '
                               'replaced even with --force (make it writable '
                               'or choose another name)')

@@ -1,0 +1,206 @@
+"""The ten bad inputs of issue 13 that went unrefused, through the real
+command lines (and the backbone's constructor): each is refused with a
+message that names the problem and the fix, exits non-zero, and leaves
+every file the user gave byte-identical with no temporary file behind.
+
+Only the tools' command lines and the backbone are used here, so each test
+also runs against code without the checks (where it fails)."""
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+import mmseg_pm  # noqa: F401
+from mmseg_pm.datasets import make_synthetic_ade
+from mmseg_pm.models import PMVisionTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+# the synthetic Segmenter shrunk to 2 blocks of width 32 on generated data
+TINY = """_base_ = ['{base}']
+model = dict(
+    backbone=dict(type='{backbone}', embed_dims=32, num_layers=2,
+                  num_heads=2{compression}),
+    decode_head=dict(in_channels=32, channels=32, embed_dims=32,
+                     num_classes=150, num_layers=1))
+train_dataloader = dict(batch_size=2, dataset=dict(data_root='{data}'))
+val_dataloader = dict(dataset=dict(data_root='{data}'))
+test_dataloader = dict(dataset=dict(data_root='{data}'))
+train_cfg = dict(max_iters=2, val_interval=2)
+param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=1.0, begin=0,
+                        end=2, by_epoch=False)]
+"""
+PM = "dict(mode='layer', layers=[1], keep_rate=0.5)"
+
+
+def tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'bad_input_{name}', ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_config(path, data, compression=None):
+    path.write_text(TINY.format(
+        base=BASE, data=data,
+        backbone='VisionTransformer' if compression is None
+        else 'PMVisionTransformer',
+        compression='' if compression is None
+        else f', compression={compression}'))
+    return path
+
+
+def build(config):
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    model.init_weights()
+    return model
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    """Generated data, a dense and a Prune-and-Merge config, their
+    checkpoints, an image, and an unrelated checkpoint (two tensors)."""
+    tmp = tmp_path_factory.mktemp('bad_input')
+    data = make_synthetic_ade(tmp / 'data', num_train=2, num_val=1,
+                              size=(64, 64), seed=1, progress=False)
+    dense_cfg = write_config(tmp / 'dense.py', data['root'])
+    pm_cfg = write_config(tmp / 'pm.py', data['root'], PM)
+    dense = tmp / 'dense.pth'
+    torch.save(dict(meta={}, state_dict=build(dense_cfg).state_dict()),
+               dense)
+    pruned = tmp / 'pruned.pth'
+    torch.save(dict(meta={}, state_dict=build(pm_cfg).state_dict()), pruned)
+    unrelated = tmp / 'unrelated.pth'
+    torch.save(dict(a=torch.randn(3, 3), b=torch.randn(4)), unrelated)
+    image = sorted(Path(data['validation_img_dir']).glob('*.jpg'))[0]
+    return dict(tmp=tmp, data=data, dense_cfg=dense_cfg, pm_cfg=pm_cfg,
+                dense=dense, pruned=pruned, unrelated=unrelated, image=image)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob('*') if p.is_file()}
+
+
+@pytest.fixture
+def unchanged(world):
+    """Every file of the world is byte-identical afterwards, none is added
+    next to them (no temporary files)."""
+    before = snapshot(world['tmp'])
+    yield
+    assert snapshot(world['tmp']) == before
+
+
+def refused(module, argv, capsys):
+    """Run a tool expecting a refusal; returns its one-line message."""
+    with pytest.raises(SystemExit) as info:
+        module.main([str(a) for a in argv])
+    code = info.value.code
+    assert code not in (0, None)
+    return code if isinstance(code, str) else capsys.readouterr().err
+
+
+def test_prune_never_writes_over_its_config(world, unchanged, capsys):
+    err = refused(tool('prune'), [
+        world['pm_cfg'], world['dense'], '--out', world['pm_cfg'], '--force',
+        '--iters', '1', '--device', 'cpu'], capsys)
+    assert 'is the input config' in err
+
+
+@pytest.mark.parametrize('target', ['image', 'checkpoint', 'existing',
+                                    'read-only'])
+def test_visualize_never_writes_over_a_file(world, target, tmp_path,
+                                            capsys):
+    out = dict(image=world['image'], checkpoint=world['pruned']).get(target)
+    if out is None:
+        out = tmp_path / 'tokens.png'
+        out.write_bytes(b'keep me')
+        if target == 'read-only':
+            out.chmod(0o444)
+    force = [] if target == 'existing' else ['--force']
+    before = out.read_bytes()
+    err = refused(tool('visualize_tokens'), [
+        world['pm_cfg'], world['pruned'], world['image'], '--out', out,
+        '--score-iters', '0'] + force, capsys)
+    expected = dict(image='is the input image',
+                    checkpoint='is the input checkpoint',
+                    existing='exists; pass --force',
+                    **{'read-only': 'is read-only'})[target]
+    assert expected in err
+    assert out.read_bytes() == before
+    if target in ('existing', 'read-only'):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ['tokens.png']
+
+
+def test_test_refuses_an_unrelated_checkpoint(world, unchanged, tmp_path,
+                                              capsys):
+    err = refused(tool('test'), [world['dense_cfg'], world['unrelated'],
+                                 '--work-dir', tmp_path], capsys)
+    assert 'is not a checkpoint of the config\'s model' in err
+    assert 'random weights' in err
+
+
+def test_test_refuses_a_pruned_checkpoint_with_a_dense_config(
+        world, unchanged, tmp_path, capsys):
+    err = refused(tool('test'), [world['dense_cfg'], world['pruned'],
+                                 '--work-dir', tmp_path], capsys)
+    assert 'holds Prune-and-Merge structures' in err
+    assert 'use the Prune-and-Merge config' in err
+
+
+def test_train_refuses_to_fine_tune_from_an_unrelated_checkpoint(
+        world, unchanged, tmp_path, capsys):
+    err = refused(tool('train'), [
+        world['dense_cfg'], '--work-dir', tmp_path, '--cfg-options',
+        f'load_from={world["unrelated"]}'], capsys)
+    assert 'is not a checkpoint of the config\'s model' in err
+    assert not list(tmp_path.rglob('*.pth'))
+
+
+def test_train_refuses_a_negative_length(world, unchanged, tmp_path,
+                                         capsys):
+    err = refused(tool('train'), [
+        world['dense_cfg'], '--work-dir', tmp_path, '--cfg-options',
+        'train_cfg.max_iters=-3'], capsys)
+    assert 'train_cfg.max_iters must be an integer >= 1, got -3' in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('compression,message', [
+    (dict(mode='layer', layers=[1.7, 2.2]), 'integer block indices, got 1.7'),
+    (dict(method='tome', r=1000), 'r=1000 at block 0: the block has 65 '
+     'tokens.*at most 32'),
+])
+def test_backbone_refuses_fractional_layers_and_impossible_merges(
+        compression, message):
+    with pytest.raises(ValueError, match=message):
+        PMVisionTransformer(img_size=64, patch_size=8, embed_dims=32,
+                            num_layers=4, num_heads=2,
+                            compression=compression)
+
+
+def test_structures_are_built_for_the_padded_grid():
+    """68x60 with 8x8 patches: the patch embedding pads to a 9x8 grid, so
+    the structures are 9x8 and the model runs at its own img_size; the
+    position embedding keeps mmseg's size, so mmseg's weights load."""
+    from mmseg.models.backbones import VisionTransformer
+    kwargs = dict(img_size=(68, 60), patch_size=8, embed_dims=32,
+                  num_layers=3, num_heads=2)
+    model = PMVisionTransformer(
+        compression=dict(mode='layer', layers=[1], keep_rate=0.5),
+        **kwargs).eval()
+    assert tuple(model.grid_size) == (9, 8)
+    assert model.structures()[0].grid == (9, 8)
+    model.load_state_dict(VisionTransformer(**kwargs).state_dict(),
+                          strict=False)
+    with torch.no_grad():
+        (out, ) = model(torch.randn(1, 3, 68, 60))
+    assert out.shape == (1, 32, 9, 8)
