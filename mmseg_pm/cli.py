@@ -146,10 +146,10 @@ def check_cfg_option(cfg: Config, key: str, value) -> None:
                     f'--cfg-options {key}: {where} is a list of {len(node)} '
                     f'entries; index it with 0..{len(node) - 1}')
             node = node[int(part)]
-        elif isinstance(node, dict):
+        elif isinstance(node, (dict, Config)):
             if part not in node:
                 close = difflib.get_close_matches(
-                    part, [str(k) for k in node], n=1, cutoff=0.8)
+                    part, [str(k) for k in node.keys()], n=1, cutoff=0.8)
                 if close:
                     name = '.'.join(parts[:depth] + close)
                     raise UsageError(

@@ -203,4 +203,135 @@ def test_structures_are_built_for_the_padded_grid():
                           strict=False)
     with torch.no_grad():
         (out, ) = model(torch.randn(1, 3, 68, 60))
-    assert out.shape == (1, 32, 9, 8)
+        assert out.shape == (1, 32, 9, 8)
+        (out, ) = model(torch.randn(1, 3, 50, 41))  # a smaller crop: padded
+        assert out.shape == (1, 32, 7, 6)
+
+
+# ----------------------------------------------------------------- long tail
+def test_checkpoint_files_that_are_not_checkpoints_are_named(
+        world, unchanged, tmp_path, capsys):
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(world['dense'].read_bytes()[:1000])
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    test = tool('test')
+    for checkpoint, message in ((truncated, 'is not a readable PyTorch '
+                                 'checkpoint (truncated'),
+                                (empty, 'is empty (0 bytes)'),
+                                (tmp_path, 'is a folder, not a checkpoint'),
+                                (tmp_path / 'no.pth', 'not found')):
+        err = refused(test, [world['dense_cfg'], checkpoint, '--work-dir',
+                             tmp_path / 'work'], capsys)
+        assert str(checkpoint) in err and message in err
+
+
+def test_outputs_are_checked_before_any_work(world, unchanged, tmp_path,
+                                             capsys):
+    """An --out that cannot be written is refused before the model is
+    built: here the checkpoint is unrelated and would fail later."""
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    err = refused(tool('export_onnx'), [
+        world['dense_cfg'], world['unrelated'], '--out',
+        blocker / 'model.onnx'], capsys)
+    assert 'is a file, not a folder' in err
+    err = refused(tool('prune'), [
+        world['pm_cfg'], world['unrelated'], '--out', blocker / 'x.pth',
+        '--iters', '1'], capsys)
+    assert 'is a file, not a folder' in err
+
+
+@pytest.mark.parametrize('option,message', [
+    ('train_cfg.max_itrs=3', 'did you mean train_cfg.max_iters?'),
+    ('train_cfg.max_iters=abc', "'abc': expected an integer like the "
+     "config's 2"),
+    ('param_scheduler.3.end=3', 'is a list of 1 entries'),
+])
+def test_cfg_options_are_checked(world, unchanged, tmp_path, option,
+                                 message, capsys):
+    err = refused(tool('train'), [world['dense_cfg'], '--work-dir', tmp_path,
+                                  '--cfg-options', option], capsys)
+    assert message in err
+
+
+def test_configs_that_cannot_be_read_are_one_line(world, unchanged,
+                                                  tmp_path, capsys):
+    text = tmp_path / 'config.txt'
+    text.write_text("model = dict(type='EncoderDecoder')\n")
+    broken = tmp_path / 'broken.py'
+    broken.write_text('model = dict(\n')
+    for config, message in ((text, 'is not a config file'),
+                            (broken, 'cannot read config'),
+                            (tmp_path, 'is a folder')):
+        err = refused(tool('test'), [config, world['dense'], '--work-dir',
+                                     tmp_path / 'work'], capsys)
+        assert message in err and 'Traceback' not in err
+
+
+def test_missing_or_empty_data_is_named(world, unchanged, tmp_path, capsys):
+    empty = tmp_path / 'empty_data'
+    (empty / 'images/validation').mkdir(parents=True)
+    (empty / 'annotations/validation').mkdir(parents=True)
+    for root, message in ((empty, 'holds no images'),
+                          (tmp_path / 'nowhere', 'does not exist')):
+        err = refused(tool('test'), [
+            world['dense_cfg'], world['dense'], '--work-dir', tmp_path,
+            '--cfg-options', f'test_dataloader.dataset.data_root={root}'],
+            capsys)
+        assert message in err and 'make_synthetic_ade.py' in err
+
+
+def test_predictions_never_land_on_the_data(world, unchanged, tmp_path,
+                                            capsys):
+    annotations = world['data']['validation_ann_dir']
+    err = refused(tool('test'), [world['dense_cfg'], world['dense'], '--out',
+                                 annotations, '--force', '--work-dir',
+                                 tmp_path], capsys)
+    assert 'is the input test annotation folder' in err
+    taken = tmp_path / 'preds'
+    taken.mkdir()
+    (taken / 'old.png').write_bytes(b'x')
+    err = refused(tool('test'), [world['dense_cfg'], world['dense'], '--out',
+                                 taken, '--work-dir', tmp_path], capsys)
+    assert 'already holds files; pass --force' in err
+
+
+def test_train_never_saves_over_the_checkpoint_it_starts_from(
+        world, unchanged, tmp_path, capsys):
+    start = tmp_path / 'iter_2.pth'
+    start.write_bytes(world['dense'].read_bytes())
+    err = refused(tool('train'), [world['dense_cfg'], '--work-dir', tmp_path,
+                                  '--cfg-options', f'load_from={start}'],
+                  capsys)
+    assert 'where this run saves its own iter_2.pth' in err
+    assert start.read_bytes() == world['dense'].read_bytes()
+
+
+@pytest.mark.parametrize('name,argv,message', [
+    ('export_onnx', ['--shape', '0', '0'], 'argument --shape: must be >= 1'),
+    ('export_onnx', ['--batch-size', '0'], 'argument --batch-size: must be'),
+    ('export_onnx', ['--shape', '4', '4'], 'smaller than one 8x8 patch'),
+    ('visualize_tokens', ['--dpi', '-5'], 'argument --dpi: must be >= 1'),
+])
+def test_numbers_are_checked_at_parsing(world, unchanged, tmp_path, name,
+                                        argv, message, capsys):
+    inputs = [world['pm_cfg'], world['pruned']] + \
+        ([world['image']] if name == 'visualize_tokens' else [])
+    err = refused(tool(name), inputs + ['--out', tmp_path / 'out.png']
+                  + argv, capsys)
+    assert message in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_counts_of_benchmark_and_data_generator(tmp_path, capsys):
+    from mmseg_pm.benchmark import main as benchmark
+    with pytest.raises(SystemExit):
+        benchmark([str(BASE), '--keep-rates', '0', '--out-dir',
+                   str(tmp_path)])
+    assert 'argument --keep-rates: must be in (0, 1], got 0' in \
+        capsys.readouterr().err
+    err = refused(tool('make_synthetic_ade'),
+                  [tmp_path / 'data', '--num-train', '0'], capsys)
+    assert 'argument --num-train: must be >= 1, got 0' in err
+    assert not any(tmp_path.iterdir())

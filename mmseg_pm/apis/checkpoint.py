@@ -125,8 +125,11 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
 
 def _weights_only_reason(err: BaseException) -> str:
     found = re.search(r'GLOBAL (\S+)', str(err))
-    return f'unsupported global {found.group(1)}' if found else \
-        'unsupported content'
+    if found:
+        return f'unsupported global {found.group(1)}'
+    lines = [ln.strip() for ln in str(err).splitlines()
+             if ln.strip().startswith('Unsupported')]
+    return lines[0][:200] if lines else 'unsupported content'
 
 
 def checkpoint_state_dict(checkpoint: dict) -> dict:
