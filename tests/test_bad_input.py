@@ -208,6 +208,26 @@ def test_structures_are_built_for_the_padded_grid():
         assert out.shape == (1, 32, 7, 6)
 
 
+TTA = """_base_ = ['{config}']
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale_factor=1.0, keep_ratio=True)],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal')],
+        [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]
+"""
+
+
+def test_the_checkpoint_of_the_config_evaluates(world, unchanged, tmp_path):
+    """The check passes what it should: the pruned checkpoint with its own
+    config, also under test-time augmentation (the model is wrapped)."""
+    config = tmp_path / 'pm_tta.py'
+    config.write_text(TTA.format(config=world['pm_cfg']))
+    metrics = tool('test').main([str(config), str(world['pruned']),
+                                 '--tta', '--work-dir', str(tmp_path)])
+    assert 0 <= metrics['mIoU'] <= 100
+
+
 # ----------------------------------------------------------------- long tail
 def test_checkpoint_files_that_are_not_checkpoints_are_named(
         world, unchanged, tmp_path, capsys):

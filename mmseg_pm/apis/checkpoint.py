@@ -307,13 +307,15 @@ def check_runner_checkpoint(runner, require: str) -> Optional[str]:
     non-strictly, so an unrelated or mismatched checkpoint would otherwise
     run silently) by loading it through :func:`load_checkpoint_into`.
     mmengine then loads it once more itself. Returns its path."""
-    from mmengine.model import is_model_wrapper
+    from mmengine.model import BaseTTAModel, is_model_wrapper
 
     path = runner_checkpoint(runner.cfg)
     if path is None:
         return None
-    model = runner.model.module if is_model_wrapper(runner.model) \
-        else runner.model
+    model = runner.model
+    # what mmengine loads into: the module inside DDP and TTA wrappers
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
     load_checkpoint_into(model, path, require=require)
     return path
 
