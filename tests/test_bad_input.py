@@ -246,6 +246,18 @@ def test_checkpoint_files_that_are_not_checkpoints_are_named(
         assert str(checkpoint) in err and message in err
 
 
+def test_resume_names_a_truncated_last_checkpoint(world, unchanged,
+                                                  tmp_path, capsys):
+    """mmengine writes checkpoints in place: a run killed while saving
+    leaves a truncated one for --resume to find."""
+    last = tmp_path / 'iter_2.pth'
+    last.write_bytes(world['dense'].read_bytes()[:2000])
+    (tmp_path / 'last_checkpoint').write_text(str(last))
+    err = refused(tool('train'), [world['dense_cfg'], '--work-dir', tmp_path,
+                                  '--resume'], capsys)
+    assert f'{last} is not a readable PyTorch checkpoint' in err
+
+
 def test_outputs_are_checked_before_any_work(world, unchanged, tmp_path,
                                              capsys):
     """An --out that cannot be written is refused before the model is

@@ -40,7 +40,8 @@ from mmseg_pm.benchmark import time_interleaved, tokens_per_layer  # noqa: E402,
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
 from mmseg_pm.cli import load_tool  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
-from mmseg_pm.apis import load_checkpoint_into, write_atomic  # noqa: E402
+from mmseg_pm.apis import (check_runner_checkpoint,  # noqa: E402
+                           load_checkpoint_into, write_atomic)
 from mmseg_pm.utils import count_flops  # noqa: E402
 
 DENSE_CONFIG = REPO / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
@@ -98,6 +99,7 @@ def run_tool(tool, argv, desc: str, mode: str):
     if mode == 'train':  # the demo evaluates separately with test.py
         cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     runner = tool.build_runner(cfg)
+    check_runner_checkpoint(runner, 'most' if mode == 'train' else 'all')
     runner.register_hook(ProgressHook(desc))
     return runner.train() if mode == 'train' else runner.test()
 
@@ -272,7 +274,8 @@ def main(argv=None) -> dict:
     picture = work / 'merge_windows.png'
     with contextlib.redirect_stdout(prune_log):  # tools/visualize_tokens.py
         visualize_tool.main([str(PM_CONFIG), pruned_ckpt, str(val_image),
-                             '--out', str(picture), '--dpi', '90'])
+                             '--out', str(picture), '--force', '--dpi',
+                             '90'])
     write_atomic(work / 'prune.log', prune_log.getvalue())
     timings['measure_s'] = time.perf_counter() - t
     timings['total_s'] = time.perf_counter() - start

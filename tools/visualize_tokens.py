@@ -157,6 +157,8 @@ def main(argv=None):
 
 def draw(args):
     for path in (args.config, args.image):
+        if Path(path).is_dir():
+            raise SystemExit(f'error: {path} is a folder; name a file')
         if not Path(path).is_file():
             raise SystemExit(f'error: file not found: {path}')
     check_out(args)
