@@ -21,14 +21,18 @@ RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
 
 
 # ---------------------------------------------------------------- arguments
+def _number(text: str, convert, kind: str):
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected {kind}, got {text!r}') from None
+
+
 def int_at_least(minimum: int):
     """argparse ``type``: an integer >= ``minimum``."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f'expected an integer, got {text!r}') from None
+        value = _number(text, int, 'an integer')
         if value < minimum:
             raise argparse.ArgumentTypeError(
                 f'must be >= {minimum}, got {value}')
@@ -45,11 +49,7 @@ def float_in(low: float, high: float = float('inf'),
         f'{")" if high_open or high == float("inf") else "]"}'
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f'expected a number, got {text!r}') from None
+        value = _number(text, float, 'a number')
         above = value > low if low_open else value >= low
         below = value < high if high_open else value <= high
         if not (above and below):  # also refuses nan

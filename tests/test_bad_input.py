@@ -6,7 +6,6 @@ every file the user gave byte-identical with no temporary file behind.
 Only the tools' command lines and the backbone are used here, so each test
 also runs against code without the checks (where it fails)."""
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import mmseg_pm  # noqa: F401
+from mmseg_pm.cli import load_tool as tool
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.models import PMVisionTransformer
 
@@ -36,14 +36,6 @@ param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=1.0, begin=0,
                         end=2, by_epoch=False)]
 """
 PM = "dict(mode='layer', layers=[1], keep_rate=0.5)"
-
-
-def tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'bad_input_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_config(path, data, compression=None):
