@@ -56,6 +56,17 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
     return cfg
 
 
+def write_config(cfg: Config, path) -> Path:
+    """``cfg`` dumped to ``path`` (a self-contained .py config), written to
+    a temporary sibling first and then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.stem}.tmp.py')
+    cfg.dump(str(tmp))
+    tmp.replace(path)
+    return path
+
+
 def resolve_work_dir(cfg: Config, cli_work_dir, config_path: str) -> None:
     """Work dir priority: CLI > config > ./work_dirs/<config stem>."""
     if cli_work_dir is not None:
