@@ -3,7 +3,7 @@
 Example::
 
     python tools/test.py CONFIG CHECKPOINT --out work_dirs/preds
-    torchrun --nproc-per-node 2 tools/test.py CONFIG CHECKPOINT --launcher pytorch
+    torchrun --nproc-per-node 2 tools/test.py CONFIG CKPT --launcher pytorch
 """
 import argparse
 import sys

@@ -133,10 +133,11 @@ def setup_runner_launcher(cfg: Config) -> None:
     """
     launcher = cfg.get('launcher', 'none')
     check_launcher_environment(launcher)
-    if launcher == 'none' or has_accelerator() or is_distributed():
+    if launcher == 'none' or has_accelerator():
         return
-    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
-    init_cpu_process_group(launcher, dist_cfg.get('timeout'))
+    if not is_distributed():
+        dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
+        init_cpu_process_group(launcher, dist_cfg.get('timeout'))
     wrapper = cfg.get('model_wrapper_cfg') or dict(
         type='MMDistributedDataParallel',
         broadcast_buffers=False,
