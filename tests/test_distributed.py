@@ -42,21 +42,39 @@ def tool_env() -> dict:
     return env
 
 
-def check(procs, timeout=300):
-    """Wait for every process; the output of all, rank 0's first."""
-    logs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
-    return '\n'.join(logs)
+def run_together(commands, envs, cwd: Path, timeout=300) -> str:
+    """Start the commands at once, wait for all; stop the others when one
+    fails (a lone rank would wait for its peers). Returns all output."""
+    logs = [cwd / f'launch_{time.monotonic_ns()}_{i}.log'
+            for i in range(len(commands))]
+    procs = []
+    for command, env, log in zip(commands, envs, logs):
+        with open(log, 'w') as out:
+            procs.append(subprocess.Popen(
+                list(map(str, command)), cwd=cwd, env=env,
+                stdout=out, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.returncode for p in procs) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    output = '\n'.join(log.read_text() for log in logs)
+    assert all(p.returncode == 0 for p in procs), output[-4000:]
+    return output
 
 
 def torchrun(tool, *args, cwd):
     """``torchrun --standalone --nproc-per-node 2 tools/TOOL.py ARGS``."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
-           '--nproc-per-node', '2', ROOT / 'tools' / f'{tool}.py', *args]
-    return check([subprocess.Popen(
-        list(map(str, cmd)), cwd=cwd, env=tool_env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)])
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+               '--nproc-per-node', '2', ROOT / 'tools' / f'{tool}.py', *args]
+    return run_together([command], [tool_env()], cwd)
 
 
 def free_port() -> int:
@@ -68,17 +86,13 @@ def free_port() -> int:
 def srun(tool, *args, cwd):
     """Two processes with the variables srun gives the tasks of one node."""
     port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = dict(tool_env(), SLURM_PROCID=str(rank), SLURM_NTASKS='2',
-                   SLURM_LOCALID=str(rank), SLURM_NODELIST='localhost',
-                   MASTER_ADDR='127.0.0.1', MASTER_PORT=port,
-                   OMP_NUM_THREADS='1')  # one core each, as torchrun does
-        cmd = [sys.executable, ROOT / 'tools' / f'{tool}.py', *args]
-        procs.append(subprocess.Popen(
-            list(map(str, cmd)), cwd=cwd, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    return check(procs)
+    envs = [dict(tool_env(), SLURM_PROCID=str(rank), SLURM_NTASKS='2',
+                 SLURM_LOCALID=str(rank), SLURM_NODELIST='localhost',
+                 MASTER_ADDR='127.0.0.1', MASTER_PORT=port,
+                 OMP_NUM_THREADS='1')  # one core each, as torchrun does
+            for rank in range(2)]
+    command = [sys.executable, ROOT / 'tools' / f'{tool}.py', *args]
+    return run_together([command, command], envs, cwd)
 
 
 def data_options(root):
