@@ -11,11 +11,10 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
+from mmseg_pm.apis.distributed import ACCELERATORS  # noqa: F401
 from mmseg_pm.apis.errors import UsageError
-from mmseg_pm.apis.outputs import check_output_dir, is_url
+from mmseg_pm.apis.outputs import atomic_output, check_output_dir, is_url
 
-# Devices mmengine's AmpOptimWrapper and init_dist work with.
-ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')
 # checkpoints mmengine's CheckpointHook writes into the work dir
 RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
 
@@ -68,11 +67,17 @@ def add_runner_arguments(parser: argparse.ArgumentParser,
         nargs='+',
         action=DictAction,
         help=f'override config entries, e.g. {cfg_example} or key="[a,b]"')
+    add_launcher_arguments(parser)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """--launcher and the launcher's --local-rank."""
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
-        help='job launcher')
+        help='job launcher: pytorch under torchrun, slurm under srun (GPUs: '
+        'nccl; CPU-only machines: gloo)')
     # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -80,14 +85,6 @@ def add_runner_arguments(parser: argparse.ArgumentParser,
 def set_local_rank(local_rank: int) -> None:
     """Expose the launcher's rank to mmengine unless torchrun already did."""
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
-
-
-def check_launcher(launcher: str, device: str) -> None:
-    """mmengine's init_dist binds each process to an accelerator."""
-    if launcher != 'none' and device not in ACCELERATORS:
-        raise UsageError(
-            f'--launcher {launcher} needs accelerators (mmengine binds each '
-            f'process to a GPU); on {device!r} use --launcher none')
 
 
 def read_config(path: str) -> Config:
@@ -174,6 +171,14 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
         except Exception as err:
             raise UsageError(f'--cfg-options: {err}') from err
     return cfg
+
+
+def write_config(cfg: Config, path) -> Path:
+    """``cfg`` dumped to ``path`` (a self-contained .py config), written to
+    a temporary sibling first and then renamed."""
+    with atomic_output(path) as tmp:
+        cfg.dump(str(tmp))
+    return Path(path)
 
 
 def resolve_work_dir(cfg: Config, cli_work_dir, config_path: str) -> None:

@@ -51,11 +51,11 @@ from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   token_scores_from_config)
 from mmseg_pm.benchmark import time_interleaved  # noqa: E402
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
-from mmseg_pm.cli import load_tool  # noqa: E402
+from mmseg_pm.cli import load_tool, write_config  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
-from mmseg_pm.apis import (atomic_output,  # noqa: E402
-                           checkpoint_state_dict, load_checkpoint_file,
-                           load_checkpoint_into, save_checkpoint_atomic)
+from mmseg_pm.apis import (checkpoint_state_dict,  # noqa: E402
+                           load_checkpoint_file, load_checkpoint_into,
+                           save_checkpoint_atomic)
 from mmseg_pm.study import (DEFAULT_METHODS, METHODS,  # noqa: E402
                             CalibrationError, best_per_budget,
                             calibrate_knob, check_within, compression_for,
@@ -148,12 +148,6 @@ def distill_config(student: Config, teacher_model: dict, teacher_ckpt: str,
     cfg.param_scheduler[0]['end'] = iters
     cfg.load_from = str(load_from)
     return cfg
-
-
-def write_config(cfg: Config, path: Path) -> Path:
-    with atomic_output(path) as tmp:
-        cfg.dump(str(tmp))
-    return path
 
 
 # ---------------------------------------------------------------- caching

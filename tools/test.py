@@ -3,6 +3,7 @@
 Example::
 
     python tools/test.py CONFIG CHECKPOINT --out work_dirs/preds
+    torchrun --nproc-per-node 2 tools/test.py CONFIG CKPT --launcher pytorch
 """
 import argparse
 import sys
@@ -13,12 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
 import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
-from mmengine.device import get_device  # noqa: E402
 from mmseg_pm.apis import (check_runner_checkpoint,  # noqa: E402
-                           local_checkpoint)
-from mmseg_pm.cli import (UsageError,  # noqa: E402
-                          add_runner_arguments, build_runner,
-                          check_launcher, check_runner_inputs, float_in,
+                           local_checkpoint, setup_runner_launcher)
+from mmseg_pm.cli import (UsageError, add_runner_arguments,  # noqa: E402
+                          build_runner, check_runner_inputs, float_in,
                           load_config, resolve_work_dir, set_local_rank)
 
 
@@ -100,7 +99,6 @@ def save_predictions(cfg: Config, out_dir: str) -> None:
 
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
-    check_launcher(args.launcher, get_device())
     checkpoint = local_checkpoint(args.checkpoint)  # before the config
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
@@ -114,6 +112,7 @@ def prepare_config(args: argparse.Namespace) -> Config:
     if args.out is not None:
         check_out_folder(args.out, args.force)
         save_predictions(cfg, args.out)
+    setup_runner_launcher(cfg)
     return cfg
 
 

@@ -17,11 +17,12 @@ import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmseg_pm.apis import check_runner_checkpoint  # noqa: E402
+from mmseg_pm.apis import (check_runner_checkpoint,  # noqa: E402
+                           setup_runner_launcher)
 from mmseg_pm.cli import (ACCELERATORS, UsageError,  # noqa: E402
                           add_runner_arguments, build_runner,
-                          check_launcher, check_runner_inputs, load_config,
-                          resolve_work_dir, set_local_rank)
+                          check_runner_inputs, load_config, resolve_work_dir,
+                          set_local_rank)
 
 
 CFG_EXAMPLE = 'train_cfg.max_iters=100'
@@ -68,7 +69,6 @@ def enable_amp(cfg: Config, device: str) -> None:
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
     device = get_device()
-    check_launcher(args.launcher, device)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
@@ -78,6 +78,7 @@ def prepare_config(args: argparse.Namespace) -> Config:
     validating = cfg.get('val_cfg') and cfg.get('val_dataloader')
     check_runner_inputs(cfg, args.config, ['train_dataloader'] +
                         (['val_dataloader'] if validating else []))
+    setup_runner_launcher(cfg)
     return cfg
 
 

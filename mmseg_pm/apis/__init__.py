@@ -1,13 +1,18 @@
-"""Library entry points the tools call: reading a checkpoint into a model
-(:mod:`.checkpoint`) and the output rule of every file a tool writes
-(:mod:`.outputs`). Both raise :class:`UsageError` subclasses whose message
-names the problem and the fix."""
+"""What tools and users call from Python (mmseg's ``apis`` style): reading
+a checkpoint into a model (:mod:`.checkpoint`), the output rule of every
+file a tool writes (:mod:`.outputs`), distributed runs
+(:mod:`.distributed`). Bad input raises :class:`UsageError` (or a subclass)
+whose message names the problem and the fix."""
 from .checkpoint import (CheckpointError, CheckpointNotFound,
                          cached_download, check_finite,
                          check_runner_checkpoint, checkpoint_state_dict,
                          load_checkpoint_file, load_checkpoint_into,
                          local_checkpoint, runner_checkpoint,
                          save_checkpoint_atomic)
+from .distributed import (PositionSeededDataset, RankBatchSampler,
+                          build_rank_dataloader, check_launcher_environment,
+                          init_distributed, setup_runner_launcher,
+                          sum_across_ranks)
 from .errors import UsageError
 from .outputs import (OutputError, atomic_output, check_not_input,
                       check_output_dir, check_output_file, check_writable_dir,
@@ -15,9 +20,12 @@ from .outputs import (OutputError, atomic_output, check_not_input,
 
 __all__ = [
     'CheckpointError', 'CheckpointNotFound', 'OutputError', 'UsageError',
-    'atomic_output', 'cached_download', 'check_finite', 'check_not_input',
-    'check_output_dir', 'check_output_file', 'check_runner_checkpoint',
-    'check_writable_dir', 'checkpoint_state_dict', 'load_checkpoint_file',
+    'PositionSeededDataset', 'RankBatchSampler', 'atomic_output',
+    'build_rank_dataloader', 'cached_download', 'check_finite',
+    'check_launcher_environment', 'check_not_input', 'check_output_dir',
+    'check_output_file', 'check_runner_checkpoint', 'check_writable_dir',
+    'checkpoint_state_dict', 'init_distributed', 'load_checkpoint_file',
     'load_checkpoint_into', 'local_checkpoint', 'runner_checkpoint',
-    'save_checkpoint_atomic', 'save_figure', 'umask_mode', 'write_atomic'
+    'save_checkpoint_atomic', 'save_figure', 'setup_runner_launcher',
+    'sum_across_ranks', 'umask_mode', 'write_atomic'
 ]
