@@ -17,11 +17,10 @@ import pytest
 import torch
 
 import mmseg_pm  # noqa: F401
-from mmseg_pm.apis import RankBatchSampler
+from mmseg_pm.apis import RankBatchSampler, load_checkpoint_file
 from mmseg_pm.apis.distributed import export_slurm_environment
 from mmseg_pm.cli import UsageError, build_runner, load_tool
 from mmseg_pm.datasets import make_synthetic_ade
-from mmseg_pm.utils import load_checkpoint_file
 
 pytestmark = pytest.mark.distributed
 

@@ -31,10 +31,10 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from mmseg_pm.apis import (check_not_input,  # noqa: E402
-                           check_output_file, init_distributed,
-                           load_checkpoint_into, local_checkpoint,
-                           save_checkpoint_atomic)
+from mmseg_pm.apis import (check_launcher_environment,  # noqa: E402
+                           check_not_input, check_output_file,
+                           init_distributed, load_checkpoint_into,
+                           local_checkpoint, save_checkpoint_atomic)
 from mmseg_pm.cli import (UsageError, add_launcher_arguments,  # noqa: E402
                           check_data_folders, float_in, int_at_least,
                           load_config, set_local_rank)
@@ -246,6 +246,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     set_local_rank(args.local_rank)
     try:
+        check_launcher_environment(args.launcher)
         cfg = configure(args)  # every option is checked before any work
         check_paths(args, cfg)
         rank, _ = init_distributed(args.launcher)

@@ -14,8 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
 import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
-from mmseg_pm.apis import (check_runner_checkpoint,  # noqa: E402
-                           local_checkpoint, setup_runner_launcher)
+from mmseg_pm.apis import (check_launcher_environment,  # noqa: E402
+                           check_runner_checkpoint, local_checkpoint,
+                           setup_runner_launcher)
 from mmseg_pm.cli import (UsageError, add_runner_arguments,  # noqa: E402
                           build_runner, check_runner_inputs, float_in,
                           load_config, resolve_work_dir, set_local_rank)
@@ -99,6 +100,7 @@ def save_predictions(cfg: Config, out_dir: str) -> None:
 
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
+    check_launcher_environment(args.launcher)  # first: how it was started
     checkpoint = local_checkpoint(args.checkpoint)  # before the config
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)

@@ -17,8 +17,8 @@ import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
-from mmseg_pm.apis import (check_runner_checkpoint,  # noqa: E402
-                           setup_runner_launcher)
+from mmseg_pm.apis import (check_launcher_environment,  # noqa: E402
+                           check_runner_checkpoint, setup_runner_launcher)
 from mmseg_pm.cli import (ACCELERATORS, UsageError,  # noqa: E402
                           add_runner_arguments, build_runner,
                           check_runner_inputs, load_config, resolve_work_dir,
@@ -69,6 +69,7 @@ def enable_amp(cfg: Config, device: str) -> None:
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
     device = get_device()
+    check_launcher_environment(args.launcher)  # first: how it was started
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
