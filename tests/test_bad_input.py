@@ -15,7 +15,12 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import mmseg_pm  # noqa: F401
-from mmseg_pm.cli import load_tool as tool
+import importlib
+
+
+def tool(name):
+    """The command-line module behind tools/<name>.py."""
+    return importlib.import_module(f'mmseg_pm.cli.{name}')
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.models import PMVisionTransformer
 

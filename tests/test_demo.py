@@ -3,12 +3,11 @@ runs, the table has the residual and the authors' rows at the same
 structure, and the files it promises are written."""
 import json
 
-from mmseg_pm.cli import load_tool
+from mmseg_pm.cli import demo as demo_cli
 
 
 def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
-    demo = load_tool('demo')
-    result = demo.main([
+    result = demo_cli.main([
         '--data-root', str(tmp_path / 'data'), '--work-dir',
         str(tmp_path / 'work'), '--train-iters', '2', '--distill-iters', '2',
         '--score-iters', '1', '--bench-batch', '2'

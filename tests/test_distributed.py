@@ -19,7 +19,15 @@ import torch
 import mmseg_pm  # noqa: F401
 from mmseg_pm.apis import RankBatchSampler, load_checkpoint_file
 from mmseg_pm.apis.distributed import export_slurm_environment
-from mmseg_pm.cli import UsageError, build_runner, load_tool
+import importlib
+
+from mmseg_pm.apis import UsageError
+from mmseg_pm.apis.config import build_runner
+from mmseg_pm.apis.runner import evaluation_config
+
+
+def load_tool(name):
+    return importlib.import_module(f'mmseg_pm.cli.{name}')
 from mmseg_pm.datasets import make_synthetic_ade
 
 pytestmark = pytest.mark.distributed
@@ -152,7 +160,8 @@ def single_process_metrics(trained):
     args = test.build_parser().parse_args([
         str(PM), str(work / 'iter_2.pth'), '--work-dir',
         str(tmp / 'test_single'), '--cfg-options', *data_options(data)])
-    return build_runner(test.prepare_config(args)).test()
+    return build_runner(evaluation_config(args.config, args.checkpoint,
+                                    args.work_dir, args.cfg_options)).test()
 
 
 def logged_metrics(work: Path) -> dict:

@@ -1,6 +1,5 @@
 """ONNX export of tiny segmentors through tools/export_onnx.py, checked with
 onnxruntime against PyTorch (the tool's own --check, and here again)."""
-import importlib.util
 from pathlib import Path
 
 import onnx
@@ -12,16 +11,14 @@ from mmseg.registry import MODELS
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.compression import build_structure
-from mmseg_pm.export import load_segmentor, onnx_parity, parity_inputs
+from mmseg_pm.apis.inference import init_segmentor
+from mmseg_pm.export import onnx_parity, parity_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / 'configs/synthetic' / \
     'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
-spec = importlib.util.spec_from_file_location('export_onnx',
-                                              ROOT / 'tools/export_onnx.py')
-export_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export_tool)
+from mmseg_pm.cli import export_onnx as export_tool  # noqa: E402
 
 # the synthetic Segmenter, shrunk: 2 blocks of width 32, 4 classes
 TINY = """_base_ = ['{base}']
@@ -85,7 +82,7 @@ def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
         ops = {node.op_type for node in graph.node}
         assert not ops & {'TopK', 'Sort'}  # the structure is a constant
     # an independent check on other inputs
-    _, model = load_segmentor(str(config), str(checkpoint))
+    model = init_segmentor(str(config), str(checkpoint))
     diff = onnx_parity(model, out, parity_inputs((64, 64), seed=1),
                        upsample=upsample)
     assert diff <= 1e-4
