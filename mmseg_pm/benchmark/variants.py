@@ -74,7 +74,7 @@ def parse_config_arg(arg: str) -> Tuple[str, Optional[str]]:
 def load_config(config: str, cfg_options: Optional[dict] = None):
     """The mmengine Config with ``cfg_options`` merged in (a fresh copy;
     parsing is cached: every row of a config reads it)."""
-    from mmseg_pm.cli import check_cfg_option
+    from mmseg_pm.apis.config import check_cfg_option
 
     cfg = copy.deepcopy(_parsed_config(config))
     if cfg_options:
