@@ -11,6 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
+import mmseg_pm.models  # noqa: F401  (our modules and the mmseg:: scope)
 from mmseg_pm.apis.distributed import ACCELERATORS  # noqa: F401
 from mmseg_pm.apis.errors import UsageError
 from mmseg_pm.apis.outputs import atomic_output, check_output_dir, is_url

@@ -62,7 +62,7 @@ def load_segmentor(config: str, checkpoint: str, cfg_options=None):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
-    import mmseg_pm  # noqa: F401  (registers the project's modules)
+    import mmseg_pm.models  # noqa: F401  (registers the project's modules)
     from mmseg_pm.apis import load_checkpoint_into, local_checkpoint
     from mmseg_pm.cli import load_config
 

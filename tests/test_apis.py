@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis import (CheckpointError, OutputError, UsageError,
                            atomic_output, check_output_dir,
                            check_output_file, load_checkpoint_file,

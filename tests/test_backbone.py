@@ -5,7 +5,7 @@ from mmengine.runner.checkpoint import load_checkpoint
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure
 from mmseg_pm.models import PMVisionTransformer
 

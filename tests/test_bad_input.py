@@ -14,7 +14,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.cli import load_tool as tool
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.models import PMVisionTransformer

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import \
     VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure, reconstruct_weights
 from mmseg_pm.converters import (ConversionError, convert_decoder,
                                  convert_timm_vit,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis import RankBatchSampler, load_checkpoint_file
 from mmseg_pm.apis.distributed import export_slurm_environment
 from mmseg_pm.cli import UsageError, build_runner, load_tool
@@ -110,7 +110,7 @@ def trained(tmp_path_factory):
     config = tmp / 'pm_rank_weights.py'
     config.write_text(
         f"_base_ = ['{PM}']\n"
-        "custom_imports = dict(imports=['mmseg_pm', 'rank_weights_hook'], "
+        "custom_imports = dict(imports=['mmseg_pm.models', 'rank_weights_hook'], "
         "allow_failed_imports=False)\n"
         "custom_hooks = [dict(type='SaveRankWeightsHook')]\n")
     work = tmp / 'train'

@@ -7,7 +7,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from test_backbone import TINY, randomise, tiny_pm
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.compression.mstm import (class_attention, coarse_cells,
                                        crucial_token_matching)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.cli import build_runner
-from mmseg_pm.compression import (CompressionConfig, mean_merge_weights,
+from mmseg_pm.compression import (PMConfig, mean_merge_weights,
                                   search_structures)
 from mmseg_pm.datasets import make_synthetic_ade
 
@@ -72,7 +72,7 @@ def test_prune_then_test_then_distill(dense, capsys):
     assert meta['compression']['keep_rate'] == 0.4
     assert meta['mode'] == 'global'
     # the structures in the weights are the search result of the saved scores
-    config = CompressionConfig.from_dict(
+    config = PMConfig.from_dict(
         dict(mode='layer', layers=[1, 2, 3], keep_rate=0.4, prune_rate=0.1),
         4)
     assert meta['placement'] == 'spread'  # the project default

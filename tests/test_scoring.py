@@ -8,8 +8,9 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-import mmseg_pm  # noqa: F401
-from mmseg_pm.compression import normalise_scores, token_scores
+import mmseg_pm.models  # noqa: F401
+from mmseg_pm.apis.scoring import token_scores
+from mmseg_pm.compression import normalise_scores
 
 IMG = (48, 80)  # 3 x 5 tokens of 16 px: a non-square grid
 NUM_CLASSES = 5

@@ -8,7 +8,7 @@ from mmseg.registry import MODELS
 from test_backbone import TINY, randomise, tiny_pm
 from test_mstm import source_maps, token_counts
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.compression.tome import bipartite_soft_matching, merge_tokens
 from mmseg_pm.models import PMVisionTransformer

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.visualization import (PALETTE, TokenMap, colour_windows,

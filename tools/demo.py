@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
+import mmseg_pm.models  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
+import mmseg_pm.models  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
+import mmseg_pm.models  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
@@ -38,10 +38,10 @@ from mmseg_pm.apis import (check_launcher_environment,  # noqa: E402
 from mmseg_pm.cli import (UsageError, add_launcher_arguments,  # noqa: E402
                           check_data_folders, float_in, int_at_least,
                           load_config, set_local_rank)
+from mmseg_pm.apis.scoring import token_scores_from_config  # noqa: E402
 from mmseg_pm.compression import (DEFAULT_PLACEMENT,  # noqa: E402
-                                  PLACEMENTS, RECONSTRUCTS, CompressionConfig,
-                                  layer_token_counts, search_structures,
-                                  token_scores_from_config)
+                                  PLACEMENTS, RECONSTRUCTS, PMConfig,
+                                  layer_token_counts, search_structures)
 from mmseg_pm.utils import count_flops  # noqa: E402
 
 MODES = ('global', 'layer', 'span')
@@ -137,7 +137,7 @@ def configure(args) -> Config:
         if value is not None:
             compression[key] = value
     try:
-        parsed = CompressionConfig.from_dict(compression,
+        parsed = PMConfig.from_dict(compression,
                                              backbone.get('num_layers', 12))
     except ValueError as err:
         raise UsageError(f'invalid compression settings: {err}') from err

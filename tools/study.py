@@ -40,15 +40,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
+import mmseg_pm.models  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
-                                  search_structures,
-                                  token_scores_from_config)
+from mmseg_pm.apis.scoring import token_scores_from_config  # noqa: E402
+from mmseg_pm.compression import PMConfig, search_structures  # noqa: E402
 from mmseg_pm.benchmark import time_interleaved  # noqa: E402
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
 from mmseg_pm.cli import load_tool, write_config  # noqa: E402
@@ -225,7 +224,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             method, knob, layers, n, args.prune_rate))
 
     def pm_config(knob):
-        return CompressionConfig.from_dict(
+        return PMConfig.from_dict(
             compression_for(method, knob, layers, n, args.prune_rate), layers)
 
     def structures_at(knob):

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
-import mmseg_pm  # noqa: E402,F401
+import mmseg_pm.models  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmseg_pm.apis import (check_launcher_environment,  # noqa: E402
                            check_runner_checkpoint, local_checkpoint,

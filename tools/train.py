@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
-import mmseg_pm  # noqa: E402,F401
+import mmseg_pm.models  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402

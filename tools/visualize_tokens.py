@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mmseg_pm  # noqa: E402,F401  (registers modules and the mmseg:: scope)
+import mmseg_pm.models  # noqa: E402,F401  (registers modules and the mmseg:: scope)
 import torch  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 
@@ -105,7 +105,7 @@ def find_scores(args, cfg, model, checkpoint):
     if args.score_iters <= 0:
         return None, 'no token scores (none in the checkpoint; --scores or ' \
             '--score-iters N adds them)'
-    from mmseg_pm.compression import token_scores_from_config
+    from mmseg_pm.apis.scoring import token_scores_from_config
     try:
         scores = token_scores_from_config(model, cfg, args.score_iters,
                                           progress=False)
