@@ -9,7 +9,7 @@ from mmseg_pm.compression import (PMConfig, TokenCompressor,
                                   mean_merge_weights, place_centres,
                                   search_structures)
 from mmseg_pm.study import empty_neighbourhoods
-from test_backbone import GRID, pruned_structure, randomise, tiny_pm
+from tests.helpers import GRID, pruned_structure, randomise, tiny_pm
 
 MODES = ('residual', 'pinv')
 UNITS = {'layer': dict(mode='layer', layers=[1, 2, 3]),

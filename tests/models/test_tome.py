@@ -1,12 +1,9 @@
 """ToMe (method='tome') inside PMVisionTransformer."""
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
-from test_backbone import TINY, randomise, tiny_pm
-from test_mstm import source_maps, token_counts
 
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
@@ -14,8 +11,9 @@ from mmseg_pm.compression.tome import bipartite_soft_matching, merge_tokens
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.models.backbones.pm_vit import Attention
 from mmseg_pm.utils.flops import count_flops
+from tests.helpers import (CONFIGS, TINY, block_flops, randomise, source_maps,
+                           tiny_pm, token_counts)
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 ALL = (0, 1, 2, 3)
 
 
@@ -172,11 +170,9 @@ def test_flops_fall_as_the_token_counts_imply():
     dense = randomise(tiny_pm())
     model = tome_from(dense, dict(method='tome', r=3))
     x = torch.randn(2, 3, 48, 80)
-    c, b = 32, 2
 
     def blocks(attn_tokens, mlp_tokens):
-        return sum(b * (8 * t * c * c + 4 * t * t * c + 16 * u * c * c)
-                   for t, u in zip(attn_tokens, mlp_tokens))
+        return block_flops(attn_tokens, mlp_tokens, channels=32, batch=2)
 
     counts = model.token_merger.tokens_per_layer(16, 4)
     assert counts == [13, 10, 7, 4]
