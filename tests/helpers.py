@@ -51,7 +51,8 @@ def randomise(model):
 
 
 def pruned_structure(grid=GRID, seed=0):
-    """A structure with centres, merged and pruned tokens and uneven weights."""
+    """A structure with centres, merged and pruned tokens and uneven
+    weights."""
     n = grid[0] * grid[1]
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)

@@ -5,8 +5,8 @@ MODELS."""
 import warnings
 
 # mmcv without compiled ops warns on import about a CUDA op we never use.
-warnings.filterwarnings('ignore',
-                        message='Fail to import ``MultiScaleDeformableAttention``')
+warnings.filterwarnings(
+    'ignore', message='Fail to import ``MultiScaleDeformableAttention``')
 
 from mmseg_pm.config_scope import register_mmseg_config_scope  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 
 from mmseg_pm.benchmark import main, parse_config_arg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-'
            'ade-64x64.py')
 

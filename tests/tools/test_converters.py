@@ -28,7 +28,7 @@ from mmseg_pm.converters import (ConversionError, convert_decoder,
                                  structure_from_matrices)
 from mmseg_pm.models import PMVisionTransformer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_tool(name):

@@ -16,7 +16,7 @@ from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             tome_schedule, window_stats)
 from mmseg_pm.utils import count_flops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +111,7 @@ def test_calibration_hits_the_flops_target(tmp_path, method):
                        scores, args)
 
 
+@pytest.mark.slow  # a whole study run
 def test_one_method_end_to_end(tmp_path):
     study = load_study_tool()
     argv = ['--work-dir', str(tmp_path / 'work'), '--out-dir',
