@@ -74,6 +74,7 @@ def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
         export_tool.main(args)
 
 
+@pytest.mark.slow  # ONNX export
 def test_input_dependent_merging_exports_or_fails_clearly(tmp_path):
     """ToMe sorts per image: the tool either exports it with parity or says
     which operation it could not translate, and leaves no file behind."""
