@@ -52,32 +52,6 @@ class TensorForward(nn.Module):
         return logits
 
 
-def load_segmentor(config: str, checkpoint: str, cfg_options=None):
-    """``(cfg, model)``: the config's segmentor with the checkpoint's
-    weights, in eval mode, on CPU. The checkpoint must hold every weight
-    (:func:`mmseg_pm.apis.load_checkpoint_into` with ``require='all'``: a
-    half-initialised model is useless to export or inspect); extra entries
-    are reported. Pretrained-weight settings of the config are ignored:
-    the checkpoint has every weight. Bad input raises a UsageError."""
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-
-    import mmseg_pm.models  # noqa: F401  (registers the project's modules)
-    from mmseg_pm.apis import load_checkpoint_into, local_checkpoint
-    from mmseg_pm.cli import load_config
-
-    local_checkpoint(checkpoint)  # a missing file fails before the build
-    cfg = load_config(config, cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    cfg.model.pop('pretrained', None)
-    if isinstance(cfg.model.get('backbone'), dict):
-        cfg.model.backbone.pop('init_cfg', None)
-    model = MODELS.build(cfg.model)
-    load_checkpoint_into(model, checkpoint)
-    model.eval()
-    return cfg, model
-
-
 def compression_method(segmentor: nn.Module) -> str:
     """'dense', 'pm', 'mstm' or 'tome': what the backbone compresses with."""
     backbone = getattr(segmentor, 'backbone', segmentor)

@@ -22,6 +22,7 @@ and, when token scores are given, a heat map per block underneath.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -417,3 +418,114 @@ def model_token_maps(backbone, layers: Sequence[int],
             f'block {i} (span {unit[0]}-{unit[1]})'
         maps.append(token_map_from_structure(structures[unit[0]], label))
     return maps
+
+
+# ---------------------------------------------------------------- a model
+MAX_DEFAULT_LAYERS = 4
+METHOD_NAMES = dict(pm='Prune and Merge', mstm='MSTM', tome='ToMe',
+                    dense='dense')
+
+
+def scores_in(obj):
+    """An (L, N) tensor found in a scores file or checkpoint, else None."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if not isinstance(obj, dict):
+        return None
+    meta = obj.get('meta', {})
+    for candidate in (obj.get('scores'),
+                      meta.get('prune_and_merge', {}).get('scores'),
+                      meta.get('scores')):
+        if isinstance(candidate, torch.Tensor):
+            return candidate
+    return None
+
+
+def find_scores(cfg, model, checkpoint: dict, scores_file=None,
+                score_iters: int = 4):
+    """(scores (L, N) or None, note for the figure): from ``scores_file``,
+    else the checkpoint's meta, else computed on ``score_iters`` training
+    batches of the config, else none."""
+    from mmseg_pm.apis import UsageError, load_checkpoint_file
+
+    backbone = model.backbone
+    shape = (len(backbone.layers),
+             backbone.grid_size[0] * backbone.grid_size[1])
+    if scores_file:
+        scores, source = scores_in(load_checkpoint_file(scores_file)), \
+            scores_file
+        if scores is None:
+            raise UsageError(f'no token scores in {scores_file}')
+    else:
+        scores, source = scores_in(checkpoint), 'checkpoint meta'
+    if scores is not None:
+        if tuple(scores.shape) != shape:
+            return None, (f'token scores from {source} have shape '
+                          f'{tuple(scores.shape)}, expected {shape}: '
+                          'left out')
+        return scores.float(), f'token scores: {source}'
+    if score_iters <= 0:
+        return None, 'no token scores (none in the checkpoint; --scores or ' \
+            '--score-iters N adds them)'
+    from mmseg_pm.apis.scoring import token_scores_from_config
+    try:
+        scores = token_scores_from_config(model, cfg, score_iters,
+                                          progress=False)
+    except Exception as err:  # no data, not a trainable config, ...
+        reason = str(err).splitlines()[0][:120]
+        return None, f'no token scores (computing them failed: {reason})'
+    model.eval()
+    return scores, (f'token scores: computed on {score_iters} training '
+                    'batches')
+
+
+def load_image(path, model):
+    """(RGB uint8 array for display, preprocessed (1, 3, H, W) input), the
+    image resized to the backbone's img_size."""
+    import mmcv
+
+    from mmseg_pm.apis import UsageError
+
+    bgr = mmcv.imread(path)
+    if bgr is None:
+        raise UsageError(f'cannot read image {path}')
+    h, w = model.backbone.img_size
+    bgr = mmcv.imresize(bgr, (w, h))
+    tensor = torch.from_numpy(bgr.copy()).permute(2, 0, 1)
+    with torch.no_grad():
+        data = model.data_preprocessor(dict(inputs=[tensor]), False)
+    return bgr[..., ::-1].copy(), data['inputs']
+
+
+def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
+                      layers: Optional[Sequence[int]] = None,
+                      scores_file: Optional[str] = None,
+                      score_iters: int = 4, dpi: int = 150):
+    """The picture of tools/visualize_tokens.py: one panel per block of
+    ``layers`` (default: the first blocks where tokens merge) with its
+    merge windows over ``image``, the token scores under them; written to
+    ``out`` (atomically). Returns (token maps, note, path written)."""
+    from mmseg_pm.apis import UsageError, load_checkpoint_file, save_figure
+    from mmseg_pm.export import compression_method
+
+    backbone = model.backbone
+    if not hasattr(backbone, 'compressed_units'):
+        raise UsageError('the backbone is not a PMVisionTransformer; '
+                         'nothing is merged')
+    method = compression_method(model)
+    layers = layers or merging_layers(backbone)[:MAX_DEFAULT_LAYERS]
+    if not layers:
+        layers = [len(backbone.layers) - 1]
+    picture, inputs = load_image(image, model)
+    try:
+        token_maps = model_token_maps(backbone, layers, inputs)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    scores, note = find_scores(cfg, model, load_checkpoint_file(checkpoint),
+                               scores_file, score_iters)
+    per_layer = [None if scores is None else scores[i] for i in layers]
+    if method in ('mstm', 'tome'):
+        note += ' | merges depend on the image: this is its source map'
+    title = f'{METHOD_NAMES[method]}: {Path(image).name}'
+    fig = plot_token_maps(picture, token_maps, per_layer, note, title)
+    return token_maps, note, save_figure(fig, out, dpi=dpi)

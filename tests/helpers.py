@@ -1,6 +1,7 @@
 """Plain helpers shared by the test packages (fixtures are in conftest.py):
 paths, the tiny backbone and segmentor configurations, generated batches
 and the block FLOP formula. Import as ``from tests.helpers import ...``."""
+import importlib
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -189,3 +190,8 @@ def data_options(root, batch_size: int = 2) -> list:
     return [f'{s}_dataloader.dataset.data_root={root}'
             for s in ('train', 'val', 'test')] + \
         [f'train_dataloader.batch_size={batch_size}']
+
+
+def cli_module(name: str):
+    """The command-line module behind tools/<name>.py."""
+    return importlib.import_module(f'mmseg_pm.cli.{name}')

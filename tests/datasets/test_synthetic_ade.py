@@ -1,5 +1,5 @@
 """Tests for the synthetic ADE20K-format data set generator."""
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -214,11 +214,7 @@ def test_rejects_bad_arguments(tmp_path):
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location(
-        'make_synthetic_ade_cli', REPO / 'tools' / 'make_synthetic_ade.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module('mmseg_pm.cli.make_synthetic_ade')
 
 
 def test_cli(tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.cli import load_tool as tool
+from tests.helpers import cli_module as tool
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import build_from_config as build

@@ -6,8 +6,6 @@ timm's ViT and timm Blocks under Segmenter's parameter names, run the way the
 Segmenter paper and the Prune-and-Merge authors' dense formulation describe
 (x_res = pruned tokens; x = M x; block; x = R x + x_res).
 """
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,19 +26,9 @@ from mmseg_pm.converters import (ConversionError, convert_decoder,
                                  structure_from_matrices)
 from mmseg_pm.models import PMVisionTransformer
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_tool(name):
-    path = ROOT / 'tools' / 'model_converters' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-timm2mmseg_pm = load_tool('timm2mmseg_pm')
-segmenter2mmseg_pm = load_tool('segmenter2mmseg_pm')
+from mmseg_pm.cli import segmenter2mmseg_pm, timm2mmseg_pm  # noqa: E402
 
 
 def randomise(module, seed=0):

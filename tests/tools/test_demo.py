@@ -5,13 +5,12 @@ import json
 
 import pytest
 
-from mmseg_pm.cli import load_tool
+from mmseg_pm.cli import demo as demo_cli
 
 
 @pytest.mark.slow  # the whole demo pipeline
 def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
-    demo = load_tool('demo')
-    result = demo.main([
+    result = demo_cli.main([
         '--data-root', str(tmp_path / 'data'), '--work-dir',
         str(tmp_path / 'work'), '--train-iters', '2', '--distill-iters', '2',
         '--score-iters', '1', '--bench-batch', '2'

@@ -19,8 +19,11 @@ import torch
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis import RankBatchSampler, load_checkpoint_file
 from mmseg_pm.apis.distributed import export_slurm_environment
-from mmseg_pm.cli import UsageError, build_runner, load_tool
-from tests.helpers import PM_TINY, ROOT, data_options
+from mmseg_pm.apis import UsageError
+from mmseg_pm.apis.config import build_runner
+from mmseg_pm.apis.runner import evaluation_config
+from tests.helpers import PM_TINY, ROOT, cli_module as load_tool
+from tests.helpers import data_options
 
 pytestmark = pytest.mark.distributed
 
@@ -145,7 +148,8 @@ def single_process_metrics(trained):
     args = test.build_parser().parse_args([
         str(PM_TINY), str(work / 'iter_2.pth'), '--work-dir',
         str(tmp / 'test_single'), '--cfg-options', *data_options(data)])
-    return build_runner(test.prepare_config(args)).test()
+    return build_runner(evaluation_config(args.config, args.checkpoint,
+                                    args.work_dir, args.cfg_options)).test()
 
 
 def logged_metrics(work: Path) -> dict:

@@ -1,6 +1,5 @@
 """ONNX export of tiny segmentors through tools/export_onnx.py, checked with
 onnxruntime against PyTorch (the tool's own --check, and here again)."""
-import importlib.util
 
 import onnx
 import pytest
@@ -8,14 +7,12 @@ import torch
 
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure
-from mmseg_pm.export import load_segmentor, onnx_parity, parity_inputs
-from tests.helpers import ROOT, build_from_config, shrunk_config_text
+from mmseg_pm.apis.inference import init_segmentor
+from mmseg_pm.export import onnx_parity, parity_inputs
+from tests.helpers import build_from_config, shrunk_config_text
 
 
-spec = importlib.util.spec_from_file_location('export_onnx',
-                                              ROOT / 'tools/export_onnx.py')
-export_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export_tool)
+from mmseg_pm.cli import export_onnx as export_tool  # noqa: E402
 
 COMPRESSION = dict(
     dense=None,
@@ -66,7 +63,7 @@ def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
         ops = {node.op_type for node in graph.node}
         assert not ops & {'TopK', 'Sort'}  # the structure is a constant
     # an independent check on other inputs
-    _, model = load_segmentor(str(config), str(checkpoint))
+    model = init_segmentor(str(config), str(checkpoint))
     diff = onnx_parity(model, out, parity_inputs((64, 64), seed=1),
                        upsample=upsample)
     assert diff <= 1e-4

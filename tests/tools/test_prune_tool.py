@@ -1,28 +1,21 @@
 """tools/prune.py end to end: a dense checkpoint trained by tools/train.py is
 scored, pruned and saved; tools/test.py evaluates the output with no extra
 flags, and tools/train.py fine-tunes it with distillation."""
-import importlib.util
-
 import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.cli import build_runner
+from mmseg_pm.apis.config import build_runner
+from mmseg_pm.apis.runner import evaluation_config
 from mmseg_pm.compression import (PMConfig, mean_merge_weights,
                                   search_structures)
-from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY, ROOT, data_options
+from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY
+from tests.helpers import cli_module as tool
+from tests.helpers import data_options
 
 pytestmark = pytest.mark.slow  # every test trains a dense model first
 
 DISTILL = CONFIGS / 'distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
-
-
-def tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'test_tools_{name}', ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def load(path):
@@ -61,7 +54,7 @@ def test_prune_then_test_then_distill(dense, capsys):
     meta = saved['meta']['prune_and_merge']
     state = saved['state_dict']
     assert meta['compression']['keep_rate'] == 0.4
-    assert meta['mode'] == 'global'
+    assert meta['ranking'] == 'global'
     # the structures in the weights are the search result of the saved scores
     config = PMConfig.from_dict(
         dict(mode='layer', layers=[1, 2, 3], keep_rate=0.4, prune_rate=0.1),
@@ -96,7 +89,8 @@ def test_prune_then_test_then_distill(dense, capsys):
     args = test.build_parser().parse_args(
         [str(PM_TINY), str(out), '--work-dir', str(tmp / 'test'),
          '--cfg-options', *data_options(data)])
-    runner = build_runner(test.prepare_config(args))
+    runner = build_runner(evaluation_config(args.config, args.checkpoint,
+                                      args.work_dir, args.cfg_options))
     metrics = runner.test()
     assert 0 <= metrics['mIoU'] <= 100
     installed = runner.model.backbone.structures()
@@ -137,8 +131,8 @@ def test_bad_command_lines_fail_before_any_work(dense, capsys):
     err = run_prune_expecting_error(
         base + ['--keep-rate', '0.7', '--prune-rate', '0.4'], capsys)
     assert 'keep_rate + prune_rate' in err
-    err = run_prune_expecting_error(base + ['--mode', 'span'], capsys)
-    assert 'span-mode config' in err
+    err = run_prune_expecting_error(base + ['--ranking', 'span'], capsys)
+    assert "argument --ranking: invalid choice: 'span'" in err
     err = run_prune_expecting_error(
         [str(PM_TINY), str(checkpoint), '--out', str(checkpoint)], capsys)
     assert 'is the input checkpoint' in err
@@ -160,15 +154,12 @@ def test_span_mode_scores_each_span_once(dense, tmp_path, capsys):
         'model = dict(backbone=dict(compression=dict(\n'
         "    _delete_=True, mode='span', spans=[(1, 3)], keep_rate=0.25)))\n")
     out = tmp_path / 'span.pth'
-    err = run_prune_expecting_error(
-        [str(span_config), str(checkpoint), '--out', str(out), '--mode',
-         'global'], capsys)
-    assert 'layer-mode config' in err
     summary = tool('prune').main([
         str(span_config), str(checkpoint), '--out', str(out), '--iters', '1',
         '--cfg-options', *data_options(data)
     ])
-    assert summary['mode'] == 'span'
+    assert summary['compression']['mode'] == 'span'
+    assert summary['ranking'] == 'layer'  # each span ranks alone
     rows = summary['layers']
     # one structure shared by blocks 1..3: exactly int(0.25 * 64) centres
     assert [r['unit'] for r in rows] == [None, [1, 3], [1, 3], [1, 3]]

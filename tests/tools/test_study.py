@@ -1,6 +1,6 @@
 """The quality study's machinery: knobs, FLOPs calibration on a tiny model,
 and one method end to end (tools/study.py) with two iterations."""
-import importlib.util
+import importlib
 import json
 import math
 from argparse import Namespace
@@ -16,7 +16,6 @@ from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             tome_schedule, window_stats)
 from mmseg_pm.utils import count_flops
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -30,11 +29,7 @@ def one_thread():
 
 
 def load_study_tool():
-    spec = importlib.util.spec_from_file_location('study_tool',
-                                                  ROOT / 'tools/study.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module('mmseg_pm.cli.study')
 
 
 def test_knobs_mean_what_they_say():

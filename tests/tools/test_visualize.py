@@ -1,7 +1,7 @@
 """Token-map pictures: the pure drawing helpers on hand-made inputs, the
 maps a model reports (checked against what its outputs show), and the
 command line on a tiny Prune-and-Merge checkpoint."""
-import importlib.util
+import importlib
 from pathlib import Path
 
 import matplotlib
@@ -135,10 +135,7 @@ def test_visualize_tool_on_a_pruned_checkpoint(tmp_path, capsys):
     image = tmp_path / 'image.png'
     mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (96, 128, 3),
                                                     np.uint8), str(image))
-    spec = importlib.util.spec_from_file_location(
-        'visualize_tokens', ROOT / 'tools/visualize_tokens.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = importlib.import_module('mmseg_pm.cli.visualize_tokens')
     out = tmp_path / 'out' / 'tokens.png'
     maps = tool.main([str(config), str(checkpoint), str(image), '--out',
                       str(out), '--layers', '0', '2', '--dpi', '50'])

@@ -17,61 +17,7 @@ Segmenter's LayerNorms use eps 1e-5 (not the 1e-6 of mmseg's Segmenter
 configs) and its patch embedding has a bias: the backbone config needs
 ``norm_cfg=dict(type='LN', eps=1e-5)`` and ``patch_bias=True``.
 """
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from mmseg_pm.apis import UsageError  # noqa: E402
-from mmseg_pm.converters import (check_destination,  # noqa: E402
-                                 convert_segmenter,
-                                 load_weights_file, save_converted,
-                                 unwrap_state_dict)
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Convert Segmenter (and Prune-and-Merge) checkpoints to '
-        'mmseg / mmseg_pm names')
-    parser.add_argument('src', help='Segmenter checkpoint.pth')
-    parser.add_argument('dst', help='converted checkpoint to write')
-    parser.add_argument('--key', help='entry of the checkpoint that holds the '
-                        'weights (default: model / state_dict)')
-    parser.add_argument('--grid', type=int, nargs=2, metavar=('H', 'W'),
-                        help='patch grid of the merge matrices (default: the '
-                        'square grid of the position embedding)')
-    parser.add_argument('--derive-reconstruct', action='store_true',
-                        help='reconstruct a merge that has no reconstruct '
-                        'matrix with the pseudo-inverse of its merge matrix')
-    parser.add_argument('--drop-dist-token', action='store_true',
-                        help='drop a DeiT distillation token and its position '
-                        'embedding instead of refusing the checkpoint')
-    parser.add_argument('--force', action='store_true',
-                        help='overwrite an existing dst')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        check_destination(args.src, args.dst, args.force)
-        checkpoint = load_weights_file(args.src)
-        state_dict = unwrap_state_dict(checkpoint, args.key)
-        converted, compression, notes = convert_segmenter(
-            state_dict, grid=tuple(args.grid) if args.grid else None,
-            derive_reconstruct=args.derive_reconstruct,
-            drop_dist_token=args.drop_dist_token)
-    except UsageError as err:  # ConversionError, checkpoint, output
-        sys.exit(f'error: {err}')
-    meta = dict(converted_from=str(args.src), format='segmenter',
-                compression=compression, notes=notes)
-    save_converted(converted, args.dst, meta=meta)
-    for note in notes:
-        print(f'note: {note}')
-    print(f'wrote {len(converted)} tensors to {args.dst}')
-    return compression
-
+from mmseg_pm.cli.segmenter2mmseg_pm import main
 
 if __name__ == '__main__':
     main()

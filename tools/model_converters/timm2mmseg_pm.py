@@ -15,51 +15,7 @@ Example::
 Reads .pth/.pt/.bin (weights only) and .safetensors; DeiT (``model``) and
 timm training (``state_dict``) containers are unwrapped.
 """
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from mmseg_pm.apis import UsageError  # noqa: E402
-from mmseg_pm.converters import (check_destination,  # noqa: E402
-                                 convert_timm_vit,
-                                 load_weights_file, save_converted,
-                                 unwrap_state_dict)
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Convert timm ViT weights to mmseg VisionTransformer '
-        '(and PMVisionTransformer) names')
-    parser.add_argument('src', help='timm checkpoint (.pth/.bin/.safetensors)')
-    parser.add_argument('dst', help='converted checkpoint to write')
-    parser.add_argument('--key', help='entry of the checkpoint that holds the '
-                        'weights (default: state_dict, model, or the file '
-                        'itself)')
-    parser.add_argument('--drop-dist-token', action='store_true',
-                        help='drop a DeiT distillation token and its position '
-                        'embedding instead of refusing the checkpoint')
-    parser.add_argument('--force', action='store_true',
-                        help='overwrite an existing dst')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        check_destination(args.src, args.dst, args.force)
-        state_dict = unwrap_state_dict(load_weights_file(args.src), args.key)
-        converted, notes = convert_timm_vit(state_dict, args.drop_dist_token)
-    except UsageError as err:  # ConversionError, checkpoint, output
-        sys.exit(f'error: {err}')
-    save_converted(converted, args.dst,
-                   meta=dict(converted_from=str(args.src), format='timm_vit',
-                             notes=notes))
-    for note in notes:
-        print(f'note: {note}')
-    print(f'wrote {len(converted)} tensors to {args.dst}')
-
+from mmseg_pm.cli.timm2mmseg_pm import main
 
 if __name__ == '__main__':
     main()

@@ -1,95 +1,25 @@
-"""Pieces shared by the mmseg-style command lines in ``tools/``: argument
-types that refuse bad values at parsing, config loading and checking (one
-clear line per problem), and the Runner's construction."""
-import argparse
+"""Reading, checking and writing configs: every failure one line that
+names the problem and the fix (a :class:`UsageError`), checked before a
+Runner is built or any work starts."""
 import difflib
-import os
 import re
 from pathlib import Path
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-import mmseg_pm.models  # noqa: F401  (our modules and the mmseg:: scope)
-from mmseg_pm.apis.distributed import ACCELERATORS  # noqa: F401
-from mmseg_pm.apis.errors import UsageError
-from mmseg_pm.apis.outputs import atomic_output, check_output_dir, is_url
+from .errors import UsageError
+from .outputs import atomic_output, check_output_dir, is_url
 
 # checkpoints mmengine's CheckpointHook writes into the work dir
 RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
 
 
-# ---------------------------------------------------------------- arguments
-def _number(text: str, convert, kind: str):
-    try:
-        return convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'expected {kind}, got {text!r}') from None
-
-
-def int_at_least(minimum: int):
-    """argparse ``type``: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        value = _number(text, int, 'an integer')
-        if value < minimum:
-            raise argparse.ArgumentTypeError(
-                f'must be >= {minimum}, got {value}')
-        return value
-    parse.__name__ = f'integer >= {minimum}'
-    return parse
-
-
-def float_in(low: float, high: float = float('inf'),
-             low_open: bool = False, high_open: bool = False):
-    """argparse ``type``: a float in the interval from ``low`` to
-    ``high`` (open at the ends marked so)."""
-    interval = f'{"(" if low_open else "["}{low:g}, {high:g}' \
-        f'{")" if high_open or high == float("inf") else "]"}'
-
-    def parse(text: str) -> float:
-        value = _number(text, float, 'a number')
-        above = value > low if low_open else value >= low
-        below = value < high if high_open else value <= high
-        if not (above and below):  # also refuses nan
-            raise argparse.ArgumentTypeError(
-                f'must be in {interval}, got {text}')
-        return value
-    parse.__name__ = f'number in {interval}'
-    return parse
-
-
-def add_runner_arguments(parser: argparse.ArgumentParser,
-                         cfg_example: str) -> None:
-    """--cfg-options, --launcher and the launcher's --local-rank."""
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help=f'override config entries, e.g. {cfg_example} or key="[a,b]"')
-    add_launcher_arguments(parser)
-
-
-def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
-    """--launcher and the launcher's --local-rank."""
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher: pytorch under torchrun, slurm under srun (GPUs: '
-        'nccl; CPU-only machines: gloo)')
-    # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-
-
-def set_local_rank(local_rank: int) -> None:
-    """Expose the launcher's rank to mmengine unless torchrun already did."""
-    os.environ.setdefault('LOCAL_RANK', str(local_rank))
-
-
 def read_config(path: str) -> Config:
-    """``Config.fromfile`` with every failure as one line naming the file."""
+    """``Config.fromfile`` with every failure as one line naming the file.
+    Registers the project's modules and the ``mmseg::`` scope first."""
+    import mmseg_pm.models  # noqa: F401  (lazy: mmseg_pm.models uses apis)
     file = Path(path)
     if file.is_dir():
         raise UsageError(f'config {path} is a folder; name a .py config '
@@ -265,7 +195,7 @@ def check_runner_inputs(cfg: Config, config_path: str, loaders,
     downloaded and ``load_from`` pointed at the local copy) and the folders
     the run writes (``out_dirs``: {flag: folder}), which must be writable
     and none of the inputs."""
-    from mmseg_pm.apis.checkpoint import local_checkpoint
+    from .checkpoint import local_checkpoint
 
     check_loop_config(cfg, loaders)
     inputs = dict(check_data_folders(cfg, loaders), config=config_path)
@@ -294,16 +224,3 @@ def check_work_dir(cfg: Config, inputs=None) -> None:
             f'load_from {load_from} lies in the work dir {cfg.work_dir}, '
             f'where this run saves its own {source.name}; copy it elsewhere '
             'or pass another --work-dir (or --resume to continue that run)')
-
-
-def load_tool(name: str):
-    """``tools/<name>.py`` of this repository as a module (tools/ is not a
-    package), so the demo and the study call the same code as the CLI."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / 'tools' / f'{name}.py'
-    spec = importlib.util.spec_from_file_location(f'mmseg_pm_tools_{name}',
-                                                  path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

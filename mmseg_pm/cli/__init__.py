@@ -1,0 +1,93 @@
+"""Argument parsing shared by the mmseg-style command lines in ``tools/``:
+argument types that refuse bad values at parsing, the runner arguments,
+and :func:`run_cli`, which turns a :class:`UsageError` into argparse's
+one-line usage error. Everything a tool does after parsing is a call into
+:mod:`mmseg_pm.apis`."""
+import argparse
+import os
+
+from mmengine.config import DictAction
+
+from mmseg_pm.apis.errors import UsageError
+
+
+# ---------------------------------------------------------------- arguments
+def _number(text: str, convert, kind: str):
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'expected {kind}, got {text!r}') from None
+
+
+def int_at_least(minimum: int):
+    """argparse ``type``: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = _number(text, int, 'an integer')
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f'must be >= {minimum}, got {value}')
+        return value
+    parse.__name__ = f'integer >= {minimum}'
+    return parse
+
+
+def float_in(low: float, high: float = float('inf'),
+             low_open: bool = False, high_open: bool = False):
+    """argparse ``type``: a float in the interval from ``low`` to
+    ``high`` (open at the ends marked so)."""
+    interval = f'{"(" if low_open else "["}{low:g}, {high:g}' \
+        f'{")" if high_open or high == float("inf") else "]"}'
+
+    def parse(text: str) -> float:
+        value = _number(text, float, 'a number')
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f'must be in {interval}, got {text}')
+        return value
+    parse.__name__ = f'number in {interval}'
+    return parse
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser,
+                         cfg_example: str) -> None:
+    """--cfg-options, --launcher and the launcher's --local-rank."""
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help=f'override config entries, e.g. {cfg_example} or key="[a,b]"')
+    add_launcher_arguments(parser)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """--launcher and the launcher's --local-rank."""
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher: pytorch under torchrun, slurm under srun (GPUs: '
+        'nccl; CPU-only machines: gloo)')
+    # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def set_local_rank(local_rank: int) -> None:
+    """Expose the launcher's rank to mmengine unless torchrun already did."""
+    os.environ.setdefault('LOCAL_RANK', str(local_rank))
+
+
+def run_cli(parser: argparse.ArgumentParser, main, argv=None):
+    """Parse ``argv`` and call ``main(args)``; bad input (a
+    :class:`UsageError` from the library) exits with argparse's one-line
+    usage error (status 2) instead of a traceback."""
+    args = parser.parse_args(argv)
+    if hasattr(args, 'local_rank'):
+        set_local_rank(args.local_rank)
+    try:
+        return main(args)
+    except UsageError as err:
+        parser.error(str(err))
+

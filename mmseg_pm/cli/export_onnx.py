@@ -1,0 +1,138 @@
+"""Export a (compressed) segmentor to ONNX at a fixed input size.
+
+The graph is the segmentor's ``mode='tensor'`` forward: normalised
+(B, 3, H, W) images in (the config's data preprocessor: mean/std and
+BGR->RGB are *not* included), decoder logits out. ``--check`` runs the file
+with onnxruntime on CPU and prints the largest difference to PyTorch.
+
+Example::
+
+    python tools/export_onnx.py \\
+        configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \\
+        work_dirs/pm_tiny/pruned.pth --out work_dirs/pm_tiny/model.onnx --check
+
+Prune and Merge exports (its structure is a constant of the graph). MSTM
+and ToMe choose their merges per image with sorting and scattering; see
+docs/weights_export_visualize.md for what that means for their export.
+"""
+import argparse
+import time
+from pathlib import Path
+
+
+import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
+import torch
+from mmengine.config import DictAction
+
+from mmseg_pm.apis import UsageError, check_output_file
+from mmseg_pm.apis.inference import init_segmentor
+from mmseg_pm.cli import int_at_least
+from mmseg_pm.export import (DEFAULT_OPSET, compression_method,
+                             export_onnx, onnx_parity,
+                             parity_inputs)
+
+PARITY_TOLERANCE = 1e-4
+SORT_HINT = (' (MSTM and ToMe pick their merges per image with a stable '
+             'sort, which torch.onnx cannot translate; see '
+             'docs/weights_export_visualize.md)')
+
+
+def export_failure(err: BaseException) -> str:
+    """The informative line of an exporter error (they run to pages)."""
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in reversed(chain):
+        for line in str(e).splitlines():
+            if 'No ONNX function found' in line or 'not supported' in line:
+                return line.strip()[:300]
+    return f'{type(chain[-1]).__name__}: ' + \
+        (str(chain[-1]).strip().splitlines() or [''])[0][:300]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Export a segmentor to ONNX (fixed input size)')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out', required=True, help='ONNX file to write')
+    parser.add_argument('--shape', type=int_at_least(1), nargs=2,
+                        metavar=('H', 'W'),
+                        help='input size (default: the backbone img_size, '
+                        'the size compression structures are built for)')
+    parser.add_argument('--batch-size', type=int_at_least(1), default=1)
+    parser.add_argument('--opset', type=int_at_least(1),
+                        default=DEFAULT_OPSET)
+    parser.add_argument('--upsample', action='store_true',
+                        help='resize the logits to the input size inside the '
+                        'graph (default: the decoder resolution)')
+    parser.add_argument('--check', action='store_true',
+                        help='compare onnxruntime CPU outputs with PyTorch')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite an existing --out')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries')
+    return parser.parse_args(argv)
+
+
+def input_shape(model, shape):
+    """--shape (at least one patch), else the backbone's img_size."""
+    backbone = getattr(model, 'backbone', None)
+    if shape:
+        patch = getattr(backbone, 'patch_size', 1)
+        patch = patch if isinstance(patch, int) else max(patch)
+        if min(shape) < patch:
+            raise SystemExit(f'error: --shape {shape[0]} {shape[1]} is '
+                             f'smaller than one {patch}x{patch} patch')
+        return tuple(shape)
+    size = getattr(backbone, 'img_size', None)
+    if size is None:
+        raise SystemExit('error: pass --shape H W (the backbone has no '
+                         'img_size)')
+    return tuple(int(s) for s in size)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        out = check_output_file(args.out, dict(config=args.config,
+                                               checkpoint=args.checkpoint),
+                                args.force)
+        model = init_segmentor(args.config, args.checkpoint,
+                               args.cfg_options)
+    except UsageError as err:
+        raise SystemExit(f'error: {err}')
+    shape = input_shape(model, args.shape)
+    method = compression_method(model)
+    start = time.perf_counter()
+    try:
+        export_onnx(model, out, shape, args.batch_size, args.opset,
+                    args.upsample)
+    except Exception as err:  # the exporter's errors have many types
+        reason = export_failure(err)
+        hint = SORT_HINT if method in ('mstm', 'tome') and \
+            'sort' in reason else ''
+        raise SystemExit(f'error: ONNX export of the {method} model failed: '
+                         f'{reason}{hint}')
+    print(f'exported {method} model for {args.batch_size}x3x{shape[0]}x'
+          f'{shape[1]} inputs to {out} '
+          f'({time.perf_counter() - start:.1f} s)')
+    report = dict(out=str(out), shape=shape, method=method)
+    if args.check:
+        inputs = parity_inputs(shape, args.batch_size)
+        diff = onnx_parity(model, out, inputs, args.upsample)
+        verdict = 'OK' if diff <= PARITY_TOLERANCE else 'MISMATCH'
+        print(f'onnxruntime vs PyTorch: max abs diff {diff:.3g} over '
+              f'{len(inputs)} inputs ({verdict}, tolerance '
+              f'{PARITY_TOLERANCE:g})')
+        report['max_abs_diff'] = diff
+        if diff > PARITY_TOLERANCE:
+            raise SystemExit(f'error: {out} does not reproduce PyTorch '
+                             f'(max abs diff {diff:.3g})')
+    return report
+
+
+if __name__ == '__main__':
+    with torch.no_grad():
+        main()

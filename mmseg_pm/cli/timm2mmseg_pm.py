@@ -1,0 +1,62 @@
+"""Convert a timm Vision Transformer checkpoint to mmseg / mmseg_pm names.
+
+The output initialises ``PMVisionTransformer`` (or mmseg's
+``VisionTransformer``) from a config::
+
+    backbone=dict(type='PMVisionTransformer', patch_bias=True,
+                  norm_cfg=dict(type='LN', eps=1e-6), ...,
+                  init_cfg=dict(type='Pretrained', checkpoint=DST))
+
+Example::
+
+    python tools/model_converters/timm2mmseg_pm.py \\
+        vit_small_patch16_384.safetensors pretrain/vit_small_p16_384.pth
+
+Reads .pth/.pt/.bin (weights only) and .safetensors; DeiT (``model``) and
+timm training (``state_dict``) containers are unwrapped.
+"""
+import argparse
+import sys
+
+from mmseg_pm.apis import UsageError
+from mmseg_pm.converters import (check_destination,
+                                 convert_timm_vit,
+                                 load_weights_file, save_converted,
+                                 unwrap_state_dict)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Convert timm ViT weights to mmseg VisionTransformer '
+        '(and PMVisionTransformer) names')
+    parser.add_argument('src', help='timm checkpoint (.pth/.bin/.safetensors)')
+    parser.add_argument('dst', help='converted checkpoint to write')
+    parser.add_argument('--key', help='entry of the checkpoint that holds the '
+                        'weights (default: state_dict, model, or the file '
+                        'itself)')
+    parser.add_argument('--drop-dist-token', action='store_true',
+                        help='drop a DeiT distillation token and its position '
+                        'embedding instead of refusing the checkpoint')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite an existing dst')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        check_destination(args.src, args.dst, args.force)
+        state_dict = unwrap_state_dict(load_weights_file(args.src), args.key)
+        converted, notes = convert_timm_vit(state_dict, args.drop_dist_token)
+    except UsageError as err:  # ConversionError, checkpoint, output
+        sys.exit(f'error: {err}')
+    save_converted(converted, args.dst,
+                   meta=dict(converted_from=str(args.src), format='timm_vit',
+                             notes=notes))
+    for note in notes:
+        print(f'note: {note}')
+    print(f'wrote {len(converted)} tensors to {args.dst}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,267 @@
+"""The whole Prune-and-Merge pipeline on the built-in synthetic data, on CPU.
+
+One command: make the synthetic ADE20K-format data set, train a tiny dense
+Segmenter, score its tokens, prune and merge, fine-tune with distillation
+from the dense model, evaluate dense and compressed models with mmseg's
+IoUMetric, and print one table (mIoU, GFLOPs, images/s, tokens per block).
+The residual reconstruction (the default) is shown next to the authors'
+pinv at the same structure (docs/residual.md). It runs the project's own
+tools (train.py, prune.py, test.py) in-process.
+
+From the command line (tools/demo.py, ``./run demo``)::
+
+    python tools/demo.py                      # a few minutes on 2 CPU cores
+    python tools/demo.py --keep-rate 0.5 --layers 1 2 3 --work-dir work_dirs/demo_05
+
+Outputs (under --work-dir, default work_dirs/demo): dense/ and distill/
+(training work dirs and checkpoints), pruned.pth (and pruned_pinv.pth),
+the configs they were made with, prune.log,
+merge_windows.png (the structures drawn on a validation image),
+results.json and results.md (the table).
+"""
+import contextlib
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from mmseg_pm.apis import write_atomic
+from mmseg_pm.apis.config import write_config
+from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
+from mmseg_pm.apis.prune import (format_prune_table, prune_config,
+                                 prune_segmentor, save_pruned)
+from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
+from mmseg_pm.benchmark import time_interleaved, tokens_per_layer
+from mmseg_pm.benchmark.measure import summarise
+from mmseg_pm.datasets import make_synthetic_ade
+from mmseg_pm.visualization import draw_model_tokens
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+DENSE_CONFIG = CONFIGS / 'synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+PM_CONFIG = CONFIGS / 'synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+DISTILL_CONFIG = CONFIGS / 'distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+# The demo's compression: at least 30 % fewer GFLOPs than the dense model.
+DEMO_LAYERS = [0, 1, 2, 3]
+DEMO_KEEP_RATE = 0.3
+DEMO_PRUNE_RATE = 0.1
+DEMO_RULE = 'nearest'
+
+
+def data_options(root: str) -> dict:
+    """--cfg-options pointing every dataloader at the data under ``root``."""
+    return {f'{split}_dataloader.dataset.data_root': root
+            for split in ('train', 'val', 'test')}
+
+
+def schedule_options(iters: int) -> dict:
+    """A training run of ``iters`` iterations that checkpoints at its end."""
+    return {'train_cfg.max_iters': iters, 'param_scheduler.0.end': iters,
+            'default_hooks.checkpoint.interval': iters}
+
+
+def demo_config(source: Path, args, reconstruct: str, path: Path) -> Path:
+    """``source`` with the demo's compression (blocks and reconstruction),
+    written to ``path`` so that prune, test, distillation and the picture
+    all read the same model."""
+    cfg = Config.fromfile(str(source))
+    cfg.model.backbone.compression.update(layers=list(args.layers),
+                                          reconstruct=reconstruct)
+    return write_config(cfg, path)
+
+
+def prune_dense(config: Path, dense_ckpt: str, out: str, args, root: str,
+                log: io.StringIO) -> dict:
+    """Score, search and install with the demo's settings (what
+    tools/prune.py does); its table goes to ``log``."""
+    cfg = prune_config(str(config), data_options(root),
+                       keep_rate=args.keep_rate, prune_rate=args.prune_rate,
+                       rule=args.rule)
+    with contextlib.redirect_stdout(log):
+        model, summary, meta = prune_segmentor(
+            cfg, dense_ckpt, args.ranking, args.score_iters, args.placement,
+            device=args.device)
+        save_pruned(model, summary, out, meta)
+        print(format_prune_table(summary))
+    return summary
+
+
+@torch.no_grad()
+def images_per_second(models: dict, img_size, device: str, batch_size: int,
+                      repeats: int = 10) -> dict:
+    """Median images/s of forwards of ``batch_size`` crops, the models
+    taking turns (the CPU is shared), as tools/benchmark.py measures."""
+    x = torch.randn(batch_size, 3, *img_size, device=device)
+    calls = {name: (lambda m=m: m(x, mode='tensor'))
+             for name, m in models.items()}
+    seconds = time_interleaved(calls, warmup=3, repeats=repeats,
+                               device=device)
+    return {name: summarise(t, batch_size)['images_per_s']
+            for name, t in seconds.items()}
+
+
+HEADER = ('model', 'mIoU', 'vs dense', 'GFLOPs', 'FLOPs cut', 'images/s',
+          'tokens per block')
+
+
+def table_cells(rows: list) -> list:
+    """One tuple of strings per row; the first row is the dense model."""
+    dense = rows[0]
+    return [(r['model'], f'{r["mIoU"]:.2f}',
+             f'{r["mIoU"] - dense["mIoU"]:+.2f}', f'{r["gflops"]:.4f}',
+             f'{100 * (1 - r["gflops"] / dense["gflops"]):.1f}%',
+             f'{r["images_per_s"]:.0f}',
+             ' / '.join(str(t) for t in r['tokens_per_block']))
+            for r in rows]
+
+
+def format_table(rows: list) -> str:
+    body = table_cells(rows)
+    widths = [max(len(x[i]) for x in [HEADER] + body)
+              for i in range(len(HEADER))]
+
+    def line(cells):
+        return '  '.join(c.ljust(wd) if i in (0, 6) else c.rjust(wd)
+                         for i, (c, wd) in enumerate(zip(cells, widths)))
+
+    sep = '  '.join('-' * wd for wd in widths)
+    return '\n'.join([line(HEADER), sep] + [line(b) for b in table_cells(rows)])
+
+
+def format_markdown(rows: list, note: str) -> str:
+    lines = ['| ' + ' | '.join(HEADER) + ' |',
+             '|---|---:|---:|---:|---:|---:|---|']
+    lines += ['| ' + ' | '.join(cells) + ' |' for cells in table_cells(rows)]
+    return '\n'.join(lines) + f'\n\n{note}\n'
+
+
+def run_demo(args) -> dict:
+    """The whole demo with the settings of ``args`` (tools/demo.py's
+    options); returns what it writes to results.json."""
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
+    warnings.filterwarnings('ignore', category=UserWarning, module='mmengine')
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    start = time.perf_counter()
+
+    print(f'[1/6] synthetic ADE20K-format data in {args.data_root}')
+    data = make_synthetic_ade(args.data_root, progress=True)
+    root = data['root']
+    timings['data_s'] = time.perf_counter() - start
+
+    print(f'[2/6] train the dense tiny Segmenter ({args.train_iters} iters)')
+    t = time.perf_counter()
+    n = args.train_iters
+    run_quietly(train_config(
+        str(DENSE_CONFIG), str(work / 'dense'),
+        {**data_options(root), **schedule_options(n)}), 'train dense',
+        'train')
+    dense_ckpt = str(work / 'dense' / f'iter_{n}.pth')
+    timings['train_dense_s'] = time.perf_counter() - t
+
+    print(f'[3/6] score tokens ({args.score_iters} batches), prune and merge')
+    pm_config = demo_config(PM_CONFIG, args, args.reconstruct,
+                            work / 'pm_config.py')
+    distill_config = demo_config(DISTILL_CONFIG, args, args.reconstruct,
+                                 work / 'distill_config.py')
+    t = time.perf_counter()
+    pruned_ckpt = str(work / 'pruned.pth')
+    prune_log = io.StringIO()
+    summary = prune_dense(pm_config, dense_ckpt, pruned_ckpt, args, root,
+                          prune_log)
+    # The authors' reconstruction at the same settings, for comparison.
+    compare_pinv = args.reconstruct != 'pinv'
+    if compare_pinv:
+        pinv_config = demo_config(PM_CONFIG, args, 'pinv',
+                                  work / 'pm_pinv_config.py')
+        pinv_ckpt = str(work / 'pruned_pinv.pth')
+        prune_dense(pinv_config, dense_ckpt, pinv_ckpt, args, root,
+                    prune_log)
+    write_atomic(work / 'prune.log', prune_log.getvalue())
+    timings['prune_s'] = time.perf_counter() - t
+
+    print(f'[4/6] distillation fine-tuning ({args.distill_iters} iters)')
+    t = time.perf_counter()
+    n = args.distill_iters
+    run_quietly(train_config(
+        str(distill_config), str(work / 'distill'),
+        {**data_options(root), **schedule_options(n),
+         'load_from': pruned_ckpt, 'model.teacher_checkpoint': dense_ckpt}),
+        'distill', 'train')
+    distilled_ckpt = str(work / 'distill' / f'iter_{n}.pth')
+    timings['distill_s'] = time.perf_counter() - t
+
+    print('[5/6] evaluate with mmseg IoUMetric (tools/test.py)')
+    t = time.perf_counter()
+    variants = [('dense', DENSE_CONFIG, dense_ckpt)]
+    if compare_pinv:
+        variants.append(("authors' pinv, no fine-tuning", pinv_config,
+                         pinv_ckpt))
+    variants += [(f'{args.reconstruct}, no fine-tuning', pm_config,
+                  pruned_ckpt),
+                 (f'{args.reconstruct} + distilled', pm_config,
+                  distilled_ckpt)]
+    metrics = {}
+    for name, config, ckpt in variants:
+        metrics[name] = run_quietly(evaluation_config(
+            str(config), ckpt, str(work / 'test'), data_options(root)),
+            f'test {name}', 'test')
+    timings['test_s'] = time.perf_counter() - t
+
+    print('[6/6] GFLOPs, images/s and the picture of the merge windows')
+    t = time.perf_counter()
+    models = {name: init_segmentor(str(config), ckpt, device=args.device)
+              for name, config, ckpt in variants}
+    img_size = crop_size(models['dense'])
+    flops = {name: crop_flops(m) for name, m in models.items()}
+    speed = images_per_second(models, img_size, args.device,
+                              args.bench_batch)
+    backbone = models[variants[-1][0]].backbone
+    grid = tuple(backbone.grid_size)
+    val_image = sorted(Path(data['validation_img_dir']).glob('*.jpg'))[0]
+    picture = work / 'merge_windows.png'
+    pm = models[f'{args.reconstruct}, no fine-tuning']
+    draw_model_tokens(Config.fromfile(str(pm_config)), pm, pruned_ckpt,
+                      str(val_image), str(picture), dpi=90)
+    timings['measure_s'] = time.perf_counter() - t
+    timings['total_s'] = time.perf_counter() - start
+
+    rows = [dict(model=name, mIoU=float(metrics[name]['mIoU']),
+                 gflops=flops[name] / 1e9, images_per_s=speed[name],
+                 tokens_per_block=tokens_per_layer(models[name].backbone,
+                                                   grid))
+            for name, _, _ in variants]
+    note = (f'Synthetic ADE20K-format data ({data["num_val"]} validation '
+            f'images), tiny Segmenter (4 blocks, {img_size[0]}x{img_size[1]}'
+            f' crops, {backbone.grid_size[0]}x{backbone.grid_size[1]} '
+            f'tokens); blocks {args.layers} compressed, keep_rate '
+            f'{args.keep_rate}, prune_rate {args.prune_rate}, {args.ranking} '
+            f'ranking, {args.placement} placement, {args.rule} rule, '
+            f'{args.reconstruct} reconstruction. '
+            'GFLOPs: one crop; images/s: batches of '
+            f'{args.bench_batch} crops, median of 10 interleaved runs, device '
+            f'{args.device}, {args.threads} thread(s); tokens per block '
+            'include the class token. '
+            f'Total time {timings["total_s"]:.0f} s.')
+    table = format_table(rows)
+    result = dict(rows=rows, settings=vars(args), timings_s=timings,
+                  checkpoints=dict(dense=dense_ckpt, pruned=pruned_ckpt,
+                                   distilled=distilled_ckpt),
+                  picture=str(picture), note=note,
+                  prune={k: v for k, v in summary.items() if k != 'scores'})
+    write_atomic(work / 'results.json', json.dumps(result, indent=2) + '\n')
+    write_atomic(work / 'results.md', format_markdown(rows, note))
+    print()
+    print(table)
+    print()
+    print(note)
+    print(f'outputs in {work}/: results.md, results.json, merge_windows.png, '
+          'prune.log, dense/ distill/ (checkpoints and logs)')
+    return result
+
+
