@@ -13,7 +13,7 @@ from mmseg_pm.apis import (CheckpointError, OutputError, UsageError,
                            check_output_file, load_checkpoint_file,
                            load_checkpoint_into, save_checkpoint_atomic,
                            save_figure, write_atomic)
-from mmseg_pm.cli import check_cfg_option, read_config
+from mmseg_pm.apis.config import check_cfg_option, read_config
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.models import PMVisionTransformer
 
