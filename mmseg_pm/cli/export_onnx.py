@@ -17,7 +17,6 @@ docs/weights_export_visualize.md for what that means for their export.
 """
 import argparse
 import time
-from pathlib import Path
 
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)

@@ -6,7 +6,6 @@ Example::
 """
 import argparse
 import sys
-from pathlib import Path
 
 
 from mmseg_pm.apis import check_output_dir

@@ -39,6 +39,7 @@ import torch
 from mmengine.config import Config
 
 from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
+                           load_checkpoint_into,
                            save_checkpoint_atomic, write_atomic)
 from mmseg_pm.apis.config import write_config
 from mmseg_pm.apis.inference import build_segmentor, crop_flops, init_segmentor

@@ -1,6 +1,5 @@
 """The quality study's machinery: knobs, FLOPs calibration on a tiny model,
 and one method end to end (tools/study.py) with two iterations."""
-import importlib
 import json
 import math
 from argparse import Namespace
@@ -14,6 +13,9 @@ from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             compression_for, empty_neighbourhoods,
                             keep_rate_for, mstm_layers, span_units,
                             tome_schedule, window_stats)
+from mmseg_pm.apis.inference import build_segmentor, crop_flops
+from mmseg_pm.cli import study as study_cli
+from mmseg_pm.study import pipeline
 from mmseg_pm.utils import count_flops
 
 
@@ -28,8 +30,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def load_study_tool():
-    return importlib.import_module('mmseg_pm.cli.study')
 
 
 def test_knobs_mean_what_they_say():
@@ -85,13 +85,12 @@ def tiny_args(tmp_path, **kw):
 
 @pytest.mark.parametrize('method', ['pm-row', 'tome', 'res-spread'])
 def test_calibration_hits_the_flops_target(tmp_path, method):
-    study = load_study_tool()
     args = tiny_args(tmp_path)
-    base = study.study_config(args)
-    dense = study.build_segmentor(base)
-    dense_flops = study.flops_of(dense, 64)
+    base = pipeline.study_config(args)
+    dense = build_segmentor(base)
+    dense_flops = crop_flops(dense)
     scores = torch.rand(4, 64, generator=torch.Generator().manual_seed(0))
-    model, cfg, knob, flops = study.compress(
+    model, cfg, knob, flops = pipeline.compress(
         method, 0.8, base, dense.state_dict(), dense_flops, scores, args)
     assert abs(flops / (0.8 * dense_flops) - 1) <= 0.02
     x = torch.rand(1, 3, 64, 64)
@@ -102,20 +101,19 @@ def test_calibration_hits_the_flops_target(tmp_path, method):
                        dense.backbone.patch_embed.projection.weight)
     assert model(x, mode='tensor').shape == dense(x, mode='tensor').shape
     with pytest.raises(CalibrationError):
-        study.compress(method, 0.05, base, dense.state_dict(), dense_flops,
+        pipeline.compress(method, 0.05, base, dense.state_dict(), dense_flops,
                        scores, args)
 
 
 @pytest.mark.slow  # a whole study run
 def test_one_method_end_to_end(tmp_path):
-    study = load_study_tool()
     argv = ['--work-dir', str(tmp_path / 'work'), '--out-dir',
             str(tmp_path / 'out'), '--img-size', '64', '--num-layers', '4',
             '--num-train', '4', '--num-val', '2', '--batch-size', '2',
             '--dense-iters', '2', '--finetune-iters', '2', '--score-iters',
             '1', '--methods', 'pm-row', '--budgets', '0.8',
             '--speed-repeats', '2']
-    result = study.main(argv)
+    result = study_cli.main(argv)
     [row] = result['rows']
     assert row['method'] == 'pm-row' and row['budget'] == 0.8
     assert abs(row['fraction'] / 0.8 - 1) <= 0.02
@@ -132,6 +130,6 @@ def test_one_method_end_to_end(tmp_path):
 
     # a second run with the same settings reuses every trained model
     finetuned = Path(row['finetuned']).stat().st_mtime_ns
-    again = study.main(argv)
+    again = study_cli.main(argv)
     assert Path(row['finetuned']).stat().st_mtime_ns == finetuned
     assert again['rows'][0]['miou_after'] == row['miou_after']
