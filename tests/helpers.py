@@ -102,6 +102,25 @@ def block_flops(attn_tokens: Sequence[int], mlp_tokens: Sequence[int],
                for t, u in zip(attn_tokens, mlp_tokens))
 
 
+def assert_flops_follow_token_counts(dense, model, counts, x) -> None:
+    """On TINY backbones: the FLOPs ``model`` saves against ``dense`` on
+    ``x`` are what its tokens after each block's merge (``counts``) save
+    in the blocks, less the matching and merging (< 1 % of dense)."""
+    from mmseg_pm.utils.flops import count_flops
+
+    n = GRID[0] * GRID[1] + 1  # and the class token
+    layers = TINY['num_layers']
+
+    def blocks(attn_tokens, mlp_tokens):
+        return block_flops(attn_tokens, mlp_tokens, TINY['embed_dims'],
+                           x.shape[0])
+
+    saved = blocks([n] * layers, [n] * layers) - \
+        blocks([n] + counts[:-1], counts)
+    cut = count_flops(dense, x) - count_flops(model, x)
+    assert saved > cut > saved - 0.01 * count_flops(dense, x)
+
+
 # ------------------------------------------------------------ segmentor
 def preprocessor(size: Tuple[int, int]) -> dict:
     return dict(type='SegDataPreProcessor', mean=[127.5] * 3,

@@ -11,9 +11,8 @@ from mmseg_pm.compression.mstm import (class_attention, coarse_cells,
                                        crucial_token_matching)
 from mmseg_pm.compression.tome import merge_tokens
 from mmseg_pm.models import PMVisionTransformer
-from mmseg_pm.utils.flops import count_flops
-from tests.helpers import (CONFIGS, TINY, block_flops, randomise, source_maps,
-                           tiny_pm, token_counts)
+from tests.helpers import (CONFIGS, TINY, assert_flops_follow_token_counts,
+                           randomise, source_maps, tiny_pm, token_counts)
 
 MSTM = dict(method='mstm', prune_layers=[0, 2], keep_rate=0.5)
 ALL = (0, 1, 2, 3)
@@ -135,16 +134,9 @@ def test_gradients_reach_the_backbone_and_the_coarse_projection():
 def test_flops_fall_as_the_token_counts_imply():
     dense = randomise(tiny_pm())
     model = mstm_from(dense, dict(MSTM, coarse=False))
-    x = torch.randn(2, 3, 48, 80)
-
-    def blocks(attn_tokens, mlp_tokens):
-        return block_flops(attn_tokens, mlp_tokens, channels=32, batch=2)
-
     counts = model.token_merger.tokens_per_layer(16, 4)
-    saved = blocks([16] * 4, [16] * 4) - blocks([16] + counts[:-1], counts)
-    cut = count_flops(dense, x) - count_flops(model, x)
-    # what the counts save, less the matching and merging (< 1% of dense)
-    assert saved > cut > saved - 0.01 * count_flops(dense, x)
+    assert_flops_follow_token_counts(dense, model, counts,
+                                     torch.randn(2, 3, 48, 80))
 
 
 def test_configs_build_and_run():
