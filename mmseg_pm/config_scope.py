@@ -4,9 +4,9 @@ mmengine maps the config scope ``mmseg`` to the pip distribution
 ``mmsegmentation`` (``MODULE2PACKAGE``) to find the configs shipped in the
 package (``mmseg/.mim/configs``). The maintained fork installs the same
 ``mmseg`` module under the distribution ``onedl-mmsegmentation``, so the
-lookup fails. Importing ``mmseg_pm`` points the scope at whichever of the
-two distributions is installed; do it before ``Config.fromfile`` (our
-tools do; in your own scripts ``import mmseg_pm`` first).
+lookup fails. Importing ``mmseg_pm.models`` points the scope at whichever
+of the two distributions is installed; do it before ``Config.fromfile``
+(our tools do; in your own scripts ``import mmseg_pm.models`` first).
 """
 from importlib.metadata import PackageNotFoundError, distribution
 

@@ -467,7 +467,7 @@ def find_scores(cfg, model, checkpoint: dict, scores_file=None,
     if score_iters <= 0:
         return None, 'no token scores (none in the checkpoint; --scores or ' \
             '--score-iters N adds them)'
-    from mmseg_pm.compression import token_scores_from_config
+    from mmseg_pm.apis.scoring import token_scores_from_config
     try:
         scores = token_scores_from_config(model, cfg, score_iters,
                                           progress=False)

@@ -6,25 +6,20 @@
 # 20k-iteration schedule is our choice. Start from tools/prune.py's output:
 #   python tools/train.py configs/distill/distill-pm-segmenter_vit-l_mask_8xb1-20k_ade20k-640x640.py \
 #       --cfg-options load_from=PRUNED.pth
-_base_ = ['../segmenter/pm-segmenter_vit-l_mask_8xb1-160k_ade20k-640x640.py']
+_base_ = [
+    '../segmenter/pm-segmenter_vit-l_mask_8xb1-160k_ade20k-640x640.py',
+    '_base_/distill_schedule.py'
+]
 
 model = dict(
     type='DistillEncoderDecoder',
     pretrained=None,  # load_from (the pruned checkpoint) sets every weight
     teacher_config='mmseg::segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py',
     teacher_checkpoint='https://mmassets.onedl.ai/mmsegmentation/v0.5/segmenter/segmenter_vit-l_mask_8x1_512x512_160k_ade20k/segmenter_vit-l_mask_8x1_512x512_160k_ade20k_20220105_162750-7ef345be.pth',  # noqa
-    distill_alpha=1.0,
-    distill_temperature=20.0)
+    distill_alpha={{_base_.distill_alpha}},
+    distill_temperature={{_base_.distill_temperature}})
 
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(
-        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
-        weight_decay=0.0))
-param_scheduler = [
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=0, end=20000,
-         by_epoch=False)
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000, val_interval=4000)
-default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000))
+optim_wrapper = {{_base_.distill_optim_wrapper}}
+param_scheduler = {{_base_.distill_param_scheduler}}
+train_cfg = {{_base_.distill_train_cfg}}
+default_hooks = {{_base_.distill_default_hooks}}

@@ -6,20 +6,19 @@
 #       --out work_dirs/pruned_tiny.pth --iters 20
 #   python tools/train.py configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \
 #       --cfg-options load_from=work_dirs/pruned_tiny.pth
-_base_ = ['../synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py']
+_base_ = [
+    '../synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py',
+    '_base_/distill_schedule.py'
+]
 
 model = dict(
     type='DistillEncoderDecoder',
     teacher_config='{{fileDirname}}/../synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py',  # noqa
     teacher_checkpoint='work_dirs/segmenter_vit-tiny_mask_synthetic-ade-64x64/iter_400.pth',  # noqa
-    distill_alpha=1.0,
-    distill_temperature=20.0)
+    distill_alpha={{_base_.distill_alpha}},
+    distill_temperature={{_base_.distill_temperature}})
 
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(
-        _delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999),
-        weight_decay=0.0))
+optim_wrapper = {{_base_.distill_optim_wrapper}}
 param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=0, end=200,
          by_epoch=False)

@@ -4,7 +4,7 @@
 # coarse branch is fused in before block 3. Fine-tune from the dense
 # checkpoint (mmseg's released Segmenter ViT-S loads as it is).
 _base_ = ['mmseg::segmenter/segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -2,7 +2,7 @@
 # mmseg's ViT-B 512x512 setting with the ViT-L encoder and its pretrained
 # weights (mmseg has no ViT-L 512 config of its own).
 _base_ = ['mmseg::segmenter/segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 checkpoint = 'https://mmassets.onedl.ai/mmsegmentation/v0.5/pretrain/segmenter/vit_large_p16_384_20220308-d4efb41d.pth'  # noqa
 model = dict(

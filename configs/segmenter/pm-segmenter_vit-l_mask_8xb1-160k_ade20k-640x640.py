@@ -2,7 +2,7 @@
 # (mmseg ships this setting under the file name ...-512x512.py; its crop,
 # img_size and slide window are 640).
 _base_ = ['mmseg::segmenter/segmenter_vit-l_mask_8xb1-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -2,7 +2,7 @@
 # Everything but the backbone type and its compression comes from mmseg's own
 # config (resolved through the mmseg:: scope; see mmseg_pm/config_scope.py).
 _base_ = ['mmseg::segmenter/segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -3,7 +3,7 @@
 # block 11, about a third of the encoder's FLOPs saved). Training-free: test
 # the dense checkpoint with this config as it is.
 _base_ = ['mmseg::segmenter/segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

@@ -3,7 +3,7 @@
 # 8x8 patches (an 8x8 token grid). Trains in about a minute on 2 CPU cores.
 # Make the data first: python tools/make_synthetic_ade.py data/synthetic_ade
 _base_ = ['mmseg::_base_/default_runtime.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 dataset_type = 'ADE20KDataset'
 data_root = 'data/synthetic_ade'

@@ -2,7 +2,7 @@
 # outputs (blocks 2, 5, 8, 11), each the full grid although blocks 3..11 run
 # on merged tokens.
 _base_ = ['mmseg::vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py']
-custom_imports = dict(imports=['mmseg_pm'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_pm.models'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(

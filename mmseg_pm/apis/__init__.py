@@ -1,8 +1,9 @@
 """What tools and users call from Python (mmseg's ``apis`` style): reading
 a checkpoint into a model (:mod:`.checkpoint`), the output rule of every
 file a tool writes (:mod:`.outputs`), distributed runs
-(:mod:`.distributed`). Bad input raises :class:`UsageError` (or a subclass)
-whose message names the problem and the fix."""
+(:mod:`.distributed`), token scores of a segmentor (:mod:`.scoring`).
+Bad input raises :class:`UsageError` (or a subclass) whose message names
+the problem and the fix."""
 from .checkpoint import (CheckpointError, CheckpointNotFound,
                          cached_download, check_finite,
                          check_runner_checkpoint, checkpoint_state_dict,
@@ -17,6 +18,8 @@ from .errors import UsageError
 from .outputs import (OutputError, atomic_output, check_not_input,
                       check_output_dir, check_output_file, check_writable_dir,
                       save_figure, umask_mode, write_atomic)
+from .scoring import (scoring_mode, token_score_totals, token_scores,
+                      token_scores_from_config)
 
 __all__ = [
     'CheckpointError', 'CheckpointNotFound', 'OutputError', 'UsageError',
@@ -27,5 +30,6 @@ __all__ = [
     'checkpoint_state_dict', 'init_distributed', 'load_checkpoint_file',
     'load_checkpoint_into', 'local_checkpoint', 'runner_checkpoint',
     'save_checkpoint_atomic', 'save_figure', 'setup_runner_launcher',
-    'sum_across_ranks', 'umask_mode', 'write_atomic'
+    'sum_across_ranks', 'umask_mode', 'write_atomic', 'scoring_mode',
+    'token_score_totals', 'token_scores', 'token_scores_from_config'
 ]

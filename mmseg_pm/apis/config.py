@@ -17,7 +17,9 @@ RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
 
 
 def read_config(path: str) -> Config:
-    """``Config.fromfile`` with every failure as one line naming the file."""
+    """``Config.fromfile`` with every failure as one line naming the file.
+    Registers the project's modules and the ``mmseg::`` scope first."""
+    import mmseg_pm.models  # noqa: F401  (lazy: mmseg_pm.models uses apis)
     file = Path(path)
     if file.is_dir():
         raise UsageError(f'config {path} is a folder; name a .py config '

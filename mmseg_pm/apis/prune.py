@@ -6,15 +6,15 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from mmseg_pm.compression import (DEFAULT_PLACEMENT, RANKINGS,
-                                  CompressionConfig, layer_token_counts,
-                                  search_structures, token_scores_from_config)
+from mmseg_pm.compression import (DEFAULT_PLACEMENT, RANKINGS, PMConfig,
+                                  layer_token_counts, search_structures)
 from .checkpoint import (load_checkpoint_file, load_checkpoint_into,
                          local_checkpoint, save_checkpoint_atomic)
 from .config import check_data_folders, load_config
 from .errors import UsageError
 from .inference import build_segmentor, crop_flops
 from .outputs import check_not_input, check_output_file
+from .scoring import token_scores_from_config
 
 
 def default_ranking(mode: str) -> str:
@@ -38,7 +38,7 @@ def prune_config(config: str, cfg_options: Optional[dict] = None,
             ' (see configs/segmenter/pm-*.py)')
     settings.update({k: v for k, v in compression.items() if v is not None})
     try:
-        CompressionConfig.from_dict(settings, backbone.get('num_layers', 12))
+        PMConfig.from_dict(settings, backbone.get('num_layers', 12))
     except ValueError as err:
         raise UsageError(f'invalid compression settings: {err}') from err
     return cfg

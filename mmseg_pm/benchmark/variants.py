@@ -86,7 +86,7 @@ def load_config(config: str, cfg_options: Optional[dict] = None):
 
 @functools.lru_cache(maxsize=16)
 def _parsed_config(config: str):
-    import mmseg_pm  # noqa: F401  (registers modules and the mmseg:: scope)
+    import mmseg_pm.models  # noqa: F401  (registers modules and the mmseg:: scope)
     from mmengine.config import Config
 
     from mmseg_pm.apis import UsageError

@@ -1,12 +1,15 @@
-"""Pure token-compression pieces: structures, merge/reconstruct, configs.
+"""Pure token-compression pieces: structures, merge/reconstruct, configs,
+score arithmetic, ToMe and MSTM.
 
-Nothing here imports mmseg, so it can be used and tested on its own.
+Only torch (and tqdm) is imported here, never mmseg or mmengine
+(tests/compression/test_purity.py checks it), so it can be used and tested
+on its own.
 """
-from .config import CompressionConfig
+from .config import PMConfig
 from .merge import (RECONSTRUCTS, TokenCompressor, merge_matrix,
                     merge_sparse, reconstruct_matrix, reconstruct_sparse)
-from .scoring import (attention_scores, normalise_scores, token_scores,
-                      token_scores_from_config)
+from .scoring import (attention_scores, check_depth_lambda,
+                      normalise_scores, scores_from_totals)
 from .search import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS, grid_cells, layer_token_counts,
                      place_centres, search_structures, select_tokens,
                      token_budget, unit_scores)
@@ -16,12 +19,12 @@ from .structure import (CompressionStructure, assign_groups, build_structure,
                         row_rule_groups)
 
 __all__ = [
-    'CompressionConfig', 'CompressionStructure', 'TokenCompressor',
+    'PMConfig', 'CompressionStructure', 'TokenCompressor',
     'assign_groups', 'build_structure', 'lattice_centres',
     'lattice_structure', 'merge_matrix', 'merge_sparse',
     'nearest_rule_groups', 'reconstruct_matrix', 'reconstruct_sparse',
     'reconstruct_weights', 'row_rule_groups', 'attention_scores',
-    'normalise_scores', 'token_scores', 'token_scores_from_config',
+    'normalise_scores', 'check_depth_lambda', 'scores_from_totals',
     'RANKINGS', 'layer_token_counts', 'search_structures', 'select_tokens',
     'token_budget', 'unit_scores', 'RECONSTRUCTS', 'PLACEMENTS', 'DEFAULT_PLACEMENT', 'grid_cells',
     'place_centres', 'mean_merge_weights'

@@ -1,7 +1,7 @@
 """The ``compression=`` argument of the backbone, parsed and validated.
 
 ``method`` picks the compressor: 'pm' (Prune-and-Merge, the default,
-:class:`CompressionConfig`), 'mstm' (:class:`MSTMConfig`) or 'tome'
+:class:`PMConfig`), 'mstm' (:class:`MSTMConfig`) or 'tome'
 (:class:`ToMeConfig`); :func:`parse_compression` reads any of them.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _per_layer(value, layers: List[int], name: str) -> list:
 
 
 @dataclass(frozen=True)
-class CompressionConfig:
+class PMConfig:
     """Which blocks are compressed and how.
 
     mode 'layer': every block in ``layers`` merges its input, runs on the
@@ -114,7 +114,7 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, cfg: Optional[dict],
-                  num_layers: int) -> Optional['CompressionConfig']:
+                  num_layers: int) -> Optional['PMConfig']:
         if cfg is None:
             return None
         cfg = dict(cfg)
@@ -263,7 +263,7 @@ class ToMeConfig:
         return cls(merges={i: merges[i] for i in layers})
 
 
-AnyCompressionConfig = Union[CompressionConfig, MSTMConfig, ToMeConfig]
+AnyCompressionConfig = Union[PMConfig, MSTMConfig, ToMeConfig]
 
 
 def parse_compression(cfg: Optional[dict],
@@ -273,7 +273,7 @@ def parse_compression(cfg: Optional[dict],
     if cfg is None:
         return None
     method = cfg.get('method', 'pm')
-    parsers = {'pm': CompressionConfig, 'mstm': MSTMConfig,
+    parsers = {'pm': PMConfig, 'mstm': MSTMConfig,
                'tome': ToMeConfig}
     if method not in parsers:
         raise ValueError(f'compression method must be one of {METHODS}, got '

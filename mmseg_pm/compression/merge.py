@@ -77,7 +77,7 @@ def merge_sparse(x: Tensor, slot: Tensor, weight: Tensor,
                  num_groups: int) -> Tensor:
     """Weighted segment sum of tokens ``x`` (B, N, C) into ``num_groups``.
 
-    ``slot[p]`` is the group of token p, or ``num_groups`` for pruned
+    ``slot[p]`` is the window of token p, or ``num_groups`` for pruned
     tokens (a spare row that is dropped).
     """
     return segment_sum(x, slot, weight, num_groups + 1)[:, :num_groups]
@@ -137,7 +137,7 @@ class TokenCompressor(nn.Module):
 
     ``num_prefix`` leading tokens (the class token) are windows of their own
     (weight 1). The sparse path keeps them inside its one segment sum and one
-    gather (no concatenation) and sends pruned tokens to group 0 with weight
+    gather (no concatenation) and sends pruned tokens to window 0 with weight
     0 (no spare row to slice off); index and weight vectors are cached per
     input shape, and the weights too while they need no gradient.
     """
@@ -218,7 +218,7 @@ class TokenCompressor(nn.Module):
         kept = self.group >= 0
         self.has_pruned = not bool(kept.all())
         with torch.no_grad():
-            # Pruned tokens go to group 0 with weight 0 in the segment sum.
+            # Pruned tokens go to window 0 with weight 0 in the segment sum.
             self._index.copy_(self.group.clamp(min=0))
             self._kept.copy_(kept.float())
             self._pruned = torch.nonzero(~kept).flatten()

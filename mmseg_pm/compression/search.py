@@ -35,7 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .config import CompressionConfig
+from .config import PMConfig
 from .structure import CompressionStructure, build_structure
 
 RANKINGS = ('global', 'layer')
@@ -178,7 +178,7 @@ def check_scores(scores: Tensor, num_layers: int, num_tokens: int) -> None:
 
 
 def search_structures(scores: Tensor,
-                      config: CompressionConfig,
+                      config: PMConfig,
                       grid: Tuple[int, int],
                       ranking: str = 'global',
                       placement: str = 'score',

@@ -87,7 +87,8 @@ class CompressionStructure:
         if k > 1 and not bool((self.centre[1:] > self.centre[:-1]).all()):
             raise ValueError('centre indices must be strictly increasing')
         if (self.group < -1).any() or (self.group >= k).any():
-            raise ValueError(f'group ids must lie in [-1, {k}) for {k} centres')
+            raise ValueError(f'window ids (group) must lie in [-1, {k}) for '
+                             f'{k} centres')
         if not torch.equal(self.group[self.centre], torch.arange(k)):
             raise ValueError('each centre must belong to its own group '
                              '(group[centre[k]] == k)')

@@ -1,5 +1,18 @@
-"""mmseg modules of the project; importing registers them in mmseg's MODELS."""
-from .backbones import PMVisionTransformer
-from .segmentors import DistillEncoderDecoder
+"""mmseg modules of the project. Importing this package maps the
+``mmseg::`` config scope to the installed mmseg distribution (first, so a
+config read afterwards resolves) and registers the modules in mmseg's
+MODELS."""
+import warnings
+
+# mmcv without compiled ops warns on import about a CUDA op we never use.
+warnings.filterwarnings(
+    'ignore', message='Fail to import ``MultiScaleDeformableAttention``')
+
+from mmseg_pm.config_scope import register_mmseg_config_scope  # noqa: E402
+
+register_mmseg_config_scope()
+
+from .backbones import PMVisionTransformer  # noqa: E402
+from .segmentors import DistillEncoderDecoder  # noqa: E402
 
 __all__ = ['PMVisionTransformer', 'DistillEncoderDecoder']

@@ -46,8 +46,8 @@ from mmseg_pm.apis.inference import build_segmentor, crop_flops, init_segmentor
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
 from mmseg_pm.benchmark import time_interleaved
 from mmseg_pm.benchmark.measure import summarise
-from mmseg_pm.compression import (CompressionConfig, search_structures,
-                                  token_scores_from_config)
+from mmseg_pm.apis.scoring import token_scores_from_config
+from mmseg_pm.compression import PMConfig, search_structures
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.demo import DENSE_CONFIG, DISTILL_CONFIG
 from . import (METHODS, CalibrationError, best_per_budget, calibrate_knob,
@@ -198,7 +198,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             method, knob, layers, n, args.prune_rate))
 
     def pm_config(knob):
-        return CompressionConfig.from_dict(
+        return PMConfig.from_dict(
             compression_for(method, knob, layers, n, args.prune_rate), layers)
 
     def structures_at(knob):

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from mmseg_pm.compression.config import (CompressionConfig, MSTMConfig,
+from mmseg_pm.compression.config import (PMConfig, MSTMConfig,
                                          ToMeConfig, parse_compression)
 from mmseg_pm.compression.merge import TokenCompressor
 from mmseg_pm.compression.mstm import MSTM
@@ -325,7 +325,7 @@ class PMVisionTransformer(BaseModule):
         self.compression = parse_compression(compression, num_layers)
         self.token_compressors = nn.ModuleDict()
         self.token_merger: Optional[nn.Module] = None  # MSTM or ToMe
-        if isinstance(self.compression, CompressionConfig):
+        if isinstance(self.compression, PMConfig):
             default = lattice_structure(self.grid_size,
                                         self.compression.keep_rate,
                                         self.compression.rule)
@@ -356,7 +356,7 @@ class PMVisionTransformer(BaseModule):
     @property
     def compressed_units(self) -> List[Tuple[int, int]]:
         """Prune-and-Merge units (none for the dense model, MSTM and ToMe)."""
-        if not isinstance(self.compression, CompressionConfig):
+        if not isinstance(self.compression, PMConfig):
             return []
         return list(self.compression.units)
 
@@ -497,7 +497,7 @@ class PMVisionTransformer(BaseModule):
         the outputs are cropped back to."""
         p = self.patch_size
         grid = self.token_grid(inputs.shape[-2:])
-        if (not isinstance(self.compression, CompressionConfig)
+        if (not isinstance(self.compression, PMConfig)
                 or self.compression_bypassed or grid == self.grid_size):
             return inputs, grid
         gh, gw = self.grid_size

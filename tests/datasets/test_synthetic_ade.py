@@ -13,7 +13,7 @@ from mmseg_pm.datasets.synthetic_ade import (CLASS_IDS, CLASS_NAMES,
 
 SIZE = (32, 48)
 POLE, BALL = 94, 120
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _make(root, **kwargs):

@@ -6,33 +6,21 @@ import torch
 import torch.nn.functional as F
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.models.segmentors import pixel_distill_loss
+from tests.helpers import (preprocessor, segmentation_batches,
+                           tiny_segmentor_cfg)
 
 IMG = (32, 48)
 NUM_CLASSES = 4
-PREPROCESSOR = dict(type='SegDataPreProcessor', mean=[127.5] * 3,
-                    std=[127.5] * 3, bgr_to_rgb=True, pad_val=0,
-                    seg_pad_val=255, size=IMG)
+PREPROCESSOR = preprocessor(IMG)
 
 
 def segmentor(backbone_type='VisionTransformer', **backbone):
-    return dict(
-        type='EncoderDecoder',
-        data_preprocessor=PREPROCESSOR,
-        backbone=dict(type=backbone_type, img_size=IMG, patch_size=8,
-                      embed_dims=16, num_layers=2, num_heads=2,
-                      final_norm=True, **backbone),
-        decode_head=dict(
-            type='SegmenterMaskTransformerHead', in_channels=16,
-            channels=16, num_classes=NUM_CLASSES, num_layers=1, num_heads=2,
-            embed_dims=16, dropout_ratio=0.0,
-            loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
-        test_cfg=dict(mode='whole'))
+    return tiny_segmentor_cfg(IMG, NUM_CLASSES, backbone_type, patch_size=8,
+                              embed_dims=16, num_layers=2, **backbone)
 
 
 def reference_kd(student, teacher, labels, t, ignore=255):
@@ -73,18 +61,8 @@ def test_pixel_distill_loss_by_hand():
 
 
 def batch(batch_size=2):
-    g = torch.Generator().manual_seed(3)
-    inputs, samples = [], []
-    for _ in range(batch_size):
-        inputs.append(torch.randint(0, 256, (3, *IMG), generator=g,
-                                    dtype=torch.uint8))
-        label = torch.randint(0, NUM_CLASSES, (1, *IMG), generator=g)
-        label[:, :5] = 255
-        sample = SegDataSample()
-        sample.gt_sem_seg = PixelData(data=label)
-        sample.set_metainfo(dict(img_shape=IMG, ori_shape=IMG, pad_shape=IMG))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
+    return segmentation_batches(1, batch_size, IMG, NUM_CLASSES, seed=3,
+                                ignored_rows=5)[0]
 
 
 @pytest.fixture(scope='module')

@@ -1,33 +1,19 @@
 """ONNX export of tiny segmentors through tools/export_onnx.py, checked with
 onnxruntime against PyTorch (the tool's own --check, and here again)."""
-from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure
 from mmseg_pm.apis.inference import init_segmentor
 from mmseg_pm.export import onnx_parity, parity_inputs
+from tests.helpers import build_from_config, shrunk_config_text
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / 'configs/synthetic' / \
-    'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
 from mmseg_pm.cli import export_onnx as export_tool  # noqa: E402
 
-# the synthetic Segmenter, shrunk: 2 blocks of width 32, 4 classes
-TINY = """_base_ = ['{base}']
-model = dict(
-    backbone=dict(type='{backbone}', embed_dims=32, num_layers=2,
-                  num_heads=2{compression}),
-    decode_head=dict(in_channels=32, channels=32, embed_dims=32,
-                     num_classes=4, num_layers=1))
-"""
 COMPRESSION = dict(
     dense=None,
     pm="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse')",
@@ -41,15 +27,9 @@ def tiny_checkpoint(tmp_path, method):
     Prune and Merge gets a structure with merged and pruned tokens."""
     compression = COMPRESSION[method]
     config = tmp_path / f'{method}.py'
-    config.write_text(TINY.format(
-        base=BASE, backbone='VisionTransformer' if compression is None
-        else 'PMVisionTransformer',
-        compression='' if compression is None
-        else f', compression={compression}'))
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(str(config)).model)
-    model.init_weights()
+    # the synthetic Segmenter, shrunk: 2 blocks of width 32, 4 classes
+    config.write_text(shrunk_config_text(compression, num_classes=4))
+    model = build_from_config(config)
     if method.startswith('pm'):
         g = torch.Generator().manual_seed(0)
         order = torch.randperm(64, generator=g)
@@ -60,6 +40,7 @@ def tiny_checkpoint(tmp_path, method):
     return config, checkpoint
 
 
+@pytest.mark.slow  # ONNX export and onnxruntime per case
 @pytest.mark.parametrize('method,upsample', [('dense', True),
                                              ('pm', False),
                                              ('pm_pinv', False)])
@@ -90,6 +71,7 @@ def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
         export_tool.main(args)
 
 
+@pytest.mark.slow  # ONNX export
 def test_input_dependent_merging_exports_or_fails_clearly(tmp_path):
     """ToMe sorts per image: the tool either exports it with parity or says
     which operation it could not translate, and leaves no file behind."""

@@ -4,13 +4,13 @@ import dataclasses
 import pytest
 import torch
 
-from mmseg_pm.compression import (CompressionConfig, merge_matrix,
+from mmseg_pm.compression import (PMConfig, merge_matrix,
                                   reconstruct_matrix, reconstruct_weights,
                                   search_structures, select_tokens)
 
 
 def layers(layer_ids, num_layers=4, **kwargs):
-    return CompressionConfig.from_dict(
+    return PMConfig.from_dict(
         dict(mode='layer', layers=layer_ids, **kwargs), num_layers)
 
 
@@ -146,7 +146,7 @@ def test_layers_without_merged_tokens_are_valid(keep_rate, prune_rate):
 def test_span_scores_are_averaged_over_the_span():
     g = torch.Generator().manual_seed(4)
     scores = torch.rand(4, 6, generator=g)
-    config = CompressionConfig.from_dict(
+    config = PMConfig.from_dict(
         dict(mode='span', spans=[(0, 1), (2, 3)], keep_rate=0.5), 4)
     s0, s1 = search_structures(scores, config, (2, 3), 'layer')
     for s, rows in ((s0, scores[0:2]), (s1, scores[2:4])):

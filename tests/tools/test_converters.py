@@ -6,7 +6,6 @@ timm's ViT and timm Blocks under Segmenter's parameter names, run the way the
 Segmenter paper and the Prune-and-Merge authors' dense formulation describe
 (x_res = pruned tokens; x = M x; block; x = R x + x_res).
 """
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,14 +19,13 @@ from timm.models.vision_transformer import \
     VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure, reconstruct_weights
 from mmseg_pm.converters import (ConversionError, convert_decoder,
                                  convert_timm_vit,
                                  structure_from_matrices)
 from mmseg_pm.models import PMVisionTransformer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 from mmseg_pm.cli import segmenter2mmseg_pm, timm2mmseg_pm  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 from mmseg_pm.benchmark import main, parse_config_arg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-'
            'ade-64x64.py')
 
@@ -32,6 +32,7 @@ def results(tmp_path_factory):
     return res, out
 
 
+@pytest.mark.slow  # the benchmark run of the results fixture
 def test_writes_json_markdown_and_png(results):
     res, out = results
     data = json.loads((out / 'tiny.json').read_text())
@@ -43,6 +44,7 @@ def test_writes_json_markdown_and_png(results):
     assert not list(out.glob('.*'))  # no temporary files left
 
 
+@pytest.mark.slow  # the benchmark run of the results fixture
 def test_rows_side_by_side_with_sane_numbers(results):
     res, _ = results
     rows = {r['label']: r for r in res['rows']}
@@ -72,6 +74,7 @@ def test_rows_side_by_side_with_sane_numbers(results):
         'peak memory train: off / compressed'}
 
 
+@pytest.mark.slow  # the benchmark run of the results fixture
 def test_input_size_study_grows_with_the_grid(results):
     res, _ = results
     scale = {(r['img_size'][0], r['variant']): r for r in res['scale']}
@@ -82,6 +85,7 @@ def test_input_size_study_grows_with_the_grid(results):
     assert scale[96, 'sparse']['tokens_per_layer'][-1] < 145
 
 
+@pytest.mark.slow  # tools/benchmark.py in a subprocess
 def test_command_line_refuses_a_missing_gpu_clearly(tmp_path):
     if __import__('torch').cuda.is_available():
         pytest.skip('a GPU is present')

@@ -18,7 +18,6 @@ from mmseg_pm.cli import study as study_cli
 from mmseg_pm.study import pipeline
 from mmseg_pm.utils import count_flops
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +105,7 @@ def test_calibration_hits_the_flops_target(tmp_path, method):
                        scores, args)
 
 
+@pytest.mark.slow  # a whole study run
 def test_one_method_end_to_end(tmp_path):
     argv = ['--work-dir', str(tmp_path / 'work'), '--out-dir',
             str(tmp_path / 'out'), '--img-size', '64', '--num-layers', '4',

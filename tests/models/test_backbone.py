@@ -5,47 +5,10 @@ from mmengine.runner.checkpoint import load_checkpoint
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure
 from mmseg_pm.models import PMVisionTransformer
-
-TINY = dict(img_size=(48, 80), patch_size=16, embed_dims=32, num_layers=4,
-            num_heads=2, final_norm=True, drop_path_rate=0.0,
-            norm_cfg=dict(type='LN', eps=1e-6, requires_grad=True),
-            interpolate_mode='bicubic')
-GRID = (3, 5)
-
-
-def tiny_pm(**kwargs):
-    cfg = dict(TINY, **kwargs)
-    torch.manual_seed(0)
-    model = PMVisionTransformer(**cfg)
-    model.init_weights()
-    return model.eval()
-
-
-def randomise(model):
-    """Random non-trivial values for every parameter (LN too)."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if 'token_compressors' not in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2 +
-                        (1.0 if name.endswith('ln1.weight') or
-                         name.endswith('ln2.weight') else 0.0))
-    return model
-
-
-def pruned_structure(grid=GRID, seed=0):
-    """A structure with centres, merged and pruned tokens and uneven weights."""
-    n = grid[0] * grid[1]
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=g)
-    centres, pruned = order[:n // 3], order[n // 3:n // 3 + 3]
-    scores = torch.rand(n, generator=g) + 0.1
-    scores[centres] += 1.0
-    return build_structure(grid, centres, pruned, scores)
-
+from tests.helpers import GRID, TINY, pruned_structure, randomise, tiny_pm
 
 @pytest.mark.parametrize('with_cls_token', [True, False])
 @pytest.mark.parametrize('out_indices', [-1, (0, 2), (1, 3)])

@@ -10,29 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
-import importlib
-
-
-def tool(name):
-    """The command-line module behind tools/<name>.py."""
-    return importlib.import_module(f'mmseg_pm.cli.{name}')
+import mmseg_pm.models  # noqa: F401
+from tests.helpers import cli_module as tool
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.models import PMVisionTransformer
+from tests.helpers import build_from_config as build
+from tests.helpers import DENSE_TINY, shrunk_config_text
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 # the synthetic Segmenter shrunk to 2 blocks of width 32 on generated data
-TINY = """_base_ = ['{base}']
-model = dict(
-    backbone=dict(type='{backbone}', embed_dims=32, num_layers=2,
-                  num_heads=2{compression}),
-    decode_head=dict(in_channels=32, channels=32, embed_dims=32,
-                     num_classes=150, num_layers=1))
+DATA = """\
 train_dataloader = dict(batch_size=2, dataset=dict(data_root='{data}'))
 val_dataloader = dict(dataset=dict(data_root='{data}'))
 test_dataloader = dict(dataset=dict(data_root='{data}'))
@@ -44,21 +31,9 @@ PM = "dict(mode='layer', layers=[1], keep_rate=0.5)"
 
 
 def write_config(path, data, compression=None):
-    path.write_text(TINY.format(
-        base=BASE, data=data,
-        backbone='VisionTransformer' if compression is None
-        else 'PMVisionTransformer',
-        compression='' if compression is None
-        else f', compression={compression}'))
+    path.write_text(shrunk_config_text(compression, num_classes=150) +
+                    DATA.format(data=data))
     return path
-
-
-def build(config):
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(str(config)).model)
-    model.init_weights()
-    return model
 
 
 @pytest.fixture(scope='module')
@@ -356,7 +331,7 @@ def test_numbers_are_checked_at_parsing(world, unchanged, tmp_path, name,
 def test_counts_of_benchmark_and_data_generator(tmp_path, capsys):
     from mmseg_pm.benchmark import main as benchmark
     with pytest.raises(SystemExit):
-        benchmark([str(BASE), '--keep-rates', '0', '--out-dir',
+        benchmark([str(DENSE_TINY), '--keep-rates', '0', '--out-dir',
                    str(tmp_path)])
     assert 'argument --keep-rates: must be in (0, 1], got 0' in \
         capsys.readouterr().err

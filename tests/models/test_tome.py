@@ -1,21 +1,18 @@
 """ToMe (method='tome') inside PMVisionTransformer."""
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
-from test_backbone import TINY, randomise, tiny_pm
-from test_mstm import source_maps, token_counts
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.compression.tome import bipartite_soft_matching, merge_tokens
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.models.backbones.pm_vit import Attention
-from mmseg_pm.utils.flops import count_flops
+from tests.helpers import (CONFIGS, TINY, assert_flops_follow_token_counts,
+                           randomise, source_maps, tiny_pm, token_counts)
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 ALL = (0, 1, 2, 3)
 
 
@@ -171,19 +168,10 @@ def test_gradients_reach_the_backbone_also_with_checkpointing():
 def test_flops_fall_as_the_token_counts_imply():
     dense = randomise(tiny_pm())
     model = tome_from(dense, dict(method='tome', r=3))
-    x = torch.randn(2, 3, 48, 80)
-    c, b = 32, 2
-
-    def blocks(attn_tokens, mlp_tokens):
-        return sum(b * (8 * t * c * c + 4 * t * t * c + 16 * u * c * c)
-                   for t, u in zip(attn_tokens, mlp_tokens))
-
     counts = model.token_merger.tokens_per_layer(16, 4)
     assert counts == [13, 10, 7, 4]
-    saved = blocks([16] * 4, [16] * 4) - blocks([16] + counts[:-1], counts)
-    cut = count_flops(dense, x) - count_flops(model, x)
-    # what the counts save, less the matching and merging (< 1% of dense)
-    assert saved > cut > saved - 0.01 * count_flops(dense, x)
+    assert_flops_follow_token_counts(dense, model, counts,
+                                     torch.randn(2, 3, 48, 80))
 
 
 def test_configs_build_and_run():

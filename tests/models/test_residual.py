@@ -3,13 +3,13 @@ centre placements of the structure search (docs/residual.md)."""
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
-from mmseg_pm.compression import (CompressionConfig, TokenCompressor,
+import mmseg_pm.models  # noqa: F401
+from mmseg_pm.compression import (PMConfig, TokenCompressor,
                                   build_structure, grid_cells,
                                   mean_merge_weights, place_centres,
                                   search_structures)
 from mmseg_pm.study import empty_neighbourhoods
-from test_backbone import GRID, pruned_structure, randomise, tiny_pm
+from tests.helpers import GRID, pruned_structure, randomise, tiny_pm
 
 MODES = ('residual', 'pinv')
 UNITS = {'layer': dict(mode='layer', layers=[1, 2, 3]),
@@ -244,7 +244,7 @@ def test_spread_centres_leave_no_region_empty_where_scores_cluster():
 def test_search_keeps_the_rankings_counts_under_every_placement():
     scores = torch.rand(4, 64, generator=torch.Generator().manual_seed(0))
     scores[3] *= 3  # the global ranking gives block 3 more centres
-    config = CompressionConfig.from_dict(
+    config = PMConfig.from_dict(
         dict(mode='layer', layers=[1, 2, 3], keep_rate=0.3, prune_rate=0.1),
         4)
     found = {p: search_structures(scores, config, (8, 8), 'global', p)
@@ -260,7 +260,7 @@ def test_search_keeps_the_rankings_counts_under_every_placement():
 
 
 def test_unknown_or_impossible_placement_is_refused():
-    config = CompressionConfig.from_dict(dict(mode='layer', layers=[1]), 2)
+    config = PMConfig.from_dict(dict(mode='layer', layers=[1]), 2)
     with pytest.raises(ValueError, match=r"placement must be one of \("
                        r"'score', 'spread', 'lattice', 'random'\)"):
         search_structures(torch.rand(2, 15), config, GRID, 'global', 'grid')

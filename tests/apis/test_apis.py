@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis import (CheckpointError, OutputError, UsageError,
                            atomic_output, check_output_dir,
                            check_output_file, load_checkpoint_file,
@@ -38,7 +38,8 @@ class Unpicklable:
     (b'hello\n', 'is not a readable PyTorch checkpoint'),
     ('truncated', 'is not a readable PyTorch checkpoint (truncated'),
     (pickle.dumps({'a': Unpicklable()}, protocol=2), 'weights-only '
-     'loading refuses (unsupported global test_apis.Unpicklable)'),
+     'loading refuses (unsupported global '
+     f'{Unpicklable.__module__}.Unpicklable)'),
     ('list', 'holds a list, not a checkpoint dict'),
 ])
 def test_unreadable_checkpoints_are_named(tmp_path, content, message):

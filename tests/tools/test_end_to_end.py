@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from mmseg_pm.datasets import make_synthetic_ade
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PM_CONFIG = ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
 
@@ -20,6 +21,7 @@ def run_tool(*args, cwd):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # tools/train.py and tools/test.py in subprocesses
 def test_train_then_test_a_compressed_segmenter(tmp_path):
     data = tmp_path / 'data'
     make_synthetic_ade(data, num_train=8, num_val=3, size=(96, 128), seed=1,

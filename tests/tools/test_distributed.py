@@ -16,24 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis import RankBatchSampler, load_checkpoint_file
 from mmseg_pm.apis.distributed import export_slurm_environment
-import importlib
-
 from mmseg_pm.apis import UsageError
 from mmseg_pm.apis.config import build_runner
 from mmseg_pm.apis.runner import evaluation_config
-
-
-def load_tool(name):
-    return importlib.import_module(f'mmseg_pm.cli.{name}')
-from mmseg_pm.datasets import make_synthetic_ade
+from tests.helpers import PM_TINY, ROOT, cli_module as load_tool
+from tests.helpers import data_options
 
 pytestmark = pytest.mark.distributed
 
-ROOT = Path(__file__).resolve().parents[1]
-PM = ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 TORCH_ENV = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 SLURM_ENV = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST',
              'SLURM_LOCALID')
@@ -45,7 +38,8 @@ def tool_env() -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in TORCH_ENV + SLURM_ENV}
     env['PYTHONPATH'] = os.pathsep.join(
-        [str(ROOT), str(ROOT / 'tests'), env.get('PYTHONPATH', '')])
+        [str(ROOT), str(Path(__file__).parent),
+         env.get('PYTHONPATH', '')])
     return env
 
 
@@ -102,24 +96,17 @@ def srun(tool, *args, cwd):
     return run_together([command, command], envs, cwd)
 
 
-def data_options(root):
-    return [f'{s}_dataloader.dataset.data_root={root}'
-            for s in ('train', 'val', 'test')] + \
-        ['train_dataloader.batch_size=2']
-
-
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, synthetic_ade):
     """A 2-iteration training of the tiny Prune-and-Merge config on 2 CPU
     processes (torchrun), each rank saving its weights before and after."""
     tmp = tmp_path_factory.mktemp('distributed')
-    data = make_synthetic_ade(tmp / 'data', num_train=4, num_val=3,
-                              size=(64, 96), seed=3, progress=False)['root']
+    data = synthetic_ade
     config = tmp / 'pm_rank_weights.py'
     config.write_text(
-        f"_base_ = ['{PM}']\n"
-        "custom_imports = dict(imports=['mmseg_pm', 'rank_weights_hook'], "
-        "allow_failed_imports=False)\n"
+        f"_base_ = ['{PM_TINY}']\n"
+        "custom_imports = dict(imports=['mmseg_pm.models', "
+        "'rank_weights_hook'], allow_failed_imports=False)\n"
         "custom_hooks = [dict(type='SaveRankWeightsHook')]\n")
     work = tmp / 'train'
     log = torchrun(
@@ -131,6 +118,7 @@ def trained(tmp_path_factory):
     return tmp, data, work, log
 
 
+@pytest.mark.slow  # 2-process training
 def test_two_ranks_train_to_identical_weights(trained):
     _, _, work, log = trained
     assert log.count('no accelerator: --launcher pytorch runs 2 CPU '
@@ -158,7 +146,7 @@ def single_process_metrics(trained):
     tmp, data, work, _ = trained
     test = load_tool('test')
     args = test.build_parser().parse_args([
-        str(PM), str(work / 'iter_2.pth'), '--work-dir',
+        str(PM_TINY), str(work / 'iter_2.pth'), '--work-dir',
         str(tmp / 'test_single'), '--cfg-options', *data_options(data)])
     return build_runner(evaluation_config(args.config, args.checkpoint,
                                     args.work_dir, args.cfg_options)).test()
@@ -169,6 +157,7 @@ def logged_metrics(work: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow  # 2-process training
 @pytest.mark.parametrize('launcher', ['pytorch', 'slurm'])
 def test_distributed_evaluation_equals_one_process(trained, launcher,
                                                    single_process_metrics):
@@ -178,7 +167,7 @@ def test_distributed_evaluation_equals_one_process(trained, launcher,
     checkpoint = work / 'iter_2.pth'
     out = tmp / f'test_{launcher}'
     start = (torchrun if launcher == 'pytorch' else srun)
-    log = start('test', PM, checkpoint, '--work-dir', out, '--launcher',
+    log = start('test', PM_TINY, checkpoint, '--work-dir', out, '--launcher',
                 launcher, '--cfg-options', *data_options(data), cwd=tmp)
     assert log.count('mIoU:') == 1  # printed by rank 0 only
     distributed = logged_metrics(out)
@@ -186,11 +175,12 @@ def test_distributed_evaluation_equals_one_process(trained, launcher,
         assert distributed[key] == single_process_metrics[key], key
 
 
+@pytest.mark.slow  # 2-process training
 def test_distributed_scores_equal_one_process_scores(trained, capsys):
     """2 ranks x 2 batches each = 1 process x 4 batches, to 1e-6; rank 0
     alone writes the pruned checkpoint."""
     tmp, data, work, _ = trained
-    args = [PM, work / 'iter_2.pth', '--iters', '4', '--cfg-options',
+    args = [PM_TINY, work / 'iter_2.pth', '--iters', '4', '--cfg-options',
             *data_options(data)]
     start = time.perf_counter()
     load_tool('prune').main(
@@ -254,9 +244,10 @@ def test_a_launcher_without_its_environment_is_a_usage_error(
     monkeypatch.setenv('LOCAL_RANK', '0')  # restored after the test
     checkpoint = tmp_path / 'weights.pth'
     checkpoint.touch()
-    argv = {'train': [PM],
-            'test': [PM, checkpoint],
-            'prune': [PM, checkpoint, '--out', tmp_path / 'out.pth']}[tool]
+    argv = {'train': [PM_TINY],
+            'test': [PM_TINY, checkpoint],
+            'prune': [PM_TINY, checkpoint, '--out',
+                      tmp_path / 'out.pth']}[tool]
     with pytest.raises(SystemExit) as exit_info:
         load_tool(tool).main([*map(str, argv), '--launcher', launcher])
     assert exit_info.value.code == 2

@@ -1,21 +1,19 @@
 """MSTM (method='mstm') inside PMVisionTransformer."""
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
-from test_backbone import TINY, randomise, tiny_pm
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.compression.mstm import (class_attention, coarse_cells,
                                        crucial_token_matching)
 from mmseg_pm.compression.tome import merge_tokens
 from mmseg_pm.models import PMVisionTransformer
-from mmseg_pm.utils.flops import count_flops
+from tests.helpers import (CONFIGS, TINY, assert_flops_follow_token_counts,
+                           randomise, source_maps, tiny_pm, token_counts)
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 MSTM = dict(method='mstm', prune_layers=[0, 2], keep_rate=0.5)
 ALL = (0, 1, 2, 3)
 
@@ -28,35 +26,6 @@ def mstm_from(dense, compression=MSTM, **kwargs):
                                     'token_merger.coarse.bias'] or \
         not compression.get('coarse', True)
     return model
-
-
-def token_counts(model, x):
-    """Tokens each block's attention and MLP see, recorded by hooks."""
-    seen = []
-    hooks = [m.register_forward_pre_hook(
-        lambda _, args, i=i, part=part: seen.append((i, part,
-                                                     args[0].shape[1])))
-        for i, layer in enumerate(model.layers)
-        for part, m in (('attn', layer.ln1), ('mlp', layer.ln2))]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return [n for _, _, n in seen]
-
-
-def source_maps(model, x):
-    """Runs ``model`` and returns the source map at its last out index."""
-    merger, maps = model.token_merger, []
-    restore = merger.restore
-    merger.restore = lambda y, state: maps.append(state.source) or restore(
-        y, state)
-    try:
-        with torch.no_grad():
-            outs = model(x)
-    finally:
-        del merger.restore
-    return outs, maps[-1]
 
 
 def test_config_and_construction_errors():
@@ -165,18 +134,9 @@ def test_gradients_reach_the_backbone_and_the_coarse_projection():
 def test_flops_fall_as_the_token_counts_imply():
     dense = randomise(tiny_pm())
     model = mstm_from(dense, dict(MSTM, coarse=False))
-    x = torch.randn(2, 3, 48, 80)
-    c, b = 32, 2
-
-    def blocks(attn_tokens, mlp_tokens):
-        return sum(b * (8 * t * c * c + 4 * t * t * c + 16 * u * c * c)
-                   for t, u in zip(attn_tokens, mlp_tokens))
-
     counts = model.token_merger.tokens_per_layer(16, 4)
-    saved = blocks([16] * 4, [16] * 4) - blocks([16] + counts[:-1], counts)
-    cut = count_flops(dense, x) - count_flops(model, x)
-    # what the counts save, less the matching and merging (< 1% of dense)
-    assert saved > cut > saved - 0.01 * count_flops(dense, x)
+    assert_flops_follow_token_counts(dense, model, counts,
+                                     torch.randn(2, 3, 48, 80))
 
 
 def test_configs_build_and_run():

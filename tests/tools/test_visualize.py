@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression import build_structure
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.visualization import (PALETTE, TokenMap, colour_windows,
@@ -22,7 +22,7 @@ from mmseg_pm.visualization import (PALETTE, TokenMap, colour_windows,
                                     window_overlay)
 
 matplotlib.use('Agg')
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / 'configs/synthetic' / \
     'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 

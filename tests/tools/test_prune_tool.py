@@ -1,34 +1,21 @@
 """tools/prune.py end to end: a dense checkpoint trained by tools/train.py is
 scored, pruned and saved; tools/test.py evaluates the output with no extra
 flags, and tools/train.py fine-tunes it with distillation."""
-import importlib
-from pathlib import Path
-
 import pytest
 import torch
 
-import mmseg_pm  # noqa: F401
+import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis.config import build_runner
 from mmseg_pm.apis.runner import evaluation_config
-from mmseg_pm.compression import (CompressionConfig, mean_merge_weights,
+from mmseg_pm.compression import (PMConfig, mean_merge_weights,
                                   search_structures)
-from mmseg_pm.datasets import make_synthetic_ade
+from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY
+from tests.helpers import cli_module as tool
+from tests.helpers import data_options
 
-ROOT = Path(__file__).resolve().parents[1]
-DENSE = ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
-PM = ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
-DISTILL = ROOT / 'configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+pytestmark = pytest.mark.slow  # every test trains a dense model first
 
-
-def tool(name):
-    """The command-line module behind tools/<name>.py."""
-    return importlib.import_module(f'mmseg_pm.cli.{name}')
-
-
-def data_options(root, batch_size=2):
-    return [f'{s}_dataloader.dataset.data_root={root}'
-            for s in ('train', 'val', 'test')] + \
-        [f'train_dataloader.batch_size={batch_size}']
+DISTILL = CONFIGS / 'distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 
 
 def load(path):
@@ -38,14 +25,13 @@ def load(path):
 
 
 @pytest.fixture(scope='module')
-def dense(tmp_path_factory):
+def dense(tmp_path_factory, synthetic_ade):
     """A tiny synthetic data set and a dense checkpoint after 2 iterations
     of tools/train.py (a real mmengine Runner checkpoint)."""
     tmp = tmp_path_factory.mktemp('prune_tool')
-    data = make_synthetic_ade(tmp / 'data', num_train=4, num_val=2,
-                              size=(64, 96), seed=3, progress=False)['root']
+    data = synthetic_ade
     tool('train').main([
-        str(DENSE), '--work-dir', str(tmp / 'dense'), '--cfg-options',
+        str(DENSE_TINY), '--work-dir', str(tmp / 'dense'), '--cfg-options',
         *data_options(data), 'train_cfg.max_iters=2', 'val_cfg=None',
         'val_dataloader=None', 'val_evaluator=None',
         'default_hooks.checkpoint.interval=2', 'param_scheduler.0.end=2'
@@ -57,7 +43,7 @@ def test_prune_then_test_then_distill(dense, capsys):
     tmp, data, checkpoint = dense
     out = tmp / 'pruned.pth'
     summary = tool('prune').main([
-        str(PM), str(checkpoint), '--out', str(out), '--iters', '2',
+        str(PM_TINY), str(checkpoint), '--out', str(out), '--iters', '2',
         '--keep-rate', '0.4', '--prune-rate', '0.1', '--device', 'cpu',
         '--cfg-options', *data_options(data)
     ])
@@ -70,7 +56,7 @@ def test_prune_then_test_then_distill(dense, capsys):
     assert meta['compression']['keep_rate'] == 0.4
     assert meta['ranking'] == 'global'
     # the structures in the weights are the search result of the saved scores
-    config = CompressionConfig.from_dict(
+    config = PMConfig.from_dict(
         dict(mode='layer', layers=[1, 2, 3], keep_rate=0.4, prune_rate=0.1),
         4)
     assert meta['placement'] == 'spread'  # the project default
@@ -101,7 +87,7 @@ def test_prune_then_test_then_distill(dense, capsys):
     # tools/test.py evaluates it with no other flags (but the data root)
     test = tool('test')
     args = test.build_parser().parse_args(
-        [str(PM), str(out), '--work-dir', str(tmp / 'test'),
+        [str(PM_TINY), str(out), '--work-dir', str(tmp / 'test'),
          '--cfg-options', *data_options(data)])
     runner = build_runner(evaluation_config(args.config, args.checkpoint,
                                       args.work_dir, args.cfg_options))
@@ -139,7 +125,7 @@ def run_prune_expecting_error(argv, capsys):
 def test_bad_command_lines_fail_before_any_work(dense, capsys):
     tmp, _, checkpoint = dense
     out = tmp / 'never.pth'
-    base = [str(PM), str(checkpoint), '--out', str(out)]
+    base = [str(PM_TINY), str(checkpoint), '--out', str(out)]
     err = run_prune_expecting_error(base + ['--keep-rate', '1.5'], capsys)
     assert 'argument --keep-rate: must be in (0, 1], got 1.5' in err
     err = run_prune_expecting_error(
@@ -148,10 +134,10 @@ def test_bad_command_lines_fail_before_any_work(dense, capsys):
     err = run_prune_expecting_error(base + ['--ranking', 'span'], capsys)
     assert "argument --ranking: invalid choice: 'span'" in err
     err = run_prune_expecting_error(
-        [str(PM), str(checkpoint), '--out', str(checkpoint)], capsys)
+        [str(PM_TINY), str(checkpoint), '--out', str(checkpoint)], capsys)
     assert 'is the input checkpoint' in err
     err = run_prune_expecting_error(
-        [str(DENSE), str(checkpoint), '--out', str(out)], capsys)
+        [str(DENSE_TINY), str(checkpoint), '--out', str(out)], capsys)
     assert 'not a Prune-and-Merge config' in err
     assert not out.exists()
     out.write_bytes(b'keep me')
@@ -164,7 +150,7 @@ def test_span_mode_scores_each_span_once(dense, tmp_path, capsys):
     tmp, data, checkpoint = dense
     span_config = tmp_path / 'span.py'
     span_config.write_text(
-        f'_base_ = [{str(PM)!r}]\n'
+        f'_base_ = [{str(PM_TINY)!r}]\n'
         'model = dict(backbone=dict(compression=dict(\n'
         "    _delete_=True, mode='span', spans=[(1, 3)], keep_rate=0.25)))\n")
     out = tmp_path / 'span.pth'

@@ -3,9 +3,12 @@ runs, the table has the residual and the authors' rows at the same
 structure, and the files it promises are written."""
 import json
 
+import pytest
+
 from mmseg_pm.cli import demo as demo_cli
 
 
+@pytest.mark.slow  # the whole demo pipeline
 def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
     result = demo_cli.main([
         '--data-root', str(tmp_path / 'data'), '--work-dir',

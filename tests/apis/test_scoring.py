@@ -1,37 +1,25 @@
-"""Token scores against an independent computation (DESIGN.md §2.1)."""
+"""The token-scoring pass over a segmentor against an independent
+computation (DESIGN.md §2.1)."""
 import copy
 
 import pytest
 import torch
 from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 
-import mmseg_pm  # noqa: F401
-from mmseg_pm.compression import normalise_scores, token_scores
+import mmseg_pm.models  # noqa: F401
+from mmseg_pm.apis.scoring import token_scores
+from tests.helpers import segmentation_batches, tiny_segmentor_cfg
 
 IMG = (48, 80)  # 3 x 5 tokens of 16 px: a non-square grid
 NUM_CLASSES = 5
 
 
 def segmentor_cfg(compression):
-    return dict(
-        type='EncoderDecoder',
-        data_preprocessor=dict(
-            type='SegDataPreProcessor', mean=[127.5] * 3, std=[127.5] * 3,
-            bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=IMG),
-        backbone=dict(
-            type='PMVisionTransformer', img_size=IMG, patch_size=16,
-            embed_dims=32, num_layers=3, num_heads=2, final_norm=True,
-            drop_path_rate=0.1, drop_rate=0.1,
-            norm_cfg=dict(type='LN', eps=1e-6), compression=compression),
-        decode_head=dict(
-            type='SegmenterMaskTransformerHead', in_channels=32,
-            channels=32, num_classes=NUM_CLASSES, num_layers=1, num_heads=2,
-            embed_dims=32, dropout_ratio=0.0,
-            loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
-        test_cfg=dict(mode='whole'))
+    return tiny_segmentor_cfg(IMG, NUM_CLASSES, drop_path_rate=0.1,
+                              drop_rate=0.1,
+                              norm_cfg=dict(type='LN', eps=1e-6),
+                              compression=compression)
 
 
 def build(compression):
@@ -48,22 +36,7 @@ def build(compression):
 
 
 def batches(num=2, batch_size=2, size=IMG):
-    g = torch.Generator().manual_seed(2)
-    out = []
-    for _ in range(num):
-        inputs, samples = [], []
-        for _ in range(batch_size):
-            inputs.append(torch.randint(0, 256, (3, *size), generator=g,
-                                        dtype=torch.uint8))
-            label = torch.randint(0, NUM_CLASSES, (1, *size), generator=g)
-            label[:, :4] = 255  # some ignored pixels
-            sample = SegDataSample()
-            sample.gt_sem_seg = PixelData(data=label)
-            sample.set_metainfo(dict(img_shape=size, ori_shape=size,
-                                     pad_shape=size))
-            samples.append(sample)
-        out.append(dict(inputs=inputs, data_samples=samples))
-    return out
+    return segmentation_batches(num, batch_size, size, NUM_CLASSES, seed=2)
 
 
 def reference_scores(model, data):
@@ -129,15 +102,6 @@ def test_scores_equal_an_independent_computation_and_change_nothing():
     torch.testing.assert_close(
         first.double(), reference_scores(dense, data[:1]), rtol=1e-6,
         atol=1e-9)
-
-
-def test_depth_weight_and_normalisation():
-    raw = torch.tensor([[3.0, 4.0], [0.0, 2.0], [1.0, 0.0]])
-    out = normalise_scores(raw, depth_lambda=0.1)
-    expected = torch.tensor([[0.6, 0.8], [0.0, 0.9], [0.8, 0.0]])
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
-    with pytest.raises(ValueError, match='depth_lambda'):
-        normalise_scores(raw, depth_lambda=0.6)
 
 
 def test_scoring_refuses_a_crop_off_the_structure_grid():
