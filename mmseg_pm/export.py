@@ -55,11 +55,8 @@ class TensorForward(nn.Module):
 def compression_method(segmentor: nn.Module) -> str:
     """'dense', 'pm', 'mstm' or 'tome': what the backbone compresses with."""
     backbone = getattr(segmentor, 'backbone', segmentor)
-    if getattr(backbone, 'token_merger', None) is not None:
-        return type(backbone.token_merger).__name__.lower()
-    if len(getattr(backbone, 'token_compressors', ())):
-        return 'pm'
-    return 'dense'
+    reducer = getattr(backbone, 'reducer', None)
+    return 'dense' if reducer is None else reducer.method
 
 
 def _param_bytes(module: nn.Module) -> int:

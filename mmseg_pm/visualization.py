@@ -351,38 +351,26 @@ def plot_token_maps(image: Optional[np.ndarray],
 # ---------------------------------------------------------------------------
 # token maps of a model (needs a PMVisionTransformer backbone)
 def record_source_maps(backbone, inputs: Tensor) -> Dict[int, Tensor]:
-    """Run ``inputs`` through an MSTM/ToMe backbone and return, for every
-    block, its source map after the block's merge: (B, T0) current token
-    of every original token (class token first)."""
-    merger = backbone.token_merger
-    if merger is None:
-        raise ValueError('the backbone has no input-dependent token merger')
-    sources: Dict[int, Tensor] = {}
-    run_block = merger.run_block
-
-    def recording_run_block(i, layer, x, state, *args, **kwargs):
-        x, state = run_block(i, layer, x, state, *args, **kwargs)
-        sources[i] = state.source.detach().cpu()
-        return x, state
-
-    merger.run_block = recording_run_block  # shadows the method
+    """Run ``inputs`` through the backbone with its reducer's source trace
+    on; for every block, the source map after the block: (B, T0) current
+    token of every original token (class token first)."""
+    reducer = backbone.reducer
+    if reducer is None:
+        raise ValueError('the backbone has no token reducer')
+    reducer.trace_source = True
     try:
         with torch.no_grad():
             backbone(inputs)
     finally:
-        del merger.run_block
-    return sources
+        reducer.trace_source = False
+    return {i: s.cpu() for i, s in reducer.sources.items()}
 
 
 def merging_layers(backbone) -> List[int]:
     """Blocks where the backbone's tokens change: the first block of every
     Prune-and-Merge unit, or the blocks where MSTM/ToMe merge."""
-    merger = getattr(backbone, 'token_merger', None)
-    if merger is not None:
-        blocks = getattr(merger, 'keep_rates', None) or \
-            getattr(merger, 'merges', {})
-        return sorted(int(i) for i in blocks)
-    return [first for first, _ in backbone.compressed_units]
+    reducer = backbone.reducer
+    return [] if reducer is None else sorted(reducer.merging_blocks())
 
 
 def model_token_maps(backbone, layers: Sequence[int],
@@ -398,7 +386,7 @@ def model_token_maps(backbone, layers: Sequence[int],
     for i in layers:
         if not 0 <= i < num_layers:
             raise ValueError(f'block {i} does not exist (0..{num_layers - 1})')
-    if getattr(backbone, 'token_merger', None) is not None:
+    if backbone.reducer is not None and not backbone.reducer.static:
         if inputs is None:
             raise ValueError('MSTM/ToMe merge per image: pass the image')
         sources = record_source_maps(backbone, inputs)

@@ -79,17 +79,16 @@ def token_counts(model, x):
 
 
 def source_maps(model, x):
-    """Runs ``model`` and returns the source map at its last out index."""
-    merger, maps = model.token_merger, []
-    restore = merger.restore
-    merger.restore = lambda y, state: maps.append(state.source) or restore(
-        y, state)
+    """Runs ``model`` and returns its outputs and the source map after its
+    last block (the reducer's opt-in trace)."""
+    reducer = model.reducer
+    reducer.trace_source = True
     try:
         with torch.no_grad():
             outs = model(x)
     finally:
-        del merger.restore
-    return outs, maps[-1]
+        reducer.trace_source = False
+    return outs, reducer.sources[len(model.layers) - 1]
 
 
 def block_flops(attn_tokens: Sequence[int], mlp_tokens: Sequence[int],

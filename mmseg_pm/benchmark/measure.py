@@ -168,18 +168,14 @@ def tokens_per_layer(backbone: nn.Module, grid: Sequence[int]
                      ) -> Optional[List[int]]:
     """Tokens each block runs on (class token included), or None where
     the backbone's token counts are not static (ToMe, MSTM)."""
-    n = grid[0] * grid[1]
     prefix = 1 if getattr(backbone, 'with_cls_token', True) else 0
-    tokens = [prefix + n] * len(backbone.layers)
-    if getattr(backbone, 'token_merger', None) is not None:
+    num_tokens = prefix + grid[0] * grid[1]
+    reducer = getattr(backbone, 'reducer', None)
+    if reducer is None or reducer.bypass:
+        return [num_tokens] * len(backbone.layers)
+    if not reducer.static:
         return None
-    compressors = getattr(backbone, 'token_compressors', None)
-    if compressors and not getattr(backbone, 'compression_bypassed', False):
-        for first, last in backbone.compressed_units:
-            k = compressors[str(first)].num_groups
-            for i in range(first, last + 1):
-                tokens[i] = prefix + k
-    return tokens
+    return reducer.tokens_per_block(num_tokens, len(backbone.layers))
 
 
 def _merge_flops(backbone: nn.Module, grid: Sequence[int],
@@ -188,9 +184,10 @@ def _merge_flops(backbone: nn.Module, grid: Sequence[int],
     sparse segment sum (2 per source element, class token included), the
     dense formulation's (K x N) and (N x K) products; gathers and scales
     are element-wise (not counted)."""
-    compressors = getattr(backbone, 'token_compressors', None)
-    if not compressors or getattr(backbone, 'compression_bypassed', False):
+    reducer = getattr(backbone, 'reducer', None)
+    if reducer is None or not reducer.static or reducer.bypass:
         return 0
+    compressors = reducer
     n = grid[0] * grid[1]
     prefix = 1 if backbone.with_cls_token else 0
     total = 0

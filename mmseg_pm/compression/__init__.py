@@ -6,7 +6,8 @@ Only torch (and tqdm) is imported here, never mmseg or mmengine
 on its own.
 """
 from .config import PMConfig
-from .merge import (RECONSTRUCTS, TokenCompressor, merge_matrix,
+from .reducer import TokenReducer
+from .merge import (PruneAndMerge, RECONSTRUCTS, TokenCompressor, merge_matrix,
                     merge_sparse, reconstruct_matrix, reconstruct_sparse)
 from .scoring import (attention_scores, check_depth_lambda,
                       normalise_scores, scores_from_totals)
@@ -19,6 +20,7 @@ from .structure import (CompressionStructure, assign_groups, build_structure,
                         row_rule_groups)
 
 __all__ = [
+    'TokenReducer', 'PruneAndMerge',
     'PMConfig', 'CompressionStructure', 'TokenCompressor',
     'assign_groups', 'build_structure', 'lattice_centres',
     'lattice_structure', 'merge_matrix', 'merge_sparse',

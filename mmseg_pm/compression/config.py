@@ -10,8 +10,11 @@ import numbers
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
-from .merge import IMPLS, RECONSTRUCTS
-from .structure import ASSIGN_RULES
+from .merge import IMPLS, RECONSTRUCTS, PruneAndMerge
+from .mstm import MSTM
+from .reducer import TokenReducer
+from .structure import ASSIGN_RULES, lattice_structure
+from .tome import ToMe, check_tome_merges
 
 MODES = ('layer', 'span')
 METHODS = ('pm', 'mstm', 'tome')
@@ -191,6 +194,14 @@ class PMConfig:
                 "value and gets its window's update, the project default; "
                 "'pinv': the authors' pseudo-inverse, for their checkpoints)")
 
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> PruneAndMerge:
+        """Its reducer, every unit on centres on a regular lattice with
+        keep_rate of the tokens (until structures are installed)."""
+        default = lattice_structure(grid, self.keep_rate, self.rule)
+        return PruneAndMerge(self.units, default, int(with_cls_token),
+                             self.impl, self.trainable, self.reconstruct)
+
     @property
     def layers(self) -> List[int]:
         """Every block that runs on compressed tokens."""
@@ -232,6 +243,15 @@ class MSTMConfig:
         return cls(keep_rates={i: keep_rates[i] for i in layers},
                    coarse=coarse)
 
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> MSTM:
+        if not with_cls_token:
+            raise ValueError(
+                "compression method='mstm' ranks tokens by the class "
+                "token's attention and needs with_cls_token=True; use "
+                "method='tome' or 'pm' for a model without a class token")
+        return MSTM(embed_dims, self.keep_rates, self.coarse)
+
     @property
     def prune_layers(self) -> List[int]:
         return list(self.keep_rates)
@@ -262,6 +282,13 @@ class ToMeConfig:
         merges = dict(zip((int(i) for i in given), rs))
         return cls(merges={i: merges[i] for i in layers})
 
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> ToMe:
+        check_tome_merges(self.merges, grid[0] * grid[1] + int(with_cls_token),
+                          with_cls_token,
+                          f' (the tokens of img_size={img_size})')
+        return ToMe(self.merges, class_token=with_cls_token)
+
 
 AnyCompressionConfig = Union[PMConfig, MSTMConfig, ToMeConfig]
 
@@ -279,3 +306,15 @@ def parse_compression(cfg: Optional[dict],
         raise ValueError(f'compression method must be one of {METHODS}, got '
                          f'{method!r}')
     return parsers[method].from_dict(cfg, num_layers)
+
+
+def build_reducer(config: Optional[AnyCompressionConfig],
+                  grid: Tuple[int, int], embed_dims: int,
+                  with_cls_token: bool = True,
+                  img_size=None) -> Optional[TokenReducer]:
+    """The token reducer of a parsed ``compression=`` (None: dense), for a
+    backbone with this token grid, width and class token."""
+    if config is None:
+        return None
+    return config.build_reducer(tuple(grid), embed_dims, with_cls_token,
+                                img_size)

@@ -19,11 +19,12 @@ reference tests compare against and the baseline benchmarks beat.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .reducer import TokenReducer
 from .structure import (CompressionStructure, mean_merge_weights,
                         reconstruct_weights)
 
@@ -353,6 +354,13 @@ class TokenCompressor(nn.Module):
             merged = torch.cat((x[:, :num_prefix], merged), dim=1)
         return merged
 
+    def source(self, batch: int, num_prefix: int = 0) -> Tensor:
+        """(B, P + N) merged token of every original token (-1: pruned)."""
+        patches = torch.where(self.group >= 0, self.group + num_prefix,
+                              self.group)
+        head = torch.arange(num_prefix, device=patches.device)
+        return torch.cat((head, patches)).expand(batch, -1)
+
     # ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Refuse another grid's structure or the other reconstruction's
@@ -392,3 +400,84 @@ class TokenCompressor(nn.Module):
                 f'merged={n - self.num_groups - pruned}, pruned={pruned}, '
                 f'reconstruct={self.reconstruct_mode}, impl={self.impl}, '
                 f'trainable={self.merge_weight.requires_grad}')
+
+
+class PruneAndMerge(nn.ModuleDict, TokenReducer):
+    """Prune and Merge as a :class:`TokenReducer`: one
+    :class:`TokenCompressor` per unit, keyed by the unit's first block (the
+    keys of the checkpoints: ``token_compressors.<first>.*``).
+
+    A unit (first, last) merges before its first block, runs its blocks on
+    the centres and reconstructs after its last; an output inside a unit is
+    reconstructed from the merged stream. Its structures are static.
+    """
+
+    method = 'pm'
+    static = True
+
+    def __init__(self, units: Sequence[Tuple[int, int]],
+                 structure: CompressionStructure, num_prefix: int = 1,
+                 impl: str = 'sparse', trainable: bool = True,
+                 reconstruct: str = 'residual'):
+        super().__init__({str(first): TokenCompressor(structure, impl,
+                                                      trainable, reconstruct)
+                          for first, _ in units})
+        self.units = [(int(a), int(b)) for a, b in units]
+        self.num_prefix = num_prefix
+
+    def compressor(self, first: int) -> TokenCompressor:
+        return self[str(first)]
+
+    def structures(self) -> List[CompressionStructure]:
+        """The structure of every unit, in block order."""
+        return [self.compressor(a).structure() for a, _ in self.units]
+
+    def set_structures(self, structures: Sequence[CompressionStructure]
+                       ) -> None:
+        """Install one structure per unit (in block order)."""
+        if len(structures) != len(self.units):
+            raise ValueError(f'got {len(structures)} structures for '
+                             f'{len(self.units)} compressed units '
+                             f'{self.units}')
+        for (first, _), structure in zip(self.units, structures):
+            self.compressor(first).set_structure(structure)
+
+    # ------------------------------------------------------------ forward
+    def start(self, x: Tensor, hw: Tuple[int, int]):
+        return None  # (last block, compressor, context) inside a unit
+
+    def run_block(self, i: int, block: nn.Module, x: Tensor, state):
+        if self.bypass:
+            return block(x), None
+        if str(i) in self:
+            last = dict(self.units)[i]
+            compressor = self.compressor(i)
+            x, context = compressor.merge(x, self.num_prefix)
+            state = (last, compressor, context)
+            self.record_source(i, compressor.source(x.shape[0],
+                                                    self.num_prefix))
+        x = block(x)
+        if state is not None and i == state[0]:
+            _, compressor, context = state
+            return compressor.reconstruct(x, context, self.num_prefix), None
+        return x, state
+
+    def full_grid(self, i: int, x: Tensor, state) -> Tensor:
+        if state is None:
+            return x
+        _, compressor, context = state
+        return compressor.reconstruct(x, context, self.num_prefix)
+
+    # ------------------------------------------------------------ questions
+    def blocks(self, num_layers: int) -> List[int]:
+        return [i for a, b in self.units for i in range(a, b + 1)]
+
+    def merging_blocks(self) -> List[int]:
+        return [a for a, _ in self.units]
+
+    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
+        tokens = [num_tokens] * num_layers
+        for first, last in self.units:
+            for i in range(first, last + 1):
+                tokens[i] = self.num_prefix + self.compressor(first).num_groups
+        return tokens

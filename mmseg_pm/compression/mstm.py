@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .reducer import TokenReducer
 from .tome import gather_tokens, initial_source, key_metric, merge_tokens
 
 
@@ -109,14 +110,15 @@ class MSTMState(NamedTuple):
     coarse: Optional[Tensor]  # (B, H*W, C) coarse tokens until fused
 
 
-class MSTM(nn.Module):
+class MSTM(nn.Module, TokenReducer):
     """MSTM in the backbone. ``keep_rates`` maps each pruning block to the
     fraction of the current patch tokens it keeps as crucial tokens.
     Needs the class token (its attention is the importance).
 
-    The backbone drives it with ``start`` (after the embedding),
-    ``run_block`` (in place of each block) and ``restore`` (full grid).
+    A :class:`TokenReducer` (the backbone drives it through that interface).
     """
+
+    method = 'mstm'
 
     def __init__(self, embed_dims: int, keep_rates: Dict[int, float],
                  coarse: bool = True):
@@ -132,18 +134,19 @@ class MSTM(nn.Module):
         return MSTMState(initial_source(x), coarse)
 
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
-                  state: MSTMState,
-                  merge: bool = True) -> Tuple[Tensor, MSTMState]:
+                  state: MSTMState) -> Tuple[Tensor, MSTMState]:
         """Block ``i`` on ``x``: fuses the coarse tokens before the first
-        pruning block; merges at pruning blocks unless ``merge=False``."""
+        pruning block (always: the branch is part of the model); merges at
+        pruning blocks unless bypassed."""
         if i == self.fuse_layer and state.coarse is not None:
             x = torch.cat((x[:, :1], x[:, 1:] + state.coarse), dim=1)
             state = state._replace(coarse=None)
         num_patches = x.shape[1] - 1
         num_keep = num_patches
-        if merge and i in self.keep_rates:
+        if not self.bypass and i in self.keep_rates:
             num_keep = num_crucial(num_patches, self.keep_rates[i])
         if num_keep == num_patches:
+            self.record_source(i, state.source)
             return layer(x), state
         x, q, k = layer.attention_residual(x)
         importance = class_attention(q, k)
@@ -155,13 +158,20 @@ class MSTM(nn.Module):
         weight = F.pad(importance, (1, 0), value=1.0)
         x, _ = merge_tokens(x, assign, weight, num_keep + 1)
         source = assign.gather(1, state.source)
+        self.record_source(i, source)
         return layer.mlp_residual(x), state._replace(source=source)
 
-    def restore(self, x: Tensor, state: MSTMState) -> Tensor:
+    def full_grid(self, i: int, x: Tensor, state: MSTMState) -> Tensor:
         """(B, T, C) current tokens -> (B, T0, C), one per original token."""
         return gather_tokens(x, state.source)
 
-    def tokens_per_layer(self, num_tokens: int, num_layers: int) -> List[int]:
+    def merging_blocks(self) -> List[int]:
+        return list(self.keep_rates)
+
+    def blocks(self, num_layers: int) -> List[int]:
+        return list(range(min(self.keep_rates), num_layers))
+
+    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
         """Tokens each block outputs (its MLP runs on them), class token
         included, for ``num_tokens`` input tokens."""
         counts, num_patches = [], num_tokens - 1

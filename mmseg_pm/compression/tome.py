@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .reducer import TokenReducer
+
 
 def key_metric(k: Tensor) -> Tensor:
     """(B, heads, T, d) keys -> (B, T, d): what token similarity is
@@ -130,14 +132,15 @@ class ToMeState(NamedTuple):
     size: Optional[Tensor]  # (B, T) original tokens per current token
 
 
-class ToMe(nn.Module):
+class ToMe(nn.Module, TokenReducer):
     """ToMe in the backbone: the blocks of ``merges`` merge ``r`` tokens each
     between their attention and their MLP; every block after a merge uses
     proportional attention. No parameters.
 
-    The backbone drives it with ``start`` (after the embedding),
-    ``run_block`` (in place of each block) and ``restore`` (full grid).
+    A :class:`TokenReducer` (the backbone drives it through that interface).
     """
+
+    method = 'tome'
 
     def __init__(self, merges: Dict[int, int], class_token: bool = True):
         super().__init__()
@@ -148,14 +151,14 @@ class ToMe(nn.Module):
         return ToMeState(initial_source(x), None)
 
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
-                  state: ToMeState,
-                  merge: bool = True) -> Tuple[Tensor, ToMeState]:
-        """Block ``i`` on ``x`` (merging unless ``merge=False``)."""
+                  state: ToMeState) -> Tuple[Tensor, ToMeState]:
+        """Block ``i`` on ``x`` (merging unless bypassed)."""
         bias = None
         if state.size is not None:  # proportional attention
             bias = state.size.log()[:, None, None, :]
         r = tome_merges(x.shape[1], self.merges.get(i, 0), self.class_token)
-        if not merge or r == 0:
+        if self.bypass or r == 0:
+            self.record_source(i, state.source)
             return layer(x, bias), state
         x, _, k = layer.attention_residual(x, bias)
         assign, num_slots = bipartite_soft_matching(key_metric(k), r,
@@ -164,13 +167,21 @@ class ToMe(nn.Module):
             x.shape[:2])
         x, size = merge_tokens(x, assign, size, num_slots)
         source = assign.gather(1, state.source)
+        self.record_source(i, source)
         return layer.mlp_residual(x), ToMeState(source, size)
 
-    def restore(self, x: Tensor, state: ToMeState) -> Tensor:
+    def full_grid(self, i: int, x: Tensor, state: ToMeState) -> Tensor:
         """(B, T, C) current tokens -> (B, T0, C), one per original token."""
         return gather_tokens(x, state.source)
 
-    def tokens_per_layer(self, num_tokens: int, num_layers: int) -> List[int]:
+    def merging_blocks(self) -> List[int]:
+        return [i for i, r in self.merges.items() if r > 0]
+
+    def blocks(self, num_layers: int) -> List[int]:
+        merging = self.merging_blocks()
+        return list(range(merging[0], num_layers)) if merging else []
+
+    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
         """Tokens each block outputs (its MLP runs on them), class token
         included, for ``num_tokens`` input tokens."""
         counts = []

@@ -94,7 +94,7 @@ def test_scores_equal_an_independent_computation_and_change_nothing():
     assert not any(p.requires_grad
                    for p in compressed.backbone.patch_embed.parameters())
     assert compressed.backbone.layers[1].attn.probs_hook is None
-    assert not compressed.backbone.compression_bypassed
+    assert not compressed.backbone.reducer.bypass
     for a, b in zip(structures, compressed.backbone.structures()):
         assert torch.equal(a.group, b.group)
     # num_iters takes the first batches; eval mode makes it reproducible

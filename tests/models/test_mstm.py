@@ -80,7 +80,7 @@ def test_token_counts_per_layer_and_full_grid_at_every_out_index():
     model = mstm_from(randomise(tiny_pm()), out_indices=ALL)
     x = torch.randn(3, 3, 48, 80)  # 3 x 5 = 15 patch tokens
     # 15 -> 7 crucial at block 0 -> 3 at block 2 (+ the class token)
-    assert model.token_merger.tokens_per_layer(16, 4) == [8, 8, 4, 4]
+    assert model.token_merger.tokens_per_block(16, 4) == [8, 8, 4, 4]
     assert token_counts(model, x) == [16, 8, 8, 8, 8, 4, 4, 4]
     with torch.no_grad():
         outs = model(x)
@@ -134,7 +134,7 @@ def test_gradients_reach_the_backbone_and_the_coarse_projection():
 def test_flops_fall_as_the_token_counts_imply():
     dense = randomise(tiny_pm())
     model = mstm_from(dense, dict(MSTM, coarse=False))
-    counts = model.token_merger.tokens_per_layer(16, 4)
+    counts = model.token_merger.tokens_per_block(16, 4)
     assert_flops_follow_token_counts(dense, model, counts,
                                      torch.randn(2, 3, 48, 80))
 

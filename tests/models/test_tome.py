@@ -88,8 +88,8 @@ def test_token_counts_per_layer_and_full_grid_at_every_out_index():
     model = tome_from(dense, dict(method='tome', r=[5, 5, 2, 1]),
                       out_indices=ALL)
     # at other input sizes r is capped: 16 -> 11 -> 6 -> 4 -> 3
-    assert model.token_merger.tokens_per_layer(16, 4) == [11, 6, 4, 3]
-    assert model.token_merger.tokens_per_layer(12, 4) == [7, 4, 3, 2]
+    assert model.token_merger.tokens_per_block(16, 4) == [11, 6, 4, 3]
+    assert model.token_merger.tokens_per_block(12, 4) == [7, 4, 3, 2]
     assert token_counts(model, x) == [16, 11, 11, 6, 6, 4, 4, 3]
     model = tome_from(dense, dict(method='tome', layers=[1, 3], r=[3, 2]),
                       out_indices=ALL)
@@ -168,7 +168,7 @@ def test_gradients_reach_the_backbone_also_with_checkpointing():
 def test_flops_fall_as_the_token_counts_imply():
     dense = randomise(tiny_pm())
     model = tome_from(dense, dict(method='tome', r=3))
-    counts = model.token_merger.tokens_per_layer(16, 4)
+    counts = model.token_merger.tokens_per_block(16, 4)
     assert counts == [13, 10, 7, 4]
     assert_flops_follow_token_counts(dense, model, counts,
                                      torch.randn(2, 3, 48, 80))
@@ -179,7 +179,7 @@ def test_configs_build_and_run():
     cfg = Config.fromfile(CONFIGS / 'synthetic' / name)
     backbone = MODELS.build(cfg.model.backbone)
     backbone.init_weights()
-    assert backbone.token_merger.tokens_per_layer(65, 4) == [57, 49, 41, 33]
+    assert backbone.token_merger.tokens_per_block(65, 4) == [57, 49, 41, 33]
     with torch.no_grad():
         out = backbone.eval()(torch.randn(2, 3, 64, 64))[0]
     assert out.shape == (2, 64, 8, 8)

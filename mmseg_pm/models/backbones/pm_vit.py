@@ -34,13 +34,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from mmseg_pm.compression.config import (PMConfig, MSTMConfig,
-                                         ToMeConfig, parse_compression)
-from mmseg_pm.compression.merge import TokenCompressor
-from mmseg_pm.compression.mstm import MSTM
-from mmseg_pm.compression.structure import (CompressionStructure,
-                                            lattice_structure)
-from mmseg_pm.compression.tome import ToMe, check_tome_merges
+from mmseg_pm.compression.config import build_reducer, parse_compression
+from mmseg_pm.compression.reducer import TokenReducer
+from mmseg_pm.compression.structure import CompressionStructure
 
 
 class DropPath(nn.Module):
@@ -323,73 +319,57 @@ class PMVisionTransformer(BaseModule):
             self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
 
         self.compression = parse_compression(compression, num_layers)
-        self.token_compressors = nn.ModuleDict()
-        self.token_merger: Optional[nn.Module] = None  # MSTM or ToMe
-        if isinstance(self.compression, PMConfig):
-            default = lattice_structure(self.grid_size,
-                                        self.compression.keep_rate,
-                                        self.compression.rule)
-            for first, _ in self.compression.units:
-                self.token_compressors[str(first)] = TokenCompressor(
-                    default, self.compression.impl,
-                    self.compression.trainable, self.compression.reconstruct)
-        elif isinstance(self.compression, MSTMConfig):
-            if not with_cls_token:
-                raise ValueError(
-                    "compression method='mstm' ranks tokens by the class "
-                    "token's attention and needs with_cls_token=True; use "
-                    "method='tome' or 'pm' for a model without a class token")
-            self.token_merger = MSTM(embed_dims, self.compression.keep_rates,
-                                     self.compression.coarse)
-        elif isinstance(self.compression, ToMeConfig):
-            check_tome_merges(
-                self.compression.merges,
-                self.grid_size[0] * self.grid_size[1] + int(with_cls_token),
-                with_cls_token, f' (the tokens of img_size={img_size})')
-            self.token_merger = ToMe(self.compression.merges,
-                                     class_token=with_cls_token)
-        self.compression_bypassed = False  # see dense_forward()
+        reducer = build_reducer(self.compression, self.grid_size,
+                                embed_dims, with_cls_token, img_size)
+        if reducer is not None:  # under the name its checkpoints use
+            self.add_module('token_compressors' if reducer.static
+                            else 'token_merger', reducer)
         self._freeze()
 
     # ------------------------------------------------------------------
     # structures
     @property
+    def reducer(self) -> Optional[TokenReducer]:
+        """The token reducer the blocks run through (None: dense). It is
+        registered under the name its checkpoints use:
+        ``token_compressors`` (Prune and Merge) or ``token_merger`` (MSTM,
+        ToMe)."""
+        return self._modules.get('token_compressors') or \
+            self._modules.get('token_merger')
+
+    @property
     def compressed_units(self) -> List[Tuple[int, int]]:
         """Prune-and-Merge units (none for the dense model, MSTM and ToMe)."""
-        if not isinstance(self.compression, PMConfig):
-            return []
-        return list(self.compression.units)
+        return list(getattr(self.reducer, 'units', []))
 
     @contextmanager
     def dense_forward(self):
         """Run every block on all tokens inside the ``with`` block: the
         token-scoring pass needs the dense model's attention. (MSTM's
         coarse branch still runs: it is part of the model, not a merge.)"""
-        previous = self.compression_bypassed
-        self.compression_bypassed = True
+        reducer = self.reducer
+        if reducer is None:
+            yield self
+            return
+        previous, reducer.bypass = reducer.bypass, True
         try:
             yield self
         finally:
-            self.compression_bypassed = previous
+            reducer.bypass = previous
 
     def structures(self) -> List[CompressionStructure]:
         """Current structure of every compressed unit, in block order."""
-        return [self.token_compressors[str(a)].structure()
-                for a, _ in self.compressed_units]
+        return self.reducer.structures() if self.compressed_units else []
 
     def set_structures(self, structures: Sequence[CompressionStructure]) -> None:
         """Install one structure per compressed unit (in block order)."""
-        if self.token_merger is not None:
+        if self.reducer is None or not self.reducer.static:
+            method = getattr(self.reducer, 'method', 'dense')
             raise ValueError(
-                f'compression method={self.compression.method!r} merges each '
-                'image its own way and has no static structures; '
+                f'compression method={method!r} has no static structures '
+                '(MSTM and ToMe merge each image its own way); '
                 "set_structures applies to method='pm'")
-        units = self.compressed_units
-        if len(structures) != len(units):
-            raise ValueError(f'got {len(structures)} structures for '
-                             f'{len(units)} compressed units {units}')
-        for (first, _), structure in zip(units, structures):
-            self.token_compressors[str(first)].set_structure(structure)
+        self.reducer.set_structures(structures)
 
     # ------------------------------------------------------------------
     # weights
@@ -443,7 +423,8 @@ class PMVisionTransformer(BaseModule):
         key = prefix + 'token_compressors.'
         saved = sorted({k[len(key):].split('.')[0]
                         for k in state_dict if k.startswith(key)}, key=int)
-        ours = sorted(self.token_compressors.keys(), key=int)
+        ours = sorted(self.reducer.keys(), key=int) if self.compressed_units \
+            else []
         if saved and saved != ours:
             raise ValueError(
                 f'the checkpoint has compressed units starting at blocks '
@@ -497,8 +478,9 @@ class PMVisionTransformer(BaseModule):
         the outputs are cropped back to."""
         p = self.patch_size
         grid = self.token_grid(inputs.shape[-2:])
-        if (not isinstance(self.compression, PMConfig)
-                or self.compression_bypassed or grid == self.grid_size):
+        reducer = self.reducer
+        if (reducer is None or not reducer.static or reducer.bypass
+                or grid == self.grid_size):
             return inputs, grid
         gh, gw = self.grid_size
         if grid[0] > gh or grid[1] > gw:
@@ -538,39 +520,20 @@ class PMVisionTransformer(BaseModule):
     def forward(self, inputs: Tensor) -> Tuple:
         inputs, crop = self._check_grid(inputs)
         x, hw = self._embed(inputs)
-        num_prefix = 1 if self.with_cls_token else 0
-        starts = {a: (b, self.token_compressors[str(a)])
-                  for a, b in self.compressed_units
-                  if not self.compression_bypassed}
-        merger = self.token_merger
-        state = None if merger is None else merger.start(x, hw)
-        outs = []
-        if self.out_origin:
-            outs.append(self._to_output(x, hw, crop))
-
-        unit = None  # (last block, compressor, context) inside a unit
+        reducer = self.reducer
+        state = None if reducer is None else reducer.start(x, hw)
+        outs = [self._to_output(x, hw, crop)] if self.out_origin else []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if i in starts:
-                end, compressor = starts[i]
-                x, context = compressor.merge(x, num_prefix)
-                unit = (end, compressor, context)
-            if merger is None:
+            if reducer is None:
                 x = layer(x)
             else:
-                x, state = merger.run_block(
-                    i, layer, x, state, merge=not self.compression_bypassed)
-            full = x
-            if merger is not None and i in self.out_indices:
-                full = merger.restore(x, state)
-            if unit is not None and (i == unit[0] or i in self.out_indices):
-                _, compressor, context = unit
-                full = compressor.reconstruct(x, context, num_prefix)
-                if i == unit[0]:
-                    x, unit = full, None
-            if i == last and self.final_norm:
-                x = full = self.ln1(full)
+                x, state = reducer.run_block(i, layer, x, state)
             if i in self.out_indices:
+                full = x if reducer is None else \
+                    reducer.full_grid(i, x, state)
+                if i == last and self.final_norm:
+                    full = self.ln1(full)
                 outs.append(self._to_output(full, hw, crop))
         return tuple(outs)
 

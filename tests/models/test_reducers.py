@@ -1,0 +1,78 @@
+"""Every token reducer answers the same questions through one interface,
+and the answers match what the backbone really runs."""
+import pytest
+import torch
+
+from mmseg_pm.compression import TokenReducer
+from mmseg_pm.export import compression_method
+from tests.helpers import TINY, pruned_structure, randomise, tiny_pm, \
+    token_counts
+
+COMPRESSION = {
+    'pm': dict(mode='span', spans=[(1, 2)], keep_rate=0.4),
+    'mstm': dict(method='mstm', prune_layers=[1, 3], keep_rate=0.6),
+    'tome': dict(method='tome', layers=[0, 2], r=3),
+}
+
+
+def model_with(method):
+    model = randomise(tiny_pm(compression=COMPRESSION[method],
+                              out_indices=(0, 1, 2, 3)))
+    if method == 'pm':
+        model.set_structures([pruned_structure()])
+    return model
+
+
+@pytest.mark.parametrize('method', list(COMPRESSION))
+def test_reducer_answers_match_what_runs(method):
+    model = model_with(method)
+    reducer = model.reducer
+    assert isinstance(reducer, TokenReducer) and reducer.method == method
+    assert compression_method(model) == method
+    assert reducer.static == (method == 'pm')
+    num_tokens = 16  # class token + 3 x 5
+    per_block = reducer.tokens_per_block(num_tokens, len(model.layers))
+    seen = token_counts(model, torch.randn(2, 3, 48, 80))
+    assert per_block == seen[1::2]  # what every block's MLP ran on
+    touched = [i for i, t in enumerate(per_block) if t < num_tokens]
+    assert set(touched) <= set(reducer.blocks(len(model.layers)))
+    assert reducer.merging_blocks() == {'pm': [1], 'mstm': [1, 3],
+                                        'tome': [0, 2]}[method]
+
+
+@pytest.mark.parametrize('method', list(COMPRESSION))
+def test_source_trace_is_opt_in_and_maps_every_original_token(method):
+    model = model_with(method)
+    reducer = model.reducer
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        model(x)
+    assert reducer.sources == {}  # nothing recorded unless asked
+    reducer.trace_source = True
+    with torch.no_grad():
+        model(x)
+    reducer.trace_source = False
+    for i in reducer.merging_blocks():
+        source = reducer.sources[i]
+        assert source.shape == (2, 16)
+        assert torch.equal(source[:, 0], torch.zeros(2, dtype=torch.long))
+        kept = source[source >= 0]
+        assert kept.max() < 16
+
+
+@pytest.mark.parametrize('method', list(COMPRESSION))
+def test_bypass_runs_every_block_on_all_tokens(method):
+    model = model_with(method)
+    with model.dense_forward():
+        assert model.reducer.bypass
+        seen = token_counts(model, torch.randn(1, 3, 48, 80))
+    assert not model.reducer.bypass
+    assert set(seen) == {16}
+
+
+def test_static_structures_only_for_prune_and_merge():
+    model = model_with('tome')
+    with pytest.raises(ValueError, match="method='tome' has no static"):
+        model.set_structures([pruned_structure()])
+    assert tiny_pm().reducer is None
+    assert dict(TINY)['num_layers'] == len(tiny_pm().layers)
