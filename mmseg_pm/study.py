@@ -4,15 +4,15 @@ The study compresses one trained dense Segmenter with every method to the
 same GFLOPs and compares mIoU before and after the same distillation
 fine-tune. This module holds what needs no trained model: which blocks each
 method compresses, the integer knob each method is calibrated on, the FLOPs
-calibration search, the random-centre floor, and the table and plot.
+calibration search, and the table and plot.
 
 Every method has one integer knob whose FLOPs are monotone in it:
 
-* Prune and Merge ('pm-row', 'pm-nearest', 'pm-span'): the centres per
+* Prune and Merge (every ``family='pm'`` method: authors' and residual
+  reconstruction, each centre placement, the random floor): the centres per
   unit, ``k`` of the N patch tokens (before the global ranking shares them
-  out among the layers);
-* the random floor: 'pm-row' at the same knob with every centre redrawn at
-  random (same counts per layer, so the same FLOPs);
+  out among the layers; the placement moves centres, never their counts,
+  so every placement has the same FLOPs);
 * MSTM: the crucial tokens kept at its first pruning block (every pruning
   block keeps the same fraction of its current tokens);
 * ToMe: the total number of merges ``q`` spread over the blocks as evenly as
@@ -28,29 +28,56 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from mmseg_pm.compression.structure import (CompressionStructure,
-                                            build_structure)
+from mmseg_pm.compression.structure import CompressionStructure
 
 
 @dataclass(frozen=True)
 class Method:
-    """One compression method of the study."""
+    """One compression method of the study.
+
+    Prune-and-Merge-family methods (``family='pm'``) differ in their unit
+    layout (``mode``), window rule, reconstruction and centre placement
+    (mmseg_pm.compression.search); MSTM and ToMe have their own families.
+    """
 
     name: str
     label: str
-    family: str  # 'pm', 'random', 'mstm' or 'tome'
+    family: str  # 'pm', 'mstm' or 'tome'
     marker: str  # matplotlib marker of its points
+    mode: str = 'layer'
+    rule: str = 'row'
+    reconstruct: str = 'pinv'
+    placement: str = 'score'
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
-    Method('pm-row', 'Prune and Merge, per layer, row rule', 'pm', 'o'),
-    Method('pm-nearest', 'Prune and Merge, per layer, nearest rule', 'pm',
-           's'),
-    Method('pm-span', 'Prune and Merge, span mode', 'pm', 'D'),
+    Method('pm-row', "PM per layer, row rule, authors' pinv", 'pm', 'o'),
+    Method('pm-nearest', 'PM per layer, nearest rule, pinv', 'pm', 's',
+           rule='nearest'),
+    Method('pm-span', 'PM span mode, pinv', 'pm', 'D', mode='span'),
+    Method('random', 'PM random centres, pinv (floor)', 'pm', 'X',
+           placement='random'),
+    Method('res-row', 'PM per layer, row rule, residual', 'pm', 'o',
+           reconstruct='residual'),
+    Method('res-span', 'PM span mode, residual', 'pm', 'D', mode='span',
+           reconstruct='residual'),
+    Method('res-random', 'PM random centres, residual (floor)', 'pm', 'X',
+           reconstruct='residual', placement='random'),
+    Method('res-nearest', 'PM scored centres, nearest rule, residual', 'pm',
+           's', rule='nearest', reconstruct='residual'),
+    Method('res-spread', 'PM spread centres, nearest rule, residual', 'pm',
+           'P', rule='nearest', reconstruct='residual', placement='spread'),
+    Method('res-lattice', 'PM lattice centres, nearest rule, residual', 'pm',
+           'h', rule='nearest', reconstruct='residual', placement='lattice'),
+    Method('res-span-spread', 'PM span mode, spread centres, residual', 'pm',
+           '*', mode='span', rule='nearest', reconstruct='residual',
+           placement='spread'),
     Method('mstm', 'MSTM', 'mstm', '^'),
     Method('tome', 'ToMe', 'tome', 'v'),
-    Method('random', 'PM row rule, random centres (floor)', 'random', 'X'),
 )}
+# What tools/study.py runs unless told otherwise (pm-nearest: in the
+# committed study of 2026-11-21, within 2 mIoU of pm-row).
+DEFAULT_METHODS = [m for m in METHODS if m != 'pm-nearest']
 
 
 class CalibrationError(ValueError):
@@ -121,18 +148,18 @@ def compression_for(method: str, knob: int, num_layers: int,
     if family == 'mstm':
         return dict(method='mstm', prune_layers=mstm_layers(num_layers),
                     keep_rate=keep_rate, coarse=True)
-    if method == 'pm-span':
-        return dict(mode='span', spans=span_units(num_layers),
-                    keep_rate=keep_rate, prune_rate=prune_rate, rule='row')
-    rule = 'nearest' if method == 'pm-nearest' else 'row'
-    return dict(mode='layer', layers=pm_layers(num_layers),
-                keep_rate=keep_rate, prune_rate=prune_rate, rule=rule)
+    m = METHODS[method]
+    units = dict(spans=span_units(num_layers)) if m.mode == 'span' else \
+        dict(layers=pm_layers(num_layers))
+    return dict(mode=m.mode, **units, keep_rate=keep_rate,
+                prune_rate=prune_rate, rule=m.rule,
+                reconstruct=m.reconstruct)
 
 
 def search_ranking(method: str) -> str:
     """Structure-search ranking: the paper's global ('automatic') ranking
     in layer mode; each span ranks alone."""
-    return 'layer' if method == 'pm-span' else 'global'
+    return 'layer' if METHODS[method].mode == 'span' else 'global'
 
 
 def knob_text(method: str, knob: int, num_tokens: int,
@@ -190,24 +217,6 @@ def check_within(method: str, achieved: float, target: float,
             f'GFLOPs, {100 * miss:+.1f}% from the target '
             f'{target / 1e9:.4f} (tolerance {100 * tolerance:.0f}%); the '
             'target is outside what this method reaches on this model')
-
-
-def random_structures_like(structures: Sequence[CompressionStructure],
-                           unit_scores: torch.Tensor, seed: int,
-                           rule: str = 'row') -> List[CompressionStructure]:
-    """The floor: each structure with its centres (and pruned tokens, if
-    any) drawn uniformly at random instead of by score. Counts per unit,
-    assignment rule and score-ratio merge weights stay as in
-    ``structures``, so the FLOPs are identical and only the choice of
-    centres differs. ``unit_scores`` (U, N): each unit's scores."""
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for s, scores in zip(structures, unit_scores):
-        order = torch.randperm(s.num_tokens, generator=generator)
-        k, p = s.num_groups, s.num_pruned
-        out.append(build_structure(s.grid, order[:k], order[k:k + p],
-                                   scores, rule))
-    return out
 
 
 def empty_neighbourhoods(structure: CompressionStructure,
@@ -322,7 +331,7 @@ def plot_study(rows: Sequence[dict], dense: dict, path, title: str,
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    colours = plt.get_cmap('tab10')
+    colours = plt.get_cmap('tab20')
     fig, ax = plt.subplots(figsize=(10, 5.6))
     names = list(dict.fromkeys(r['method'] for r in rows))
     for i, name in enumerate(names):

@@ -282,7 +282,8 @@ def test_segmenter_checkpoint_matches_reference(tmp_path, with_pm, capsys):
     assert "eps=1e-5" in out
 
     if with_pm:
-        assert compression == dict(mode='span', spans=[(1, 1), (2, 3)])
+        assert compression == dict(mode='span', spans=[(1, 1), (2, 3)],
+                                   reconstruct='pinv')
     else:
         assert compression is None
     model = mmseg_segmenter(compression)

@@ -9,7 +9,8 @@ import torch
 
 import mmseg_pm  # noqa: F401
 from mmseg_pm.cli import build_runner
-from mmseg_pm.compression import CompressionConfig, search_structures
+from mmseg_pm.compression import (CompressionConfig, mean_merge_weights,
+                                  search_structures)
 from mmseg_pm.datasets import make_synthetic_ade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,11 +75,20 @@ def test_prune_then_test_then_distill(dense, capsys):
     config = CompressionConfig.from_dict(
         dict(mode='layer', layers=[1, 2, 3], keep_rate=0.4, prune_rate=0.1),
         4)
-    expected = search_structures(meta['scores'], config, (8, 8), 'global')
+    assert meta['placement'] == 'spread'  # the project default
+    assert meta['compression']['reconstruct'] == 'residual'
+    expected = search_structures(meta['scores'], config, (8, 8), 'global',
+                                 'spread', meta['seed'])
     for first, s in zip((1, 2, 3), expected):
         prefix = f'backbone.token_compressors.{first}.'
         assert torch.equal(state[prefix + 'group'], s.group)
-        assert torch.equal(state[prefix + 'merge_weight'], s.weight)
+        assert bool(state[prefix + 'residual'])
+        # residual: each window's merge weights are the scores' mean weights
+        assert torch.allclose(state[prefix + 'merge_weight'],
+                              mean_merge_weights(s.group, s.weight,
+                                                 s.num_groups))
+        assert torch.equal(state[prefix + 'reconstruct_weight'],
+                           (s.group >= 0).float())
     # global ranking: the totals are exact, the layers differ
     assert sum(s.num_groups for s in expected) == int(0.4 * 64) * 3
     assert sum(s.num_pruned for s in expected) == int(0.1 * 64) * 3

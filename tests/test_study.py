@@ -12,8 +12,7 @@ import torch
 from mmseg_pm.compression import build_structure
 from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             compression_for, empty_neighbourhoods,
-                            keep_rate_for, mstm_layers,
-                            random_structures_like, span_units,
+                            keep_rate_for, mstm_layers, span_units,
                             tome_schedule, window_stats)
 from mmseg_pm.utils import count_flops
 
@@ -48,6 +47,9 @@ def test_knobs_mean_what_they_say():
     assert mstm_layers(8) == [1, 3, 5]
     assert compression_for('tome', 5, 4, 64)['r'] == [2, 1, 1, 1]
     assert compression_for('pm-nearest', 16, 4, 64)['rule'] == 'nearest'
+    assert compression_for('pm-row', 16, 4, 64)['reconstruct'] == 'pinv'
+    spread = compression_for('res-span-spread', 16, 4, 64)
+    assert spread['reconstruct'] == 'residual' and spread['mode'] == 'span'
 
 
 def test_calibrate_knob_finds_the_nearest_value_either_direction():
@@ -68,23 +70,6 @@ def test_calibrate_knob_finds_the_nearest_value_either_direction():
         check_within('tome', 0.9e9, 1e9, 0.02)
 
 
-def test_random_floor_only_redraws_the_centres():
-    scores = torch.rand(2, 64, generator=torch.Generator().manual_seed(0))
-    found = [build_structure((8, 8), torch.arange(k), None, scores[u])
-             for u, k in enumerate((10, 20))]
-    a = random_structures_like(found, scores, seed=1)
-    b = random_structures_like(found, scores, seed=1)
-    assert [s.num_groups for s in a] == [10, 20]
-    assert all(torch.equal(x.centre, y.centre) for x, y in zip(a, b))
-    assert not torch.equal(a[0].centre, found[0].centre)
-    # merge weights still follow the scores: S_p / S_centre
-    s = a[0]
-    p = int(torch.nonzero(s.group >= 0).flatten()[-1])
-    expected = scores[0, p] / scores[0, s.centre[s.group[p]]]
-    assert torch.isclose(s.weight[p], expected.clamp(min=1e-3)) or \
-        p in s.centre.tolist()
-
-
 def test_window_stats_measure_distance_to_the_centre():
     one_row = build_structure((1, 4), torch.tensor([0]))  # 0 <- 1, 2, 3
     assert window_stats([one_row]) == dict(mean_distance=1.5, max_window=4,
@@ -103,7 +88,7 @@ def tiny_args(tmp_path, **kw):
     return Namespace(**args)
 
 
-@pytest.mark.parametrize('method', ['pm-row', 'tome', 'random'])
+@pytest.mark.parametrize('method', ['pm-row', 'tome', 'res-spread'])
 def test_calibration_hits_the_flops_target(tmp_path, method):
     study = load_study_tool()
     args = tiny_args(tmp_path)

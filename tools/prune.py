@@ -29,7 +29,8 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
 from mmseg_pm.cli import UsageError, load_config  # noqa: E402
-from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
+from mmseg_pm.compression import (DEFAULT_PLACEMENT,  # noqa: E402
+                                  PLACEMENTS, RECONSTRUCTS, CompressionConfig,
                                   layer_token_counts, search_structures,
                                   token_scores_from_config)
 from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
@@ -73,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
                         'layer-mode configs, span for span-mode configs)')
     parser.add_argument('--rule', choices=('row', 'nearest'),
                         help='merge-window rule (default: the config\'s)')
+    parser.add_argument('--reconstruct', choices=RECONSTRUCTS,
+                        help="residual: every token keeps its value and gets "
+                        "its window's update; pinv: the authors' "
+                        "pseudo-inverse (default: the config's, else "
+                        'residual). Test and fine-tune with the same value.')
+    parser.add_argument('--placement', choices=PLACEMENTS,
+                        default=DEFAULT_PLACEMENT,
+                        help='where each unit\'s centres go; the ranking '
+                        'decides how many (default: %(default)s; score = '
+                        'the authors\' top-scored tokens; see '
+                        'docs/residual.md)')
     parser.add_argument('--depth-lambda', type=float, default=0.0,
                         help='depth weight 1 - lambda*l of the scores '
                         '(authors: 0 for Segmenter)')
@@ -112,7 +124,7 @@ def configure(args) -> Config:
             f'{args.config} is not a Prune-and-Merge config: its backbone '
             "must be type='PMVisionTransformer' with a compression=dict(...)"
             ' (see configs/segmenter/pm-*.py)')
-    for key in ('keep_rate', 'prune_rate', 'rule'):
+    for key in ('keep_rate', 'prune_rate', 'rule', 'reconstruct'):
         value = getattr(args, key)
         if value is not None:
             compression[key] = value
@@ -203,7 +215,7 @@ def prune(args, cfg: Config) -> dict:
     scores = token_scores_from_config(model, cfg, args.iters,
                                       args.depth_lambda, args.seed)
     structures = search_structures(scores, compression, backbone.grid_size,
-                                   ranking)
+                                   ranking, args.placement, args.seed)
     backbone.set_structures(structures)
     flops_pm = segmentor_flops(model, backbone.img_size, device)
 
@@ -213,13 +225,15 @@ def prune(args, cfg: Config) -> dict:
                               len(backbone.layers), n, num_prefix)
     summary = dict(
         config=str(args.config), source_checkpoint=str(args.checkpoint),
-        mode=args.mode, ranking=ranking, score_iters=args.iters,
+        mode=args.mode, ranking=ranking, placement=args.placement,
+        score_iters=args.iters,
         depth_lambda=args.depth_lambda, seed=args.seed,
         compression=dict(mode=compression.mode,
                          units=[list(u) for u in compression.units],
                          keep_rate=compression.keep_rate,
                          prune_rate=compression.prune_rate,
-                         rule=compression.rule),
+                         rule=compression.rule,
+                         reconstruct=compression.reconstruct),
         grid=list(backbone.grid_size), img_size=list(backbone.img_size),
         layers=[dict(r, unit=None if r['unit'] is None else list(r['unit']))
                 for r in rows],

@@ -48,18 +48,17 @@ from mmseg.registry import MODELS  # noqa: E402
 
 from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   search_structures,
-                                  token_scores_from_config, unit_scores)
+                                  token_scores_from_config)
 from mmseg_pm.benchmark import time_interleaved  # noqa: E402
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
 from mmseg_pm.cli import load_tool  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
-from mmseg_pm.study import (METHODS, CalibrationError,  # noqa: E402
-                            best_per_budget, calibrate_knob, check_within,
-                            compression_for, format_markdown, format_table,
-                            format_windows_markdown,
-                            knob_range, knob_text, plot_study,
-                            random_structures_like, search_ranking,
-                            window_stats)
+from mmseg_pm.study import (DEFAULT_METHODS, METHODS,  # noqa: E402
+                            CalibrationError, best_per_budget,
+                            calibrate_knob, check_within, compression_for,
+                            format_markdown, format_table,
+                            format_windows_markdown, knob_range, knob_text,
+                            plot_study, search_ranking, window_stats)
 from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
                             load_checkpoint_file, save_checkpoint_atomic)
 
@@ -236,15 +235,11 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             compression_for(method, knob, layers, n, args.prune_rate), layers)
 
     def structures_at(knob):
-        config = pm_config(knob)
-        found = search_structures(scores, config, grid,
-                                  search_ranking(method))
-        if family == 'random':
-            return random_structures_like(
-                found, unit_scores(scores, config.units), args.seed)
-        return found
+        return search_structures(scores, pm_config(knob), grid,
+                                 search_ranking(method),
+                                 METHODS[method].placement, args.seed)
 
-    if family in ('pm', 'random'):
+    if family == 'pm':
         model = build_segmentor(config_at(1))
 
         def flops_at(knob):
@@ -261,7 +256,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     cfg = config_at(knob)
     model = build_segmentor(cfg)
     load_dense(model, dense_state)
-    if family in ('pm', 'random'):
+    if family == 'pm':
         model.backbone.set_structures(structures_at(knob))
     counted = flops_of(model, args.img_size)
     if counted != flops:
@@ -351,7 +346,7 @@ def measure_speed(dense: dict, rows: list, args) -> dict:
 def merge_windows(row: dict):
     """Window statistics of a Prune-and-Merge-family row's structures (as
     searched, before fine-tuning), None for input-dependent methods."""
-    if METHODS[row['method']].family not in ('pm', 'random'):
+    if METHODS[row['method']].family != 'pm':
         return None
     model = demo.build_model(Path(row['config']), row['compressed'], 'cpu')
     return window_stats(model.backbone.structures())
@@ -420,7 +415,7 @@ def parse_args(argv=None):
                         default=[0.7, 0.5],
                         help='fractions of the dense GFLOPs')
     parser.add_argument('--methods', nargs='+', choices=list(METHODS),
-                        default=list(METHODS))
+                        default=DEFAULT_METHODS)
     parser.add_argument('--dense-iters', type=int, default=600)
     parser.add_argument('--finetune-iters', type=int, default=60)
     parser.add_argument('--score-iters', type=int, default=20)

@@ -9,4 +9,4 @@ model = dict(
         type='PMVisionTransformer',
         compression=dict(
             mode='layer', layers=list(range(4, 24)), keep_rate=0.7,
-            prune_rate=0.0)))
+            prune_rate=0.0, reconstruct='residual')))

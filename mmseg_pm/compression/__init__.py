@@ -3,14 +3,15 @@
 Nothing here imports mmseg, so it can be used and tested on its own.
 """
 from .config import CompressionConfig
-from .merge import (TokenCompressor, merge_matrix, merge_sparse,
-                    reconstruct_matrix, reconstruct_sparse)
+from .merge import (RECONSTRUCTS, TokenCompressor, merge_matrix,
+                    merge_sparse, reconstruct_matrix, reconstruct_sparse)
 from .scoring import (attention_scores, normalise_scores, token_scores,
                       token_scores_from_config)
-from .search import (RANKINGS, layer_token_counts, search_structures,
-                     select_tokens, token_budget, unit_scores)
+from .search import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS, grid_cells, layer_token_counts,
+                     place_centres, search_structures, select_tokens,
+                     token_budget, unit_scores)
 from .structure import (CompressionStructure, assign_groups, build_structure,
-                        lattice_centres, lattice_structure,
+                        lattice_centres, lattice_structure, mean_merge_weights,
                         nearest_rule_groups, reconstruct_weights,
                         row_rule_groups)
 
@@ -22,5 +23,6 @@ __all__ = [
     'reconstruct_weights', 'row_rule_groups', 'attention_scores',
     'normalise_scores', 'token_scores', 'token_scores_from_config',
     'RANKINGS', 'layer_token_counts', 'search_structures', 'select_tokens',
-    'token_budget', 'unit_scores'
+    'token_budget', 'unit_scores', 'RECONSTRUCTS', 'PLACEMENTS', 'DEFAULT_PLACEMENT', 'grid_cells',
+    'place_centres', 'mean_merge_weights'
 ]

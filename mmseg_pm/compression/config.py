@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
-from .merge import IMPLS
+from .merge import IMPLS, RECONSTRUCTS
 from .structure import ASSIGN_RULES
 
 MODES = ('layer', 'span')
@@ -69,6 +69,7 @@ class CompressionConfig:
     rule: str = 'row'
     impl: str = 'sparse'
     trainable: bool = True
+    reconstruct: str = 'residual'
 
     @classmethod
     def from_dict(cls, cfg: Optional[dict],
@@ -84,7 +85,7 @@ class CompressionConfig:
                 "set_structures apply to method='pm' only); parse any "
                 'method with parse_compression()')
         known = {'mode', 'layers', 'spans', 'keep_rate', 'prune_rate', 'rule',
-                 'impl', 'trainable'}
+                 'impl', 'trainable', 'reconstruct'}
         _check_keys(cfg, known, 'pm')
         mode = cfg.pop('mode', 'layer')
         if mode not in MODES:
@@ -135,6 +136,12 @@ class CompressionConfig:
                              f'{self.rule!r}')
         if self.impl not in IMPLS:
             raise ValueError(f'impl must be one of {IMPLS}, got {self.impl!r}')
+        if self.reconstruct not in RECONSTRUCTS:
+            raise ValueError(
+                f'reconstruct must be one of {RECONSTRUCTS}, got '
+                f"{self.reconstruct!r} ('residual': every token keeps its "
+                "value and gets its window's update, the project default; "
+                "'pinv': the authors' pseudo-inverse, for their checkpoints)")
 
     @property
     def layers(self) -> List[int]:

@@ -4,6 +4,14 @@ Pure functions first (sparse and dense formulations of the same
 arithmetic), then :class:`TokenCompressor`, the small module that holds one
 unit's structure as buffers and its trainable weights as parameters.
 
+Two reconstructions (docs/residual.md):
+
+* ``'residual'`` (default): ``x' = x + R~ (B(M~ x) - M~ x)`` -- every token
+  keeps its own value and receives its window's update; M~ is M with rows
+  normalised to sum 1, R~ starts at 1. Pruned tokens get no update.
+* ``'pinv'`` (the authors'): ``x' = R B(M x) + x_pruned`` with R = pinv(M):
+  every merged token becomes a scaled copy of its window's output.
+
 Sparse: ``x_small[k] = sum_{p in k} w_p x_p`` is a segment sum (index_add)
 and ``x[p] = r_p y[group[p]]`` a gather and a scale. Dense: explicit M (K x N)
 and R (N x K) matrix products, as the authors' code does; kept as the
@@ -16,9 +24,11 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .structure import CompressionStructure, reconstruct_weights
+from .structure import (CompressionStructure, mean_merge_weights,
+                        reconstruct_weights)
 
 IMPLS = ('sparse', 'dense')
+RECONSTRUCTS = ('residual', 'pinv')
 
 
 def batched_rows(index: Tensor, batch: int, rows: int) -> Tensor:
@@ -121,27 +131,38 @@ class TokenCompressor(nn.Module):
     grid, so a model built from a config loads any structure for that grid.
     ``merge_weight`` and ``reconstruct_weight`` (N,) are the non-zeros of M
     and R: trainable on their fixed support unless ``trainable=False``.
+    The buffer ``residual`` records the reconstruction the weights belong to
+    (``'residual'``: M~ and R~; ``'pinv'``: M and pinv(M)), so a checkpoint
+    is never read with the other formula.
 
-    ``num_prefix`` leading tokens (the class token) pass through merge and
-    reconstruct unchanged. The sparse path keeps them inside its one segment
-    sum and one gather (no concatenation), sends pruned tokens to group 0
-    with weight 0 (no spare row to slice off) and keeps only the pruned
-    tokens as the shortcut; index and weight vectors are cached per input
-    shape, and the weights too while they need no gradient.
+    ``num_prefix`` leading tokens (the class token) are windows of their own
+    (weight 1). The sparse path keeps them inside its one segment sum and one
+    gather (no concatenation) and sends pruned tokens to group 0 with weight
+    0 (no spare row to slice off); index and weight vectors are cached per
+    input shape, and the weights too while they need no gradient.
     """
 
     def __init__(self,
                  structure: CompressionStructure,
                  impl: str = 'sparse',
-                 trainable: bool = True):
+                 trainable: bool = True,
+                 reconstruct: str = 'residual'):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f'unknown merge impl {impl!r}; use one of {IMPLS}')
+        if reconstruct not in RECONSTRUCTS:
+            raise ValueError(f'unknown reconstruct {reconstruct!r}; use one '
+                             f'of {RECONSTRUCTS}')
         self.impl = impl
+        # A plain attribute (reading the buffer would break torch.compile
+        # graphs); loading refuses checkpoints of the other mode.
+        self.reconstruct_mode = reconstruct
         n = structure.num_tokens
         self.register_buffer('grid', torch.tensor(structure.grid))
         self.register_buffer('group', torch.zeros(n, dtype=torch.long))
         self.register_buffer('is_centre', torch.zeros(n, dtype=torch.bool))
+        self.register_buffer('residual',
+                             torch.tensor(reconstruct == 'residual'))
         self.merge_weight = nn.Parameter(torch.zeros(n),
                                          requires_grad=trainable)
         self.reconstruct_weight = nn.Parameter(torch.zeros(n),
@@ -163,22 +184,28 @@ class TokenCompressor(nn.Module):
         return int(self.grid[0]), int(self.grid[1])
 
     def set_structure(self, structure: CompressionStructure) -> None:
-        """Install ``structure`` and its initial weights (M and pinv(M))."""
+        """Install ``structure`` and its initial weights: M~ and R~ = 1
+        (residual) or M and pinv(M) (pinv)."""
         if structure.grid != self.grid_size:
             raise ValueError(f'structure grid {structure.grid} does not match '
                              f'this unit\'s grid {self.grid_size}')
+        group, weight = structure.group, structure.weight
+        k = structure.num_groups
+        if self.reconstruct_mode == 'residual':
+            merge = mean_merge_weights(group, weight, k)
+            reconstruct = (group >= 0).float()
+        else:
+            merge, reconstruct = weight, reconstruct_weights(group, weight, k)
         with torch.no_grad():
-            self.group.copy_(structure.group)
+            self.group.copy_(group)
             self.is_centre.zero_()
             self.is_centre[structure.centre] = True
-            self.merge_weight.copy_(structure.weight)
-            self.reconstruct_weight.copy_(
-                reconstruct_weights(structure.group, structure.weight,
-                                    structure.num_groups))
+            self.merge_weight.copy_(merge)
+            self.reconstruct_weight.copy_(reconstruct)
         self._refresh()
 
     def structure(self) -> CompressionStructure:
-        """The structure as data (weights as currently trained)."""
+        """The structure as data (merge weights as currently trained)."""
         group = self.group.cpu()
         weight = self.merge_weight.detach().cpu().clone()
         weight[group < 0] = 0
@@ -250,67 +277,88 @@ class TokenCompressor(nn.Module):
         return self._weights[key]
 
     # ------------------------------------------------------------------
-    def merge(self, x: Tensor, num_prefix: int = 0
-              ) -> Tuple[Tensor, Optional[Tensor]]:
-        """(B, P + N, C) tokens -> (merged (B, P + K, C), pruned shortcut).
+    def merge(self, x: Tensor, num_prefix: int = 0) -> Tuple[Tensor, object]:
+        """(B, P + N, C) tokens -> (merged (B, P + K, C), context).
 
-        The ``num_prefix`` = P leading tokens are passed through.
+        The ``num_prefix`` = P leading tokens are windows of their own.
+        ``context`` is what :meth:`reconstruct` needs besides the blocks'
+        output: the unit's input and its merged form (residual), or the
+        pruned tokens (pinv).
         """
         if self.impl == 'dense':
-            return self._merge_dense(x, num_prefix)
-        b, t, c = x.shape
-        scatter, pruned = self._batched_indices(b, num_prefix)
-        weight, _ = self._unit_weights(num_prefix, x.dtype)
-        merged = segment_sum(x, None, weight, num_prefix + self.num_groups,
-                             rows=scatter)
-        shortcut = x.reshape(b * t, c).index_select(0, pruned) \
-            if self.has_pruned else None
-        return merged, shortcut
+            merged = self._merge_dense(x, num_prefix)
+        else:
+            b = x.shape[0]
+            scatter, _ = self._batched_indices(b, num_prefix)
+            weight, _ = self._unit_weights(num_prefix, x.dtype)
+            merged = segment_sum(x, None, weight,
+                                 num_prefix + self.num_groups, rows=scatter)
+        if self.reconstruct_mode == 'residual':
+            return merged, (x, merged)
+        return merged, self._pruned_tokens(x, num_prefix)
 
-    def reconstruct(self, y: Tensor, shortcut: Optional[Tensor],
-                    num_prefix: int = 0) -> Tensor:
-        """(B, P + K, C) block output -> (B, P + N, C) full grid, with the
-        pruned tokens of ``shortcut`` put back."""
-        if self.impl == 'dense':
-            return self._reconstruct_dense(y, shortcut, num_prefix)
-        b, _, c = y.shape
-        gather, pruned = self._batched_indices(b, num_prefix)
-        _, weight = self._unit_weights(num_prefix, y.dtype)
-        x = gather_scale(y, None, weight, rows=gather)
-        if shortcut is not None:  # x is fresh: safe to write in place
-            x.view(-1, c).index_copy_(0, pruned, shortcut)
+    def reconstruct(self, y: Tensor, context, num_prefix: int = 0) -> Tensor:
+        """(B, P + K, C) blocks' output -> (B, P + N, C) full grid.
+
+        Residual: ``x + R~ (y - M~ x)``; pinv: ``R y`` with the pruned tokens
+        put back. ``context`` comes from :meth:`merge`.
+        """
+        if self.reconstruct_mode == 'residual':
+            x, merged = context
+            update = self._spread(y - merged, num_prefix)
+            if torch.is_grad_enabled() and (update.requires_grad
+                                            or x.requires_grad):
+                return x + update
+            return update.add_(x)  # update is fresh: safe to write in place
+        x = self._spread(y, num_prefix)
+        if context is not None:  # x is fresh: safe to write in place
+            if self.impl == 'dense':
+                x[:, num_prefix:] += context
+            else:
+                _, pruned = self._batched_indices(y.shape[0], num_prefix)
+                x.view(-1, x.shape[-1]).index_copy_(0, pruned, context)
         return x
 
-    # ------------------------------------------------------------------
-    # dense path: the authors' explicit matrices (reference and baseline)
-    def _merge_dense(self, x: Tensor, num_prefix: int
-                     ) -> Tuple[Tensor, Optional[Tensor]]:
-        patches = x[:, num_prefix:]
+    def _spread(self, y: Tensor, num_prefix: int) -> Tensor:
+        """``R y``: every token gets its window's row of ``y`` times its
+        reconstruct weight (0 for pruned tokens); prefix tokens keep theirs."""
+        if self.impl == 'dense':
+            r = reconstruct_matrix(self.group,
+                                   self.reconstruct_weight * self._kept,
+                                   self.num_groups)
+            x = torch.matmul(r.to(y.dtype), y[:, num_prefix:])
+            return torch.cat((y[:, :num_prefix], x), dim=1) if num_prefix \
+                else x
+        gather, _ = self._batched_indices(y.shape[0], num_prefix)
+        _, weight = self._unit_weights(num_prefix, y.dtype)
+        return gather_scale(y, None, weight, rows=gather)
+
+    def _pruned_tokens(self, x: Tensor, num_prefix: int) -> Optional[Tensor]:
+        """The pinv shortcut: the pruned tokens (sparse: their rows; dense:
+        the patch tokens masked to them), None when nothing is pruned."""
+        if not self.has_pruned:
+            return None
+        if self.impl == 'dense':
+            return x[:, num_prefix:] * (1 - self._kept).to(x.dtype)[:, None]
+        b, t, c = x.shape
+        _, pruned = self._batched_indices(b, num_prefix)
+        return x.reshape(b * t, c).index_select(0, pruned)
+
+    def _merge_dense(self, x: Tensor, num_prefix: int) -> Tensor:
+        """``M x`` with the authors' explicit (K, N) matrix."""
         m = merge_matrix(self.group, self.merge_weight * self._kept,
                          self.num_groups)
-        merged = torch.matmul(m.to(x.dtype), patches)
-        shortcut = patches * (1 - self._kept).to(x.dtype)[:, None] \
-            if self.has_pruned else None
+        merged = torch.matmul(m.to(x.dtype), x[:, num_prefix:])
         if num_prefix:
             merged = torch.cat((x[:, :num_prefix], merged), dim=1)
-        return merged, shortcut
-
-    def _reconstruct_dense(self, y: Tensor, shortcut: Optional[Tensor],
-                           num_prefix: int) -> Tensor:
-        r = reconstruct_matrix(self.group, self.reconstruct_weight * self._kept,
-                               self.num_groups)
-        x = torch.matmul(r.to(y.dtype), y[:, num_prefix:])
-        if shortcut is not None:
-            x = x + shortcut
-        if num_prefix:
-            x = torch.cat((y[:, :num_prefix], x), dim=1)
-        return x
+        return merged
 
     # ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Refuse another grid's structure before any tensor is copied (a
-        # shape mismatch would only be a warning under non-strict loading),
-        # and validate what was loaded (mmengine's loader skips load hooks).
+        # Refuse another grid's structure or the other reconstruction's
+        # weights before any tensor is copied (a mismatch would only be a
+        # warning under non-strict loading), and validate what was loaded
+        # (mmengine's loader skips load hooks).
         saved = state_dict.get(prefix + 'grid')
         if saved is not None and tuple(int(v) for v in saved) != self.grid_size:
             raise ValueError(
@@ -319,6 +367,20 @@ class TokenCompressor(nn.Module):
                 f'uses {self.grid_size[0]}x{self.grid_size[1]}; set the '
                 'backbone img_size to the size the structure was built for '
                 '(grid x patch_size)')
+        if saved is not None:
+            # Checkpoints written before the residual form were all pinv.
+            residual = state_dict.setdefault(prefix + 'residual',
+                                             torch.tensor(False))
+            mode = 'residual' if bool(residual) else 'pinv'
+            if mode != self.reconstruct_mode:
+                raise ValueError(
+                    f'checkpoint structure at {prefix!r} was made with '
+                    f"reconstruct={mode!r} but this model uses "
+                    f'reconstruct={self.reconstruct_mode!r}: the merge and '
+                    'reconstruct weights of one cannot be read with the '
+                    f"other; set compression reconstruct='{mode}' in the "
+                    'config (or prune the dense checkpoint again with '
+                    f"reconstruct='{self.reconstruct_mode}')")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh()
 
@@ -328,5 +390,5 @@ class TokenCompressor(nn.Module):
         pruned = int((self.group < 0).sum())
         return (f'grid={h}x{w}, centres={self.num_groups}, '
                 f'merged={n - self.num_groups - pruned}, pruned={pruned}, '
-                f'impl={self.impl}, '
+                f'reconstruct={self.reconstruct_mode}, impl={self.impl}, '
                 f'trainable={self.merge_weight.requires_grad}')

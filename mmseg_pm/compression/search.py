@@ -16,10 +16,21 @@ change the counts, and a token is never both kept and pruned. A unit that
 the global ranking leaves without a centre gets its best token as one (the
 only case where the total exceeds ``num_keep * U``). Everything that is
 neither a centre nor pruned is merged by :func:`build_structure`'s rule.
+
+The ranking decides *how many* centres each unit gets; ``placement``
+decides *where* they go (the pruned tokens are the ranking's in every case):
+
+* 'score': the top-ranked tokens themselves (the authors' structure). Raw
+  scores cluster, leaving regions without a centre whose tokens travel far.
+* 'spread': the grid is cut into as many cells as the unit has centres
+  (:func:`grid_cells`); each cell's best-scoring token is its centre.
+* 'lattice': the token nearest each cell's middle (scores unused).
+* 'random': centres drawn uniformly (seeded): the floor a placement must beat.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -28,6 +39,10 @@ from .config import CompressionConfig
 from .structure import CompressionStructure, build_structure
 
 RANKINGS = ('global', 'layer')
+PLACEMENTS = ('score', 'spread', 'lattice', 'random')
+# The project's default placement: the best of the four in the quality
+# study (benchmarks/study/table.md).
+DEFAULT_PLACEMENT = 'spread'
 
 
 def token_budget(num_tokens: int, keep_rate: float,
@@ -70,6 +85,90 @@ def select_tokens(scores: Tensor, num_keep: int, num_prune: int,
     return keep, prune
 
 
+def grid_cells(grid: Tuple[int, int], count: int) -> Tensor:
+    """(N,) cell of every token: ``count`` non-empty cells tiling the grid.
+
+    The rows are cut into ``r ~ sqrt(count * H / W)`` bands of near-equal
+    height and band b into ``c_b`` near-equal columns, the ``c_b`` differing
+    by at most one and summing to ``count``; cells are numbered band by band.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    if not 1 <= count <= h * w:
+        raise ValueError(f'cannot cut a {h}x{w} grid into {count} cells: '
+                         f'the count must be in [1, {h * w}]')
+    bands = min(h, count, max(1, round(math.sqrt(count * h / w))))
+    while -(-count // bands) > w:  # a band cannot hold more cells than columns
+        bands += 1
+    xs = torch.arange(w)
+    cell = torch.empty(h, w, dtype=torch.long)
+    offset = 0
+    for b in range(bands):
+        top, bottom = b * h // bands, (b + 1) * h // bands
+        cols = (b + 1) * count // bands - b * count // bands
+        column_cell = xs * cols // w  # 0..cols-1, near-equal widths
+        cell[top:bottom] = offset + column_cell[None]
+        offset += cols
+    return cell.flatten()
+
+
+def place_centres(scores: Tensor, count: int, grid: Tuple[int, int],
+                  excluded: Optional[Tensor] = None, placement: str = 'score',
+                  seed: int = 0) -> Tensor:
+    """Indices of ``count`` centres of one unit (see the module docstring).
+
+    ``excluded`` (N,) bool marks tokens that cannot be centres (pruned ones).
+    A cell whose tokens are all excluded gives its centre to the best
+    remaining token, so the count is always met when it can be at all.
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f'placement must be one of {PLACEMENTS}, got '
+                         f'{placement!r}')
+    n = scores.numel()
+    excluded = torch.zeros(n, dtype=torch.bool) if excluded is None \
+        else excluded.bool().cpu()
+    available = int((~excluded).sum())
+    if not 1 <= count <= available:
+        raise ValueError(
+            f'cannot place {count} centres: {available} of the {n} tokens '
+            'are not pruned; lower keep_rate or prune_rate')
+    scores = scores.float().cpu()
+    if placement == 'random':
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=generator)
+        return order[~excluded[order]][:count]
+    if placement == 'score':
+        priority = scores
+    else:
+        cell = grid_cells(grid, count)
+        if placement == 'spread':
+            priority = scores
+        else:  # 'lattice': closeness to the middle of the token's cell
+            w = int(grid[1])
+            y, x = (torch.arange(n) // w).float(), (torch.arange(n) % w).float()
+            cells = torch.zeros(count).index_add(0, cell, torch.ones(n))
+            my = torch.zeros(count).index_add(0, cell, y) / cells
+            mx = torch.zeros(count).index_add(0, cell, x) / cells
+            priority = -((y - my[cell]) ** 2 + (x - mx[cell]) ** 2)
+    priority = priority.masked_fill(excluded, -math.inf)
+    # Descending priority, ties to the lower index (a stable sort).
+    order = torch.sort(priority, descending=True, stable=True).indices
+    if placement == 'score':
+        return order[:count]
+    # The first token of each cell in that order is the cell's centre.
+    chosen = torch.zeros(n, dtype=torch.bool)
+    seen = torch.zeros(count, dtype=torch.bool)
+    for p in order.tolist():
+        c = int(cell[p])
+        if not seen[c] and not excluded[p]:
+            seen[c] = chosen[p] = True
+    missing = count - int(chosen.sum())
+    if missing:  # cells with only excluded tokens: best remaining tokens
+        rest = torch.sort(scores.masked_fill(excluded | chosen, -math.inf),
+                          descending=True, stable=True).indices[:missing]
+        chosen[rest] = True
+    return torch.nonzero(chosen).flatten()
+
+
 def check_scores(scores: Tensor, num_layers: int, num_tokens: int) -> None:
     if tuple(scores.shape) != (num_layers, num_tokens):
         raise ValueError(f'scores must have shape ({num_layers}, {num_tokens})'
@@ -81,7 +180,9 @@ def check_scores(scores: Tensor, num_layers: int, num_tokens: int) -> None:
 def search_structures(scores: Tensor,
                       config: CompressionConfig,
                       grid: Tuple[int, int],
-                      ranking: str = 'global') -> List[CompressionStructure]:
+                      ranking: str = 'global',
+                      placement: str = 'score',
+                      seed: int = 0) -> List[CompressionStructure]:
     """One structure per compressed unit of ``config``, in block order.
 
     Args:
@@ -90,9 +191,15 @@ def search_structures(scores: Tensor,
         config: which units, keep_rate, prune_rate and assignment rule.
         grid: (H, W) token grid, N = H * W.
         ranking: 'global' or 'layer' (see the module docstring).
+        placement: where each unit's centres go: 'score', 'spread',
+            'lattice' or 'random' (see the module docstring).
+        seed: the random placement's seed (unit u uses ``seed + u``).
     """
     if ranking not in RANKINGS:
         raise ValueError(f'ranking must be one of {RANKINGS}, got {ranking!r}')
+    if placement not in PLACEMENTS:
+        raise ValueError(f'placement must be one of {PLACEMENTS}, got '
+                         f'{placement!r}')
     config.validate()
     num_tokens = int(grid[0]) * int(grid[1])
     units = list(config.units)
@@ -111,10 +218,15 @@ def search_structures(scores: Tensor,
     num_keep, num_prune = token_budget(num_tokens, config.keep_rate,
                                        config.prune_rate)
     keep, prune = select_tokens(per_unit, num_keep, num_prune, ranking)
-    return [
-        build_structure(grid, torch.nonzero(keep[u]).flatten(), prune[u],
-                        per_unit[u], config.rule) for u in range(len(units))
-    ]
+    structures = []
+    for u in range(len(units)):
+        centres = torch.nonzero(keep[u]).flatten()
+        if placement != 'score':
+            centres = place_centres(per_unit[u], centres.numel(), grid,
+                                    prune[u], placement, seed + u)
+        structures.append(build_structure(grid, centres, prune[u],
+                                          per_unit[u], config.rule))
+    return structures
 
 
 def layer_token_counts(structures: Sequence[CompressionStructure],

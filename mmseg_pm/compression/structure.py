@@ -10,10 +10,13 @@ It is plain data, validated on construction, independent of any model:
   centres and S_p / S_centre for merged tokens (DESIGN.md §2.3). Weights
   are trainable, so a fine-tuned structure may hold other values.
 
-The merge matrix M (K x N) holds ``weight[p]`` at ``(group[p], p)`` and the
-reconstruct matrix is its pseudo-inverse, which for disjoint windows is
-``R[p, k] = weight[p] / sum_{i in k} weight[i]**2`` (see
-:func:`reconstruct_weights`).
+The merge matrix M (K x N) holds ``weight[p]`` at ``(group[p], p)``. The
+authors' reconstruct matrix is its pseudo-inverse, which for disjoint
+windows is ``R[p, k] = weight[p] / sum_{i in k} weight[i]**2`` (see
+:func:`reconstruct_weights`). The residual reconstruct (this project's
+default, docs/residual.md) merges with M's rows normalised to sum 1
+(:func:`mean_merge_weights`) and spreads each window's *update* back to its
+members with weight 1.
 """
 from __future__ import annotations
 
@@ -122,6 +125,24 @@ def reconstruct_weights(group: Tensor, weight: Tensor, num_groups: int) -> Tenso
     r = torch.zeros_like(weight)
     r[kept] = weight[kept] / norm[group[kept]]
     return r
+
+
+def mean_merge_weights(group: Tensor, weight: Tensor,
+                       num_groups: int) -> Tensor:
+    """Merge weights normalised per window to sum 1: the merged token is the
+    weighted mean of its window (M's rows normalised; 0 for pruned tokens).
+    A window whose weights sum to 0 gets uniform weights."""
+    kept = group >= 0
+    ones = torch.ones_like(weight)
+    total = torch.zeros(num_groups, dtype=weight.dtype, device=weight.device)
+    total = total.index_add(0, group[kept], weight[kept])
+    count = torch.zeros_like(total).index_add(0, group[kept], ones[kept])
+    out = torch.zeros_like(weight)
+    g = group[kept]
+    uniform = total[g] == 0
+    out[kept] = torch.where(uniform, 1 / count[g],
+                            weight[kept] / torch.where(uniform, 1., total[g]))
+    return out
 
 
 def row_rule_groups(centre: Tensor, grid: Tuple[int, int]) -> Tensor:

@@ -211,6 +211,7 @@ def compressor_state(structure: CompressionStructure,
         'is_centre': is_centre,
         'merge_weight': structure.weight.clone(),
         'reconstruct_weight': reconstruct_weight.float().clone(),
+        'residual': torch.tensor(False),  # the authors' pinv reconstruction
     }
 
 
@@ -292,12 +293,15 @@ def convert_pm_matrices(encoder: Dict[str, Tensor],
 
 
 def compression_config(units: Sequence[Tuple[int, int]]) -> Optional[dict]:
-    """The backbone ``compression=`` a model needs to load these units."""
+    """The backbone ``compression=`` a model needs to load these units
+    (the authors' matrices are M and pinv(M): ``reconstruct='pinv'``)."""
     if not units:
         return None
     if all(a == b for a, b in units):
-        return dict(mode='layer', layers=[a for a, _ in units])
-    return dict(mode='span', spans=[(a, b) for a, b in units])
+        return dict(mode='layer', layers=[a for a, _ in units],
+                    reconstruct='pinv')
+    return dict(mode='span', spans=[(a, b) for a, b in units],
+                reconstruct='pinv')
 
 
 def infer_grid(pos_embed: Tensor, num_prefix_tokens: int = 1

@@ -203,8 +203,10 @@ class PMVisionTransformer(BaseModule):
             ``dict(mode='layer', layers=[...])`` or
             ``dict(mode='span', spans=[(first, last), ...])`` with optional
             ``keep_rate`` (0.7), ``prune_rate`` (0.0), ``rule`` ('row' or
-            'nearest'), ``impl`` ('sparse' or 'dense') and ``trainable``
-            (True: merge/reconstruct weights are learnt). Until a structure
+            'nearest'), ``reconstruct`` ('residual': each token keeps its
+            value and gets its window's update; 'pinv': the authors'
+            pseudo-inverse), ``impl`` ('sparse' or 'dense') and
+            ``trainable`` (True: merge/reconstruct weights are learnt). Until a structure
             is installed (``set_structures`` or a checkpoint), every unit uses
             centres on a regular lattice with ``keep_rate`` of the tokens and
             no pruning. The structures are built for the grid of ``img_size``.
@@ -325,7 +327,7 @@ class PMVisionTransformer(BaseModule):
             for first, _ in self.compression.units:
                 self.token_compressors[str(first)] = TokenCompressor(
                     default, self.compression.impl,
-                    self.compression.trainable)
+                    self.compression.trainable, self.compression.reconstruct)
         elif isinstance(self.compression, MSTMConfig):
             if not with_cls_token:
                 raise ValueError(
@@ -526,13 +528,13 @@ class PMVisionTransformer(BaseModule):
         if self.out_origin:
             outs.append(self._to_output(x, hw, crop))
 
-        unit = None  # (last block, compressor, shortcut) inside a unit
+        unit = None  # (last block, compressor, context) inside a unit
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             if i in starts:
                 end, compressor = starts[i]
-                x, shortcut = compressor.merge(x, num_prefix)
-                unit = (end, compressor, shortcut)
+                x, context = compressor.merge(x, num_prefix)
+                unit = (end, compressor, context)
             if merger is None:
                 x = layer(x)
             else:
@@ -542,8 +544,8 @@ class PMVisionTransformer(BaseModule):
             if merger is not None and i in self.out_indices:
                 full = merger.restore(x, state)
             if unit is not None and (i == unit[0] or i in self.out_indices):
-                _, compressor, shortcut = unit
-                full = compressor.reconstruct(x, shortcut, num_prefix)
+                _, compressor, context = unit
+                full = compressor.reconstruct(x, context, num_prefix)
                 if i == unit[0]:
                     x, unit = full, None
             if i == last and self.final_norm:
