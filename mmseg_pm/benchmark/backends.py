@@ -4,11 +4,13 @@ onnxruntime (CPU execution provider), and ``torch.compile`` (Inductor).
 ONNX models are exported once per module with a free batch dimension (the
 image size is fixed: Prune-and-Merge structures are built for one grid) and
 run with the thread count torch uses. Compiled modules are static-shape
-(``dynamic=False``): one graph per batch size, compiled by its first call,
-whose time is reported apart from the steady state.
+(``dynamic=False``): one graph per batch size, compiled by its first call
+with an empty Inductor cache, whose time is reported apart from the steady
+state.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable, Optional, Tuple
@@ -87,17 +89,29 @@ def compiled_graphs() -> int:
     return int(counters['stats']['unique_graphs'])
 
 
+def cold_cache():
+    """A fresh, empty Inductor cache (so compile times do not depend on
+    what earlier runs left on disk); a no-op where torch lacks it."""
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:  # private API: older or newer torch
+        return contextlib.nullcontext()
+    return fresh_cache()
+
+
 def first_calls(step: Callable[[], object], again: Callable[[], object],
                 device: str) -> dict:
-    """Compile cost of a compiled step: the first call's seconds and the
-    graphs it compiled, then the graphs compiled by a call on other data
-    of the same shape (``again``; 0 for a static structure)."""
+    """Compile cost of a compiled step: the first call's seconds (with a
+    cold Inductor cache) and the graphs it compiled, then the graphs
+    compiled by a call on other data of the same shape (``again``; 0 for a
+    static structure)."""
     from .measure import synchronize
     before = compiled_graphs()
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    seconds = time.perf_counter() - start
+    with cold_cache():
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        seconds = time.perf_counter() - start
     compiled = compiled_graphs() - before
     again()
     synchronize(device)

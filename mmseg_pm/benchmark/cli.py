@@ -247,8 +247,8 @@ def export_rows(rows, modules, part: str, args, onnx_dir: Path,
             continue
         name = f"{row['model']}_{part}_{row['variant']}_" + \
             f"{row['keep_rate'] or 'dense'}.onnx"
-        hw = row['input_hw']
-        example = torch.randn(1, 3, *hw)
+        # batch 2: torch.export specialises a dimension of size 1
+        example = torch.randn(2, 3, *row['input_hw'])
         log(f'  exporting {part} {row["label"]} to ONNX')
         path, seconds, failure = try_export(module, example, onnx_dir / name)
         if failure is not None:

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -296,7 +297,18 @@ def exportable(row: dict) -> str:
         return 'cannot reach' if row.get('unreachable') else 'not tried'
     if info['exported']:
         return 'yes'
-    return f"no: {info['error']} ({info['reason']})"
+    return f"no: {info['error']} ({short_reason(info['reason'])})"
+
+
+def short_reason(reason: str) -> str:
+    """'no ONNX function for aten.sort.stable' from the exporter's line,
+    else its first 80 characters."""
+    found = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'"
+                      r"(?:, overload='([^']+)')?", reason)
+    if found:
+        op = '.'.join(p for p in found.groups() if p)
+        return f'no ONNX function for {op}'
+    return reason[:80]
 
 
 def summary_lines(rows: Sequence[dict], batches: Sequence[int]
@@ -311,7 +323,7 @@ def summary_lines(rows: Sequence[dict], batches: Sequence[int]
                 or row.get('img_size') is not None:
             continue
         off = row.get('vs_off') or {}
-        line = [row['label'], _fmt(row['gflops'], '.1f')]
+        line = [row['label'], _fmt(row['gflops'], '.3g')]
         line += [_fmt((row['timing'].get(b) or {}).get('images_per_s'),
                       '.2f') for b in batches]
         line.append(' / '.join(_fmt(off.get('speedup', {}).get(b))
