@@ -34,7 +34,7 @@ from .measure import (DTYPES, PARTS, analytic_backbone_flops, counted_flops,
 from .peers import DEFAULT_TOLERANCE, calibrate_peers
 from .report import (add_ratios, check_targets, machine_info, render_text,
                      write_results)
-from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS, PM_VARIANTS,
+from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS,
                        VARIANTS, ModelSpec, build_family, build_segmentor,
                        config_stem, expand_specs, family_weights,
                        parse_config_arg)
@@ -260,7 +260,8 @@ def export_rows(rows, modules, part: str, args, onnx_dir: Path,
             expected = module(example)
         diff = max_abs_diff(expected, onnx_step(session, example)())
         row['onnx'] = dict(exported=True, export_s=seconds,
-                           max_abs_diff=diff, file=str(path))
+                           max_abs_diff=diff,
+                           file=str(path) if args.onnx_dir else None)
         onnx_row = dict(copy.deepcopy(row), backend=ONNX,
                         label=row['label'] + ' [onnxruntime]', memory=None,
                         timing={})
