@@ -23,11 +23,17 @@ def add_runner_arguments(parser: argparse.ArgumentParser,
         nargs='+',
         action=DictAction,
         help=f'override config entries, e.g. {cfg_example} or key="[a,b]"')
+    add_launcher_arguments(parser)
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """--launcher and the launcher's --local-rank."""
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
-        help='job launcher')
+        help='job launcher: pytorch under torchrun, slurm under srun (GPUs: '
+        'nccl; CPU-only machines: gloo)')
     # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -35,14 +41,6 @@ def add_runner_arguments(parser: argparse.ArgumentParser,
 def set_local_rank(local_rank: int) -> None:
     """Expose the launcher's rank to mmengine unless torchrun already did."""
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
-
-
-def check_launcher(launcher: str, device: str) -> None:
-    """mmengine's init_dist binds each process to an accelerator."""
-    if launcher != 'none' and device not in ACCELERATORS:
-        raise UsageError(
-            f'--launcher {launcher} needs accelerators (mmengine binds each '
-            f'process to a GPU); on {device!r} use --launcher none')
 
 
 def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
@@ -54,6 +52,17 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def write_config(cfg: Config, path) -> Path:
+    """``cfg`` dumped to ``path`` (a self-contained .py config), written to
+    a temporary sibling first and then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.stem}.tmp.py')
+    cfg.dump(str(tmp))
+    tmp.replace(path)
+    return path
 
 
 def resolve_work_dir(cfg: Config, cli_work_dir, config_path: str) -> None:

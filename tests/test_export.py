@@ -34,6 +34,8 @@ model = dict(
 COMPRESSION = dict(
     dense=None,
     pm="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse')",
+    pm_pinv="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse', "
+    "reconstruct='pinv')",
     tome="dict(method='tome', layers=[0, 1], r=8)")
 
 
@@ -51,7 +53,7 @@ def tiny_checkpoint(tmp_path, method):
     torch.manual_seed(0)
     model = MODELS.build(Config.fromfile(str(config)).model)
     model.init_weights()
-    if method == 'pm':
+    if method.startswith('pm'):
         g = torch.Generator().manual_seed(0)
         order = torch.randperm(64, generator=g)
         model.backbone.set_structures([build_structure(
@@ -62,7 +64,8 @@ def tiny_checkpoint(tmp_path, method):
 
 
 @pytest.mark.parametrize('method,upsample', [('dense', True),
-                                             ('pm', False)])
+                                             ('pm', False),
+                                             ('pm_pinv', False)])
 def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
     config, checkpoint = tiny_checkpoint(tmp_path, method)
     out = tmp_path / 'onnx' / 'model.onnx'
@@ -70,7 +73,7 @@ def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
     report = export_tool.main(args + (['--upsample'] if upsample else []))
     printed = capsys.readouterr().out
     assert 'max abs diff' in printed and 'OK' in printed
-    assert report['method'] == method
+    assert report['method'] == method.split('_')[0]
     assert report['max_abs_diff'] <= 1e-4
     # one complete file, nothing left over from the atomic write
     assert sorted(p.name for p in out.parent.iterdir()) == ['model.onnx']
@@ -78,7 +81,7 @@ def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
     dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     # fixed shapes: logits at the input size, or the decoder's 1/8
     assert dims == ([1, 4, 64, 64] if upsample else [1, 4, 8, 8])
-    if method == 'pm':
+    if method.startswith('pm'):
         ops = {node.op_type for node in graph.node}
         assert not ops & {'TopK', 'Sort'}  # the structure is a constant
     # an independent check on other inputs

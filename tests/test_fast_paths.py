@@ -1,6 +1,7 @@
 """The compressed backbone's fast paths: the sparse merge against the dense
 matrices (values and gradients), its caches, bf16 autocast and
 torch.compile without graph breaks."""
+import pytest
 import torch
 import torch._dynamo
 
@@ -21,22 +22,25 @@ def structure(seed=0):
                            torch.rand(15, generator=g) + 0.1)
 
 
-def tiny_backbone(impl='sparse', **kwargs):
+def tiny_backbone(impl='sparse', reconstruct='residual', **kwargs):
     torch.manual_seed(0)
     model = PMVisionTransformer(
         **TINY, out_indices=(1, 2),
         compression=dict(mode='span', spans=[(1, 2)], keep_rate=0.5,
-                         impl=impl), **kwargs)
+                         impl=impl, reconstruct=reconstruct), **kwargs)
     model.init_weights()
     model.set_structures([structure()])
     return model.eval()
 
 
-def test_sparse_and_dense_matrix_units_agree_in_value_and_gradient():
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+def test_sparse_and_dense_matrix_units_agree_in_value_and_gradient(
+        reconstruct):
     x = torch.randn(2, 16, 8, dtype=torch.float64)  # class token + 15
     grads = {}
     for impl in ('sparse', 'dense'):
-        comp = TokenCompressor(structure(), impl=impl).double()
+        comp = TokenCompressor(structure(), impl=impl,
+                               reconstruct=reconstruct).double()
         xi = x.clone().requires_grad_()
         merged, shortcut = comp.merge(xi, num_prefix=1)
         assert merged.shape == (2, 6, 8)
@@ -78,8 +82,9 @@ def test_bf16_autocast_matches_fp32():
         assert (o.float() - r).norm() / r.norm() < 0.05
 
 
-def test_whole_compressed_backbone_traces_without_graph_breaks():
-    model = tiny_backbone()
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+def test_whole_compressed_backbone_traces_without_graph_breaks(reconstruct):
+    model = tiny_backbone(reconstruct=reconstruct)
     x = torch.randn(1, 3, 48, 80)
     torch._dynamo.reset()
     with torch.no_grad():

@@ -4,15 +4,18 @@ One command: make the synthetic ADE20K-format data set, train a tiny dense
 Segmenter, score its tokens, prune and merge, fine-tune with distillation
 from the dense model, evaluate dense and compressed models with mmseg's
 IoUMetric, and print one table (mIoU, GFLOPs, images/s, tokens per block).
-It runs the project's own tools (train.py, prune.py, test.py) in-process.
+The residual reconstruction (the default) is shown next to the authors'
+pinv at the same structure (docs/residual.md). It runs the project's own
+tools (train.py, prune.py, test.py) in-process.
 
 Example::
 
     python tools/demo.py                      # a few minutes on 2 CPU cores
-    python tools/demo.py --keep-rate 0.3 --prune-rate 0.2 --work-dir work_dirs/demo_03
+    python tools/demo.py --keep-rate 0.5 --layers 1 2 3 --work-dir work_dirs/demo_05
 
 Outputs (under --work-dir, default work_dirs/demo): dense/ and distill/
-(training work dirs and checkpoints), pruned.pth and prune.log,
+(training work dirs and checkpoints), pruned.pth (and pruned_pinv.pth),
+the configs they were made with, prune.log,
 merge_windows.png (the structures drawn on a validation image),
 results.json and results.md (the table).
 """
@@ -38,7 +41,9 @@ from tqdm import tqdm  # noqa: E402
 
 from mmseg_pm.benchmark import time_interleaved, tokens_per_layer  # noqa: E402,E501
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
-from mmseg_pm.cli import load_tool  # noqa: E402
+from mmseg_pm.cli import load_tool, write_config  # noqa: E402
+from mmseg_pm.compression import (DEFAULT_PLACEMENT,  # noqa: E402
+                                  PLACEMENTS, RECONSTRUCTS)
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
                             load_checkpoint_file)
@@ -46,6 +51,11 @@ from mmseg_pm.utils import (checkpoint_state_dict, count_flops,  # noqa: E402
 DENSE_CONFIG = REPO / 'configs/synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 PM_CONFIG = REPO / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 DISTILL_CONFIG = REPO / 'configs/distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+# The demo's compression: at least 30 % fewer GFLOPs than the dense model.
+DEMO_LAYERS = [0, 1, 2, 3]
+DEMO_KEEP_RATE = 0.3
+DEMO_PRUNE_RATE = 0.1
+DEMO_RULE = 'nearest'
 
 
 
@@ -89,6 +99,30 @@ def data_options(root: str) -> list:
             for split in ('train', 'val', 'test')]
 
 
+def demo_config(source: Path, args, reconstruct: str, path: Path) -> Path:
+    """``source`` with the demo's compression (blocks and reconstruction),
+    written to ``path`` so that prune, test, distillation and the picture
+    all read the same model."""
+    cfg = Config.fromfile(str(source))
+    cfg.model.backbone.compression.update(layers=list(args.layers),
+                                          reconstruct=reconstruct)
+    return write_config(cfg, path)
+
+
+def prune_dense(prune_tool, config: Path, dense_ckpt: str, out: str, args,
+                root: str, log: io.StringIO) -> dict:
+    """tools/prune.py with the demo's settings; its table goes to ``log``."""
+    with contextlib.redirect_stdout(log):
+        return prune_tool.main([
+            str(config), dense_ckpt, '--out', out, '--force',
+            '--iters', str(args.score_iters), '--keep-rate',
+            str(args.keep_rate), '--prune-rate', str(args.prune_rate),
+            '--mode', args.mode, '--rule', args.rule, '--placement',
+            args.placement, '--device', args.device,
+            '--cfg-options', *data_options(root)
+        ])
+
+
 def run_tool(tool, argv, desc: str, mode: str):
     """Build a Runner the way the tool's main() does, quietly (the full
     log goes to the work dir), with a progress bar; run train or test."""
@@ -125,30 +159,38 @@ def images_per_second(models: dict, img_size, device: str, batch_size: int,
             for name, t in seconds.items()}
 
 
-def format_table(rows: list) -> str:
-    header = ('model', 'mIoU', 'GFLOPs', 'images/s', 'tokens per block')
-    body = [(r['model'], f'{r["mIoU"]:.2f}', f'{r["gflops"]:.4f}',
+HEADER = ('model', 'mIoU', 'vs dense', 'GFLOPs', 'FLOPs cut', 'images/s',
+          'tokens per block')
+
+
+def table_cells(rows: list) -> list:
+    """One tuple of strings per row; the first row is the dense model."""
+    dense = rows[0]
+    return [(r['model'], f'{r["mIoU"]:.2f}',
+             f'{r["mIoU"] - dense["mIoU"]:+.2f}', f'{r["gflops"]:.4f}',
+             f'{100 * (1 - r["gflops"] / dense["gflops"]):.1f}%',
              f'{r["images_per_s"]:.0f}',
              ' / '.join(str(t) for t in r['tokens_per_block']))
             for r in rows]
-    widths = [max(len(x[i]) for x in [header] + body)
-              for i in range(len(header))]
+
+
+def format_table(rows: list) -> str:
+    body = table_cells(rows)
+    widths = [max(len(x[i]) for x in [HEADER] + body)
+              for i in range(len(HEADER))]
 
     def line(cells):
-        return '  '.join(c.ljust(wd) if i in (0, 4) else c.rjust(wd)
+        return '  '.join(c.ljust(wd) if i in (0, 6) else c.rjust(wd)
                          for i, (c, wd) in enumerate(zip(cells, widths)))
 
     sep = '  '.join('-' * wd for wd in widths)
-    return '\n'.join([line(header), sep] + [line(b) for b in body])
+    return '\n'.join([line(HEADER), sep] + [line(b) for b in table_cells(rows)])
 
 
 def format_markdown(rows: list, note: str) -> str:
-    lines = ['| model | mIoU | GFLOPs | images/s | tokens per block |',
-             '|---|---:|---:|---:|---|']
-    for r in rows:
-        lines.append(f'| {r["model"]} | {r["mIoU"]:.2f} | '
-                     f'{r["gflops"]:.4f} | {r["images_per_s"]:.0f} | '
-                     f'{" / ".join(str(t) for t in r["tokens_per_block"])} |')
+    lines = ['| ' + ' | '.join(HEADER) + ' |',
+             '|---|---:|---:|---:|---:|---:|---|']
+    lines += ['| ' + ' | '.join(cells) + ' |' for cells in table_cells(rows)]
     return '\n'.join(lines) + f'\n\n{note}\n'
 
 
@@ -169,11 +211,20 @@ def parse_args(argv=None):
                         help='distillation fine-tuning iterations')
     parser.add_argument('--score-iters', type=int, default=20,
                         help='training batches used for token scores')
-    parser.add_argument('--keep-rate', type=float, default=0.5)
-    parser.add_argument('--prune-rate', type=float, default=0.1)
+    parser.add_argument('--keep-rate', type=float, default=DEMO_KEEP_RATE)
+    parser.add_argument('--prune-rate', type=float, default=DEMO_PRUNE_RATE)
+    parser.add_argument('--layers', type=int, nargs='+', default=DEMO_LAYERS,
+                        help='compressed blocks of the 4-block model')
     parser.add_argument('--mode', choices=('global', 'layer'),
                         default='global', help='structure search ranking')
-    parser.add_argument('--rule', choices=('row', 'nearest'), default='row')
+    parser.add_argument('--rule', choices=('row', 'nearest'),
+                        default=DEMO_RULE)
+    parser.add_argument('--placement', choices=PLACEMENTS,
+                        default=DEFAULT_PLACEMENT,
+                        help='where the centres go (see tools/prune.py)')
+    parser.add_argument('--reconstruct', choices=RECONSTRUCTS,
+                        default='residual',
+                        help="residual (default) or the authors' pinv")
     parser.add_argument('--bench-batch', type=int, default=16,
                         help='batch size of the images/s measurement')
     parser.add_argument('--threads', type=int, default=1,
@@ -224,17 +275,23 @@ def main(argv=None) -> dict:
     timings['train_dense_s'] = time.perf_counter() - t
 
     print(f'[3/6] score tokens ({args.score_iters} batches), prune and merge')
+    pm_config = demo_config(PM_CONFIG, args, args.reconstruct,
+                            work / 'pm_config.py')
+    distill_config = demo_config(DISTILL_CONFIG, args, args.reconstruct,
+                                 work / 'distill_config.py')
     t = time.perf_counter()
     pruned_ckpt = str(work / 'pruned.pth')
     prune_log = io.StringIO()
-    with contextlib.redirect_stdout(prune_log):
-        summary = prune_tool.main([
-            str(PM_CONFIG), dense_ckpt, '--out', pruned_ckpt, '--force',
-            '--iters', str(args.score_iters), '--keep-rate',
-            str(args.keep_rate), '--prune-rate', str(args.prune_rate),
-            '--mode', args.mode, '--rule', args.rule, '--device',
-            args.device, '--cfg-options', *data_options(root)
-        ])
+    summary = prune_dense(prune_tool, pm_config, dense_ckpt, pruned_ckpt,
+                          args, root, prune_log)
+    # The authors' reconstruction at the same settings, for comparison.
+    compare_pinv = args.reconstruct != 'pinv'
+    if compare_pinv:
+        pinv_config = demo_config(PM_CONFIG, args, 'pinv',
+                                  work / 'pm_pinv_config.py')
+        pinv_ckpt = str(work / 'pruned_pinv.pth')
+        prune_dense(prune_tool, pinv_config, dense_ckpt, pinv_ckpt, args,
+                    root, prune_log)
     write_atomic(work / 'prune.log', prune_log.getvalue())
     timings['prune_s'] = time.perf_counter() - t
 
@@ -242,7 +299,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     n = args.distill_iters
     run_tool(train_tool, [
-        str(DISTILL_CONFIG), '--work-dir', str(work / 'distill'),
+        str(distill_config), '--work-dir', str(work / 'distill'),
         '--cfg-options', *data_options(root), f'load_from={pruned_ckpt}',
         f'model.teacher_checkpoint={dense_ckpt}', f'train_cfg.max_iters={n}',
         f'param_scheduler.0.end={n}', f'default_hooks.checkpoint.interval={n}'
@@ -252,9 +309,14 @@ def main(argv=None) -> dict:
 
     print('[5/6] evaluate with mmseg IoUMetric (tools/test.py)')
     t = time.perf_counter()
-    variants = [('dense', DENSE_CONFIG, dense_ckpt),
-                ('pruned, no fine-tuning', PM_CONFIG, pruned_ckpt),
-                ('pruned + distilled', PM_CONFIG, distilled_ckpt)]
+    variants = [('dense', DENSE_CONFIG, dense_ckpt)]
+    if compare_pinv:
+        variants.append(("authors' pinv, no fine-tuning", pinv_config,
+                         pinv_ckpt))
+    variants += [(f'{args.reconstruct}, no fine-tuning', pm_config,
+                  pruned_ckpt),
+                 (f'{args.reconstruct} + distilled', pm_config,
+                  distilled_ckpt)]
     metrics = {}
     for name, config, ckpt in variants:
         metrics[name] = run_tool(test_tool, [
@@ -273,12 +335,12 @@ def main(argv=None) -> dict:
              for name, m in models.items()}
     speed = images_per_second(models, img_size, args.device,
                               args.bench_batch)
-    backbone = models['pruned + distilled'].backbone
+    backbone = models[variants[-1][0]].backbone
     grid = tuple(backbone.grid_size)
     val_image = sorted(Path(data['validation_img_dir']).glob('*.jpg'))[0]
     picture = work / 'merge_windows.png'
     with contextlib.redirect_stdout(prune_log):  # tools/visualize_tokens.py
-        visualize_tool.main([str(PM_CONFIG), pruned_ckpt, str(val_image),
+        visualize_tool.main([str(pm_config), pruned_ckpt, str(val_image),
                              '--out', str(picture), '--dpi', '90'])
     write_atomic(work / 'prune.log', prune_log.getvalue())
     timings['measure_s'] = time.perf_counter() - t
@@ -292,8 +354,10 @@ def main(argv=None) -> dict:
     note = (f'Synthetic ADE20K-format data ({data["num_val"]} validation '
             f'images), tiny Segmenter (4 blocks, {img_size[0]}x{img_size[1]}'
             f' crops, {backbone.grid_size[0]}x{backbone.grid_size[1]} '
-            f'tokens); keep_rate {args.keep_rate}, prune_rate '
-            f'{args.prune_rate}, {args.mode} ranking, {args.rule} rule. '
+            f'tokens); blocks {args.layers} compressed, keep_rate '
+            f'{args.keep_rate}, prune_rate {args.prune_rate}, {args.mode} '
+            f'ranking, {args.placement} placement, {args.rule} rule, '
+            f'{args.reconstruct} reconstruction. '
             'GFLOPs: one crop; images/s: batches of '
             f'{args.bench_batch} crops, median of 10 interleaved runs, device '
             f'{args.device}, {args.threads} thread(s); tokens per block '

@@ -13,6 +13,9 @@ Example::
         configs/segmenter/pm-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py \\
         segmenter_vit-s_mask_8x1_512x512_160k_ade20k_20220105_151706-511bb103.pth \\
         --out work_dirs/pm_vit-s/pruned.pth --iters 100
+    # the same 100 batches shared by 8 processes (GPUs, or CPUs with gloo)
+    torchrun --nproc-per-node 8 tools/prune.py CONFIG CHECKPOINT \\
+        --out work_dirs/pm_vit-s/pruned.pth --iters 100 --launcher pytorch
 
 See ``--help`` for how ``--mode`` relates to the config's compression mode.
 """
@@ -28,7 +31,9 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from mmseg_pm.cli import UsageError, load_config  # noqa: E402
+from mmseg_pm.apis import init_distributed  # noqa: E402
+from mmseg_pm.cli import (UsageError, add_launcher_arguments,  # noqa: E402
+                          load_config, set_local_rank)
 from mmseg_pm.compression import (DEFAULT_PLACEMENT,  # noqa: E402
                                   PLACEMENTS, RECONSTRUCTS, CompressionConfig,
                                   layer_token_counts, search_structures,
@@ -62,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('checkpoint', help='dense checkpoint (file or URL)')
     parser.add_argument('--out', required=True, help='output checkpoint')
     parser.add_argument('--iters', type=int, default=100,
-                        help='training batches to score with (default 100)')
+                        help='training batches to score with (default 100), '
+                        'shared by the processes of a distributed run')
     parser.add_argument('--keep-rate', type=float,
                         help='fraction of tokens kept as centres '
                         '(default: the config\'s)')
@@ -98,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         '--cfg-options', nargs='+', action=DictAction,
         help='override config entries, e.g. '
         'train_dataloader.batch_size=4 (pass the same ones to test.py)')
+    add_launcher_arguments(parser)
     return parser
 
 
@@ -197,8 +204,9 @@ def format_table(rows, flops_dense, flops_pm, img_size) -> str:
     return '\n'.join(lines)
 
 
-def prune(args, cfg: Config) -> dict:
-    """Everything after validation; returns the summary saved in meta."""
+def prune(args, cfg: Config, rank: int = 0) -> dict:
+    """Everything after validation; returns the summary saved in meta
+    (written by rank 0 of a distributed run)."""
     device = pick_device(args.device)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
@@ -242,6 +250,8 @@ def prune(args, cfg: Config) -> dict:
     meta = {k: v for k, v in checkpoint.get('meta', {}).items()
             if k == 'dataset_meta'}
     meta['prune_and_merge'] = summary
+    if rank != 0:  # every rank holds the same model; one writes it
+        return summary
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint_atomic(dict(meta=meta, state_dict=state_dict), args.out)
     print(format_table(rows, flops_dense, flops_pm, backbone.img_size))
@@ -253,10 +263,12 @@ def prune(args, cfg: Config) -> dict:
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_local_rank(args.local_rank)
     try:
         check_paths(args)
         cfg = configure(args)  # every option is checked before any work
-        return prune(args, cfg)
+        rank, _ = init_distributed(args.launcher)
+        return prune(args, cfg, rank)
     except UsageError as err:
         parser.error(str(err))
 

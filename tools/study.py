@@ -51,7 +51,7 @@ from mmseg_pm.compression import (CompressionConfig,  # noqa: E402
                                   token_scores_from_config)
 from mmseg_pm.benchmark import time_interleaved  # noqa: E402
 from mmseg_pm.benchmark.measure import summarise  # noqa: E402
-from mmseg_pm.cli import load_tool  # noqa: E402
+from mmseg_pm.cli import load_tool, write_config  # noqa: E402
 from mmseg_pm.datasets import make_synthetic_ade  # noqa: E402
 from mmseg_pm.study import (DEFAULT_METHODS, METHODS,  # noqa: E402
                             CalibrationError, best_per_budget,
@@ -146,14 +146,6 @@ def distill_config(student: Config, teacher_model: dict, teacher_ckpt: str,
     cfg.param_scheduler[0]['end'] = iters
     cfg.load_from = str(load_from)
     return cfg
-
-
-def write_config(cfg: Config, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.tmp.py')
-    cfg.dump(str(tmp))
-    tmp.replace(path)
-    return path
 
 
 # ---------------------------------------------------------------- caching

@@ -3,6 +3,7 @@
 Example::
 
     python tools/test.py CONFIG CHECKPOINT --out work_dirs/preds
+    torchrun --nproc-per-node 2 tools/test.py CONFIG CKPT --launcher pytorch
 """
 import argparse
 import sys
@@ -13,11 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Must precede Config.fromfile: registers our modules and the mmseg:: scope.
 import mmseg_pm  # noqa: E402,F401
 from mmengine.config import Config  # noqa: E402
-from mmengine.device import get_device  # noqa: E402
-from mmseg_pm.cli import (UsageError,  # noqa: E402
-                          add_runner_arguments, build_runner,
-                          check_launcher, load_config, resolve_work_dir,
+from mmseg_pm.cli import (UsageError, add_runner_arguments,  # noqa: E402
+                          build_runner, load_config, resolve_work_dir,
                           set_local_rank)
+from mmseg_pm.apis import setup_runner_launcher  # noqa: E402
 
 
 CFG_EXAMPLE = 'test_dataloader.batch_size=2'
@@ -90,7 +90,6 @@ def save_predictions(cfg: Config, out_dir: str) -> None:
 
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
-    check_launcher(args.launcher, get_device())
     check_checkpoint(args.checkpoint)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
@@ -101,6 +100,7 @@ def prepare_config(args: argparse.Namespace) -> Config:
         enable_tta(cfg)
     if args.out is not None:
         save_predictions(cfg, args.out)
+    setup_runner_launcher(cfg)
     return cfg
 
 

@@ -18,9 +18,9 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.device import get_device  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmseg_pm.cli import (ACCELERATORS, UsageError,  # noqa: E402
-                          add_runner_arguments, build_runner,
-                          check_launcher, load_config, resolve_work_dir,
-                          set_local_rank)
+                          add_runner_arguments, build_runner, load_config,
+                          resolve_work_dir, set_local_rank)
+from mmseg_pm.apis import setup_runner_launcher  # noqa: E402
 
 
 CFG_EXAMPLE = 'train_cfg.max_iters=100'
@@ -67,13 +67,13 @@ def enable_amp(cfg: Config, device: str) -> None:
 def prepare_config(args: argparse.Namespace) -> Config:
     """Config with every command-line option applied."""
     device = get_device()
-    check_launcher(args.launcher, device)
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     resolve_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
         enable_amp(cfg, device)
     if args.resume:
         cfg.resume = True
+    setup_runner_launcher(cfg)
     return cfg
 
 

@@ -17,10 +17,9 @@ changed and their ``.grad`` is never touched: only dL/dA is computed.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from contextlib import ExitStack, contextmanager
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -112,34 +111,25 @@ def _check_grid(inputs: Tensor, backbone: nn.Module) -> None:
             "crop (the data preprocessor's size) equal img_size")
 
 
-def token_scores(model: nn.Module,
-                 batches: Iterable[dict],
-                 num_iters: Optional[int] = None,
-                 depth_lambda: float = 0.0,
-                 progress: bool = True) -> Tensor:
-    """Score every patch token of every block of an mmseg segmentor.
+def _check_depth_lambda(model: nn.Module, depth_lambda: float) -> None:
+    """Fail before the pass, not after it."""
+    normalise_scores(torch.zeros(len(pm_backbone(model).layers), 1),
+                     depth_lambda)
 
-    Args:
-        model: an mmseg segmentor (e.g. ``EncoderDecoder``) whose backbone is
-            a ``PMVisionTransformer``; it is run dense.
-        batches: data batches as mmseg's dataloaders yield them; each goes
-            through ``model.data_preprocessor(batch, training=True)`` and
-            ``model(**data, mode='loss')``.
-        num_iters: use the first ``num_iters`` batches (required for an
-            infinite loader); None uses them all.
-        depth_lambda: depth weight ``1 - depth_lambda * l``.
-        progress: show a tqdm bar.
 
-    Returns:
-        (num_layers, N) float32 CPU tensor, one L2-normalised row per block.
-    """
+def token_score_totals(model: nn.Module,
+                       batches: Iterable[dict],
+                       num_iters: Optional[int] = None,
+                       progress: bool = True) -> Tuple[Tensor, int]:
+    """The unnormalised sums ``S`` of :func:`token_scores` and the number of
+    batches they add up: (num_layers, N) float64 CPU. Sums of disjoint
+    batch sets add up to the sum over their union (how ranks combine)."""
     if num_iters is not None and num_iters < 1:
         raise ValueError(f'num_iters must be >= 1, got {num_iters}')
     backbone = pm_backbone(model)
     num_prefix = 1 if backbone.with_cls_token else 0
     num_layers = len(backbone.layers)
     num_tokens = backbone.grid_size[0] * backbone.grid_size[1]
-    normalise_scores(torch.zeros(num_layers, 1), depth_lambda)  # check early
     totals = torch.zeros(num_layers, num_tokens, dtype=torch.float64)
     if num_iters is None:
         total = len(batches) if hasattr(batches, '__len__') else None
@@ -165,6 +155,32 @@ def token_scores(model: nn.Module,
                     probs.detach(), grad, num_prefix).cpu()
             captured.clear()
             seen += 1
+    return totals, seen
+
+
+def token_scores(model: nn.Module,
+                 batches: Iterable[dict],
+                 num_iters: Optional[int] = None,
+                 depth_lambda: float = 0.0,
+                 progress: bool = True) -> Tensor:
+    """Score every patch token of every block of an mmseg segmentor.
+
+    Args:
+        model: an mmseg segmentor (e.g. ``EncoderDecoder``) whose backbone is
+            a ``PMVisionTransformer``; it is run dense.
+        batches: data batches as mmseg's dataloaders yield them; each goes
+            through ``model.data_preprocessor(batch, training=True)`` and
+            ``model(**data, mode='loss')``.
+        num_iters: use the first ``num_iters`` batches (required for an
+            infinite loader); None uses them all.
+        depth_lambda: depth weight ``1 - depth_lambda * l``.
+        progress: show a tqdm bar.
+
+    Returns:
+        (num_layers, N) float32 CPU tensor, one L2-normalised row per block.
+    """
+    _check_depth_lambda(model, depth_lambda)
+    totals, seen = token_score_totals(model, batches, num_iters, progress)
     if seen == 0:
         raise ValueError('token scoring got no batches')
     return normalise_scores(totals, depth_lambda).float()
@@ -177,15 +193,28 @@ def token_scores_from_config(model: nn.Module,
                              seed: int = 0,
                              progress: bool = True) -> Tensor:
     """:func:`token_scores` on ``num_iters`` batches of the config's own
-    ``train_dataloader`` (built as mmengine's Runner builds it, seeded so
-    the same config and weights give the same scores)."""
+    ``train_dataloader`` data set, a seeded shuffle of it whose random
+    augmentations are seeded per sample, so the same config, weights and
+    seed give the same scores.
+
+    In a distributed run (a process group started, e.g. by
+    ``mmseg_pm.apis.init_distributed``) the ranks split the ``num_iters``
+    batches and add up their totals before normalising: N processes give
+    the scores of one process, up to float64 summation order.
+    """
+    from mmengine.dist import get_rank
     from mmengine.registry import init_default_scope
-    from mmengine.runner import Runner, set_random_seed
+
+    from mmseg_pm.apis.distributed import (build_rank_dataloader,
+                                           sum_across_ranks)
 
     if 'train_dataloader' not in cfg:
         raise ValueError('the config has no train_dataloader to score with')
+    if num_iters < 1:
+        raise ValueError(f'num_iters must be >= 1, got {num_iters}')
+    _check_depth_lambda(model, depth_lambda)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    set_random_seed(seed)
-    loader = Runner.build_dataloader(
-        copy.deepcopy(cfg.train_dataloader), seed=seed)
-    return token_scores(model, loader, num_iters, depth_lambda, progress)
+    loader = build_rank_dataloader(cfg.train_dataloader, num_iters, seed)
+    totals, _ = token_score_totals(model, loader,
+                                   progress=progress and get_rank() == 0)
+    return normalise_scores(sum_across_ranks(totals), depth_lambda).float()
