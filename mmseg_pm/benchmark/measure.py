@@ -41,7 +41,8 @@ def autocast(device: str, dtype: str):
     """Autocast to ``dtype`` ('fp32' = none)."""
     if dtype == 'fp32':
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=DTYPES[dtype])
+    return torch.autocast(device_type=device.split(':')[0],
+                          dtype=DTYPES[dtype])
 
 
 def synchronize(device: str) -> None:

@@ -584,6 +584,7 @@ def render_plot(results: dict) -> bytes:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     rows = results['rows']
     part, dtype = summary_part(rows)
@@ -604,10 +605,14 @@ def render_plot(results: dict) -> bytes:
                     marker=VARIANT_MARKERS.get(variant, 'o'),
                     color=colours.get(variant), label=name,
                     fillstyle='full' if backend == EAGER else 'none')
+        ax.set_yscale('log')
+        for axis in (ax.yaxis.set_major_formatter,
+                     ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter('%g'))
         ax.set(xlabel=f'GFLOPs / image ({part}, counted)',
-               ylabel='images / s', title=f'{model}: {part} {dtype}, '
-               f'batch {batch}')
-        ax.grid(alpha=0.3)
+               ylabel='images / s (log)',
+               title=f'{part} {dtype}, batch {batch}')
+        ax.grid(alpha=0.3, which='both')
         ax.legend(fontsize=6)
     if results.get('scale'):
         by_label: Dict[str, list] = {}
@@ -622,7 +627,7 @@ def render_plot(results: dict) -> bytes:
                      title='backbone cost against input size')
         axes[-1].legend(fontsize=6)
     m = results['machine']
-    fig.suptitle(f"{m['device']} {m.get('gpu') or m['cpu']}, "
+    fig.suptitle(f"{model}\n{m['device']} {m.get('gpu') or m['cpu']}, "
                  f"{m['threads']} threads, torch {m['torch']}, {m['date']}",
                  fontsize=8)
     fig.tight_layout()
