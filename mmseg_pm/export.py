@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +74,26 @@ def export_onnx(segmentor: nn.Module,
     inputs to ``out``, atomically (the output rule of
     :mod:`mmseg_pm.apis.outputs`): nothing appears under ``out`` unless the
     export completes."""
-    out = Path(out)
     module = TensorForward(segmentor, upsample).eval()
-    example = torch.zeros(batch_size, 3, *shape)
+    return export_module(module, torch.zeros(batch_size, 3, *shape), out,
+                         opset, output_names=['logits'])
+
+
+def export_module(module: nn.Module,
+                  example: Tensor,
+                  out: str,
+                  opset: int = DEFAULT_OPSET,
+                  dynamic_batch: bool = False,
+                  output_names: Optional[Sequence[str]] = None) -> Path:
+    """Export ``module(example)`` (one image tensor in) to ``out``,
+    atomically (see :func:`export_onnx`); ``dynamic_batch`` leaves the batch
+    dimension free (everything else keeps ``example``'s shape)."""
+    out = Path(out)
     external = _param_bytes(module) > SINGLE_FILE_LIMIT
+    dynamic = None
+    if dynamic_batch:
+        from torch.export import Dim
+        dynamic = {'inputs': {0: Dim('batch', min=1, max=1024)}}
     with atomic_output(out) as final_tmp:
         # the exporter names a weights side file after the model file, so
         # it writes under the final name inside a temporary folder
@@ -89,8 +105,9 @@ def export_onnx(segmentor: nn.Module,
                 warnings.simplefilter('ignore')
                 program = torch.onnx.export(
                     module, (example, ), dynamo=True, opset_version=opset,
-                    input_names=['inputs'], output_names=['logits'],
-                    external_data=external, verbose=False)
+                    input_names=['inputs'], output_names=output_names,
+                    dynamic_shapes=dynamic, external_data=external,
+                    verbose=False)
                 program.save(str(tmp), external_data=external)
             data = [p for p in tmp_dir.iterdir() if p != tmp]
             for p in data:  # weights first: the model never points at nothing
@@ -99,6 +116,20 @@ def export_onnx(segmentor: nn.Module,
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+def export_failure(err: BaseException) -> str:
+    """The informative line of an exporter error (they run to pages)."""
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in reversed(chain):
+        for line in str(e).splitlines():
+            if 'No ONNX function found' in line or 'not supported' in line:
+                return line.strip()[:300]
+    return f'{type(chain[-1]).__name__}: ' + \
+        (str(chain[-1]).strip().splitlines() or [''])[0][:300]
 
 
 def onnx_parity(segmentor: nn.Module,

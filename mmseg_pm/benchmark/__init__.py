@@ -1,14 +1,18 @@
 """Benchmarks of dense and compressed Segmenters (``tools/benchmark.py``).
 
-``variants`` builds the rows (same weights), ``measure`` counts FLOPs and
-times and measures memory, ``report`` turns rows into ratios, target checks
-and files, ``cli`` is the command line.
+``variants`` builds the rows (same weights), ``peers`` calibrates ToMe and
+MSTM to the GFLOPs of each Prune-and-Merge row, ``measure`` counts FLOPs and
+times and measures memory, ``backends`` runs the same modules under
+onnxruntime and torch.compile, ``report`` turns rows into ratios, target
+checks and files, ``cli`` is the command line.
 """
 from .cli import main
 from .measure import (analytic_backbone_flops, peak_memory_bytes,
                       time_interleaved, tokens_per_layer)
+from .peers import calibrate_peer, calibrate_peers
 from .variants import ModelSpec, expand_specs, parse_config_arg
 
 __all__ = ['main', 'analytic_backbone_flops', 'peak_memory_bytes',
-           'time_interleaved', 'tokens_per_layer', 'ModelSpec',
-           'expand_specs', 'parse_config_arg']
+           'time_interleaved', 'tokens_per_layer', 'calibrate_peer',
+           'calibrate_peers', 'ModelSpec', 'expand_specs',
+           'parse_config_arg']

@@ -1,54 +1,87 @@
 """Command line of ``tools/benchmark.py``: measure models side by side.
 
 For every config (``CONFIG[:CHECKPOINT]``) it builds mmseg's dense
-Segmenter, this project's backbone with compression off, and the
-compressed backbone with the sparse and the dense-matrix merge at each keep
-rate, all with the same weights; then counts FLOPs and parameters, times
-them interleaved at each batch size, measures peak memory of an inference
-and a training step, and writes a table, JSON, markdown and a plot.
+Segmenter, this project's backbone with compression off, Prune-and-Merge at
+each keep rate (the project default and the authors' reconstruct) and the
+peers (ToMe, MSTM) calibrated to the same GFLOPs, all with the same weights;
+exports the dense and the PM models to ONNX and compiles them; then counts
+FLOPs and parameters, times every row interleaved at each batch size
+(PyTorch, onnxruntime and compiled rows taking turns), measures peak memory
+of an inference and a training step, and writes a table, JSON, markdown
+and a plot.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import gc
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
 
+from .backends import (COMPILE, EAGER, ONNX, compile_module, compiled_graphs,
+                       first_calls, max_abs_diff, onnx_session, onnx_step,
+                       try_export)
 from .measure import (DTYPES, PARTS, analytic_backbone_flops, counted_flops,
-                      inference_step, parameter_count, part_module,
-                      peak_memory_bytes, summarise, time_interleaved,
-                      tokens_per_layer, train_step)
+                      inference_step, op_profile, parameter_count,
+                      part_module, peak_memory_bytes, summarise,
+                      time_interleaved, tokens_per_layer, train_step)
 from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.cli import float_in, int_at_least
 
+from .peers import DEFAULT_TOLERANCE, calibrate_peers
 from .report import (add_ratios, check_targets, machine_info, render_text,
                      result_paths, write_results)
-from .variants import (VARIANTS, ModelSpec, build_family, config_stem,
-                       expand_specs, parse_config_arg)
+from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS,
+                       VARIANTS, ModelSpec, build_family, build_segmentor,
+                       config_stem, expand_specs, family_weights,
+                       parse_config_arg)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(
         description='GFLOPs, parameters, images/s, latency and peak memory '
-        'of dense and compressed Segmenters, side by side',
+        'of dense and compressed Segmenters and their peers at the same '
+        'GFLOPs, in PyTorch, onnxruntime and torch.compile, side by side',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('configs', nargs='+', metavar='CONFIG[:CHECKPOINT]',
                    help='mmseg configs (paths or mmseg::...), each with an '
                    'optional checkpoint whose weights every row of it uses')
     p.add_argument('--variants', nargs='+', choices=VARIANTS,
-                   default=['mmseg', 'off', 'sparse', 'dense'],
+                   default=list(DEFAULT_VARIANTS),
                    help="rows per config: mmseg's VisionTransformer, ours "
-                   'with compression off, compressed with the sparse / '
-                   "dense-matrix merge, the config's backbone as written")
+                   'with compression off, PM (residual reconstruct, sparse '
+                   "merge: the default), PM with the authors' pinv "
+                   'reconstruct, PM with dense merge/reconstruct matrices, '
+                   'ToMe and MSTM calibrated to the GFLOPs of each pm row, '
+                   "the config's backbone as written")
     p.add_argument('--keep-rates', nargs='+', default=None,
                    type=float_in(0, 1, low_open=True),
                    help="keep rates of the compressed rows (default: the "
                    "config's own, or 0.7 0.5); 1.0 = the dense rows")
+    p.add_argument('--match-tolerance', type=float, default=DEFAULT_TOLERANCE,
+                   help='largest relative GFLOPs miss of a peer against its '
+                   'PM row; a peer that cannot get closer is reported as '
+                   'a row that cannot reach it')
+    p.add_argument('--backends', nargs='*', choices=['onnx', 'compile'],
+                   default=['onnx', 'compile'],
+                   help='besides PyTorch (eager): rows exported to ONNX and '
+                   'run by onnxruntime (CPU execution provider, same thread '
+                   'count), and torch.compile rows; none: eager only')
+    p.add_argument('--onnx-variants', nargs='+', choices=VARIANTS,
+                   default=['off', 'pm', 'tome', 'mstm'],
+                   help='rows exported to ONNX (those that fail say why)')
+    p.add_argument('--compile-variants', nargs='+', choices=VARIANTS,
+                   default=['off', 'pm'], help='rows compiled')
+    p.add_argument('--onnx-dir', default=None,
+                   help='keep the exported ONNX files here (default: a '
+                   'temporary folder, removed at the end)')
     p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
                    help='time the backbone alone and/or the segmentor '
                    "(backbone + decode head, mode='tensor')")
@@ -58,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
                    default=['fp32'],
                    help='fp32, or autocast to bf16 / fp16 (GPU; bf16 works '
-                   'on CPU too)')
+                   'on CPU too); onnxruntime rows are fp32 only')
     p.add_argument('--threads', type=int_at_least(1), default=None,
-                   help='torch intra-op threads (default: torch\'s)')
+                   help='torch and onnxruntime intra-op threads (default: '
+                   "torch's)")
     p.add_argument('--warmup', type=int_at_least(0), default=2,
                    help='untimed calls per row before timing')
     p.add_argument('--repeats', type=int_at_least(1), default=10,
@@ -72,12 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None,
                    help='batch of the memory steps (default: the largest '
                    'of --batch-sizes)')
+    p.add_argument('--profile', action='store_true',
+                   help="record each PyTorch row's top operators by self "
+                   'time (one profiled call per row and batch size)')
     p.add_argument('--resolutions', nargs='*', type=int_at_least(1),
                    default=[],
                    help='also time the backbone (batch 1) at these square '
                    'input sizes, first config only')
     p.add_argument('--scale-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'sparse'],
+                   default=['off', 'pm'],
                    help='rows of the input-size study')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries of every config, e.g. '
@@ -115,6 +152,12 @@ def check_args(args) -> None:
                              args.name or default_name(args),
                              plot=not args.no_plot).values():
         check_output_file(path, inputs, args.force, flag='--out-dir/--name')
+    if not 0 < args.match_tolerance < 1:
+        raise UsageError('--match-tolerance must be in (0, 1), e.g. 0.02')
+    peers = [v for v in args.variants if v in PEER_VARIANTS]
+    if peers and 'pm' not in args.variants:
+        raise UsageError(f'--variants {" ".join(peers)} are matched to the '
+                         "GFLOPs of the 'pm' rows: add pm to --variants")
 
 
 def image_size(segmentor) -> tuple:
@@ -123,79 +166,256 @@ def image_size(segmentor) -> tuple:
 
 
 def base_row(spec: ModelSpec, config_arg: str, part: str, dtype: str,
-             segmentor, module, flops: int, hw) -> dict:
-    backbone = segmentor.backbone
-    patch = backbone.patch_embed.projection.kernel_size[0]
-    grid = (-(-hw[0] // patch), -(-hw[1] // patch))
-    return dict(model=spec.model_name, config=spec.config,
-                config_arg=config_arg, checkpoint=spec.checkpoint,
-                variant=spec.variant, label=spec.label,
-                keep_rate=spec.keep_rate, impl=spec.impl, part=part,
-                dtype=dtype, img_size=spec.img_size,
-                input_hw=list(hw), params=parameter_count(module),
-                gflops=flops / 1e9,
-                tokens_per_layer=tokens_per_layer(backbone, grid),
-                timing={}, memory=None)
+             segmentor, module, flops: Optional[int], hw) -> dict:
+    """A row's identity and static measures (``segmentor`` None: a peer
+    that cannot reach its target, nothing built)."""
+    row = dict(model=spec.model_name, config=spec.config,
+               config_arg=config_arg, checkpoint=spec.checkpoint,
+               variant=spec.variant, backend=EAGER, label=spec.label,
+               keep_rate=spec.keep_rate, impl=spec.impl,
+               reconstruct=spec.reconstruct, part=part, dtype=dtype,
+               img_size=spec.img_size, input_hw=list(hw), params=None,
+               gflops=None if flops is None else flops / 1e9,
+               tokens_per_layer=None, compression=spec.compression,
+               match=spec.match, unreachable=spec.unreachable, timing={},
+               memory=None)
+    if segmentor is not None:
+        backbone = segmentor.backbone
+        patch = backbone.patch_embed.projection.kernel_size[0]
+        grid = (-(-hw[0] // patch), -(-hw[1] // patch))
+        row.update(params=parameter_count(module),
+                   tokens_per_layer=tokens_per_layer(backbone, grid))
+    return row
+
+
+def backbone_flops(backbone, hw, device) -> int:
+    return counted_flops(backbone, torch.randn(1, 3, *hw, device=device))
+
+
+def calibrate_family_peers(specs: Sequence[ModelSpec], models, args,
+                           cfg_options, hw) -> List[ModelSpec]:
+    """``specs`` with every peer calibrated to the counted backbone GFLOPs
+    of the ``pm`` row of its keep rate (``models[i]`` is built for
+    ``specs[i]``; peers have none yet)."""
+    device = args.device
+    targets = {spec.keep_rate: backbone_flops(model.backbone, hw, device)
+               for spec, model in zip(specs, models)
+               if spec.variant == 'pm'}
+    reference = next(m for s, m in zip(specs, models) if s.variant == 'pm')
+    grid = reference.backbone.grid_size
+    num_layers = len(reference.backbone.layers)
+
+    def flops_of(compression: dict) -> int:
+        spec = ModelSpec(specs[0].config, compression['method'],
+                         img_size=specs[0].img_size, compression=compression)
+        backbone = build_segmentor(spec, cfg_options, backbone_only=True)
+        return backbone_flops(backbone.to(device), hw, device)
+
+    log(f'  calibrating {sum(s.variant in PEER_VARIANTS for s in specs)} '
+        f'peers to the GFLOPs of the pm rows (within '
+        f'{100 * args.match_tolerance:g} %)')
+    return calibrate_peers(specs, targets, flops_of, grid[0] * grid[1],
+                           num_layers, args.match_tolerance)
+
+
+def build_rows_models(specs: Sequence[ModelSpec], args, cfg_options):
+    """(specs, models): the family built with shared weights, peers
+    calibrated first; an unreachable peer's model is None."""
+    own = [s for s in specs if s.variant not in PEER_VARIANTS]
+    built = build_family(own, cfg_options)
+    built = [m.to(args.device) for m in built]
+    by_spec = dict(zip(map(id, own), built))
+    models = [by_spec.get(id(s)) for s in specs]
+    hw = image_size(built[0])
+    if any(s.variant in PEER_VARIANTS for s in specs):
+        specs = calibrate_family_peers(specs, models, args, cfg_options, hw)
+        reachable = [i for i, s in enumerate(specs)
+                     if s.variant in PEER_VARIANTS and not s.unreachable]
+        peers = build_family([specs[i] for i in reachable], cfg_options,
+                             weights=family_weights(own[0], built[0]))
+        for i, model in zip(reachable, peers):
+            models[i] = model.to(args.device)
+    return list(specs), models, hw
+
+
+def export_rows(rows, modules, part: str, args, onnx_dir: Path,
+                failures: dict) -> list:
+    """onnxruntime rows (CPU) for the eager ``rows`` of ``--onnx-variants``:
+    (row, session) pairs. An export that fails is recorded on its eager
+    row (``onnx``: error class and reason) and tried once per variant and
+    part (the same operators at every keep rate)."""
+    threads = torch.get_num_threads()
+    out = []
+    for row, module in zip(rows, modules):
+        if module is None or row['variant'] not in args.onnx_variants:
+            continue
+        key = (row['variant'], part)
+        if key in failures:
+            row['onnx'] = dict(failures[key], exported=False,
+                               tried='at another keep rate, same operators')
+            continue
+        name = f"{row['model']}_{part}_{row['variant']}_" + \
+            f"{row['keep_rate'] or 'dense'}.onnx"
+        # batch 2: torch.export specialises a dimension of size 1
+        example = torch.randn(2, 3, *row['input_hw'])
+        log(f'  exporting {part} {row["label"]} to ONNX')
+        path, seconds, failure = try_export(module, example, onnx_dir / name)
+        if failure is not None:
+            failures[key] = dict(failure, export_s=seconds)
+            row['onnx'] = dict(failures[key], exported=False)
+            continue
+        session = onnx_session(path, threads)
+        with torch.inference_mode():
+            expected = module(example)
+        diff = max_abs_diff(expected, onnx_step(session, example)())
+        row['onnx'] = dict(exported=True, export_s=seconds,
+                           max_abs_diff=diff,
+                           file=str(path) if args.onnx_dir else None)
+        onnx_row = dict(copy.deepcopy(row), backend=ONNX,
+                        label=row['label'] + ' [onnxruntime]', memory=None,
+                        timing={})
+        out.append((onnx_row, session))
+    return out
+
+
+def compile_rows(rows, modules, args) -> list:
+    """torch.compile rows for the eager ``rows`` of ``--compile-variants``:
+    (row, compiled module) pairs."""
+    out = []
+    for row, module in zip(rows, modules):
+        if module is None or row['variant'] not in args.compile_variants:
+            continue
+        compiled_row = dict(copy.deepcopy(row), backend=COMPILE,
+                            label=row['label'] + ' [torch.compile]',
+                            memory=None, timing={}, compile={})
+        out.append((compiled_row, compile_module(module)))
+    return out
+
+
+def time_batch(batch: int, hw, eager, onnx, compiled, args, dtype: str
+               ) -> List[str]:
+    """Time every row at ``batch``, interleaved; compiled rows first pay
+    their compile (recorded apart). Returns notes."""
+    device, notes = args.device, []
+    x = torch.randn(batch, 3, *hw, device=device)
+    calls = {}
+    for i, (row, module) in enumerate(eager):
+        if module is not None:
+            calls[EAGER, i] = inference_step(module, x, device, dtype)
+    for i, (row, session) in enumerate(onnx):
+        calls[ONNX, i] = onnx_step(session, x)
+    for i, (row, module) in enumerate(compiled):
+        log(f'    compiling {row["label"]} for batch {batch}')
+        step = inference_step(module, x, device, dtype)
+        again = inference_step(module, torch.randn_like(x), device, dtype)
+        row['compile'][batch] = first_calls(step, again, device)
+        calls[COMPILE, i] = step
+    log(f'  timing batch {batch}: {len(calls)} rows x {args.repeats} '
+        'repeats')
+    before = compiled_graphs()
+    times = time_interleaved(calls, args.warmup, args.repeats, device)
+    if compiled_graphs() != before:
+        notes.append(f'{compiled_graphs() - before} graphs were compiled '
+                     f'while timing batch {batch}: a compiled row recompiled')
+    rows = {EAGER: eager, ONNX: onnx, COMPILE: compiled}
+    for (backend, i), seconds in times.items():
+        rows[backend][i][0]['timing'][batch] = summarise(seconds, batch)
+    return notes
+
+
+def measure_part(part: str, config_arg: str, specs, models, hw, args,
+                 dtypes, memory: str, onnx_dir: Path, failures: dict):
+    """Rows and notes of one part of one family."""
+    device, rows, notes = args.device, [], []
+    modules = [None if m is None else part_module(m, part) for m in models]
+    one = torch.randn(1, 3, *hw, device=device)
+    flops, deviation = [], []
+    for spec, seg, module in zip(specs, models, modules):
+        if seg is None:
+            counted = spec.match['gflops'] * 1e9 if part == 'backbone' \
+                else None
+            flops.append(counted)
+            deviation.append((None, None))
+            continue
+        counted = counted_flops(module, one)
+        backbone = counted if part == 'backbone' else \
+            counted_flops(seg.backbone, one)
+        flops.append(counted)
+        deviation.append((backbone, analytic_backbone_flops(seg.backbone,
+                                                            hw)))
+    for dtype in dtypes:
+        eager = []
+        for spec, seg, module, f, (backbone, analytic) in zip(
+                specs, models, modules, flops, deviation):
+            row = base_row(spec, config_arg, part, dtype, seg, module, f, hw)
+            row['backbone_gflops'] = None if backbone is None \
+                else backbone / 1e9
+            row['backbone_gflops_analytic'] = None if analytic is None \
+                else analytic / 1e9
+            row['backbone_flops_deviation_pct'] = None \
+                if analytic is None else 100 * (backbone / analytic - 1)
+            eager.append((row, module))
+        onnx, compiled = [], []
+        if 'onnx' in args.backends:
+            if device != 'cpu' or dtype != 'fp32':
+                notes.append('onnxruntime rows: CPU execution provider, fp32 '
+                             f'only (none for {device} {dtype})')
+            else:
+                onnx = export_rows([r for r, _ in eager], modules, part,
+                                   args, onnx_dir, failures)
+        if 'compile' in args.backends:
+            compiled = compile_rows([r for r, _ in eager], modules, args)
+        for batch in args.batch_sizes:
+            log(f'  {part} {dtype} batch {batch}')
+            notes += time_batch(batch, hw, eager, onnx, compiled, args,
+                                dtype)
+            if args.profile:
+                x = torch.randn(batch, 3, *hw, device=device)
+                for row, module in eager:
+                    if module is not None:
+                        row.setdefault('profile', {})[batch] = op_profile(
+                            inference_step(module, x, device, dtype), device)
+        if memory != 'none':
+            batch = args.memory_batch_size or max(args.batch_sizes)
+            log(f'  peak memory {part} {dtype} batch {batch}')
+            x = torch.randn(batch, 3, *hw, device=device)
+            for row, module in eager:
+                if module is None:
+                    continue
+                row['memory'] = dict(batch=batch)
+                row['memory']['inference'] = peak_memory_bytes(
+                    inference_step(module, x, device, dtype), device)
+                if memory == 'all':
+                    row['memory']['train'] = peak_memory_bytes(
+                        train_step(module, x, device, dtype), device)
+        rows += [r for r, _ in eager] + [r for r, _ in onnx] + \
+            [r for r, _ in compiled]
+    return rows, notes
 
 
 def measure_family(config_arg: str, specs: Sequence[ModelSpec], args,
-                   cfg_options, parts, batch_sizes, dtypes,
-                   memory: str) -> List[dict]:
-    """Rows of one family of models (same config and weights)."""
-    device = args.device
+                   cfg_options, parts, dtypes, memory: str,
+                   onnx_dir: Optional[Path] = None):
+    """Rows and notes of one family of models (same config and weights)."""
     log(f'building {len(specs)} models of {config_stem(specs[0].config)}'
         + (f' at {specs[0].img_size}' if specs[0].img_size else ''))
-    segmentors = [m.to(device) for m in build_family(specs, cfg_options)]
-    hw = image_size(segmentors[0])
-    rows = []
+    specs, models, hw = build_rows_models(specs, args, cfg_options)
+    rows, notes, failures = [], [], {}
+    for spec in specs:
+        if spec.unreachable:
+            notes.append(f'{spec.label}: {spec.unreachable}')
     for part in parts:
-        modules = [part_module(m, part) for m in segmentors]
-        one = torch.randn(1, 3, *hw, device=device)
-        flops, deviation = [], []
-        for seg, module in zip(segmentors, modules):
-            counted = counted_flops(module, one)
-            backbone = counted if part == 'backbone' else \
-                counted_flops(seg.backbone, one)
-            analytic = analytic_backbone_flops(seg.backbone, hw)
-            flops.append(counted)
-            deviation.append((backbone, analytic))
-        for dtype in dtypes:
-            part_rows = []
-            for spec, seg, module, f, (backbone, analytic) in zip(
-                    specs, segmentors, modules, flops, deviation):
-                row = base_row(spec, config_arg, part, dtype, seg, module, f,
-                               hw)
-                row['backbone_gflops'] = backbone / 1e9
-                row['backbone_gflops_analytic'] = None if analytic is None \
-                    else analytic / 1e9
-                row['backbone_flops_deviation_pct'] = None \
-                    if analytic is None else 100 * (backbone / analytic - 1)
-                part_rows.append(row)
-            for batch in batch_sizes:
-                log(f'  timing {part} {dtype} batch {batch}: '
-                    f'{len(modules)} rows x {args.repeats} repeats')
-                x = torch.randn(batch, 3, *hw, device=device)
-                calls = {i: inference_step(m, x, device, dtype)
-                         for i, m in enumerate(modules)}
-                times = time_interleaved(calls, args.warmup, args.repeats,
-                                         device)
-                for i, row in enumerate(part_rows):
-                    row['timing'][batch] = summarise(times[i], batch)
-            if memory != 'none':
-                batch = args.memory_batch_size or max(batch_sizes)
-                log(f'  peak memory {part} {dtype} batch {batch}')
-                x = torch.randn(batch, 3, *hw, device=device)
-                for module, row in zip(modules, part_rows):
-                    row['memory'] = dict(batch=batch)
-                    row['memory']['inference'] = peak_memory_bytes(
-                        inference_step(module, x, device, dtype), device)
-                    if memory == 'all':
-                        row['memory']['train'] = peak_memory_bytes(
-                            train_step(module, x, device, dtype), device)
-            rows += part_rows
-    del segmentors
+        part_rows, part_notes = measure_part(
+            part, config_arg, specs, models, hw, args, dtypes, memory,
+            onnx_dir, failures)
+        rows += part_rows
+        notes += part_notes
+    for (variant, part), failure in failures.items():
+        notes.append(f'{variant} ({part}) does not export to ONNX: '
+                     f'{failure["error"]}: {failure["reason"]}')
+    del models
     gc.collect()
-    return rows
+    return rows, notes
 
 
 def run(args) -> dict:
@@ -209,29 +429,29 @@ def run(args) -> dict:
         configs=list(args.configs), variants=list(args.variants),
         keep_rates=args.keep_rates, parts=list(args.parts),
         batch_sizes=list(args.batch_sizes), dtypes=list(args.dtypes),
+        backends=list(args.backends), onnx_variants=list(args.onnx_variants),
+        compile_variants=list(args.compile_variants),
+        match_tolerance=args.match_tolerance, profile=args.profile,
         warmup=args.warmup, repeats=args.repeats, memory=args.memory,
         memory_batch=None if args.memory == 'none' else
         (args.memory_batch_size or max(args.batch_sizes)),
         resolutions=list(args.resolutions), cfg_options=cfg_options)
-    for config_arg in args.configs:
-        config, checkpoint = parse_config_arg(config_arg)
-        specs, notes = expand_specs(config, checkpoint, args.variants,
-                                    args.keep_rates, cfg_options)
-        results['notes'] += notes
-        if specs:
-            results['rows'] += measure_family(
-                config_arg, specs, args, cfg_options, args.parts,
-                args.batch_sizes, args.dtypes, args.memory)
+    with tempfile.TemporaryDirectory(prefix='benchmark_onnx_') as tmp:
+        onnx_dir = Path(args.onnx_dir or tmp)
+        for config_arg in args.configs:
+            config, checkpoint = parse_config_arg(config_arg)
+            specs, notes = expand_specs(config, checkpoint, args.variants,
+                                        args.keep_rates, cfg_options)
+            results['notes'] += notes
+            if specs:
+                rows, notes = measure_family(config_arg, specs, args,
+                                             cfg_options, args.parts,
+                                             args.dtypes, args.memory,
+                                             onnx_dir)
+                results['rows'] += rows
+                results['notes'] += notes
     if args.resolutions:
-        config, checkpoint = parse_config_arg(args.configs[0])
-        for size in args.resolutions:
-            specs, _ = expand_specs(config, checkpoint, args.scale_variants,
-                                    args.keep_rates, cfg_options)
-            specs = [ModelSpec(s.config, s.variant, s.checkpoint, s.keep_rate,
-                               (size, size)) for s in specs]
-            results['scale'] += measure_family(
-                args.configs[0], specs, args, cfg_options, ['backbone'], [1],
-                ['fp32'], 'none')
+        results['scale'] = measure_scale(args, cfg_options)
         results['notes'].append(
             'input-size study: weights as in the table except pos_embed '
             '(resized models keep their own), structures on the lattice of '
@@ -241,6 +461,24 @@ def run(args) -> dict:
     results['checks'] = check_targets(results['rows'])
     results['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
     return results
+
+
+def measure_scale(args, cfg_options) -> List[dict]:
+    """The input-size study: the backbone of ``--scale-variants`` at each
+    of ``--resolutions``, batch 1, fp32, PyTorch only."""
+    config, checkpoint = parse_config_arg(args.configs[0])
+    scale_args = argparse.Namespace(**dict(
+        vars(args), batch_sizes=[1], backends=[], profile=False))
+    rows = []
+    for size in args.resolutions:
+        specs, _ = expand_specs(config, checkpoint, args.scale_variants,
+                                args.keep_rates, cfg_options)
+        specs = [dataclasses.replace(s, img_size=(size, size))
+                 for s in specs]
+        rows += measure_family(args.configs[0], specs, scale_args,
+                               cfg_options, ['backbone'], ['fp32'],
+                               'none')[0]
+    return rows
 
 
 def default_name(args) -> str:

@@ -18,6 +18,7 @@ from typing import Callable, Dict, Hashable, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from mmseg_pm.export import TensorForward
 from mmseg_pm.utils.flops import count_flops, vit_flops
 
 PARTS = ('backbone', 'segmentor')
@@ -27,30 +28,21 @@ DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
 
 def part_module(segmentor: nn.Module, part: str) -> nn.Module:
     """The module timed for ``part``: the backbone alone, or the segmentor
-    (backbone + decode head, ``mode='tensor'``: logits before resizing)."""
+    (backbone + decode head, ``mode='tensor'``: logits before resizing, the
+    graph tools/export_onnx.py exports)."""
     if part == 'backbone':
         return segmentor.backbone
     if part == 'segmentor':
-        return SegmentorTensor(segmentor)
+        return TensorForward(segmentor)
     raise ValueError(f'unknown part {part!r}; use one of {PARTS}')
-
-
-class SegmentorTensor(nn.Module):
-    """``segmentor(x, mode='tensor')`` as a plain module."""
-
-    def __init__(self, segmentor: nn.Module):
-        super().__init__()
-        self.segmentor = segmentor
-
-    def forward(self, x: Tensor):
-        return self.segmentor(x, mode='tensor')
 
 
 def autocast(device: str, dtype: str):
     """Autocast to ``dtype`` ('fp32' = none)."""
     if dtype == 'fp32':
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=DTYPES[dtype])
+    return torch.autocast(device_type=device.split(':')[0],
+                          dtype=DTYPES[dtype])
 
 
 def synchronize(device: str) -> None:
@@ -165,16 +157,15 @@ def counted_flops(module: nn.Module, x: Tensor) -> int:
 
 
 def tokens_per_layer(backbone: nn.Module, grid: Sequence[int]
-                     ) -> Optional[List[int]]:
-    """Tokens each block runs on (class token included), or None where
-    the backbone's token counts are not static (ToMe, MSTM)."""
+                     ) -> List[int]:
+    """Tokens each block runs on (class token included). ToMe and MSTM
+    merge inside a block: their counts are the tokens each block outputs
+    (its MLP runs on them; its attention on the previous block's)."""
     prefix = 1 if getattr(backbone, 'with_cls_token', True) else 0
     num_tokens = prefix + grid[0] * grid[1]
     reducer = getattr(backbone, 'reducer', None)
     if reducer is None or reducer.bypass:
         return [num_tokens] * len(backbone.layers)
-    if not reducer.static:
-        return None
     return reducer.tokens_per_block(num_tokens, len(backbone.layers))
 
 
@@ -207,15 +198,36 @@ def analytic_backbone_flops(backbone: nn.Module, image_hw: Sequence[int]
                             ) -> Optional[int]:
     """:func:`vit_flops` for the backbone's shapes and token counts, plus
     its merge/reconstruct; None where the token counts are not static."""
+    reducer = getattr(backbone, 'reducer', None)
+    if reducer is not None and not reducer.static and not reducer.bypass:
+        return None  # merges mid-block, plus its matching: no formula here
     proj = backbone.patch_embed.projection
     patch = proj.kernel_size[0]
     grid = (-(-image_hw[0] // patch), -(-image_hw[1] // patch))
     tokens = tokens_per_layer(backbone, grid)
-    if tokens is None:
-        return None
     embed_dims = proj.out_channels
     hidden = backbone.layers[0].ffn.layers[0][0].out_features
     return vit_flops(grid[0] * grid[1], embed_dims, len(backbone.layers),
                      patch, proj.in_channels, hidden // embed_dims,
                      tokens_per_layer=tokens) + \
         _merge_flops(backbone, grid, embed_dims)
+
+
+def op_profile(step: Callable[[], object], device: str,
+               top: int = 8) -> List[dict]:
+    """Where one call of ``step`` spends its time: the ``top`` operators by
+    self time (CPU, or the GPU's on CUDA) with their share of the total.
+    The why behind a row that is slower than its FLOPs say."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.startswith('cuda')
+    activities = [ProfilerActivity.CPU] + \
+        ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        synchronize(device)
+    key = 'self_device_time_total' if cuda else 'self_cpu_time_total'
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [dict(op=e.key, ms=getattr(e, key) / 1e3, calls=e.count,
+                 share=getattr(e, key) / total) for e in events[:top]]

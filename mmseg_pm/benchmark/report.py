@@ -6,16 +6,23 @@ import datetime
 import json
 import os
 import platform
+import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from mmseg_pm.apis import write_atomic
 
-# The issue's targets (ViT-S Segmenter, 512x512, 2 CPU threads).
+from .backends import COMPILE, EAGER, ONNX
+from .variants import PEER_NAMES, PEER_VARIANTS
+
+# The issues' targets (ViT-S Segmenter, 512x512, 2 CPU threads).
 MIN_EFFICIENCY = 0.95
 MIN_SPARSE_OVER_DENSE = 1.2
+MIN_RESIDUAL_OVER_PINV = 0.98
+# rows at the GFLOPs of the PM row of their keep rate
+MATCHED_TO_PM = PEER_VARIANTS + ('pm-pinv', )
 
 
 def cpu_model() -> str:
@@ -45,6 +52,11 @@ def machine_info(device: str) -> dict:
         mmseg=mmseg.__version__,
         python=platform.python_version(),
     )
+    try:
+        import onnxruntime
+        info['onnxruntime'] = onnxruntime.__version__
+    except ImportError:
+        info['onnxruntime'] = None
     if device.startswith('cuda'):
         info['gpu'] = torch.cuda.get_device_name(device)
     return info
@@ -52,25 +64,36 @@ def machine_info(device: str) -> dict:
 
 # ----------------------------------------------------------------------
 # ratios
-def reference_row(rows: Sequence[dict], row: dict,
-                  variant: str) -> Optional[dict]:
-    """The ``variant`` row of ``row``'s model, part and dtype."""
+ANY = object()
+
+
+def reference_row(rows: Sequence[dict], row: dict, variant: str,
+                  backend: Optional[str] = None,
+                  keep_rate=ANY) -> Optional[dict]:
+    """The ``variant`` row of ``row``'s model, part, dtype and input size,
+    in ``backend`` (default: ``row``'s) and, if given, at ``keep_rate``."""
+    backend = backend or row.get('backend', EAGER)
     for ref in rows:
         if (ref['variant'] == variant and ref['model'] == row['model']
                 and ref['part'] == row['part'] and ref['dtype'] == row['dtype']
-                and ref.get('img_size') == row.get('img_size')):
+                and ref.get('backend', EAGER) == backend
+                and ref.get('img_size') == row.get('img_size')
+                and (keep_rate is ANY or ref['keep_rate'] == keep_rate)
+                and not ref.get('unreachable')):
             return ref
     return None
 
 
-def ratios(row: dict, ref: dict) -> dict:
+def ratios(row: dict, ref: Optional[dict]) -> Optional[dict]:
     """Speed-up, FLOPs ratio and efficiency of ``row`` against ``ref``.
 
     efficiency = speed-up / (ref GFLOPs / row GFLOPs): 1 means the time
     saved is exactly the FLOPs saved.
     """
+    if ref is None or row.get('gflops') is None or not ref.get('gflops'):
+        return None
     flops_ratio = row['gflops'] / ref['gflops']
-    out = dict(reference=ref['variant'], flops_ratio=flops_ratio,
+    out = dict(reference=ref['label'], flops_ratio=flops_ratio,
                speedup={}, efficiency={})
     for batch, t in row['timing'].items():
         if batch in ref['timing']:
@@ -81,48 +104,73 @@ def ratios(row: dict, ref: dict) -> dict:
 
 
 def add_ratios(rows: List[dict]) -> None:
-    """``vs_mmseg`` (the issue's reference) and ``vs_off`` (same code,
-    compression off: the overhead of compressing) on every row."""
+    """On every row: ``vs_mmseg`` and ``vs_off`` (the dense rows of the same
+    runtime: mmseg is the issue's reference, compression off the same code
+    uncompressed), ``vs_pm`` (peers and the pinv row against the PM row of
+    their keep rate: the same GFLOPs) and ``vs_eager`` (an onnxruntime or
+    compiled row against its PyTorch row)."""
     for row in rows:
+        backend = row.get('backend', EAGER)
         for variant in ('mmseg', 'off'):
-            ref = reference_row(rows, row, variant)
-            row[f'vs_{variant}'] = None if ref is None else ratios(row, ref)
+            row[f'vs_{variant}'] = ratios(row, reference_row(rows, row,
+                                                             variant))
+        row['vs_pm'] = None
+        if row['variant'] in MATCHED_TO_PM:
+            row['vs_pm'] = ratios(row, reference_row(
+                rows, row, 'pm', keep_rate=row['keep_rate']))
+        row['vs_eager'] = None if backend == EAGER else ratios(
+            row, reference_row(rows, row, row['variant'], EAGER,
+                               row['keep_rate']))
 
 
 def check_targets(rows: Sequence[dict]) -> List[dict]:
-    """The issue's targets, one entry per (row, batch) they apply to."""
+    """The issues' targets, one entry per (row, batch) they apply to."""
     checks = []
 
-    def add(name, value, target, row, batch=None, strict=False):
-        ok = value is not None and (value > target if strict
-                                    else value >= target)
+    def add(name, value, target, row, batch=None, op='>='):
+        ok = value is not None and {'>=': value >= target,
+                                    '>': value > target,
+                                    '<=': value <= target}[op]
         checks.append(dict(check=name, model=row['model'], part=row['part'],
                            dtype=row['dtype'], row=row['label'], batch=batch,
-                           value=value, target=target, strict=strict,
-                           ok=bool(ok)))
+                           value=value, target=target, op=op, ok=bool(ok)))
 
     for row in rows:
-        if row.get('img_size') is not None:
+        if row.get('img_size') is not None or row.get('unreachable'):
             continue
-        if row['variant'] == 'sparse':
-            for ref in ('mmseg', 'off'):
+        backend = row.get('backend', EAGER)
+        if row['variant'] == 'pm' and backend in (EAGER, ONNX):
+            refs = ('mmseg', 'off') if backend == EAGER else ('off', )
+            for ref in refs:
                 r = row.get(f'vs_{ref}')
                 for batch, eff in (r or {}).get('efficiency', {}).items():
-                    add(f'efficiency vs {ref}', eff, MIN_EFFICIENCY, row,
-                        batch)
-            dense = next((d for d in rows if d['variant'] == 'dense'
-                          and d['keep_rate'] == row['keep_rate']
-                          and d['model'] == row['model']
-                          and d['part'] == row['part']
-                          and d['dtype'] == row['dtype']
-                          and d.get('img_size') is None), None)
-            if dense is not None:
-                for batch, t in row['timing'].items():
-                    if batch in dense['timing']:
-                        add('sparse / dense-matrix images/s',
-                            t['images_per_s'] /
-                            dense['timing'][batch]['images_per_s'],
-                            MIN_SPARSE_OVER_DENSE, row, batch)
+                    add(f'efficiency vs {ref} ({backend})', eff,
+                        MIN_EFFICIENCY, row, batch)
+        if backend == COMPILE:
+            for batch, c in row.get('compile', {}).items():
+                add('graphs compiled on new data of the same shape',
+                    c['recompiles_same_shape'], 0, row, batch, op='<=')
+        if backend != EAGER:
+            continue
+        if row['variant'] in PEER_VARIANTS:
+            for batch, s in ((row.get('vs_pm') or {}).get('speedup')
+                             or {}).items():
+                add(f'PM / {PEER_NAMES[row["variant"]]} images/s (same '
+                    'GFLOPs)', 1 / s, 1.0, row, batch)
+        if row['variant'] == 'pm-pinv':
+            for batch, s in ((row.get('vs_pm') or {}).get('speedup')
+                             or {}).items():
+                add('PM residual / pinv images/s', 1 / s,
+                    MIN_RESIDUAL_OVER_PINV, row, batch)
+        if row['variant'] == 'pm':
+            matrix = reference_row(rows, row, 'pm-matrix',
+                                   keep_rate=row['keep_rate'])
+            for batch, t in row['timing'].items():
+                if matrix is not None and batch in matrix['timing']:
+                    add('sparse / dense-matrix images/s',
+                        t['images_per_s'] /
+                        matrix['timing'][batch]['images_per_s'],
+                        MIN_SPARSE_OVER_DENSE, row, batch)
             mem = row.get('memory') or {}
             for kind in ('inference', 'train'):
                 for ref in ('mmseg', 'off'):
@@ -131,7 +179,7 @@ def check_targets(rows: Sequence[dict]) -> List[dict]:
                     if mem.get(kind) and theirs:
                         add(f'peak memory {kind}: {ref} / compressed',
                             theirs / mem[kind], 1.0, row, mem.get('batch'),
-                            strict=True)
+                            op='>')
         if row['variant'] == 'off':
             r = row.get('vs_mmseg')
             for batch, s in (r or {}).get('speedup', {}).items():
@@ -157,14 +205,28 @@ def _token_range(tokens) -> str:
         else str(tokens[0])
 
 
+def _setting(row: dict) -> str:
+    """A peer's calibrated knob, '-' for the others."""
+    return (row.get('match') or {}).get('setting') or '-'
+
+
+def _vs_pm(row: dict, batch) -> str:
+    if row['variant'] == 'pm':
+        return 'ref'
+    r = row.get('vs_pm') or {}
+    return _fmt(r.get('speedup', {}).get(batch), '.3f')
+
+
 def table_rows(rows: Sequence[dict], batches: Sequence[int],
                memory: bool = True) -> List[list]:
     """One line per row: the columns of :func:`table_header`."""
     lines = []
     for row in rows:
+        pm = row.get('vs_pm') or {}
         line = [row['model'], row['part'], row['dtype'], row['label'],
-                _token_range(row.get('tokens_per_layer')),
-                _fmt(row['params'] / 1e6), _fmt(row['gflops'], '.4g'),
+                _setting(row), _token_range(row.get('tokens_per_layer')),
+                _fmt(row['params'] and row['params'] / 1e6),
+                _fmt(row['gflops'], '.4g'),
                 _fmt(row.get('backbone_flops_deviation_pct'), '+.2f')]
         for b in batches:
             t = row['timing'].get(b)
@@ -176,6 +238,9 @@ def table_rows(rows: Sequence[dict], batches: Sequence[int],
             for b in batches:
                 line.append(_fmt(r.get('speedup', {}).get(b), '.3f') + ' / ' +
                             _fmt(r.get('efficiency', {}).get(b), '.3f'))
+        line.append(_fmt(pm.get('flops_ratio') and
+                         100 * (pm['flops_ratio'] - 1), '+.2f'))
+        line += [_vs_pm(row, b) for b in batches]
         if memory:
             mem = row.get('memory') or {}
             line += [_fmt(_mb(mem.get('inference')), '.1f'),
@@ -185,13 +250,15 @@ def table_rows(rows: Sequence[dict], batches: Sequence[int],
 
 
 def table_header(batches: Sequence[int], memory_batch) -> List[str]:
-    head = ['model', 'part', 'dtype', 'row', 'tokens/block', 'params M',
-            'GFLOPs', 'analytic dev %']
+    head = ['model', 'part', 'dtype', 'row', 'setting', 'tokens/block',
+            'params M', 'GFLOPs', 'analytic dev %']
     for b in batches:
         head += [f'b{b} ms', f'b{b} img/s']
     for ref in ('mmseg', 'off'):
         head.append(f'FLOPs ratio vs {ref}')
         head += [f'b{b} speed-up / eff vs {ref}' for b in batches]
+    head.append('GFLOPs vs PM %')
+    head += [f'b{b} img/s vs PM at the same GFLOPs' for b in batches]
     if memory_batch is not None:
         head += [f'peak infer MB (b{memory_batch})',
                  f'peak train MB (b{memory_batch})']
@@ -213,18 +280,152 @@ def markdown_table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     return '\n'.join(out)
 
 
+def summary_part(rows: Sequence[dict]) -> Tuple[str, str]:
+    """(part, dtype) of the summary: the segmentor (what a user runs) when
+    measured, and the first dtype."""
+    parts = [r['part'] for r in rows]
+    part = 'segmentor' if 'segmentor' in parts else parts[0]
+    return part, rows[0]['dtype']
+
+
+def exportable(row: dict) -> str:
+    """Whether the row's model exported to ONNX in this run, and if not,
+    the exporter's error."""
+    if row.get('backend', EAGER) == ONNX:
+        return 'yes (this row)'
+    info = row.get('onnx')
+    if info is None:
+        return 'cannot reach' if row.get('unreachable') else 'not tried'
+    if info['exported']:
+        return 'yes'
+    return f"no: {info['error']} ({short_reason(info['reason'])})"
+
+
+def short_reason(reason: str) -> str:
+    """'no ONNX function for aten.sort.stable' from the exporter's line,
+    else its first 80 characters."""
+    found = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)'"
+                      r"(?:, overload='([^']+)')?", reason)
+    if found:
+        op = '.'.join(p for p in found.groups() if p)
+        return f'no ONNX function for {op}'
+    return reason[:80]
+
+
+def summary_lines(rows: Sequence[dict], batches: Sequence[int]
+                  ) -> List[list]:
+    """The ten-second table: method, GFLOPs, images/s, speed-up against
+    compression off in the same runtime, exportable."""
+    part, dtype = summary_part(rows)
+    model = rows[0]['model']
+    lines = []
+    for row in rows:
+        if (row['part'], row['dtype'], row['model']) != (part, dtype, model) \
+                or row.get('img_size') is not None:
+            continue
+        off = row.get('vs_off') or {}
+        line = [row['label'], _fmt(row['gflops'], '.3g')]
+        line += [_fmt((row['timing'].get(b) or {}).get('images_per_s'),
+                      '.2f') for b in batches]
+        line.append(' / '.join(_fmt(off.get('speedup', {}).get(b))
+                               for b in batches))
+        line.append(exportable(row))
+        lines.append(line)
+    return lines
+
+
+def summary_header(rows: Sequence[dict], batches: Sequence[int]
+                   ) -> List[str]:
+    part, dtype = summary_part(rows)
+    return ([f'{part}, {dtype}', 'GFLOPs'] +
+            [f'b{b} img/s' for b in batches] +
+            [f'vs dense (same runtime) {" / ".join(f"b{b}" for b in batches)}',
+             'exports to ONNX'])
+
+
+def runtime_lines(rows: Sequence[dict], batches: Sequence[int]
+                  ) -> List[list]:
+    """Exported and compiled rows: their one-off cost, parity and speed
+    against their PyTorch row."""
+    lines = []
+    for row in rows:
+        backend = row.get('backend', EAGER)
+        if backend == EAGER:
+            continue
+        eager = row.get('vs_eager') or {}
+        if backend == ONNX:
+            onnx = row['onnx']
+            cost = f"export {onnx['export_s']:.1f} s"
+            detail = f"max abs diff {onnx['max_abs_diff']:.2g}"
+        else:
+            comp = row.get('compile', {})
+            cost = ', '.join(f"b{b} {c['first_call_s']:.1f} s"
+                             for b, c in comp.items())
+            detail = ', '.join(
+                f"b{b}: {c['graphs']} graph(s), "
+                f"{c['recompiles_same_shape']} on new data"
+                for b, c in comp.items())
+        lines.append([row['model'], row['part'], row['dtype'], row['label'],
+                      cost, detail] +
+                     [_fmt(eager.get('speedup', {}).get(b), '.3f')
+                      for b in batches])
+    return lines
+
+
+def runtime_header(batches: Sequence[int]) -> List[str]:
+    return (['model', 'part', 'dtype', 'row',
+             'one-off cost (export / compile = first call)',
+             'parity / graphs compiled'] +
+            [f'b{b} speed-up vs PyTorch eager' for b in batches])
+
+
+def export_lines(rows: Sequence[dict]) -> List[list]:
+    """One line per (model, part, variant) export that was tried."""
+    seen, lines = set(), []
+    for row in rows:
+        info = row.get('onnx')
+        key = (row['model'], row['part'], row['variant'])
+        if info is None or row.get('backend', EAGER) != EAGER or key in seen:
+            continue
+        seen.add(key)
+        lines.append([row['model'], row['part'], row['variant'],
+                      'yes' if info['exported'] else 'no',
+                      info.get('error', '-'), info.get('reason', '-')])
+    return lines
+
+
+EXPORT_HEAD = ['model', 'part', 'variant', 'exported', 'error class',
+               'exporter says']
+
+
+def profile_lines(rows: Sequence[dict], top: int = 5) -> List[list]:
+    lines = []
+    for row in rows:
+        for batch, ops in (row.get('profile') or {}).items():
+            lines.append([row['model'], row['part'], row['label'],
+                          str(batch), ', '.join(
+                              f"{o['op']} {100 * o['share']:.0f}%"
+                              for o in ops[:top])])
+    return lines
+
+
+PROFILE_HEAD = ['model', 'part', 'row', 'batch',
+                'top operators by self time (share of the call)']
+
+
 def scale_lines(rows: Sequence[dict]) -> List[list]:
     lines = []
     for row in rows:
-        t = next(iter(row['timing'].values()))
+        t = next(iter(row['timing'].values()), None)
         r = row.get('vs_off') or {}
         speedup = next(iter(r.get('speedup', {}).values()), None)
         eff = next(iter(r.get('efficiency', {}).values()), None)
         lines.append([row['model'], f"{row['img_size'][0]}x"
                       f"{row['img_size'][1]}", row['label'],
                       _token_range(row['tokens_per_layer']),
-                      _fmt(row['gflops'], '.4g'), _fmt(t['latency_ms'], '.1f'),
-                      _fmt(t['images_per_s'], '.3f'),
+                      _fmt(row['gflops'], '.4g'),
+                      _fmt(t and t['latency_ms'], '.1f'),
+                      _fmt(t and t['images_per_s'], '.3f'),
                       _fmt(r.get('flops_ratio'), '.3f'),
                       _fmt(speedup, '.3f'), _fmt(eff, '.3f')])
     return lines
@@ -238,7 +439,7 @@ SCALE_HEAD = ['model', 'input', 'row', 'tokens', 'GFLOPs', 'b1 ms',
 def check_lines(checks: Sequence[dict]) -> List[list]:
     return [[c['check'], c['model'], c['part'], c['dtype'], c['row'],
              str(c['batch']), _fmt(c['value'], '.3f'),
-             f"{'>' if c['strict'] else '>='} {c['target']:g}",
+             f"{c['op']} {c['target']:g}",
              'PASS' if c['ok'] else 'MISS'] for c in checks]
 
 
@@ -253,30 +454,53 @@ def describe(results: dict) -> str:
             f"{' (' + m['gpu'] + ')' if m.get('gpu') else ''}  cpu {m['cpu']}"
             f" ({m['cpu_cores_usable']}/{m['cpu_cores']} cores usable)  "
             f"threads {m['threads']}  torch {m['torch']}  mmseg "
-            f"{m['mmseg']}  load average at start {m['load_average']}, at "
-            f"end {results.get('load_average_end')}\n"
+            f"{m['mmseg']}  onnxruntime {m.get('onnxruntime', '-')}  load "
+            f"average at start {m['load_average']}, at end "
+            f"{results.get('load_average_end')}\n"
             f"timing: {s['warmup']} warm-up + {s['repeats']} interleaved "
-            'repeats per row, median latency (images/s = batch / median); '
+            'repeats per row (PyTorch, onnxruntime and compiled rows taking '
+            'turns), median latency (images/s = batch / median); '
             'GFLOPs per image counted from what runs (count_flops), '
             "'analytic dev' = counted backbone FLOPs vs vit_flops + "
             'merge/reconstruct; efficiency = speed-up / FLOPs reduction '
-            'factor; peak memory = most tensor memory held above the model '
-            'and input during one inference / train step (forward + '
-            'backward).')
+            'factor; ToMe and MSTM are calibrated to the counted backbone '
+            'GFLOPs of the PM row of their keep rate (within '
+            f"{100 * s.get('match_tolerance', 0.02):g} %), 'vs PM' = their "
+            'images/s / the PM row\'s; onnxruntime rows: CPU execution '
+            'provider, same intra-op thread count; compiled rows: '
+            'torch.compile (Inductor, static shapes), compile time apart; '
+            'peak memory = most tensor memory held above the model and input '
+            'during one inference / train step (forward + backward).')
+
+
+def sections(results: dict) -> List[Tuple[str, List[str], List[list]]]:
+    """(title, header, lines) of every table, in order."""
+    s = results['settings']
+    rows, batches = results['rows'], s['batch_sizes']
+    out = []
+    if rows:
+        out.append(('Summary', summary_header(rows, batches),
+                    summary_lines(rows, batches)))
+    out.append(('All rows', table_header(batches, s['memory_batch']),
+                table_rows(rows, batches, s['memory_batch'] is not None)))
+    for title, head, lines in (
+            ('Exported and compiled rows', runtime_header(batches),
+             runtime_lines(rows, batches)),
+            ('ONNX export', EXPORT_HEAD, export_lines(rows)),
+            ('Where the time goes (PyTorch rows)', PROFILE_HEAD,
+             profile_lines(rows)),
+            ('Cost against input size (backbone, batch 1)', SCALE_HEAD,
+             scale_lines(results.get('scale') or [])),
+            ('Targets', CHECK_HEAD, check_lines(results.get('checks') or []))):
+        if lines:
+            out.append((title, head, lines))
+    return out
 
 
 def render_text(results: dict) -> str:
-    s = results['settings']
-    parts = [describe(results), '',
-             text_table(table_header(s['batch_sizes'], s['memory_batch']),
-                        table_rows(results['rows'], s['batch_sizes'],
-                                   s['memory_batch'] is not None))]
-    if results.get('scale'):
-        parts += ['', 'cost against input size (backbone, batch 1):',
-                  text_table(SCALE_HEAD, scale_lines(results['scale']))]
-    if results.get('checks'):
-        parts += ['', 'targets:', text_table(CHECK_HEAD,
-                                            check_lines(results['checks']))]
+    parts = [describe(results)]
+    for title, head, lines in sections(results):
+        parts += ['', f'{title}:', text_table(head, lines)]
     if results.get('notes'):
         parts += ['', 'notes:'] + [f'- {n}' for n in results['notes']]
     return '\n'.join(parts)
@@ -284,17 +508,9 @@ def render_text(results: dict) -> str:
 
 def render_markdown(results: dict) -> str:
     s = results['settings']
-    parts = ['# Benchmark: ' + ', '.join(s['configs']), '',
-             describe(results), '',
-             markdown_table(table_header(s['batch_sizes'], s['memory_batch']),
-                            table_rows(results['rows'], s['batch_sizes'],
-                                       s['memory_batch'] is not None))]
-    if results.get('scale'):
-        parts += ['', '## Cost against input size (backbone, batch 1)', '',
-                  markdown_table(SCALE_HEAD, scale_lines(results['scale']))]
-    if results.get('checks'):
-        parts += ['', '## Targets', '',
-                  markdown_table(CHECK_HEAD, check_lines(results['checks']))]
+    parts = ['# Benchmark: ' + ', '.join(s['configs']), '', describe(results)]
+    for title, head, lines in sections(results):
+        parts += ['', f'## {title}', '', markdown_table(head, lines)]
     if results.get('notes'):
         parts += ['', '## Notes', ''] + [f'- {n}' for n in results['notes']]
     return '\n'.join(parts) + '\n'
@@ -314,69 +530,72 @@ def render_json(results: dict) -> str:
     return json.dumps(_jsonable(results), indent=2) + '\n'
 
 
+# marker and line style of each variant / runtime in the plot
+VARIANT_MARKERS = {'mmseg': 's', 'off': '*', 'pm': 'o', 'pm-pinv': 'D',
+                   'pm-matrix': 'P', 'tome': 'v', 'mstm': '^', 'config': 'X'}
+BACKEND_LINES = {EAGER: '-', ONNX: '--', COMPILE: ':'}
+
+
+def plot_series(rows: Sequence[dict], batch) -> Dict[Tuple[str, str], list]:
+    """(variant, backend) -> [(GFLOPs, images/s)] at ``batch``; every
+    compressed series starts from the compression-off point of its
+    runtime (the dense end of its curve)."""
+    points: Dict[Tuple[str, str], list] = {}
+    for row in rows:
+        t = row['timing'].get(batch)
+        if t is None or row.get('gflops') is None:
+            continue
+        key = (row['variant'], row.get('backend', EAGER))
+        points.setdefault(key, []).append((row['gflops'],
+                                           t['images_per_s']))
+    for (variant, backend), pts in points.items():
+        off = points.get(('off', backend))
+        if variant not in ('off', 'mmseg', 'config') and off:
+            pts.append(off[0])
+        pts.sort()
+    return points
+
+
 def render_plot(results: dict) -> bytes:
-    """PNG: images/s and GFLOPs against keep rate (dense rows at 1.0),
-    and latency against input size when measured."""
+    """PNG: images/s against GFLOPs per batch size (the summary's part and
+    dtype; PyTorch solid, onnxruntime dashed, compiled dotted), and latency
+    against input size when measured."""
     import io
 
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     rows = results['rows']
-    panels = 3 if results.get('scale') else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5))
-    several = len(results['settings']['configs']) > 1
-    # images/s: one colour per (model, part, dtype, batch); compressed rows
-    # as lines from the compression-off point at keep rate 1.0, mmseg's
-    # dense model as a square at 1.0
-    groups = sorted({(r['model'], r['part'], r['dtype'], b)
-                     for r in rows for b in r['timing']}, key=str)
-    colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
-    for group in groups:
-        model, part, dtype, batch = group
-        mine = [r for r in rows if (r['model'], r['part'], r['dtype']) ==
-                group[:3] and batch in r['timing']]
-        ips = {(r['variant'], r['keep_rate']): r['timing'][batch][
-            'images_per_s'] for r in mine}
-        name = f'{model}: ' if several else ''
-        name += f'{part} {dtype} b{batch}'
-        for variant, style in (('sparse', '-o'), ('dense', '--x')):
-            points = sorted((k, v) for (var, k), v in ips.items()
-                            if var == variant)
-            if ('off', None) in ips:
-                points.append((1.0, ips['off', None]))
-            if any(var == variant for var, _ in ips):
-                axes[0].plot(*zip(*points), style, color=colours[group],
-                             label=f'{name} {variant}')
-        if ('mmseg', None) in ips:
-            axes[0].plot([1.0], [ips['mmseg', None]], 's',
-                         color=colours[group], label=f'{name} mmseg')
-    axes[0].set_yscale('log')
-    axes[0].set(xlabel='keep rate (1.0 = dense: off / mmseg)',
-                ylabel='images / s (log)', title='throughput')
-    axes[0].legend(fontsize=6)
-    part, dtype = rows[0]['part'], rows[0]['dtype']
-    for model in sorted({r['model'] for r in rows}):
-        mine = {(r['variant'], r['keep_rate']): r['gflops'] for r in rows
-                if (r['model'], r['part'], r['dtype']) == (model, part, dtype)}
-        for variant, style in (('sparse', '-o'), ('dense', '--x')):
-            points = sorted((k, v) for (var, k), v in mine.items()
-                            if var == variant)
-            if not points:
-                continue
-            if ('off', None) in mine:
-                points.append((1.0, mine['off', None]))
-            axes[1].plot(*zip(*points), style,
-                         label=(f'{model}: ' if several else '') + variant)
-        if ('mmseg', None) in mine:
-            axes[1].plot([1.0], [mine['mmseg', None]], 's',
-                         label=(f'{model}: ' if several else '') + 'mmseg')
-    axes[1].set(xlabel='keep rate (1.0 = dense: off / mmseg)',
-                ylabel=f'GFLOPs / image ({rows[0]["part"]})',
-                title='counted FLOPs')
-    axes[1].legend(fontsize=6)
-    if panels == 3:
+    part, dtype = summary_part(rows)
+    model = rows[0]['model']
+    rows = [r for r in rows if (r['part'], r['dtype'], r['model']) ==
+            (part, dtype, model) and r.get('img_size') is None]
+    batches = results['settings']['batch_sizes']
+    panels = len(batches) + bool(results.get('scale'))
+    fig, axes = plt.subplots(1, panels, figsize=(5.8 * panels, 4.8),
+                             squeeze=False)
+    axes = axes[0]
+    colours = {v: plt.cm.tab10(i) for i, v in enumerate(VARIANT_MARKERS)}
+    for ax, batch in zip(axes, batches):
+        for (variant, backend), pts in sorted(plot_series(rows,
+                                                          batch).items()):
+            name = variant if backend == EAGER else f'{variant} {backend}'
+            ax.plot(*zip(*pts), BACKEND_LINES[backend],
+                    marker=VARIANT_MARKERS.get(variant, 'o'),
+                    color=colours.get(variant), label=name,
+                    fillstyle='full' if backend == EAGER else 'none')
+        ax.set_yscale('log')
+        for axis in (ax.yaxis.set_major_formatter,
+                     ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter('%g'))
+        ax.set(xlabel=f'GFLOPs / image ({part}, counted)',
+               ylabel='images / s (log)',
+               title=f'{part} {dtype}, batch {batch}')
+        ax.grid(alpha=0.3, which='both')
+        ax.legend(fontsize=6)
+    if results.get('scale'):
         by_label: Dict[str, list] = {}
         for row in results['scale']:
             t = next(iter(row['timing'].values()))
@@ -384,12 +603,12 @@ def render_plot(results: dict) -> bytes:
                 (row['img_size'][0], t['latency_ms']))
         for label, points in sorted(by_label.items()):
             points.sort()
-            axes[2].plot(*zip(*points), '-o', label=label)
-        axes[2].set(xlabel='input side (pixels)', ylabel='latency ms (b1)',
-                    title='backbone cost against input size')
-        axes[2].legend(fontsize=6)
+            axes[-1].plot(*zip(*points), '-o', label=label)
+        axes[-1].set(xlabel='input side (pixels)', ylabel='latency ms (b1)',
+                     title='backbone cost against input size')
+        axes[-1].legend(fontsize=6)
     m = results['machine']
-    fig.suptitle(f"{m['device']} {m.get('gpu') or m['cpu']}, "
+    fig.suptitle(f"{model}\n{m['device']} {m.get('gpu') or m['cpu']}, "
                  f"{m['threads']} threads, torch {m['torch']}, {m['date']}",
                  fontsize=8)
     fig.tight_layout()

@@ -2,12 +2,16 @@
 
 Every config gives a family of rows that share its weights:
 
-* ``mmseg``  mmseg's own ``VisionTransformer`` (what users run today);
-* ``off``    this project's ``PMVisionTransformer`` with compression off;
-* ``sparse`` / ``dense``  Prune-and-Merge at a keep rate with the sparse
-  (segment sum + gather) or the dense-matrix (the authors') merge and
-  reconstruct;
-* ``config`` the config's backbone exactly as written (e.g. ToMe or MSTM).
+* ``mmseg``     mmseg's own ``VisionTransformer`` (what users run today);
+* ``off``       this project's ``PMVisionTransformer`` with compression off;
+* ``pm``        Prune-and-Merge at a keep rate, the project default: sparse
+  merge (segment sum + gather) and the residual reconstruct;
+* ``pm-pinv``   the same structure with the authors' reconstruct (pinv(M));
+* ``pm-matrix`` the same structure with explicit K x N merge / N x K
+  reconstruct matrices (the authors' dense-matrix formulation);
+* ``tome`` / ``mstm``  the peers, calibrated to the GFLOPs of each ``pm``
+  row (see :mod:`mmseg_pm.benchmark.peers`);
+* ``config``    the config's backbone exactly as written.
 
 Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
 has none). Their structures come from the checkpoint when its keep rate is
@@ -25,24 +29,48 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-VARIANTS = ('mmseg', 'off', 'sparse', 'dense', 'config')
+# Prune-and-Merge rows: what each one sets in the compression dict
+PM_VARIANTS = {
+    'pm': dict(impl='sparse', reconstruct='residual'),
+    'pm-pinv': dict(impl='sparse', reconstruct='pinv'),
+    'pm-matrix': dict(impl='dense', reconstruct='residual'),
+}
+PEER_VARIANTS = ('tome', 'mstm')
 DENSE_VARIANTS = ('mmseg', 'off')
-COMPRESSED_VARIANTS = ('sparse', 'dense')
+VARIANTS = DENSE_VARIANTS + tuple(PM_VARIANTS) + PEER_VARIANTS + ('config', )
+DEFAULT_VARIANTS = ('mmseg', 'off', 'pm', 'pm-pinv', 'tome', 'mstm')
+PEER_NAMES = {'tome': 'ToMe', 'mstm': 'MSTM'}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One row: a config, the variant of its backbone and its weights."""
+    """One row: a config, the variant of its backbone and its weights.
+
+    Peers carry the PM keep rate whose GFLOPs they are matched to in
+    ``keep_rate``, their calibrated ``compression`` dict and the
+    calibration's ``match`` (knob, setting in words, GFLOPs, target, and
+    ``unreachable``: why no setting reaches it, or None).
+    """
 
     config: str
     variant: str
     checkpoint: Optional[str] = None
     keep_rate: Optional[float] = None
     img_size: Optional[Tuple[int, int]] = None
+    compression: Optional[dict] = None
+    match: Optional[dict] = None
+
+    @property
+    def unreachable(self) -> Optional[str]:
+        return (self.match or {}).get('unreachable')
 
     @property
     def impl(self) -> Optional[str]:
-        return self.variant if self.variant in COMPRESSED_VARIANTS else None
+        return PM_VARIANTS.get(self.variant, {}).get('impl')
+
+    @property
+    def reconstruct(self) -> Optional[str]:
+        return PM_VARIANTS.get(self.variant, {}).get('reconstruct')
 
     @property
     def model_name(self) -> str:
@@ -50,12 +78,19 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        names = {'mmseg': 'mmseg VisionTransformer',
-                 'off': 'PM, compression off',
-                 'config': 'as configured'}
-        if self.variant in COMPRESSED_VARIANTS:
-            return f'PM {self.variant} keep {self.keep_rate:g}'
-        return names[self.variant]
+        if self.variant == 'pm':
+            return f'PM keep {self.keep_rate:g}'
+        if self.variant == 'pm-pinv':
+            return f"PM keep {self.keep_rate:g}, authors' pinv"
+        if self.variant == 'pm-matrix':
+            return f'PM keep {self.keep_rate:g}, dense matrices'
+        if self.variant in PEER_VARIANTS:
+            label = f'{PEER_NAMES[self.variant]} at PM keep ' \
+                f'{self.keep_rate:g} GFLOPs'
+            return label + (': cannot reach' if self.unreachable else '')
+        return {'mmseg': 'mmseg VisionTransformer',
+                'off': 'PM, compression off',
+                'config': 'as configured'}[self.variant]
 
 
 def config_stem(config: str) -> str:
@@ -116,7 +151,13 @@ def expand_specs(config: str, checkpoint: Optional[str],
                  keep_rates: Optional[Sequence[float]],
                  cfg_options: Optional[dict] = None) -> Tuple[
                      List[ModelSpec], List[str]]:
-    """Rows of one config, and notes on rows left out (and why)."""
+    """Rows of one config, and notes on rows left out (and why): the dense
+    rows first, then per keep rate its PM rows and its peers (peers still
+    to be calibrated: :func:`mmseg_pm.benchmark.peers.calibrate_peers`)."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f'unknown variants {unknown}; use some of '
+                         f'{VARIANTS}')
     cfg = load_config(config, cfg_options)
     backbone = cfg.model.backbone
     notes = []
@@ -124,29 +165,26 @@ def expand_specs(config: str, checkpoint: Optional[str],
     own_pm = pm_compression(backbone)
     if keep_rates is None:
         keep_rates = [own_pm.get('keep_rate', 0.7)] if own_pm else [0.7, 0.5]
-    specs = []
-    for variant in variants:
-        if variant not in VARIANTS:
-            raise ValueError(f'unknown variant {variant!r}; use some of '
-                             f'{VARIANTS}')
-        if variant in DENSE_VARIANTS:
-            specs.append(ModelSpec(config, variant, checkpoint))
-        elif variant == 'config':
-            specs.append(ModelSpec(config, variant, checkpoint,
-                                   keep_rate=(own or {}).get('keep_rate')))
-        else:
-            if own is not None and own_pm is None:
-                notes.append(f'{config_stem(config)}: no {variant} rows: its '
-                             f'compression method is {own.get("method")!r}, '
-                             "not Prune-and-Merge (use --variants config)")
-                continue
-            for rate in keep_rates:
-                if rate >= 1:
-                    notes.append(f'keep rate {rate:g} is the uncompressed '
-                                 'model: see the mmseg / off rows')
-                    continue
-                specs.append(ModelSpec(config, variant, checkpoint,
-                                       keep_rate=float(rate)))
+    specs = [ModelSpec(config, v, checkpoint) for v in variants
+             if v in DENSE_VARIANTS]
+    if 'config' in variants:
+        specs.append(ModelSpec(config, 'config', checkpoint,
+                               keep_rate=(own or {}).get('keep_rate')))
+    compressed = [v for v in variants
+                  if v in PM_VARIANTS or v in PEER_VARIANTS]
+    if compressed and own is not None and own_pm is None:
+        notes.append(f'{config_stem(config)}: no {", ".join(compressed)} '
+                     f'rows: its compression method is '
+                     f'{own.get("method")!r}, not Prune-and-Merge (use '
+                     '--variants config)')
+        compressed = []
+    for rate in keep_rates if compressed else []:
+        if rate >= 1:
+            notes.append(f'keep rate {rate:g} is the uncompressed model: see '
+                         'the mmseg / off rows')
+            continue
+        specs += [ModelSpec(config, v, checkpoint, keep_rate=float(rate))
+                  for v in compressed]
     return specs, sorted(set(notes))
 
 
@@ -165,19 +203,25 @@ def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
     backbone['type'] = 'PMVisionTransformer'
     if spec.variant == 'off':
         backbone['compression'] = None
-        return backbone
-    comp = pm_compression(backbone)
-    if comp is None:
-        num_layers = backbone.get('num_layers', 12)
-        comp = dict(mode='layer', layers=list(range(2, num_layers)))
-    comp.update(keep_rate=spec.keep_rate, impl=spec.impl)
-    backbone['compression'] = comp
+    elif spec.variant in PEER_VARIANTS:
+        if spec.compression is None or spec.unreachable:
+            raise ValueError(f'{spec.label}: not calibrated or cannot reach '
+                             'its target; nothing to build')
+        backbone['compression'] = copy.deepcopy(dict(spec.compression))
+    else:
+        comp = pm_compression(backbone)
+        if comp is None:
+            num_layers = backbone.get('num_layers', 12)
+            comp = dict(mode='layer', layers=list(range(2, num_layers)))
+        comp.update(keep_rate=spec.keep_rate, **PM_VARIANTS[spec.variant])
+        backbone['compression'] = comp
     return backbone
 
 
-def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None
-                    ) -> nn.Module:
-    """The segmentor of ``spec`` (random weights, eval mode, on the CPU)."""
+def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None,
+                    backbone_only: bool = False) -> nn.Module:
+    """The segmentor of ``spec`` (or only its backbone): random weights,
+    eval mode, on the CPU."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     cfg = load_config(spec.config, cfg_options)
@@ -186,7 +230,8 @@ def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None
     model_cfg['pretrained'] = None  # URLs cannot be fetched here
     model_cfg['backbone'] = backbone_config(spec, model_cfg['backbone'])
     model_cfg.pop('init_cfg', None)
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(model_cfg['backbone'] if backbone_only
+                         else model_cfg)
     model.eval()
     return model
 
@@ -232,27 +277,47 @@ def share_weights(model: nn.Module, weights: Dict[str, torch.Tensor],
     model.load_state_dict(state, strict=False)
 
 
+def keeps_checkpoint_structures(spec: ModelSpec,
+                                cfg_options: Optional[dict] = None) -> bool:
+    """Whether ``spec`` uses its checkpoint's structures: a PM row at the
+    config's own keep rate and reconstruct (other rows get the lattice)."""
+    if not spec.checkpoint or spec.variant not in PM_VARIANTS:
+        return False
+    comp = pm_compression(load_config(spec.config, cfg_options).model.backbone)
+    if comp is None:
+        return False
+    own = dict(keep_rate=comp.get('keep_rate', 0.7),
+               reconstruct=comp.get('reconstruct', 'residual'))
+    return own == dict(keep_rate=spec.keep_rate,
+                       reconstruct=spec.reconstruct)
+
+
 def build_family(specs: Sequence[ModelSpec],
                  cfg_options: Optional[dict] = None,
-                 seed: int = 0) -> List[nn.Module]:
-    """Segmentors for ``specs`` of one config, all with the same weights
-    (the checkpoint's, or those of the first row built)."""
+                 seed: int = 0,
+                 weights: Optional[Dict[str, torch.Tensor]] = None
+                 ) -> List[nn.Module]:
+    """Segmentors for ``specs`` of one config, all with the same weights:
+    ``weights``, else the checkpoint's, else those of the first row built
+    (pass ``family_weights`` of a built family to add rows to it)."""
     models = []
-    weights = None
     for spec in specs:
         torch.manual_seed(seed)
         model = build_segmentor(spec, cfg_options)
         if weights is None:
-            fits = model if spec.img_size is None else None
-            weights = checkpoint_state(spec.checkpoint, fits) \
-                if spec.checkpoint else model.state_dict()
-        own_rate = None
-        cfg = load_config(spec.config, cfg_options)
-        comp = pm_compression(cfg.model.backbone)
-        if comp is not None:
-            own_rate = comp.get('keep_rate', 0.7)
+            weights = family_weights(spec, model)
         share_weights(model, weights,
-                      keep_structures=bool(spec.checkpoint)
-                      and spec.keep_rate == own_rate)
+                      keeps_checkpoint_structures(spec, cfg_options))
         models.append(model)
     return models
+
+
+def family_weights(spec: ModelSpec, model: nn.Module
+                   ) -> Dict[str, torch.Tensor]:
+    """The weights every row of ``spec``'s family shares: its checkpoint's
+    (checked against ``model`` when it is at the config's own img_size),
+    or those of ``model`` (the family's first row)."""
+    if spec.checkpoint:
+        fits = model if spec.img_size is None else None
+        return checkpoint_state(spec.checkpoint, fits)
+    return model.state_dict()

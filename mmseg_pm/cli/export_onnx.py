@@ -27,6 +27,7 @@ from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.apis.inference import init_segmentor
 from mmseg_pm.cli import int_at_least
 from mmseg_pm.export import (DEFAULT_OPSET, compression_method,
+                             export_failure,
                              export_onnx, onnx_parity,
                              parity_inputs)
 
@@ -34,20 +35,6 @@ PARITY_TOLERANCE = 1e-4
 SORT_HINT = (' (MSTM and ToMe pick their merges per image with a stable '
              'sort, which torch.onnx cannot translate; see '
              'docs/weights_export_visualize.md)')
-
-
-def export_failure(err: BaseException) -> str:
-    """The informative line of an exporter error (they run to pages)."""
-    chain = []
-    while err is not None and len(chain) < 10:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    for e in reversed(chain):
-        for line in str(e).splitlines():
-            if 'No ONNX function found' in line or 'not supported' in line:
-                return line.strip()[:300]
-    return f'{type(chain[-1]).__name__}: ' + \
-        (str(chain[-1]).strip().splitlines() or [''])[0][:300]
 
 
 def parse_args(argv=None):
