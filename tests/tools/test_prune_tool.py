@@ -7,7 +7,8 @@ import torch
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis.config import build_runner
 from mmseg_pm.apis.runner import evaluation_config
-from mmseg_pm.compression import (PMConfig, mean_merge_weights,
+from mmseg_pm.compression import (DEFAULT_PLACEMENT, PMConfig,
+                                  mean_merge_weights,
                                   search_structures)
 from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY
 from tests.helpers import cli_module as tool
@@ -59,10 +60,10 @@ def test_prune_then_test_then_distill(dense, capsys):
     config = PMConfig.from_dict(
         dict(mode='layer', layers=[1, 2, 3], keep_rate=0.4, prune_rate=0.1),
         4)
-    assert meta['placement'] == 'spread'  # the project default
+    assert meta['placement'] == DEFAULT_PLACEMENT == 'random'
     assert meta['compression']['reconstruct'] == 'residual'
     expected = search_structures(meta['scores'], config, (8, 8), 'global',
-                                 'spread', meta['seed'])
+                                 'random', meta['seed'])
     for first, s in zip((1, 2, 3), expected):
         prefix = f'backbone.token_compressors.{first}.'
         assert torch.equal(state[prefix + 'group'], s.group)
