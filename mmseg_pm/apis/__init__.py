@@ -1,7 +1,10 @@
-"""What tools and users call from Python (mmseg's ``apis`` style): reading
-a checkpoint into a model (:mod:`.checkpoint`), the output rule of every
-file a tool writes (:mod:`.outputs`), distributed runs
-(:mod:`.distributed`), token scores of a segmentor (:mod:`.scoring`).
+"""What tools and users call from Python (mmseg's ``apis`` style): a
+segmentor from a config and a checkpoint and its FLOPs per crop
+(:mod:`.inference`), training and evaluation on mmengine's Runner
+(:mod:`.runner`), scoring and pruning (:mod:`.scoring`, :mod:`.prune`),
+configs (:mod:`.config`), reading a checkpoint into a model
+(:mod:`.checkpoint`), the output rule of every file a tool writes
+(:mod:`.outputs`), distributed runs (:mod:`.distributed`).
 Bad input raises :class:`UsageError` (or a subclass) whose message names
 the problem and the fix."""
 from .checkpoint import (CheckpointError, CheckpointNotFound,
@@ -18,6 +21,9 @@ from .errors import UsageError
 from .outputs import (OutputError, atomic_output, check_not_input,
                       check_output_dir, check_output_file, check_writable_dir,
                       save_figure, umask_mode, write_atomic)
+from .inference import build_segmentor, crop_flops, init_segmentor
+from .prune import prune_config, prune_segmentor, save_pruned
+from .runner import evaluate, evaluation_config, train, train_config
 from .scoring import (scoring_mode, token_score_totals, token_scores,
                       token_scores_from_config)
 
@@ -31,5 +37,8 @@ __all__ = [
     'load_checkpoint_into', 'local_checkpoint', 'runner_checkpoint',
     'save_checkpoint_atomic', 'save_figure', 'setup_runner_launcher',
     'sum_across_ranks', 'umask_mode', 'write_atomic', 'scoring_mode',
-    'token_score_totals', 'token_scores', 'token_scores_from_config'
+    'token_score_totals', 'token_scores', 'token_scores_from_config',
+    'build_segmentor', 'crop_flops', 'init_segmentor', 'prune_config',
+    'prune_segmentor', 'save_pruned', 'evaluate', 'evaluation_config',
+    'train', 'train_config'
 ]
