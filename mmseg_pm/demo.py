@@ -1,30 +1,17 @@
-"""The whole Prune-and-Merge pipeline on the built-in synthetic data, on CPU.
-
-One command: make the synthetic ADE20K-format data set, train a tiny dense
-Segmenter, score its tokens, prune and merge, fine-tune with distillation
-from the dense model, evaluate dense and compressed models with mmseg's
-IoUMetric, and print one table (mIoU, GFLOPs, images/s, tokens per block).
-The residual reconstruction (the default) is shown next to the authors'
-pinv at the same structure (docs/residual.md). It runs the project's own
-tools (train.py, prune.py, test.py) in-process.
-
-From the command line (tools/demo.py, ``./run demo``)::
-
-    python tools/demo.py                      # a few minutes on 2 CPU cores
-    python tools/demo.py --keep-rate 0.5 --layers 1 2 3 --work-dir work_dirs/demo_05
-
-Outputs (under --work-dir, default work_dirs/demo): dense/ and distill/
-(training work dirs and checkpoints), pruned.pth (and pruned_pinv.pth),
-the configs they were made with, prune.log,
-merge_windows.png (the structures drawn on a validation image),
-results.json and results.md (the table).
-"""
+"""The demo pipeline (``./run demo``; its command line:
+``mmseg_pm.cli.demo``): synthetic data, a dense tiny Segmenter, token
+scores, Prune and Merge with the residual and the authors' reconstruction
+at one structure, distillation, evaluation with mmseg's IoUMetric, GFLOPs
+and images/s side by side, the merge windows drawn. Every step is a call
+into :mod:`mmseg_pm.apis`; :func:`run_demo` returns what it writes to
+``results.json``."""
 import contextlib
 import io
 import json
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from mmengine.config import Config
@@ -40,7 +27,15 @@ from mmseg_pm.benchmark.measure import summarise
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.visualization import draw_model_tokens
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+def configs_dir() -> Path:
+    """The repository's configs/: next to the package in a checkout (or an
+    editable install), else under the working directory (a plain
+    ``pip install .`` installs the package only: run from the checkout)."""
+    checkout = Path(__file__).resolve().parents[1] / 'configs'
+    return checkout if checkout.is_dir() else Path.cwd() / 'configs'
+
+
+CONFIGS = configs_dir()
 DENSE_CONFIG = CONFIGS / 'synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 PM_CONFIG = CONFIGS / 'synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 DISTILL_CONFIG = CONFIGS / 'distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
@@ -61,6 +56,17 @@ def schedule_options(iters: int) -> dict:
     """A training run of ``iters`` iterations that checkpoints at its end."""
     return {'train_cfg.max_iters': iters, 'param_scheduler.0.end': iters,
             'default_hooks.checkpoint.interval': iters}
+
+
+def train_for(config: Path, work_dir: Path, root: str, iters: int,
+              desc: str, options: Optional[dict] = None) -> str:
+    """Train ``config`` for ``iters`` iterations on the data under
+    ``root`` with a progress bar; returns the final checkpoint."""
+    run_quietly(train_config(
+        str(config), str(work_dir),
+        {**data_options(root), **schedule_options(iters), **(options or {})}),
+        desc, 'train')
+    return str(work_dir / f'iter_{iters}.pth')
 
 
 def demo_config(source: Path, args, reconstruct: str, path: Path) -> Path:
@@ -156,12 +162,8 @@ def run_demo(args) -> dict:
 
     print(f'[2/6] train the dense tiny Segmenter ({args.train_iters} iters)')
     t = time.perf_counter()
-    n = args.train_iters
-    run_quietly(train_config(
-        str(DENSE_CONFIG), str(work / 'dense'),
-        {**data_options(root), **schedule_options(n)}), 'train dense',
-        'train')
-    dense_ckpt = str(work / 'dense' / f'iter_{n}.pth')
+    dense_ckpt = train_for(DENSE_CONFIG, work / 'dense', root,
+                           args.train_iters, 'train dense')
     timings['train_dense_s'] = time.perf_counter() - t
 
     print(f'[3/6] score tokens ({args.score_iters} batches), prune and merge')
@@ -187,13 +189,10 @@ def run_demo(args) -> dict:
 
     print(f'[4/6] distillation fine-tuning ({args.distill_iters} iters)')
     t = time.perf_counter()
-    n = args.distill_iters
-    run_quietly(train_config(
-        str(distill_config), str(work / 'distill'),
-        {**data_options(root), **schedule_options(n),
-         'load_from': pruned_ckpt, 'model.teacher_checkpoint': dense_ckpt}),
-        'distill', 'train')
-    distilled_ckpt = str(work / 'distill' / f'iter_{n}.pth')
+    distilled_ckpt = train_for(
+        distill_config, work / 'distill', root, args.distill_iters,
+        'distill', {'load_from': pruned_ckpt,
+                    'model.teacher_checkpoint': dense_ckpt})
     timings['distill_s'] = time.perf_counter() - t
 
     print('[5/6] evaluate with mmseg IoUMetric (tools/test.py)')

@@ -1,8 +1,7 @@
 """Write a small synthetic ADE20K-format data set for CPU experiments.
 
-Example::
-
-    python tools/make_synthetic_ade.py data/synthetic_ade --size 96 128
+The command line of ``mmseg_pm.cli.make_synthetic_ade`` (its docstring and ``--help``
+say how to use it).
 """
 from mmseg_pm.cli.make_synthetic_ade import main
 

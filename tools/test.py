@@ -1,9 +1,7 @@
 """Test (and evaluate) a segmentor checkpoint (mmseg-style command line).
 
-Example::
-
-    python tools/test.py CONFIG CHECKPOINT --out work_dirs/preds
-    torchrun --nproc-per-node 2 tools/test.py CONFIG CKPT --launcher pytorch
+The command line of ``mmseg_pm.cli.test`` (its docstring and ``--help``
+say how to use it).
 """
 from mmseg_pm.cli.test import main
 

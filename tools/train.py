@@ -1,9 +1,7 @@
 """Train a segmentor from a config (mmseg-style command line).
 
-Example::
-
-    python tools/train.py configs/xxx.py --work-dir work_dirs/xxx
-    torchrun --nproc-per-node 2 tools/train.py CONFIG --launcher pytorch
+The command line of ``mmseg_pm.cli.train`` (its docstring and ``--help``
+say how to use it).
 """
 from mmseg_pm.cli.train import main
 

@@ -7,9 +7,10 @@ On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 1. make the data, train ONE dense Segmenter (mmseg's VisionTransformer);
 2. score its tokens once (gradient-weighted attention, DESIGN.md §2.1);
 3. for each budget (fraction of the dense encoder+decoder GFLOPs, counted
-   with ``count_flops``) and each method -- Prune and Merge per layer with
-   the 'row' and the 'nearest' rule, Prune and Merge span mode, MSTM, ToMe
-   and random centres (the floor) -- search the method's knob until its
+   with ``count_flops``) and each method -- Prune and Merge with the
+   authors' and the residual reconstruction, per layer and in span mode,
+   with four centre placements (mmseg_pm.study.METHODS), MSTM and ToMe --
+   search the method's knob until its
    GFLOPs are within ``--tolerance`` of the target, evaluate it (mmseg's
    IoUMetric via tools/test.py), fine-tune it with distillation from the
    dense model (same iterations, seed and data for every method) and
@@ -19,7 +20,7 @@ On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 
 Example::
 
-    python tools/study.py                          # ~21 min on 2 shared cores
+    python tools/study.py                          # ~45 min on 2 shared cores
     python tools/study.py --budgets 0.7 --methods pm-row tome --dense-iters 100
 
 Stages are cached under ``--work-dir`` by their settings: running again with
