@@ -407,7 +407,8 @@ def run_study(args) -> dict:
             skipped.append(dict(method=method, budget=budget,
                                 reason=str(err)))
             continue
-        rows.append(dict(row, name=name, gflops=row['flops'] / 1e9,
+        rows.append(dict(row, name=name, label=METHODS[method].label,
+                         gflops=row['flops'] / 1e9,
                          fraction=row['flops'] / dense['flops']))
         print(f'      {row["setting"]}: {row["flops"] / 1e9:.4f} GFLOPs, '
               f'mIoU {row["miou_before"]:.2f} -> {row["miou_after"]:.2f}')
