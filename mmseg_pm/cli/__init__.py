@@ -91,3 +91,19 @@ def run_cli(parser: argparse.ArgumentParser, main, argv=None):
     except UsageError as err:
         parser.error(str(err))
 
+
+def add_converter_arguments(parser: argparse.ArgumentParser) -> None:
+    """--drop-dist-token and --force, shared by the checkpoint converters."""
+    parser.add_argument('--drop-dist-token', action='store_true',
+                        help='drop a DeiT distillation token and its position '
+                        'embedding instead of refusing the checkpoint')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite an existing dst')
+
+
+def print_conversion(converted: dict, notes, dst) -> None:
+    """A converter's notes and what it wrote."""
+    for note in notes:
+        print(f'note: {note}')
+    print(f'wrote {len(converted)} tensors to {dst}')
+

@@ -21,6 +21,7 @@ import argparse
 import sys
 
 from mmseg_pm.apis import UsageError
+from mmseg_pm.cli import add_converter_arguments, print_conversion
 from mmseg_pm.converters import (check_destination,
                                  convert_segmenter,
                                  load_weights_file, save_converted,
@@ -41,11 +42,7 @@ def parse_args(argv=None):
     parser.add_argument('--derive-reconstruct', action='store_true',
                         help='reconstruct a merge that has no reconstruct '
                         'matrix with the pseudo-inverse of its merge matrix')
-    parser.add_argument('--drop-dist-token', action='store_true',
-                        help='drop a DeiT distillation token and its position '
-                        'embedding instead of refusing the checkpoint')
-    parser.add_argument('--force', action='store_true',
-                        help='overwrite an existing dst')
+    add_converter_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -64,9 +61,7 @@ def main(argv=None):
     meta = dict(converted_from=str(args.src), format='segmenter',
                 compression=compression, notes=notes)
     save_converted(converted, args.dst, meta=meta)
-    for note in notes:
-        print(f'note: {note}')
-    print(f'wrote {len(converted)} tensors to {args.dst}')
+    print_conversion(converted, notes, args.dst)
     return compression
 
 

@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from mmseg_pm.apis import UsageError
+from mmseg_pm.cli import add_converter_arguments, print_conversion
 from mmseg_pm.converters import (check_destination,
                                  convert_timm_vit,
                                  load_weights_file, save_converted,
@@ -34,11 +35,7 @@ def parse_args(argv=None):
     parser.add_argument('--key', help='entry of the checkpoint that holds the '
                         'weights (default: state_dict, model, or the file '
                         'itself)')
-    parser.add_argument('--drop-dist-token', action='store_true',
-                        help='drop a DeiT distillation token and its position '
-                        'embedding instead of refusing the checkpoint')
-    parser.add_argument('--force', action='store_true',
-                        help='overwrite an existing dst')
+    add_converter_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -53,9 +50,7 @@ def main(argv=None):
     save_converted(converted, args.dst,
                    meta=dict(converted_from=str(args.src), format='timm_vit',
                              notes=notes))
-    for note in notes:
-        print(f'note: {note}')
-    print(f'wrote {len(converted)} tensors to {args.dst}')
+    print_conversion(converted, notes, args.dst)
 
 
 if __name__ == '__main__':
