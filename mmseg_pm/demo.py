@@ -28,11 +28,10 @@ from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.visualization import draw_model_tokens
 
 def configs_dir() -> Path:
-    """The repository's configs/: next to the package in a checkout (or an
-    editable install), else under the working directory (a plain
-    ``pip install .`` installs the package only: run from the checkout)."""
-    checkout = Path(__file__).resolve().parents[1] / 'configs'
-    return checkout if checkout.is_dir() else Path.cwd() / 'configs'
+    """The project's configs: the repository's configs/, which the package
+    carries as ``mmseg_pm/configs`` (a link in a checkout, copies in an
+    installed wheel)."""
+    return Path(__file__).resolve().parent / 'configs'
 
 
 CONFIGS = configs_dir()

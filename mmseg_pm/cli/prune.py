@@ -117,3 +117,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     return run_cli(build_parser(), run, argv)
+
+
+if __name__ == '__main__':
+    main()

@@ -97,3 +97,7 @@ def check(args):
 
 def main(argv=None) -> dict:
     return run_cli(build_parser(), lambda args: run_study(check(args)), argv)
+
+
+if __name__ == '__main__':
+    main()

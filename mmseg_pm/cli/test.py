@@ -49,3 +49,7 @@ def main(argv=None) -> dict:
             args.launcher, args.out, args.force, args.show, args.show_dir,
             args.wait_time, args.tta))
     return run_cli(build_parser(), run, argv)
+
+
+if __name__ == '__main__':
+    main()

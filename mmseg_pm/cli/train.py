@@ -36,3 +36,7 @@ def main(argv=None):
                                   args.cfg_options, args.launcher,
                                   args.resume, args.amp))
     return run_cli(build_parser(), run, argv)
+
+
+if __name__ == '__main__':
+    main()

@@ -95,3 +95,7 @@ def draw(args):
 
 def main(argv=None):
     return run_cli(build_parser(), draw, argv)
+
+
+if __name__ == '__main__':
+    main()
