@@ -423,6 +423,7 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
                                                       trainable, reconstruct)
                           for first, _ in units})
         self.units = [(int(a), int(b)) for a, b in units]
+        self.unit_last = dict(self.units)  # first block -> last block
         self.num_prefix = num_prefix
 
     def compressor(self, first: int) -> TokenCompressor:
@@ -449,13 +450,13 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
     def run_block(self, i: int, block: nn.Module, x: Tensor, state):
         if self.bypass:
             return block(x), None
-        if str(i) in self:
-            last = dict(self.units)[i]
+        if i in self.unit_last:
             compressor = self.compressor(i)
+            if self.trace_source:  # the source map is only built on request
+                self.record_source(i, compressor.source(x.shape[0],
+                                                        self.num_prefix))
             x, context = compressor.merge(x, self.num_prefix)
-            state = (last, compressor, context)
-            self.record_source(i, compressor.source(x.shape[0],
-                                                    self.num_prefix))
+            state = (self.unit_last[i], compressor, context)
         x = block(x)
         if state is not None and i == state[0]:
             _, compressor, context = state
