@@ -158,13 +158,12 @@ def place_centres(scores: Tensor, count: int, grid: Tuple[int, int],
     order = torch.sort(priority, descending=True, stable=True).indices
     if placement == 'score':
         return order[:count]
-    # The first token of each cell in that order is the cell's centre.
+    # The first eligible token of each cell in that order is its centre.
+    rank = torch.where(excluded[order], n, torch.arange(n))
+    first = torch.full((count, ), n).scatter_reduce(0, cell[order], rank,
+                                                    'amin')
     chosen = torch.zeros(n, dtype=torch.bool)
-    seen = torch.zeros(count, dtype=torch.bool)
-    for p in order.tolist():
-        c = int(cell[p])
-        if not seen[c] and not excluded[p]:
-            seen[c] = chosen[p] = True
+    chosen[order[first[first < n]]] = True
     missing = count - int(chosen.sum())
     if missing:  # cells with only excluded tokens: best remaining tokens
         rest = torch.sort(scores.masked_fill(excluded | chosen, -math.inf),
