@@ -22,8 +22,8 @@ from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
 from mmseg_pm.apis.prune import (format_prune_table, prune_config,
                                  prune_segmentor, save_pruned)
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
-from mmseg_pm.benchmark import time_interleaved, tokens_per_layer
-from mmseg_pm.benchmark.measure import summarise
+from mmseg_pm.benchmark import tokens_per_layer
+from mmseg_pm.benchmark.measure import images_per_second
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.visualization import draw_model_tokens
 
@@ -92,20 +92,6 @@ def prune_dense(config: Path, dense_ckpt: str, out: str, args, root: str,
         save_pruned(model, summary, out, meta)
         print(format_prune_table(summary))
     return summary
-
-
-@torch.no_grad()
-def images_per_second(models: dict, img_size, device: str, batch_size: int,
-                      repeats: int = 10) -> dict:
-    """Median images/s of forwards of ``batch_size`` crops, the models
-    taking turns (the CPU is shared), as tools/benchmark.py measures."""
-    x = torch.randn(batch_size, 3, *img_size, device=device)
-    calls = {name: (lambda m=m: m(x, mode='tensor'))
-             for name, m in models.items()}
-    seconds = time_interleaved(calls, warmup=3, repeats=repeats,
-                               device=device)
-    return {name: summarise(t, batch_size)['images_per_s']
-            for name, t in seconds.items()}
 
 
 HEADER = ('model', 'mIoU', 'vs dense', 'GFLOPs', 'FLOPs cut', 'images/s',
@@ -217,8 +203,9 @@ def run_demo(args) -> dict:
               for name, config, ckpt in variants}
     img_size = crop_size(models['dense'])
     flops = {name: crop_flops(m) for name, m in models.items()}
-    speed = images_per_second(models, img_size, args.device,
-                              args.bench_batch)
+    crops = torch.randn(args.bench_batch, 3, *img_size, device=args.device)
+    speed = images_per_second(models, crops, warmup=3, repeats=10,
+                              device=args.device)
     backbone = models[variants[-1][0]].backbone
     grid = tuple(backbone.grid_size)
     val_image = sorted(Path(data['validation_img_dir']).glob('*.jpg'))[0]

@@ -22,8 +22,7 @@ from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
 from mmseg_pm.apis.config import write_config
 from mmseg_pm.apis.inference import build_segmentor, crop_flops, init_segmentor
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
-from mmseg_pm.benchmark import time_interleaved
-from mmseg_pm.benchmark.measure import summarise
+from mmseg_pm.benchmark.measure import images_per_second
 from mmseg_pm.apis.scoring import token_scores_from_config
 from mmseg_pm.compression import PMConfig, search_structures
 from mmseg_pm.datasets import make_synthetic_ade
@@ -267,23 +266,15 @@ def score_tokens(base: Config, dense: dict, args) -> list:
 
 def measure_speed(dense: dict, rows: list, args) -> dict:
     """images/s at batch 1 of the dense and every fine-tuned model, the
-    models taking turns (mmseg_pm.benchmark.time_interleaved) so that load
-    from other jobs hits them alike; the median call counts."""
+    models taking turns so that load from other jobs hits them alike; the
+    median call counts."""
     models = {'dense': init_segmentor(dense['config'], dense['checkpoint'])}
     for row in rows:
         models[row['name']] = init_segmentor(row['config'],
                                              row['finetuned'])
     x = torch.rand(1, 3, args.img_size, args.img_size)
-
-    def forward(model):
-        with torch.inference_mode():
-            return model(x, mode='tensor')
-
-    seconds = time_interleaved(
-        {name: (lambda m=m: forward(m)) for name, m in models.items()},
-        warmup=5, repeats=args.speed_repeats)
-    return {name: summarise(t, 1)['images_per_s']
-            for name, t in seconds.items()}
+    return images_per_second(models, x, warmup=5,
+                             repeats=args.speed_repeats)
 
 
 def merge_windows(row: dict):
