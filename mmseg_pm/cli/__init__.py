@@ -92,13 +92,21 @@ def run_cli(parser: argparse.ArgumentParser, main, argv=None):
         parser.error(str(err))
 
 
-def add_converter_arguments(parser: argparse.ArgumentParser) -> None:
-    """--drop-dist-token and --force, shared by the checkpoint converters."""
+def converter_parser(description: str, src_help: str,
+                     key_help: str) -> argparse.ArgumentParser:
+    """The arguments the checkpoint converters share: src, dst, --key,
+    --drop-dist-token and --force."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('src', help=src_help)
+    parser.add_argument('dst', help='converted checkpoint to write')
+    parser.add_argument('--key', help='entry of the checkpoint that holds the '
+                        f'weights (default: {key_help})')
     parser.add_argument('--drop-dist-token', action='store_true',
                         help='drop a DeiT distillation token and its position '
                         'embedding instead of refusing the checkpoint')
     parser.add_argument('--force', action='store_true',
                         help='overwrite an existing dst')
+    return parser
 
 
 def print_conversion(converted: dict, notes, dst) -> None:

@@ -17,11 +17,10 @@ Segmenter's LayerNorms use eps 1e-5 (not the 1e-6 of mmseg's Segmenter
 configs) and its patch embedding has a bias: the backbone config needs
 ``norm_cfg=dict(type='LN', eps=1e-5)`` and ``patch_bias=True``.
 """
-import argparse
 import sys
 
 from mmseg_pm.apis import UsageError
-from mmseg_pm.cli import add_converter_arguments, print_conversion
+from mmseg_pm.cli import converter_parser, print_conversion
 from mmseg_pm.converters import (check_destination,
                                  convert_segmenter,
                                  load_weights_file, save_converted,
@@ -29,20 +28,15 @@ from mmseg_pm.converters import (check_destination,
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Convert Segmenter (and Prune-and-Merge) checkpoints to '
-        'mmseg / mmseg_pm names')
-    parser.add_argument('src', help='Segmenter checkpoint.pth')
-    parser.add_argument('dst', help='converted checkpoint to write')
-    parser.add_argument('--key', help='entry of the checkpoint that holds the '
-                        'weights (default: model / state_dict)')
+    parser = converter_parser(
+        'Convert Segmenter (and Prune-and-Merge) checkpoints to mmseg / '
+        'mmseg_pm names', 'Segmenter checkpoint.pth', 'model / state_dict')
     parser.add_argument('--grid', type=int, nargs=2, metavar=('H', 'W'),
                         help='patch grid of the merge matrices (default: the '
                         'square grid of the position embedding)')
     parser.add_argument('--derive-reconstruct', action='store_true',
                         help='reconstruct a merge that has no reconstruct '
                         'matrix with the pseudo-inverse of its merge matrix')
-    add_converter_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -15,11 +15,10 @@ Example::
 Reads .pth/.pt/.bin (weights only) and .safetensors; DeiT (``model``) and
 timm training (``state_dict``) containers are unwrapped.
 """
-import argparse
 import sys
 
 from mmseg_pm.apis import UsageError
-from mmseg_pm.cli import add_converter_arguments, print_conversion
+from mmseg_pm.cli import converter_parser, print_conversion
 from mmseg_pm.converters import (check_destination,
                                  convert_timm_vit,
                                  load_weights_file, save_converted,
@@ -27,16 +26,11 @@ from mmseg_pm.converters import (check_destination,
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description='Convert timm ViT weights to mmseg VisionTransformer '
-        '(and PMVisionTransformer) names')
-    parser.add_argument('src', help='timm checkpoint (.pth/.bin/.safetensors)')
-    parser.add_argument('dst', help='converted checkpoint to write')
-    parser.add_argument('--key', help='entry of the checkpoint that holds the '
-                        'weights (default: state_dict, model, or the file '
-                        'itself)')
-    add_converter_arguments(parser)
-    return parser.parse_args(argv)
+    return converter_parser(
+        'Convert timm ViT weights to mmseg VisionTransformer (and '
+        'PMVisionTransformer) names',
+        'timm checkpoint (.pth/.bin/.safetensors)',
+        'state_dict, model, or the file itself').parse_args(argv)
 
 
 def main(argv=None):
