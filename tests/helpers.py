@@ -91,6 +91,22 @@ def source_maps(model, x):
     return outs, reducer.sources[len(model.layers) - 1]
 
 
+
+def assert_each_image_merges_its_own_way(model, x):
+    """The source maps of a batch: the class token stays alone, images
+    merge differently, and each image alone gives its own map and
+    outputs (to 1e-5)."""
+    outs, source = source_maps(model, x)
+    assert source.shape == (x.shape[0], 16)
+    assert (source[:, 0] == 0).all()  # the class token stays alone
+    for a, b in zip(source, source[1:]):
+        assert not torch.equal(a, b)
+    for b in range(x.shape[0]):
+        single, single_source = source_maps(model, x[b:b + 1])
+        assert torch.equal(single_source[0], source[b])
+        for o, s in zip(outs, single):
+            assert (o[b] - s[0]).abs().max() <= 1e-5
+
 def block_flops(attn_tokens: Sequence[int], mlp_tokens: Sequence[int],
                 channels: int, batch: int) -> int:
     """Multiply-adds x 2 of ViT blocks (MLP ratio 4) whose attention sees

@@ -11,8 +11,10 @@ from mmseg_pm.compression.mstm import (class_attention, coarse_cells,
                                        crucial_token_matching)
 from mmseg_pm.compression.tome import merge_tokens
 from mmseg_pm.models import PMVisionTransformer
-from tests.helpers import (CONFIGS, TINY, assert_flops_follow_token_counts,
-                           randomise, source_maps, tiny_pm, token_counts)
+from tests.helpers import (CONFIGS, TINY,
+                           assert_each_image_merges_its_own_way,
+                           assert_flops_follow_token_counts, randomise,
+                           tiny_pm, token_counts)
 
 MSTM = dict(method='mstm', prune_layers=[0, 2], keep_rate=0.5)
 ALL = (0, 1, 2, 3)
@@ -110,17 +112,7 @@ def test_batch_merges_each_image_its_own_way():
     model = mstm_from(randomise(tiny_pm()), out_indices=(1, 3))
     with torch.no_grad():  # a trained coarse branch
         model.token_merger.coarse.weight.normal_(std=0.1)
-    x = torch.randn(3, 3, 48, 80)
-    outs, source = source_maps(model, x)
-    assert source.shape == (3, 16)
-    assert (source[:, 0] == 0).all()  # the class token stays alone
-    assert not torch.equal(source[0], source[1])
-    assert not torch.equal(source[1], source[2])
-    for b in range(3):
-        single, single_source = source_maps(model, x[b:b + 1])
-        assert torch.equal(single_source[0], source[b])
-        for o, s in zip(outs, single):
-            assert (o[b] - s[0]).abs().max() <= 1e-5
+    assert_each_image_merges_its_own_way(model, torch.randn(3, 3, 48, 80))
 
 
 def test_gradients_reach_the_backbone_and_the_coarse_projection():

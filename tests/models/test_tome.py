@@ -10,8 +10,10 @@ from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.compression.tome import bipartite_soft_matching, merge_tokens
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.models.backbones.pm_vit import Attention
-from tests.helpers import (CONFIGS, TINY, assert_flops_follow_token_counts,
-                           randomise, source_maps, tiny_pm, token_counts)
+from tests.helpers import (CONFIGS, TINY,
+                           assert_each_image_merges_its_own_way,
+                           assert_flops_follow_token_counts, randomise,
+                           source_maps, tiny_pm, token_counts)
 
 ALL = (0, 1, 2, 3)
 
@@ -139,16 +141,7 @@ def test_r_zero_equals_the_dense_model(with_cls_token):
 def test_batch_merges_each_image_its_own_way():
     model = tome_from(randomise(tiny_pm(out_indices=(1, 3))),
                       dict(method='tome', r=3), out_indices=(1, 3))
-    x = torch.randn(3, 3, 48, 80)
-    outs, source = source_maps(model, x)
-    assert source.shape == (3, 16) and (source[:, 0] == 0).all()
-    assert not torch.equal(source[0], source[1])
-    assert not torch.equal(source[1], source[2])
-    for b in range(3):
-        single, single_source = source_maps(model, x[b:b + 1])
-        assert torch.equal(single_source[0], source[b])
-        for o, s in zip(outs, single):
-            assert (o[b] - s[0]).abs().max() <= 1e-5
+    assert_each_image_merges_its_own_way(model, torch.randn(3, 3, 48, 80))
 
 
 def test_gradients_reach_the_backbone_also_with_checkpointing():
