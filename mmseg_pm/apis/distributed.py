@@ -169,6 +169,20 @@ def init_distributed(launcher: str) -> Tuple[int, int]:
     return get_dist_info()
 
 
+def end_distributed(completed: bool = True) -> None:
+    """Leave the process group, if one was started: after a barrier when
+    the work completed, so no rank exits while a peer still talks to it.
+    A gloo group left alive at interpreter exit can abort the process
+    ("terminate called without an active exception", exit -6) after the
+    work has succeeded."""
+    if not (torch.distributed.is_available()
+            and torch.distributed.is_initialized()):
+        return
+    if completed:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise float64 sum over all ranks (a float64 copy of the
     tensor in a single process)."""

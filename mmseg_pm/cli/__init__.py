@@ -8,7 +8,7 @@ import os
 
 from mmengine.config import DictAction
 
-from mmseg_pm.apis.errors import UsageError
+from mmseg_pm.apis import UsageError, end_distributed
 
 
 # ---------------------------------------------------------------- arguments
@@ -82,14 +82,20 @@ def set_local_rank(local_rank: int) -> None:
 def run_cli(parser: argparse.ArgumentParser, main, argv=None):
     """Parse ``argv`` and call ``main(args)``; bad input (a
     :class:`UsageError` from the library) exits with argparse's one-line
-    usage error (status 2) instead of a traceback."""
+    usage error (status 2) instead of a traceback. A distributed run leaves
+    its process group before the process exits."""
     args = parser.parse_args(argv)
     if hasattr(args, 'local_rank'):
         set_local_rank(args.local_rank)
+    completed = False
     try:
-        return main(args)
+        result = main(args)
+        completed = True
+        return result
     except UsageError as err:
         parser.error(str(err))
+    finally:
+        end_distributed(completed)
 
 
 def converter_parser(description: str, src_help: str,

@@ -5,6 +5,7 @@ or as srun starts them, running the real tools: mmengine's Runner with
 MMDistributedDataParallel, mmseg's ADE20K dataset and IoUMetric, and
 tools/prune.py's sharded scoring. Only these: ``pytest -m distributed``.
 """
+import argparse
 import json
 import os
 import socket
@@ -267,3 +268,35 @@ def test_slurm_without_scontrol_asks_for_master_addr(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match='set MASTER_ADDR'):
         export_slurm_environment()
     assert 'RANK' not in os.environ
+
+
+@pytest.mark.parametrize('fails', [False, True])
+def test_a_tool_leaves_its_process_group_before_exiting(monkeypatch, fails):
+    """A gloo group alive at interpreter exit could abort a finished rank
+    (exit -6, 'terminate called without an active exception'); run_cli
+    ends the group whether the tool completes or refuses its input."""
+    from mmseg_pm.apis import init_distributed
+    from mmseg_pm.cli import add_launcher_arguments, run_cli
+
+    for name, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
+                            MASTER_ADDR='127.0.0.1',
+                            MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    seen = {}
+
+    def tool(args):
+        seen['rank, world size'] = init_distributed(args.launcher)
+        seen['initialized'] = torch.distributed.is_initialized()
+        if fails:
+            raise UsageError('refused')
+        return 'done'
+
+    parser = argparse.ArgumentParser()
+    add_launcher_arguments(parser)
+    if fails:
+        with pytest.raises(SystemExit):
+            run_cli(parser, tool, ['--launcher', 'pytorch'])
+    else:
+        assert run_cli(parser, tool, ['--launcher', 'pytorch']) == 'done'
+    assert seen == {'rank, world size': (0, 1), 'initialized': True}
+    assert not torch.distributed.is_initialized()
