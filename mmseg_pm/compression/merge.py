@@ -13,9 +13,12 @@ Two reconstructions (docs/residual.md):
   every merged token becomes a scaled copy of its window's output.
 
 Sparse: ``x_small[k] = sum_{p in k} w_p x_p`` is a segment sum (index_add)
-and ``x[p] = r_p y[group[p]]`` a gather and a scale. Dense: explicit M (K x N)
-and R (N x K) matrix products, as the authors' code does; kept as the
-reference tests compare against and the baseline benchmarks beat.
+and ``x[p] = r_p y[group[p]]`` a gather and a scale; exported to ONNX, the
+segment sum becomes gathers over per-size tables of the windows
+(:func:`tabled_segment_sum`), since onnxruntime's scatter-add is unsafe on
+several threads. Dense: explicit M (K x N) and R (N x K) matrix products,
+as the authors' code does; kept as the reference tests compare against and
+the baseline benchmarks beat.
 """
 from __future__ import annotations
 
@@ -72,6 +75,59 @@ def gather_scale(y: Tensor, index: Tensor, weight: Tensor,
     if torch.is_grad_enabled() and (out.requires_grad or weight.requires_grad):
         return out * weight
     return out.mul_(weight)
+
+
+def window_tables(group: Tensor) -> Tuple[List[Tensor], Tensor]:
+    """The tokens of every window (``group``: window id per token, -1
+    pruned; no window empty) as a few padded tables, one per size class:
+    windows of 1, 2, 3-4, 5-8, ... tokens, each row one window's tokens in
+    raster order, padded with -1. Returns (tables, order): ``order[k]`` is
+    the row of window k in the tables stacked in class order."""
+    kept = torch.nonzero(group >= 0).flatten()
+    num_windows = int(group.max()) + 1
+    size = torch.bincount(group[kept], minlength=num_windows)
+    if bool((size == 0).any()):
+        raise ValueError('window_tables: a window without tokens')
+    tokens = kept[torch.argsort(group[kept], stable=True)]
+    start = torch.cumsum(size, 0) - size
+    width = 2 ** torch.ceil(torch.log2(size.double())).long()
+    tables, windows = [], []
+    for w in torch.unique(width).tolist():
+        members = torch.nonzero(width == w).flatten()
+        slot = torch.arange(w, device=group.device)
+        index = start[members, None] + slot
+        valid = slot < size[members, None]
+        index = index.clamp(max=tokens.numel() - 1)  # padding: any token
+        tables.append(torch.where(valid, tokens[index], -1))
+        windows.append(members)
+    order = torch.argsort(torch.cat(windows))
+    return tables, order
+
+
+def tabled_segment_sum(x: Tensor, weight: Tensor, tables: Sequence[Tensor],
+                       order: Tensor, num_prefix: int = 0) -> Tensor:
+    """The segment sum of :func:`segment_sum` by gathers and sums over the
+    :func:`window_tables` of the windows: (B, P + N, C) -> (B, P + G, C),
+    no row written twice. The ``num_prefix`` = P leading tokens are windows
+    of their own; ``weight`` (N,) and the tables are over the others.
+
+    What is exported: onnxruntime runs a ScatterND-add with repeated
+    indices on several threads without synchronisation and loses updates
+    (microsoft/onnxruntime#18048; measured here on the ViT-S backbone at
+    keep 0.5, 2 threads: 0.02-0.12 max abs error in about half the runs).
+    """
+    b, _, c = x.shape
+    weight = weight.to(x.dtype)
+    sums = [x[:, :num_prefix]]
+    for table in tables:
+        valid = table >= 0
+        index = table.clamp(min=0)
+        rows = x.index_select(1, index.flatten() + num_prefix)
+        slot_weight = torch.where(valid, weight[index], 0)
+        sums.append(torch.matmul(slot_weight[:, None],
+                                 rows.view(b, *table.shape, c)).squeeze(-2))
+    order = with_prefix(order, num_prefix)
+    return torch.cat(sums, 1).index_select(1, order)
 
 
 def merge_sparse(x: Tensor, slot: Tensor, weight: Tensor,
@@ -174,6 +230,12 @@ class TokenCompressor(nn.Module):
         self.register_buffer('_kept', torch.zeros(n), persistent=False)
         self.register_buffer('_pruned', torch.zeros(0, dtype=torch.long),
                              persistent=False)
+        # window_tables of the structure for the exported merge, the tables
+        # flattened into one buffer (so they follow .to(device))
+        for name in ('_window_slots', '_window_order'):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.long),
+                                 persistent=False)
+        self._window_shapes: List[Tuple[int, int]] = []
         self.num_groups = 0
         self.has_pruned = False
         self._rows: Dict[tuple, Tuple[Tensor, Tensor]] = {}
@@ -223,6 +285,9 @@ class TokenCompressor(nn.Module):
             self._index.copy_(self.group.clamp(min=0))
             self._kept.copy_(kept.float())
             self._pruned = torch.nonzero(~kept).flatten()
+            tables, self._window_order = window_tables(self.group)
+            self._window_slots = torch.cat([t.flatten() for t in tables])
+            self._window_shapes = [tuple(t.shape) for t in tables]
         self._rows.clear()
         self._weights.clear()
         # Fail now rather than on the first forward.
@@ -289,11 +354,14 @@ class TokenCompressor(nn.Module):
         if self.impl == 'dense':
             merged = self._merge_dense(x, num_prefix)
         else:
-            b = x.shape[0]
-            scatter, _ = self._batched_indices(b, num_prefix)
-            weight, _ = self._unit_weights(num_prefix, x.dtype)
-            merged = segment_sum(x, None, weight,
-                                 num_prefix + self.num_groups, rows=scatter)
+            if torch.compiler.is_exporting():
+                merged = self._merge_tabled(x, num_prefix)
+            else:
+                scatter, _ = self._batched_indices(x.shape[0], num_prefix)
+                weight, _ = self._unit_weights(num_prefix, x.dtype)
+                merged = segment_sum(x, None, weight,
+                                     num_prefix + self.num_groups,
+                                     rows=scatter)
         if self.reconstruct_mode == 'residual':
             return merged, (x, merged)
         return merged, self._pruned_tokens(x, num_prefix)
@@ -344,6 +412,17 @@ class TokenCompressor(nn.Module):
         b, t, c = x.shape
         _, pruned = self._batched_indices(b, num_prefix)
         return x.reshape(b * t, c).index_select(0, pruned)
+
+    def _merge_tabled(self, x: Tensor, num_prefix: int) -> Tensor:
+        """The sparse merge as exported (:func:`tabled_segment_sum`): no
+        row written twice. Eager and compiled runs keep the one segment
+        sum: 2-5x faster on CPU, and correct on every torch backend."""
+        slots = self._window_slots.split([h * w for h, w in
+                                          self._window_shapes])
+        tables = [t.view(shape) for t, shape in zip(slots,
+                                                    self._window_shapes)]
+        return tabled_segment_sum(x, self.merge_weight * self._kept, tables,
+                                  self._window_order, num_prefix)
 
     def _merge_dense(self, x: Tensor, num_prefix: int) -> Tensor:
         """``M x`` with the authors' explicit (K, N) matrix."""

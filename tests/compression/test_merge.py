@@ -1,6 +1,7 @@
 """merge.py's pure functions against loops and dense matrices written out
 here: segment sums, scaled gathers, batched row indices, prefix tokens and
-the sparse merge/reconstruct against the explicit M and R."""
+the sparse merge/reconstruct against the explicit M and R, and the
+exported merge (window tables) against the segment sum."""
 import pytest
 import torch
 
@@ -8,7 +9,8 @@ from mmseg_pm.compression.merge import (batched_rows, gather_scale,
                                         merge_matrix, merge_sparse,
                                         reconstruct_matrix,
                                         reconstruct_sparse, segment_sum,
-                                        weight_with_prefix, with_prefix)
+                                        tabled_segment_sum, weight_with_prefix,
+                                        window_tables, with_prefix)
 from tests.helpers import pruned_structure
 
 
@@ -91,3 +93,31 @@ def test_sparse_merge_and_reconstruct_equal_the_matrices(seed):
     restored = reconstruct_sparse(y, gather, weight)  # ... with weight 0
     torch.testing.assert_close(restored, r @ y)
     assert restored[:, s.group < 0].abs().sum() == 0
+
+
+def test_window_tables_hold_every_kept_token_once_by_size_class():
+    #        window: 0  1  0  -  2  2  2  0  2  2  (- pruned)
+    group = torch.tensor([0, 1, 0, -1, 2, 2, 2, 0, 2, 2])
+    tables, order = window_tables(group)
+    # sizes 3, 1, 5: classes of width 1 (window 1), 4 (window 0), 8 (2)
+    assert [t.tolist() for t in tables] == [
+        [[1]], [[0, 2, 7, -1]], [[4, 5, 6, 8, 9, -1, -1, -1]]]
+    stacked_windows = [1, 0, 2]  # window of each stacked row
+    assert [stacked_windows[i] for i in order.tolist()] == [0, 1, 2]
+    with pytest.raises(ValueError, match='a window without tokens'):
+        window_tables(torch.tensor([0, 2, 2, -1]))  # window 1 is empty
+
+
+@pytest.mark.parametrize('seed,num_prefix', [(0, 0), (1, 1), (2, 2)])
+def test_tabled_segment_sum_equals_the_segment_sum(seed, num_prefix):
+    s = pruned_structure(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, num_prefix + s.num_tokens, 4, generator=g,
+                    dtype=torch.float64)
+    weight = s.weight.double()
+    tables, order = window_tables(s.group)
+    out = tabled_segment_sum(x, weight, tables, order, num_prefix)
+    index = with_prefix(s.group.clamp(min=0), num_prefix)
+    expected = segment_sum(x, index, weight_with_prefix(weight, num_prefix),
+                           num_prefix + s.num_groups)
+    torch.testing.assert_close(out, expected)
