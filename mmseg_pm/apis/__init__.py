@@ -15,8 +15,8 @@ from .checkpoint import (CheckpointError, CheckpointNotFound,
                          save_checkpoint_atomic)
 from .distributed import (PositionSeededDataset, RankBatchSampler,
                           build_rank_dataloader, check_launcher_environment,
-                          end_distributed, init_distributed, setup_runner_launcher,
-                          sum_across_ranks)
+                          end_distributed, init_distributed,
+                          setup_runner_launcher, sum_across_ranks)
 from .errors import UsageError
 from .outputs import (OutputError, atomic_output, check_not_input,
                       check_output_dir, check_output_file, check_writable_dir,
@@ -33,7 +33,8 @@ __all__ = [
     'build_rank_dataloader', 'cached_download', 'check_finite',
     'check_launcher_environment', 'check_not_input', 'check_output_dir',
     'check_output_file', 'check_runner_checkpoint', 'check_writable_dir',
-    'checkpoint_state_dict', 'end_distributed', 'init_distributed', 'load_checkpoint_file',
+    'checkpoint_state_dict', 'end_distributed', 'init_distributed',
+    'load_checkpoint_file',
     'load_checkpoint_into', 'local_checkpoint', 'runner_checkpoint',
     'save_checkpoint_atomic', 'save_figure', 'setup_runner_launcher',
     'sum_across_ranks', 'umask_mode', 'write_atomic', 'scoring_mode',

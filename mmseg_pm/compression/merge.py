@@ -421,7 +421,8 @@ class TokenCompressor(nn.Module):
                                           self._window_shapes])
         tables = [t.view(shape) for t, shape in zip(slots,
                                                     self._window_shapes)]
-        return tabled_segment_sum(x, self.merge_weight * self._kept, tables,
+        # pruned tokens are in no table: no mask needed on the weights
+        return tabled_segment_sum(x, self.merge_weight, tables,
                                   self._window_order, num_prefix)
 
     def _merge_dense(self, x: Tensor, num_prefix: int) -> Tensor:

@@ -107,7 +107,7 @@ def test_exported_merge_is_exact_on_every_multithreaded_run(tmp_path,
     indices (microsoft/onnxruntime#18048): a segment sum exported as one
     gave wrong windows in about 1 of 5 runs of this unit on 4 threads. The
     exported merge writes no row twice, so every run matches PyTorch."""
-    import onnxruntime as ort
+    from mmseg_pm.benchmark.backends import onnx_session
     from mmseg_pm.compression.merge import TokenCompressor
     from mmseg_pm.export import export_module
 
@@ -122,10 +122,7 @@ def test_exported_merge_is_exact_on_every_multithreaded_run(tmp_path,
     x = torch.randn(2, 1025, 384, generator=g)
     with torch.no_grad():
         expected = module(x).numpy()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 4
-    session = ort.InferenceSession(str(path), options,
-                                   providers=['CPUExecutionProvider'])
+    session = onnx_session(path, threads=4)
     errors = [float(abs(session.run(None, {'inputs': x.numpy()})[0]
                         - expected).max()) for _ in range(200)]
     assert max(errors) <= 1e-5, errors
