@@ -108,6 +108,11 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
             checkpoint = torch.load(local, map_location=map_location,
                                     weights_only=True)
     except Exception as err:
+        kind = foreign_format(local)
+        if kind is not None:
+            raise CheckpointError(
+                f'{path} is {kind}, not a PyTorch checkpoint; pass the '
+                '.pth file of the model') from err
         if 'Weights only load failed' in str(err):
             raise CheckpointError(
                 f'{path} holds Python objects that weights-only loading '
@@ -123,6 +128,35 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
         raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, '
                               'not a checkpoint dict of weights')
     return checkpoint
+
+
+# the first bytes of files a checkpoint path is sometimes pointed at
+MAGIC = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'),
+         (b'GIF8', 'a GIF image'), (b'BM', 'a BMP image'),
+         (b'\x1f\x8b', 'a gzip archive (unpack it first)'),
+         (b'%PDF', 'a PDF document'), (b'\x93NUMPY', 'a NumPy .npy array'),
+         (b'\x89HDF', 'an HDF5 (Keras) file'))
+
+
+def foreign_format(path: Path) -> Optional[str]:
+    """What a file that torch cannot load is, from its first bytes (None
+    when it does not look like anything known)."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
+        return None  # a torch zip or pickle file: torch's error says more
+    if len(head) >= 9 and head[8:9] == b'{':
+        return 'a safetensors file (use a tool that reads .safetensors)'
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        return None
+    if text.lstrip().startswith(('<!DOCTYPE', '<html', '<HTML')):
+        return 'an HTML page (a failed download?)'
+    return 'a text file'
 
 
 def _weights_only_reason(err: BaseException) -> str:
