@@ -111,8 +111,8 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
         kind = foreign_format(local)
         if kind is not None:
             raise CheckpointError(
-                f'{path} is {kind}, not a PyTorch checkpoint; pass the '
-                '.pth file of the model') from err
+                f'{path} is {kind}, not a readable PyTorch checkpoint; pass '
+                'the .pth file of the model') from err
         if 'Weights only load failed' in str(err):
             raise CheckpointError(
                 f'{path} holds Python objects that weights-only loading '

@@ -92,7 +92,7 @@ def test_timm_converter_names_what_the_file_is(world, tmp_path, capsys):
     jpeg = tmp_path / 'weights.pth'
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(jpeg, 'JPEG')
     message = refused('timm2mmseg_pm', [jpeg, tmp_path / 'o.pth'], capsys)
-    assert 'is a JPEG image, not a PyTorch checkpoint' in message
+    assert 'is a JPEG image, not a readable PyTorch checkpoint' in message
     assert 'weights_only' not in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
 
