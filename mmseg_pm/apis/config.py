@@ -106,6 +106,10 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
             cfg.merge_from_dict(cfg_options)
         except Exception as err:
             raise UsageError(f'--cfg-options: {err}') from err
+    if not isinstance(cfg.get('model'), dict):
+        raise UsageError(f'config {path} defines no model=dict(type=..., '
+                         '...); start from a config in configs/ (e.g. '
+                         "_base_ = ['configs/segmenter/...py'])")
     check_compression(cfg)
     return cfg
 

@@ -53,6 +53,9 @@ def init_segmentor(config: Union[str, Config],
                          f'checkpoint dict or None, got '
                          f'{type(checkpoint).__name__}')
     if isinstance(config, Config):
+        if not isinstance(config.get('model'), dict):
+            raise UsageError('the Config defines no model=dict(type=..., '
+                             '...); read a config file of configs/')
         cfg = config.copy()
         if cfg_options:
             cfg.merge_from_dict(cfg_options)

@@ -42,6 +42,9 @@ def test_wrong_types_are_usage_errors(call, message):
     (torch.zeros(1, 1, 64, 64), 'got 1 channels'),
     (torch.zeros(3, 64, 64), '3-D input'),
     (torch.zeros(0, 3, 64, 64), 'empty batch'),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.float64), 'weights are '
+     'torch.float32'),
+    (torch.zeros(1, 3, 128, 128), 'larger than the 8x8 grid'),
 ])
 def test_backbone_names_bad_inputs(inputs, message):
     model = init_segmentor(str(PM_TINY))
@@ -71,6 +74,16 @@ def test_compression_is_checked_on_load(config, key, value, message):
     cfg.merge_from_dict(options)
     with pytest.raises(UsageError, match=message):
         init_segmentor(cfg)  # a Config object is checked too
+
+
+def test_a_config_without_a_model_is_named(tmp_path):
+    config = tmp_path / 'nomodel.py'
+    config.write_text('x = 1\n')
+    for call in (lambda: load_config(str(config), None),
+                 lambda: init_segmentor(str(config)),
+                 lambda: init_segmentor(Config(dict(x=1)))):
+        with pytest.raises(UsageError, match='defines no model'):
+            call()
 
 
 def test_other_methods_and_widths_are_named(tmp_path):

@@ -109,6 +109,23 @@ def test_demo_refuses_a_foreign_data_root_before_making_its_work_dir(
     assert (tmp_path / 'data' / 'notes.txt').read_text() == 'mine'
 
 
+def test_prune_and_visualize_name_the_configs_they_take(world, tmp_path,
+                                                       capsys):
+    message = refused('prune', [TOME_TINY, world['dense'], '--out',
+                                tmp_path / 'p.pth', '--cfg-options'] +
+                      options(world['root']), capsys)
+    assert "method='tome'" in message and 'tools/test.py' in message
+    message = refused('visualize_tokens', [
+        DENSE_TINY, world['dense'], world['image'], '--out',
+        tmp_path / 'v.png'], capsys)
+    assert 'pass a compressed config' in message
+    message = refused('demo', ['--layers', '9', '--data-root',
+                               world['root'], '--work-dir', tmp_path / 'w'],
+                      capsys)
+    assert 'outside blocks 0..3' in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cfg_options_keep_spaces_and_refuse_malformed_entries(capsys):
     parser = tool('test').build_parser()
     args = parser.parse_args(['c.py', 'k.pth', '--cfg-options',

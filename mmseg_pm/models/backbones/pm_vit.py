@@ -492,7 +492,7 @@ class PMVisionTransformer(BaseModule):
             return inputs, grid
         gh, gw = self.grid_size
         if grid[0] > gh or grid[1] > gw:
-            raise ValueError(
+            raise UsageError(
                 f'input {tuple(inputs.shape[-2:])} gives a {grid[0]}x{grid[1]}'
                 f' token grid, larger than the {gh}x{gw} grid the compression '
                 f'structures were built for (img_size={self.img_size}); use '
@@ -546,6 +546,12 @@ class PMVisionTransformer(BaseModule):
         if inputs.shape[1] != channels:
             raise UsageError(f'the backbone got {inputs.shape[1]} channels '
                              f'(shape {tuple(inputs.shape)}); {fix}')
+        weights = self.cls_token.dtype
+        if inputs.dtype != weights and not any(
+                torch.is_autocast_enabled(d) for d in ('cpu', 'cuda')):
+            raise UsageError(f'the backbone got {inputs.dtype} images but its '
+                             f'weights are {weights}; cast the input '
+                             f'(x.to({weights})) or run under torch.autocast')
         if inputs.shape[0] == 0 or min(inputs.shape[2:]) < 1:
             raise UsageError(f'the backbone got an empty batch of shape '
                              f'{tuple(inputs.shape)}; {fix}')
