@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from mmseg_pm.apis import write_atomic
+from mmseg_pm.apis import UsageError, write_atomic
 from mmseg_pm.apis.config import write_config
 from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
 from mmseg_pm.apis.prune import (format_prune_table, prune_config,
@@ -136,13 +136,19 @@ def run_demo(args) -> dict:
     warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
     warnings.filterwarnings('ignore', category=UserWarning, module='mmengine')
     work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
     timings = {}
     start = time.perf_counter()
 
     print(f'[1/6] synthetic ADE20K-format data in {args.data_root}')
-    data = make_synthetic_ade(args.data_root, progress=True)
+    try:
+        data = make_synthetic_ade(args.data_root, progress=True)
+    except FileExistsError as err:  # before the work dir is made
+        raise UsageError(
+            f'--data-root {args.data_root} holds other files than the '
+            "demo's synthetic data set, which the demo generates there; "
+            'pass an empty or new folder (or delete that one)') from err
     root = data['root']
+    work.mkdir(parents=True, exist_ok=True)
     timings['data_s'] = time.perf_counter() - start
 
     print(f'[2/6] train the dense tiny Segmenter ({args.train_iters} iters)')

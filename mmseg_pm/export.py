@@ -25,9 +25,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmseg_pm.apis import atomic_output
+from mmseg_pm.apis import UsageError, atomic_output
 
 DEFAULT_OPSET = 18
+# torch.export's exporter writes opset 18 and converts up to torch's newest;
+# older opsets would need the TorchScript exporter, which refuses the merge
+MIN_OPSET = 18
+
+
+def max_opset() -> int:
+    from torch.onnx import _constants
+    return int(getattr(_constants, 'ONNX_MAX_OPSET', DEFAULT_OPSET))
+
+
+def check_opset(opset: int) -> int:
+    """An opset the exporter honours (it would otherwise write another one
+    and say nothing)."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise UsageError(
+            f'--opset {opset}: the exporter (torch.export, which the sparse '
+            f'merge needs) writes opsets {MIN_OPSET}..{max_opset()} with '
+            f'torch {torch.__version__}; pick one of them')
+    return opset
 # protobuf's limit: larger models keep their weights in a side file
 SINGLE_FILE_LIMIT = 1_800_000_000
 
@@ -88,6 +107,7 @@ def export_module(module: nn.Module,
     """Export ``module(example)`` (one image tensor in) to ``out``,
     atomically (see :func:`export_onnx`); ``dynamic_batch`` leaves the batch
     dimension free (everything else keeps ``example``'s shape)."""
+    check_opset(opset)
     out = Path(out)
     external = _param_bytes(module) > SINGLE_FILE_LIMIT
     dynamic = None

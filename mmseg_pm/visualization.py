@@ -498,8 +498,10 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
 
     backbone = model.backbone
     if not hasattr(backbone, 'compressed_units'):
-        raise UsageError('the backbone is not a PMVisionTransformer; '
-                         'nothing is merged')
+        raise UsageError('the config\'s backbone is not a '
+                         'PMVisionTransformer, so no tokens are merged to '
+                         'draw; pass a compressed config (pm-, mstm- or '
+                         'tome-*.py in configs/) with its checkpoint')
     method = compression_method(model)
     layers = layers or merging_layers(backbone)[:MAX_DEFAULT_LAYERS]
     if not layers:

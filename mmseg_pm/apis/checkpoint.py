@@ -34,6 +34,8 @@ from .errors import UsageError
 from .outputs import atomic_output, is_url
 
 STRUCTURE_KEY = 'token_compressors.'
+# weights of input-dependent mergers (MSTM's coarse branch)
+MERGER_PREFIXES = ('backbone.token_merger.', 'token_merger.')
 # load_checkpoint_into(require=...): every weight, or most of them
 REQUIRE = ('all', 'most')
 SHOWN = 5  # keys quoted in a message
@@ -106,6 +108,11 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
             checkpoint = torch.load(local, map_location=map_location,
                                     weights_only=True)
     except Exception as err:
+        kind = foreign_format(local)
+        if kind is not None:
+            raise CheckpointError(
+                f'{path} is {kind}, not a readable PyTorch checkpoint; pass '
+                'the .pth file of the model') from err
         if 'Weights only load failed' in str(err):
             raise CheckpointError(
                 f'{path} holds Python objects that weights-only loading '
@@ -121,6 +128,35 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
         raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, '
                               'not a checkpoint dict of weights')
     return checkpoint
+
+
+# the first bytes of files a checkpoint path is sometimes pointed at
+MAGIC = ((b'\xff\xd8\xff', 'a JPEG image'), (b'\x89PNG', 'a PNG image'),
+         (b'GIF8', 'a GIF image'), (b'BM', 'a BMP image'),
+         (b'\x1f\x8b', 'a gzip archive (unpack it first)'),
+         (b'%PDF', 'a PDF document'), (b'\x93NUMPY', 'a NumPy .npy array'),
+         (b'\x89HDF', 'an HDF5 (Keras) file'))
+
+
+def foreign_format(path: Path) -> Optional[str]:
+    """What a file that torch cannot load is, from its first bytes (None
+    when it does not look like anything known)."""
+    with open(path, 'rb') as f:
+        head = f.read(512)
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
+        return None  # a torch zip or pickle file: torch's error says more
+    if len(head) >= 9 and head[8:9] == b'{':
+        return 'a safetensors file (use a tool that reads .safetensors)'
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        return None
+    if text.lstrip().startswith(('<!DOCTYPE', '<html', '<HTML')):
+        return 'an HTML page (a failed download?)'
+    return 'a text file'
 
 
 def _weights_only_reason(err: BaseException) -> str:
@@ -183,17 +219,27 @@ def _pruned_with(checkpoint: dict) -> str:
 
 
 def check_structures_used(model_keys, state_keys, source: str,
-                          checkpoint: dict) -> None:
+                          checkpoint: dict, model=None) -> None:
     """Refuse structures for a model that has no compressed units: they
     would be dropped and the dense function evaluated in their place."""
     saved = _units(state_keys)
     if saved and not _units(model_keys):
         raise CheckpointError(
             f'{source} holds Prune-and-Merge structures (compressed units '
-            f'from blocks {saved}) but the config\'s model compresses no '
-            'tokens, so they would be dropped and the dense model run in '
-            'their place; use the Prune-and-Merge config the checkpoint was '
-            f'made with{_pruned_with(checkpoint)}')
+            f'from blocks {saved}) but the config\'s model is '
+            f'{_model_method(model)}, so they would be dropped and another '
+            'function run in their place; use the Prune-and-Merge config '
+            f'the checkpoint was made with{_pruned_with(checkpoint)}')
+
+
+def _model_method(model) -> str:
+    """What the model's backbone compresses with, in words."""
+    config = getattr(getattr(model, 'backbone', model), 'compression', None)
+    method = getattr(config, 'method', None)
+    names = dict(pm='Prune-and-Merge', mstm='MSTM', tome='ToMe')
+    if method is None:
+        return 'dense (it compresses no tokens)'
+    return f"{names.get(method, method)} (compression method={method!r})"
 
 
 def _fit(model_state: Dict[str, Tensor], state_dict: dict):
@@ -224,6 +270,20 @@ def _not_this_model(source: str, matched: int, total: int,
         + hint)
 
 
+def _other_shapes(source: str, reshaped: List[str], state_dict: dict,
+                  own: dict) -> CheckpointError:
+    shapes = '; '.join(
+        f'{k}: {tuple(getattr(state_dict[k], "shape", ()))} in the '
+        f'checkpoint, {tuple(own[k].shape)} in the model'
+        for k in reshaped[:2])
+    return CheckpointError(
+        f'{source} has every weight name of the config\'s model, but '
+        f'{len(reshaped)} of them have other shapes (e.g. {shapes}): it is '
+        'a checkpoint of another size of this architecture (width, depth of '
+        'the head, number of classes or img_size); use the config it was '
+        'trained with')
+
+
 def load_checkpoint_into(model: nn.Module,
                          checkpoint: Union[str, os.PathLike, dict],
                          source: Optional[str] = None,
@@ -246,14 +306,24 @@ def load_checkpoint_into(model: nn.Module,
     if structures not in ('load', 'ignore'):
         raise ValueError("structures must be 'load' or 'ignore', got "
                          f'{structures!r}')
+    if not isinstance(model, nn.Module):
+        raise UsageError(f'load_checkpoint_into needs a torch.nn.Module, got '
+                         f'{type(model).__name__}')
     if isinstance(checkpoint, dict):
         source = source or 'the checkpoint'
+    elif not isinstance(checkpoint, (str, os.PathLike)):
+        raise CheckpointError(
+            'checkpoint must be a path, an http(s) URL or a loaded '
+            f'checkpoint dict, got {type(checkpoint).__name__} '
+            f'{checkpoint!r:.60}')
     else:
         source = source or str(checkpoint)
         checkpoint = load_checkpoint_file(checkpoint)
     state_dict = checkpoint_state_dict(checkpoint)
     own = model.state_dict()
     matched, missing, reshaped, total = _fit(own, state_dict)
+    if matched * 2 < total and not missing:
+        raise _other_shapes(source, reshaped, state_dict, own)
     if matched * 2 < total:
         raise _not_this_model(source, matched, total, state_dict)
     if structures == 'ignore':
@@ -261,7 +331,13 @@ def load_checkpoint_into(model: nn.Module,
                       if not _is_structure(k)}
         state_dict.update({k: v for k, v in own.items() if _is_structure(k)})
     else:
-        check_structures_used(own, state_dict, source, checkpoint)
+        check_structures_used(own, state_dict, source, checkpoint, model)
+    merger = [k for k in state_dict if k.startswith(MERGER_PREFIXES)]
+    if merger and not any(k.startswith(MERGER_PREFIXES) for k in own):
+        raise CheckpointError(
+            f'{source} holds MSTM token-merger weights (e.g. {merger[0]}) '
+            f'but the config\'s model is {_model_method(model)}, so they '
+            'would be dropped; use the MSTM config it was trained with')
     check_finite(state_dict, source)
     if missing or reshaped:
         lacks = (f'{len(missing)} weights of the config\'s model are not '

@@ -91,9 +91,14 @@ def check_cfg_option(cfg: Config, key: str, value) -> None:
 
 
 def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
-    """Read the config and apply command-line overrides (checked first)."""
+    """Read the config and apply command-line overrides (checked first);
+    the model's ``compression=`` is checked on the result."""
     cfg = read_config(path)
     cfg.launcher = launcher
+    if cfg_options is not None and not isinstance(cfg_options, dict):
+        raise UsageError(
+            f'cfg_options must be a dict like {{"train_cfg.max_iters": 10}}, '
+            f'got {type(cfg_options).__name__} {cfg_options!r}')
     if cfg_options:
         for key, value in cfg_options.items():
             check_cfg_option(cfg, key, value)
@@ -101,7 +106,58 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
             cfg.merge_from_dict(cfg_options)
         except Exception as err:
             raise UsageError(f'--cfg-options: {err}') from err
+    if not isinstance(cfg.get('model'), dict):
+        raise UsageError(f'config {path} defines no model=dict(type=..., '
+                         '...); start from a config in configs/ (e.g. '
+                         "_base_ = ['configs/segmenter/...py'])")
+    check_compression(cfg)
     return cfg
+
+
+def _compressed_backbones(node, path: str):
+    """(config path, dict) of every dict under ``node`` with a
+    ``compression`` entry (student and teacher of a distillation too)."""
+    if isinstance(node, dict):
+        if node.get('compression') is not None:
+            yield path, node
+        for key, value in node.items():
+            yield from _compressed_backbones(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _compressed_backbones(value, f'{path}.{i}')
+
+
+def check_compression(cfg: Config) -> None:
+    """Every backbone's ``compression=`` parsed and its reducer built for
+    the backbone's token grid, as the backbone's constructor does: a bad
+    one (blocks outside the model, prune_rate=1.0, overlapping or reversed
+    spans, more ToMe merges than tokens) is one line, for every tool and
+    :func:`~mmseg_pm.apis.init_segmentor`, before anything is built."""
+    import inspect
+
+    from mmseg_pm.compression.config import build_reducer, parse_compression
+    from mmseg_pm.models.backbones.pm_vit import (PMVisionTransformer,
+                                                  token_grid)
+
+    defaults = {name: p.default for name, p in inspect.signature(
+        PMVisionTransformer.__init__).parameters.items()}
+    for path, backbone in _compressed_backbones(cfg.get('model'), 'model'):
+        args = dict(defaults, **{k: v for k, v in backbone.items()
+                                 if k in defaults})
+        try:
+            parsed = parse_compression(dict(backbone['compression']),
+                                       args['num_layers'])
+            size = args['img_size']
+            size = (size, size) if isinstance(size, int) else tuple(size) * (
+                2 if len(size) == 1 else 1)
+            build_reducer(parsed, token_grid(size, args['patch_size'],
+                                             args['patch_pad']),
+                          args['embed_dims'], args['with_cls_token'], size)
+        except (ValueError, TypeError, KeyError) as err:
+            raise UsageError(
+                f'{path}.compression is invalid: {err} (fix the config, or '
+                f'override it with --cfg-options {path}.compression.KEY='
+                'VALUE)') from err
 
 
 def write_config(cfg: Config, path) -> Path:

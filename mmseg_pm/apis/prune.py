@@ -36,6 +36,14 @@ def prune_config(config: str, cfg_options: Optional[dict] = None,
             f'{config} is not a Prune-and-Merge config: its backbone '
             "must be type='PMVisionTransformer' with a compression=dict(...)"
             ' (see configs/segmenter/pm-*.py)')
+    method = settings.get('method', 'pm')
+    if method != 'pm':
+        raise UsageError(
+            f'{config} compresses with method={method!r}, which picks its '
+            'merges per image: there is no structure to search. tools/'
+            'prune.py takes Prune-and-Merge configs (configs/*/pm-*.py); '
+            'evaluate this one directly: python tools/test.py CONFIG '
+            'DENSE_CHECKPOINT')
     settings.update({k: v for k, v in compression.items() if v is not None})
     try:
         PMConfig.from_dict(settings, backbone.get('num_layers', 12))

@@ -32,7 +32,7 @@ from .measure import (DTYPES, PARTS, analytic_backbone_flops, counted_flops,
                       part_module, peak_memory_bytes, summarise,
                       time_interleaved, tokens_per_layer, train_step)
 from mmseg_pm.apis import UsageError, check_output_file
-from mmseg_pm.cli import float_in, int_at_least
+from mmseg_pm.cli import CfgOptionsAction, float_in, int_at_least
 
 from .peers import DEFAULT_TOLERANCE, calibrate_peers
 from .report import (add_ratios, check_targets, machine_info, render_text,
@@ -44,7 +44,6 @@ from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(
         description='GFLOPs, parameters, images/s, latency and peak memory '
         'of dense and compressed Segmenters and their peers at the same '
@@ -116,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scale-variants', nargs='+', choices=VARIANTS,
                    default=['off', 'pm'],
                    help='rows of the input-size study')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                    help='override config entries of every config, e.g. '
                    'model.backbone.drop_path_rate=0')
     p.add_argument('--out-dir', default='benchmarks',

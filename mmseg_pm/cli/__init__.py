@@ -5,6 +5,7 @@ one-line usage error. Everything a tool does after parsing is a call into
 :mod:`mmseg_pm.apis`."""
 import argparse
 import os
+import re
 
 from mmengine.config import DictAction
 
@@ -51,13 +52,45 @@ def float_in(low: float, high: float = float('inf'),
     return parse
 
 
+class CfgOptionsAction(DictAction):
+    """mmengine's ``DictAction`` for ``--cfg-options KEY=VALUE ...``, but a
+    value with spaces (a path like ``data/my set``) is kept as written
+    instead of losing its spaces, and a malformed entry is a usage error
+    instead of a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, self.dest, None) or {})
+        for item in values or []:
+            key, sep, value = item.partition('=')
+            if not sep or not key.strip():
+                parser.error(f'{option_string} {item!r}: expected KEY=VALUE '
+                             '(e.g. train_cfg.max_iters=100)')
+            plain = not any(c in value for c in '[](),')
+            if plain and any(c.isspace() for c in value.strip()):
+                options[key] = value.strip().strip('\'"')  # text as given
+                continue
+            inside = re.sub(r'\s*([\[\](),])\s*', r'\1', value.strip())
+            if any(c.isspace() for c in inside):  # not just '[1, 2]'
+                parser.error(
+                    f'{option_string} {item!r}: mmengine removes the spaces '
+                    'inside list values; set this entry in the config file '
+                    'instead (or rename the path without spaces)')
+            if value.count('[') != value.count(']') or \
+                    value.count('(') != value.count(')'):
+                parser.error(f'{option_string} {item!r}: unbalanced brackets;'
+                             ' quote the whole entry for the shell, e.g. '
+                             '\'key=[1, 2]\'')
+            options[key] = self._parse_iterable(value)
+        setattr(namespace, self.dest, options)
+
+
 def add_runner_arguments(parser: argparse.ArgumentParser,
                          cfg_example: str) -> None:
     """--cfg-options, --launcher and the launcher's --local-rank."""
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
+        action=CfgOptionsAction,
         help=f'override config entries, e.g. {cfg_example} or key="[a,b]"')
     add_launcher_arguments(parser)
 

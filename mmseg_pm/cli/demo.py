@@ -78,6 +78,12 @@ def run(args) -> dict:
             args.keep_rate + args.prune_rate > 1:
         raise UsageError('need 0 < --keep-rate <= 1, 0 <= --prune-rate < 1 '
                          'and keep + prune <= 1')
+    from mmseg_pm.apis.config import load_config
+    from mmseg_pm.demo import PM_CONFIG
+    load_config(str(PM_CONFIG), {  # the demo's compression, checked first
+        'model.backbone.compression.layers': list(args.layers),
+        'model.backbone.compression.keep_rate': args.keep_rate,
+        'model.backbone.compression.prune_rate': args.prune_rate})
     return run_demo(args)
 
 

@@ -21,12 +21,12 @@ import time
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
 import torch
-from mmengine.config import DictAction
 
 from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.apis.inference import init_segmentor
-from mmseg_pm.cli import int_at_least
-from mmseg_pm.export import (DEFAULT_OPSET, compression_method,
+from mmseg_pm.cli import CfgOptionsAction, int_at_least
+from mmseg_pm.export import (DEFAULT_OPSET, MIN_OPSET, check_opset,
+                             compression_method,
                              export_failure,
                              export_onnx, onnx_parity,
                              parity_inputs)
@@ -49,7 +49,9 @@ def parse_args(argv=None):
                         'the size compression structures are built for)')
     parser.add_argument('--batch-size', type=int_at_least(1), default=1)
     parser.add_argument('--opset', type=int_at_least(1),
-                        default=DEFAULT_OPSET)
+                        default=DEFAULT_OPSET,
+                        help=f'ONNX opset, {MIN_OPSET} or newer (default '
+                        f'{DEFAULT_OPSET})')
     parser.add_argument('--upsample', action='store_true',
                         help='resize the logits to the input size inside the '
                         'graph (default: the decoder resolution)')
@@ -57,7 +59,7 @@ def parse_args(argv=None):
                         help='compare onnxruntime CPU outputs with PyTorch')
     parser.add_argument('--force', action='store_true',
                         help='overwrite an existing --out')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                         help='override config entries')
     return parser.parse_args(argv)
 
@@ -82,6 +84,7 @@ def input_shape(model, shape):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
+        check_opset(args.opset)
         out = check_output_file(args.out, dict(config=args.config,
                                                checkpoint=args.checkpoint),
                                 args.force)

@@ -20,16 +20,16 @@ Example::
 See ``--help`` for the rankings.
 """
 import argparse
+import shlex
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
-from mmengine.config import DictAction
 
 from mmseg_pm.apis.distributed import (check_launcher_environment,
                                        init_distributed)
 from mmseg_pm.apis.prune import (check_prune_paths, format_prune_table,
                                  prune_config, prune_segmentor, save_pruned)
-from mmseg_pm.cli import (add_launcher_arguments, float_in, int_at_least,
-                          run_cli)
+from mmseg_pm.cli import (CfgOptionsAction, add_launcher_arguments,
+                          float_in, int_at_least, run_cli)
 from mmseg_pm.compression import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS,
                                   RECONSTRUCTS)
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--force', action='store_true',
                         help='overwrite an existing --out')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override config entries, e.g. '
         'train_dataloader.batch_size=4 (pass the same ones to test.py)')
     add_launcher_arguments(parser)
@@ -111,7 +111,7 @@ def run(args) -> dict:
         save_pruned(model, summary, args.out, dataset_meta)
         print(format_prune_table(summary))
         print(f'wrote {args.out}; evaluate: python tools/test.py '
-              f'{args.config} {args.out}')
+              f'{shlex.quote(str(args.config))} {shlex.quote(str(args.out))}')
     return summary
 
 

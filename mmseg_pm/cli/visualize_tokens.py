@@ -25,12 +25,11 @@ import argparse
 from pathlib import Path
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
-from mmengine.config import DictAction
 
 from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.apis.config import load_config
 from mmseg_pm.apis.inference import init_segmentor
-from mmseg_pm.cli import int_at_least, run_cli
+from mmseg_pm.cli import CfgOptionsAction, int_at_least, run_cli
 from mmseg_pm.visualization import MAX_DEFAULT_LAYERS, draw_model_tokens
 
 
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'many batches of the config\'s training data '
                         '(0: do not)')
     parser.add_argument('--dpi', type=int_at_least(1), default=150)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                         help='override config entries')
     return parser
 

@@ -29,15 +29,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .reducer import TokenReducer
-from .tome import gather_tokens, initial_source, key_metric, merge_tokens
+from .tome import (cosine_similarity, full_precision, gather_tokens,
+                   initial_source, key_metric, merge_tokens)
 
 
 def class_attention(q: Tensor, k: Tensor) -> Tensor:
     """The class token's attention to each patch token, averaged over heads:
     (B, heads, T, d) queries and keys -> (B, T - 1). Only the class row of
-    the attention is computed."""
-    logits = (q[:, :, :1] / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)
-    return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]
+    the attention is computed, in float32 (it ranks the tokens: see
+    :func:`cosine_similarity`)."""
+    cuda, cpu = full_precision()
+    with cuda, cpu:
+        q, k = q[:, :, :1].float(), k.float()
+        logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)
+        return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]
 
 
 def num_crucial(num_tokens: int, keep_rate: float) -> int:
@@ -59,9 +64,8 @@ def crucial_token_matching(metric: Tensor, importance: Tensor,
         order = importance.argsort(dim=1, descending=True, stable=True)
         crucial = order[:, :num_keep].sort(dim=1).values
         others = order[:, num_keep:]
-        metric = F.normalize(metric, dim=-1)
-        similarity = gather_tokens(metric, others) @ gather_tokens(
-            metric, crucial).transpose(1, 2)  # (B, N - K, K)
+        similarity = cosine_similarity(gather_tokens(metric, others),
+                                       gather_tokens(metric, crucial))
         assign = torch.empty_like(order)
         assign.scatter_(1, crucial, torch.arange(
             num_keep, device=metric.device).expand(b, -1))

@@ -43,17 +43,40 @@ def merge_tokens(x: Tensor, assign: Tensor, weight: Tensor,
     ``x`` (B, T, C), ``assign`` (B, T) slot of each token, ``weight`` (B, T)
     positive. Returns the merged tokens (B, K, C) and each slot's total
     weight (B, K). One segment sum over the flattened batch, so each image
-    merges its own way without a loop.
+    merges its own way without a loop. The sums are float32 in a
+    half-precision model (bfloat16 sums of many tokens lose their last
+    members), the results of ``x``'s dtype.
     """
     b, _, c = x.shape
     offset = torch.arange(b, device=x.device)[:, None] * num_slots
     slots = (assign + offset).flatten()
-    weight = weight.to(x.dtype)
-    total = x.new_zeros(b * num_slots).index_add(0, slots, weight.flatten())
-    summed = x.new_zeros(b * num_slots, c).index_add(
-        0, slots, (x * weight[..., None]).flatten(0, 1))
-    merged = summed / total[:, None]
-    return merged.view(b, num_slots, c), total.view(b, num_slots)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    weight = weight.to(acc)
+    total = weight.new_zeros(b * num_slots).index_add(0, slots,
+                                                      weight.flatten())
+    summed = weight.new_zeros(b * num_slots, c).index_add(
+        0, slots, (x.to(acc) * weight[..., None]).flatten(0, 1))
+    merged = (summed / total[:, None]).to(x.dtype)
+    return merged.view(b, num_slots, c), total.view(b, num_slots).to(x.dtype)
+
+
+def full_precision():
+    """Autocast off (on every device type): what runs inside computes in the
+    dtype of its operands."""
+    return torch.autocast('cuda', enabled=False), torch.autocast(
+        'cpu', enabled=False)
+
+
+def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """(B, M, d) and (B, K, d) -> (B, M, K) cosine similarities, computed in
+    float32 even under autocast or in a half-precision model: bfloat16
+    rounds near-equal similarities together, which changes which tokens
+    merge (and the output far more than the rounding itself)."""
+    cuda, cpu = full_precision()
+    with cuda, cpu:
+        a = F.normalize(a.float(), dim=-1)
+        b = F.normalize(b.float(), dim=-1)
+        return a @ b.transpose(1, 2)
 
 
 def initial_source(x: Tensor) -> Tensor:
@@ -76,9 +99,8 @@ def bipartite_soft_matching(metric: Tensor, r: int,
     """
     b, t, _ = metric.shape
     with torch.no_grad():
-        metric = F.normalize(metric, dim=-1)
         a, bset = metric[:, ::2], metric[:, 1::2]
-        scores = a @ bset.transpose(1, 2)  # (B, |A|, |B|)
+        scores = cosine_similarity(a, bset)  # (B, |A|, |B|)
         if protect_first:
             scores[:, 0] = -torch.inf
         best, match = scores.max(dim=-1)

@@ -81,6 +81,25 @@ def block_indices(state_dict: Dict[str, Tensor]) -> List[int]:
                    if m})
 
 
+def check_not_other_format(state_dict: Dict[str, Tensor]) -> None:
+    """Name the format of a checkpoint that is not timm's (one that needs
+    no conversion, or another converter)."""
+    keys = list(state_dict)
+    if any(k.startswith(('backbone.', 'decode_head.')) or
+           k.startswith('layers.0.attn.attn.') or
+           k.startswith('patch_embed.projection.') for k in keys):
+        raise ConversionError(
+            'this is already an mmseg / mmseg_pm checkpoint (keys like '
+            f'{_short(keys, 3)}): it needs no conversion; load it with '
+            'load_from= (or a backbone init_cfg=dict(type=\'Pretrained\', '
+            'checkpoint=..., prefix=\'backbone.\'))')
+    if any(k.startswith(('encoder.blocks.', 'decoder.')) for k in keys):
+        raise ConversionError(
+            'this looks like a Segmenter (authors\' code) checkpoint (keys '
+            f'like {_short(keys, 3)}); convert it with '
+            'tools/model_converters/segmenter2mmseg_pm.py')
+
+
 def convert_timm_vit(state_dict: Dict[str, Tensor],
                      drop_dist_token: bool = False,
                      layer_norm_eps: float = 1e-6
@@ -119,6 +138,7 @@ def convert_timm_vit(state_dict: Dict[str, Tensor],
 
     unknown = [k for k in state_dict if map_timm_key(k) is None]
     if unknown:
+        check_not_other_format(state_dict)
         raise ConversionError(
             f'unrecognised timm ViT keys: {_short(unknown)}. These weights '
             '(e.g. layer scale ls1/ls2, q/k norms, register tokens, '

@@ -35,7 +35,8 @@ class Unpicklable:
 # -------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize('content,message', [
     (b'', 'is empty (0 bytes)'),
-    (b'hello\n', 'is not a readable PyTorch checkpoint'),
+    (b'hello\n', 'is a text file, not a readable PyTorch checkpoint'),
+    (b'\xff\xd8\xff\xe0JFIF', 'is a JPEG image, not a readable PyTorch'),
     ('truncated', 'is not a readable PyTorch checkpoint (truncated'),
     (pickle.dumps({'a': Unpicklable()}, protocol=2), 'weights-only '
      'loading refuses (unsupported global '

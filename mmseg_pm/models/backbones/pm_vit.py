@@ -34,9 +34,22 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
+from mmseg_pm.apis.errors import UsageError
 from mmseg_pm.compression.config import build_reducer, parse_compression
 from mmseg_pm.compression.reducer import TokenReducer
 from mmseg_pm.compression.structure import CompressionStructure
+
+
+def token_grid(size, patch_size: int, patch_pad) -> Tuple[int, int]:
+    """The token grid of an input of ``size`` (H, W): 'corner'/'same'
+    padding pads a partial patch up, a numeric padding drops it (as a
+    convolution does)."""
+    p = patch_size
+    if isinstance(patch_pad, str):
+        return (math.ceil(size[0] / p), math.ceil(size[1] / p))
+    pad = _pair(patch_pad)
+    return ((size[0] + 2 * pad[0] - p) // p + 1,
+            (size[1] + 2 * pad[1] - p) // p + 1)
 
 
 class DropPath(nn.Module):
@@ -465,12 +478,7 @@ class PMVisionTransformer(BaseModule):
         """The token grid the patch embedding makes of an input of ``size``
         (H, W): 'corner'/'same' padding pads a partial patch up, a numeric
         padding drops it (as a convolution does)."""
-        p = self.patch_size
-        if isinstance(self.patch_pad, str):
-            return (math.ceil(size[0] / p), math.ceil(size[1] / p))
-        pad = _pair(self.patch_pad)
-        return ((size[0] + 2 * pad[0] - p) // p + 1,
-                (size[1] + 2 * pad[1] - p) // p + 1)
+        return token_grid(size, self.patch_size, self.patch_pad)
 
     def _check_grid(self, inputs: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         """Pad inputs whose token grid is smaller than the structures' grid;
@@ -484,7 +492,7 @@ class PMVisionTransformer(BaseModule):
             return inputs, grid
         gh, gw = self.grid_size
         if grid[0] > gh or grid[1] > gw:
-            raise ValueError(
+            raise UsageError(
                 f'input {tuple(inputs.shape[-2:])} gives a {grid[0]}x{grid[1]}'
                 f' token grid, larger than the {gh}x{gw} grid the compression '
                 f'structures were built for (img_size={self.img_size}); use '
@@ -517,7 +525,39 @@ class PMVisionTransformer(BaseModule):
             return [out, x[:, 0]]
         return out
 
+    def _check_inputs(self, inputs) -> None:
+        """A floating-point (B, C, H, W) batch of at least one image with
+        the backbone's channels, as mmseg's data preprocessor makes."""
+        channels = self.patch_embed.projection.in_channels
+        fix = ('pass normalised float images of shape (B, '
+               f'{channels}, H, W), as SegDataPreProcessor (or '
+               'mmseg_pm.apis.init_segmentor + mmseg.apis.inference_model) '
+               'makes them')
+        if not isinstance(inputs, Tensor):
+            raise UsageError(f'the backbone takes a tensor, got '
+                             f'{type(inputs).__name__}; {fix}')
+        if not inputs.is_floating_point():
+            raise UsageError(f'the backbone got {inputs.dtype} images; '
+                             f'{fix} (e.g. (x.float() - mean) / std)')
+        if inputs.dim() != 4:
+            raise UsageError(f'the backbone got a {inputs.dim()}-D input of '
+                             f'shape {tuple(inputs.shape)}; {fix} (one '
+                             'image: x[None])')
+        if inputs.shape[1] != channels:
+            raise UsageError(f'the backbone got {inputs.shape[1]} channels '
+                             f'(shape {tuple(inputs.shape)}); {fix}')
+        weights = self.cls_token.dtype
+        if inputs.dtype != weights and not any(
+                torch.is_autocast_enabled(d) for d in ('cpu', 'cuda')):
+            raise UsageError(f'the backbone got {inputs.dtype} images but its '
+                             f'weights are {weights}; cast the input '
+                             f'(x.to({weights})) or run under torch.autocast')
+        if inputs.shape[0] == 0 or min(inputs.shape[2:]) < 1:
+            raise UsageError(f'the backbone got an empty batch of shape '
+                             f'{tuple(inputs.shape)}; {fix}')
+
     def forward(self, inputs: Tensor) -> Tuple:
+        self._check_inputs(inputs)
         inputs, crop = self._check_grid(inputs)
         x, hw = self._embed(inputs)
         reducer = self.reducer
