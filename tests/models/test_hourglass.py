@@ -1,0 +1,136 @@
+"""Expedite's Hourglass (method='hourglass') inside PMVisionTransformer."""
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from mmseg.models.backbones import VisionTransformer
+
+import mmseg_pm.models  # noqa: F401
+from mmseg_pm.compression.config import HourglassConfig, parse_compression
+from mmseg_pm.models import PMVisionTransformer
+from tests.helpers import (CONFIGS, DENSE_TINY, TINY, build_from_config, randomise,
+                           tiny_pm, token_counts)
+
+ALL = (0, 1, 2, 3)
+HOURGLASS_TINY = CONFIGS / \
+    'synthetic/hourglass-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
+
+
+def hourglass_from(dense, **compression):
+    model = tiny_pm(compression=dict(method='hourglass', **compression),
+                    out_indices=ALL)
+    model.load_state_dict(dense.state_dict(), strict=True)
+    return model
+
+
+def test_config_parsing_and_errors():
+    config = parse_compression(dict(method='hourglass', alpha=2,
+                                    clusters=3), 4)
+    assert config == HourglassConfig(alpha=2, clusters=(3, 3))
+    assert config.iters == 5 and config.window == 5 and config.k == 20
+    for bad, match in [
+        (dict(method='hourglass', clusters=3), 'needs alpha='),
+        (dict(method='hourglass', alpha=4, clusters=3), 'outside blocks'),
+        (dict(method='hourglass', alpha=1, clusters=(2, 0)), 'positive'),
+        (dict(method='hourglass', alpha=1, clusters=(1, 2, 3)), r'\(h, w\)'),
+        (dict(method='hourglass', alpha=1, clusters=2, window=4), 'odd'),
+        (dict(method='hourglass', alpha=1, clusters=2, temperature=0),
+         '> 0'),
+        (dict(method='hourglass', alpha=1, clusters=2, norm='l1'), 'norm'),
+        (dict(method='hourglass', alpha=1, clusters=2, r=3), 'unknown'),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            PMVisionTransformer(**TINY, compression=bad)
+
+
+@pytest.mark.parametrize('with_cls_token', [True, False])
+def test_clusters_as_fine_as_the_grid_give_mmsegs_dense_model(
+        with_cls_token):
+    cfg = dict(TINY, with_cls_token=with_cls_token, out_indices=ALL)
+    oracle = randomise(VisionTransformer(**cfg))
+    oracle.eval()
+    model = PMVisionTransformer(**cfg, compression=dict(
+        method='hourglass', alpha=1, clusters=(3, 5))).eval()
+    model.load_state_dict(oracle.state_dict(), strict=True)
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        for e, o in zip(oracle(x), model(x)):
+            assert (o - e).abs().max() <= 1e-4
+    assert set(token_counts(model, x)) == {15 + with_cls_token}
+
+
+def test_blocks_from_alpha_run_on_the_clusters_and_outputs_are_full():
+    dense = randomise(tiny_pm(out_indices=ALL))
+    model = hourglass_from(dense, alpha=2, clusters=(2, 2))
+    x = torch.randn(2, 3, 48, 80)
+    assert token_counts(model, x) == [16, 16, 16, 16, 5, 5, 5, 5]
+    assert model.token_merger.tokens_per_block(16, 4) == [16, 16, 5, 5]
+    with torch.no_grad():
+        ref, outs = dense(x), model(x)
+    for i, (r, o) in enumerate(zip(ref, outs)):
+        assert o.shape == r.shape == (2, 32, 3, 5)
+        if i < 2:  # before the clustering: the plain tokens
+            assert torch.equal(o, r)
+        else:
+            assert not torch.allclose(o, r, atol=1e-3)
+    # each output after alpha is the weighted mix of its cluster tokens:
+    # with k=1 and a sharp temperature every token copies one cluster
+    model = hourglass_from(dense, alpha=2, clusters=(2, 2), k=1)
+    with torch.no_grad():
+        out = model(x)[3].flatten(2).transpose(1, 2)
+    for image in out:
+        assert len(torch.unique(image, dim=0)) <= 4
+
+
+def test_each_image_clusters_alone():
+    model = hourglass_from(randomise(tiny_pm(out_indices=ALL)), alpha=1,
+                           clusters=(2, 3))
+    x = torch.randn(3, 3, 48, 80)
+    with torch.no_grad():
+        batch = model(x)
+        for b in range(3):
+            for o, s in zip(batch, model(x[b:b + 1])):
+                assert (o[b] - s[0]).abs().max() <= 1e-5
+
+
+def test_smaller_inputs_cluster_no_finer_than_their_grid():
+    model = hourglass_from(randomise(tiny_pm(out_indices=ALL)), alpha=1,
+                           clusters=(2, 4))
+    x = torch.randn(1, 3, 32, 48)  # a 2 x 3 grid: 2 x 3 clusters at most
+    assert token_counts(model, x) == [7] * 8
+    x = torch.randn(1, 3, 32, 96)  # 2 x 6: 2 x 4 clusters
+    assert token_counts(model, x)[2:] == [9] * 6
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_bf16_autocast_matches_fp32_on_the_tiny_segmentor(seed):
+    """bf16 autocast: logits within 2% and >= 99% of the pixels' classes
+    the same as in fp32 (clustering and reconstruction run in fp32). With
+    random weights the 150 classes' logits nearly tie (the dense model's
+    own bf16 argmax agrees on only 97-98% of the pixels), so the head
+    predicts 8 classes."""
+    cfg = Config.fromfile(str(HOURGLASS_TINY))
+    cfg.model.decode_head.num_classes = 8
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = randomise(MODELS.build(cfg.model)).eval()
+    torch.manual_seed(seed)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(x, mode='tensor')
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x, mode='tensor')
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    low = low.float()
+    assert (low - ref).norm() / ref.norm() < 0.02
+    assert (low.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
+
+
+def test_synthetic_config_loads_the_dense_checkpoint_layout():
+    model = build_from_config(HOURGLASS_TINY)
+    dense = build_from_config(DENSE_TINY)
+    model.load_state_dict(dense.state_dict(), strict=True)
+    reducer = model.backbone.reducer
+    assert reducer.method == 'hourglass' and reducer.alpha == 2
+    assert reducer.tokens_per_block(65, 4) == [65, 65, 37, 37]
