@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    'run by onnxruntime (CPU execution provider, same thread '
                    'count), and torch.compile rows; none: eager only')
     p.add_argument('--onnx-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm', 'tome', 'mstm'],
+                   default=['off', 'pm', 'tome', 'mstm', 'hourglass'],
                    help='rows exported to ONNX (those that fail say why)')
     p.add_argument('--compile-variants', nargs='+', choices=VARIANTS,
                    default=['off', 'pm'], help='rows compiled')
