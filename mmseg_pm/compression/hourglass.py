@@ -160,8 +160,8 @@ class Hourglass(nn.Module, TokenReducer):
     method = 'hourglass'
 
     def __init__(self, alpha: int, cells: Tuple[int, int], iters: int = 5,
-                 window: int = 5, temperature: float = 0.02,
-                 k: int = 20, recon_temperature: float = 0.02,
+                 window: int = 5, temperature: float = 50.0,
+                 k: int = 20, recon_temperature: float = 50.0,
                  relative: bool = True, norm: str = 'sum',
                  class_token: bool = True):
         super().__init__()
