@@ -157,4 +157,4 @@ def test_ade20k_configs_cut_the_encoder_like_the_authors_vit_l(
                                b.embed_dims) / \
         hourglass_flops(b.num_layers, 0, n, b.num_layers, b.embed_dims,
                         outputs=0)
-    assert abs(fraction - 0.70) <= 0.015
+    assert abs(fraction - 0.70) <= 0.02
