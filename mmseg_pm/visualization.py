@@ -380,6 +380,8 @@ def model_token_maps(backbone, layers: Sequence[int],
     Prune and Merge: the structure of the unit the block belongs to (the
     same for every image). MSTM/ToMe: the source map of the first image of
     ``inputs`` after the block's merge (merges carry over to later blocks).
+    Hourglass: each token's nearest cluster (within its window of cells)
+    from the clustering block on.
     """
     grid = tuple(backbone.grid_size)
     num_layers = len(backbone.layers)
@@ -411,7 +413,7 @@ def model_token_maps(backbone, layers: Sequence[int],
 # ---------------------------------------------------------------- a model
 MAX_DEFAULT_LAYERS = 4
 METHOD_NAMES = dict(pm='Prune and Merge', mstm='MSTM', tome='ToMe',
-                    dense='dense')
+                    hourglass="Expedite's Hourglass", dense='dense')
 
 
 def scores_in(obj):
@@ -516,6 +518,9 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     per_layer = [None if scores is None else scores[i] for i in layers]
     if method in ('mstm', 'tome'):
         note += ' | merges depend on the image: this is its source map'
+    if method == 'hourglass':
+        note += (' | clusters depend on the image: each token drawn in its'
+                 ' nearest cluster (the output mixes its k nearest)')
     title = f'{METHOD_NAMES[method]}: {Path(image).name}'
     fig = plot_token_maps(picture, token_maps, per_layer, note, title)
     return token_maps, note, save_figure(fig, out, dpi=dpi)

@@ -9,6 +9,13 @@ FLOPs and parameters, times every row interleaved at each batch size
 (PyTorch, onnxruntime and compiled rows taking turns), measures peak memory
 of an inference and a training step, and writes a table, JSON, markdown
 and a plot.
+
+``--scaling`` adds how the gain grows with the model: mmseg's dense
+Segmenter, Prune and Merge at keep 0.7 and (below ``--scaling-large-gflops``
+dense GFLOPs) the peers at its GFLOPs, for ViT-T/S/B at 512 and ViT-L at
+640 (``--scaling-configs``), batch 1, fp32, PyTorch eager, whole segmentor;
+models above the threshold get ``--scaling-large-repeats`` timed calls and
+no peers (calibrating a peer costs a dozen forward passes).
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ from .report import (add_ratios, check_targets, machine_info, render_text,
 from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS,
                        VARIANTS, ModelSpec, build_family, build_segmentor,
                        config_stem, expand_specs, family_weights,
-                       parse_config_arg)
+                       load_config, parse_config_arg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         'of dense and compressed Segmenters and their peers at the same '
         'GFLOPs, in PyTorch, onnxruntime and torch.compile, side by side',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('configs', nargs='+', metavar='CONFIG[:CHECKPOINT]',
+    p.add_argument('configs', nargs='*', metavar='CONFIG[:CHECKPOINT]',
                    help='mmseg configs (paths or mmseg::...), each with an '
-                   'optional checkpoint whose weights every row of it uses')
+                   'optional checkpoint whose weights every row of it uses '
+                   '(none: only the --scaling rows)')
     p.add_argument('--variants', nargs='+', choices=VARIANTS,
                    default=list(DEFAULT_VARIANTS),
                    help="rows per config: mmseg's VisionTransformer, ours "
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    'run by onnxruntime (CPU execution provider, same thread '
                    'count), and torch.compile rows; none: eager only')
     p.add_argument('--onnx-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm', 'tome', 'mstm'],
+                   default=['off', 'pm', 'tome', 'mstm', 'hourglass'],
                    help='rows exported to ONNX (those that fail say why)')
     p.add_argument('--compile-variants', nargs='+', choices=VARIANTS,
                    default=['off', 'pm'], help='rows compiled')
@@ -115,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scale-variants', nargs='+', choices=VARIANTS,
                    default=['off', 'pm'],
                    help='rows of the input-size study')
+    p.add_argument('--scaling', action='store_true',
+                   help='also the scaling rows: dense vs PM keep 0.7 (and '
+                   'the peers at its GFLOPs) for each --scaling-configs, '
+                   'batch 1, fp32, PyTorch eager, random weights')
+    p.add_argument('--scaling-configs', nargs='+', default=list(
+                   SCALING_CONFIGS), help='models of the scaling rows')
+    p.add_argument('--scaling-peers', nargs='*', choices=PEER_VARIANTS,
+                   default=list(PEER_VARIANTS),
+                   help='peers of the scaling rows (small models only)')
+    p.add_argument('--scaling-large-gflops', type=float, default=500.0,
+                   help='dense GFLOPs above which a scaling model gets '
+                   'no peers and --scaling-large-repeats timed calls')
+    p.add_argument('--scaling-large-repeats', type=int_at_least(1),
+                   default=3, help='timed calls per row of a large model')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                    help='override config entries of every config, e.g. '
                    'model.backbone.drop_path_rate=0')
@@ -126,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--force', action='store_true',
                    help='overwrite result files of the same --name')
     return p
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'segmenter'
+SCALING_CONFIGS = tuple(str(CONFIG_DIR / name) for name in (
+    'pm-segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py',
+    'pm-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py',
+    'pm-segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py',
+    'pm-segmenter_vit-l_mask_8xb1-160k_ade20k-640x640.py'))
 
 
 def log(*msg) -> None:
@@ -142,6 +172,8 @@ def check_args(args) -> None:
     if args.device == 'cpu' and 'fp16' in args.dtypes:
         log('note: fp16 autocast on the CPU is slow; bf16 is the CPU\'s '
             'half precision')
+    if not args.configs and not args.scaling:
+        raise UsageError('give at least one CONFIG, or --scaling')
     inputs = {}
     for i, arg in enumerate(args.configs):
         config, checkpoint = parse_config_arg(arg)
@@ -149,7 +181,7 @@ def check_args(args) -> None:
                        f'checkpoint {i + 1}': checkpoint})
     for path in result_paths(Path(args.out_dir),
                              args.name or default_name(args),
-                             plot=not args.no_plot).values():
+                             plot=wants_plot(args)).values():
         check_output_file(path, inputs, args.force, flag='--out-dir/--name')
     if not 0 < args.match_tolerance < 1:
         raise UsageError('--match-tolerance must be in (0, 1), e.g. 0.02')
@@ -214,7 +246,8 @@ def calibrate_family_peers(specs: Sequence[ModelSpec], models, args,
         f'peers to the GFLOPs of the pm rows (within '
         f'{100 * args.match_tolerance:g} %)')
     return calibrate_peers(specs, targets, flops_of, grid[0] * grid[1],
-                           num_layers, args.match_tolerance)
+                           num_layers, args.match_tolerance,
+                           reference.backbone.cls_token.shape[-1])
 
 
 def build_rows_models(specs: Sequence[ModelSpec], args, cfg_options):
@@ -425,7 +458,7 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     cfg_options = args.cfg_options or {}
     results = dict(machine=machine_info(args.device), rows=[], scale=[],
-                   notes=[])
+                   scaling=[], notes=[])
     results['settings'] = dict(
         configs=list(args.configs), variants=list(args.variants),
         keep_rates=args.keep_rates, parts=list(args.parts),
@@ -436,7 +469,12 @@ def run(args) -> dict:
         warmup=args.warmup, repeats=args.repeats, memory=args.memory,
         memory_batch=None if args.memory == 'none' else
         (args.memory_batch_size or max(args.batch_sizes)),
-        resolutions=list(args.resolutions), cfg_options=cfg_options)
+        resolutions=list(args.resolutions), cfg_options=cfg_options,
+        scaling=dict(configs=list(args.scaling_configs),
+                     peers=list(args.scaling_peers),
+                     large_gflops=args.scaling_large_gflops,
+                     large_repeats=args.scaling_large_repeats)
+        if args.scaling else None)
     with tempfile.TemporaryDirectory(prefix='benchmark_onnx_') as tmp:
         onnx_dir = Path(args.onnx_dir or tmp)
         for config_arg in args.configs:
@@ -457,8 +495,12 @@ def run(args) -> dict:
             'input-size study: weights as in the table except pos_embed '
             '(resized models keep their own), structures on the lattice of '
             'each grid')
+    if args.scaling:
+        results['scaling'], notes = measure_scaling(args, cfg_options)
+        results['notes'] += notes
     add_ratios(results['rows'])
     add_ratios(results['scale'])
+    add_ratios(results['scaling'])
     results['checks'] = check_targets(results['rows'])
     results['load_average_end'] = [round(v, 2) for v in os.getloadavg()]
     return results
@@ -482,7 +524,54 @@ def measure_scale(args, cfg_options) -> List[dict]:
     return rows
 
 
+def dense_gflops(config: str, cfg_options) -> float:
+    """The config's dense encoder GFLOPs by formula (which models are
+    'large' is decided before building anything)."""
+    from mmseg_pm.utils.flops import vit_flops
+    b = load_config(config, cfg_options).model.backbone
+    size = b.img_size if isinstance(b.img_size, (list, tuple)) else \
+        (b.img_size, b.img_size)
+    tokens = (size[0] // b.patch_size) * (size[1] // b.patch_size)
+    return vit_flops(tokens, b.embed_dims, b.num_layers, b.patch_size,
+                     mlp_ratio=b.get('mlp_ratio', 4)) / 1e9
+
+
+def measure_scaling(args, cfg_options):
+    """The scaling rows: per model, mmseg's dense Segmenter, PM keep 0.7
+    and (small models) the peers at its GFLOPs; batch 1, fp32, eager,
+    whole segmentor. Returns (rows, notes)."""
+    rows, notes = [], []
+    for config in args.scaling_configs:
+        large = dense_gflops(config, cfg_options) > args.scaling_large_gflops
+        peers = [] if large else list(args.scaling_peers)
+        repeats = args.scaling_large_repeats if large else args.repeats
+        specs, _ = expand_specs(config, None, ['mmseg', 'pm'] + peers,
+                                [0.7], cfg_options)
+        scale_args = argparse.Namespace(**dict(
+            vars(args), batch_sizes=[1], backends=[], profile=False,
+            repeats=repeats))
+        family, family_notes = measure_family(
+            config, specs, scale_args, cfg_options, ['segmentor'],
+            ['fp32'], 'none')
+        for row in family:
+            row['repeats'] = repeats
+        rows += family
+        notes += family_notes
+        if large:
+            notes.append(f'scaling: {config_stem(config)} (over '
+                         f'{args.scaling_large_gflops:g} dense GFLOPs): '
+                         f'{repeats} timed calls per row, no peers')
+    return rows, notes
+
+
+def wants_plot(args) -> bool:
+    """The plot draws the CONFIG rows; scaling rows alone have none."""
+    return not args.no_plot and bool(args.configs)
+
+
 def default_name(args) -> str:
+    if not args.configs:
+        return f'scaling_{args.device.replace(":", "")}'
     config, _ = parse_config_arg(args.configs[0])
     device = args.device.replace(':', '')
     return f'{config_stem(config)}_{device}'
@@ -498,6 +587,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(render_text(results))
     paths = write_results(results, Path(args.out_dir),
                           args.name or default_name(args),
-                          plot=not args.no_plot)
+                          plot=wants_plot(args))
     print('\nwrote ' + ', '.join(str(p) for p in paths.values()))
     return results

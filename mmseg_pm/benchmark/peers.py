@@ -1,6 +1,7 @@
 """The peers at the GFLOPs of each Prune-and-Merge row.
 
-ToMe's merges and MSTM's keep rate are calibrated to the counted GFLOPs of
+ToMe's merges, MSTM's keep rate and Hourglass's (alpha, h x w) are
+calibrated to the counted GFLOPs of
 the ``pm`` row of the same keep rate with the quality study's knobs and
 bisection (:mod:`mmseg_pm.study`: ``knob_range``, ``compression_for``,
 ``calibrate_knob``, ``check_within``), so a benchmark row and a study row of
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             compression_for, knob_range, knob_text)
@@ -29,21 +30,25 @@ DEFAULT_TOLERANCE = 0.02
 def calibrate_peer(spec: ModelSpec, target: float,
                    flops_of: Callable[[dict], float], num_tokens: int,
                    num_layers: int,
-                   tolerance: float = DEFAULT_TOLERANCE) -> ModelSpec:
-    """``spec`` (a ToMe or MSTM row) with the compression whose FLOPs
+                   tolerance: float = DEFAULT_TOLERANCE,
+                   embed_dims: Optional[int] = None) -> ModelSpec:
+    """``spec`` (a ToMe, MSTM or Hourglass row; Hourglass's settings
+    depend on the width, ``embed_dims``) with the compression whose FLOPs
     (``flops_of(compression dict)``) are nearest ``target``; ``match``
     records the knob, both FLOPs and, when the nearest misses by more than
     ``tolerance``, why it is unreachable."""
     method = spec.variant
 
     def compression(knob: int) -> dict:
-        return compression_for(method, knob, num_layers, num_tokens)
+        return compression_for(method, knob, num_layers, num_tokens,
+                               embed_dims=embed_dims)
 
     knob, flops = calibrate_knob(lambda k: flops_of(compression(k)),
-                                 *knob_range(method, num_tokens, num_layers),
-                                 target)
+                                 *knob_range(method, num_tokens, num_layers,
+                                             embed_dims), target)
     match = dict(knob=knob,
-                 setting=knob_text(method, knob, num_tokens, num_layers),
+                 setting=knob_text(method, knob, num_tokens, num_layers,
+                                   embed_dims),
                  gflops=flops / 1e9, target_gflops=target / 1e9,
                  deviation_pct=100 * (flops / target - 1),
                  tolerance_pct=100 * tolerance, unreachable=None)
@@ -58,7 +63,8 @@ def calibrate_peer(spec: ModelSpec, target: float,
 def calibrate_peers(specs: Sequence[ModelSpec], targets: Dict[float, float],
                     flops_of: Callable[[dict], float], num_tokens: int,
                     num_layers: int,
-                    tolerance: float = DEFAULT_TOLERANCE) -> List[ModelSpec]:
+                    tolerance: float = DEFAULT_TOLERANCE,
+                    embed_dims: Optional[int] = None) -> List[ModelSpec]:
     """Every peer of ``specs`` calibrated to ``targets[its keep rate]``
     (FLOPs of the PM row); other specs unchanged. ``flops_of`` is called
     once per distinct compression dict."""
@@ -77,6 +83,7 @@ def calibrate_peers(specs: Sequence[ModelSpec], targets: Dict[float, float],
                 raise ValueError(f'{spec.label}: no PM row at keep rate '
                                  f'{spec.keep_rate:g} to match')
             spec = calibrate_peer(spec, targets[spec.keep_rate], cached,
-                                  num_tokens, num_layers, tolerance)
+                                  num_tokens, num_layers, tolerance,
+                                  embed_dims)
         out.append(spec)
     return out

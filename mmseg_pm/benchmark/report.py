@@ -436,6 +436,29 @@ SCALE_HEAD = ['model', 'input', 'row', 'tokens', 'GFLOPs', 'b1 ms',
               'efficiency vs off']
 
 
+def scaling_lines(rows: Sequence[dict]) -> List[list]:
+    lines = []
+    for row in rows:
+        t = row['timing'].get(1)
+        r = row.get('vs_mmseg') or {}
+        lines.append([row['model'], f"{row['input_hw'][0]}x"
+                      f"{row['input_hw'][1]}", row['label'],
+                      _token_range(row['tokens_per_layer'] or []),
+                      _fmt(row['gflops'], '.4g'),
+                      _fmt(t and t['latency_ms'], '.1f'),
+                      _fmt(t and t['images_per_s'], '.3f'),
+                      _fmt(r.get('flops_ratio'), '.3f'),
+                      _fmt(r.get('speedup', {}).get(1), '.3f'),
+                      _fmt(r.get('efficiency', {}).get(1), '.3f'),
+                      str(row.get('repeats', '-'))])
+    return lines
+
+
+SCALING_HEAD = ['model', 'input', 'row', 'tokens', 'GFLOPs', 'b1 ms',
+                'b1 img/s', 'FLOPs ratio vs mmseg', 'speed-up vs mmseg',
+                'efficiency vs mmseg', 'repeats']
+
+
 def check_lines(checks: Sequence[dict]) -> List[list]:
     return [[c['check'], c['model'], c['part'], c['dtype'], c['row'],
              str(c['batch']), _fmt(c['value'], '.3f'),
@@ -491,6 +514,9 @@ def sections(results: dict) -> List[Tuple[str, List[str], List[list]]]:
              profile_lines(rows)),
             ('Cost against input size (backbone, batch 1)', SCALE_HEAD,
              scale_lines(results.get('scale') or [])),
+            ('Scaling with the model (segmentor, batch 1, fp32, PyTorch '
+             'eager)', SCALING_HEAD,
+             scaling_lines(results.get('scaling') or [])),
             ('Targets', CHECK_HEAD, check_lines(results.get('checks') or []))):
         if lines:
             out.append((title, head, lines))
@@ -532,7 +558,9 @@ def render_json(results: dict) -> str:
 
 # marker and line style of each variant / runtime in the plot
 VARIANT_MARKERS = {'mmseg': 's', 'off': '*', 'pm': 'o', 'pm-pinv': 'D',
-                   'pm-matrix': 'P', 'tome': 'v', 'mstm': '^', 'config': 'X'}
+                   'pm-matrix': 'P', 'tome': 'v', 'mstm': '^',
+                   'hourglass': 'p',
+                   'config': 'X'}
 BACKEND_LINES = {EAGER: '-', ONNX: '--', COMPILE: ':'}
 
 

@@ -9,8 +9,8 @@ Every config gives a family of rows that share its weights:
 * ``pm-pinv``   the same structure with the authors' reconstruct (pinv(M));
 * ``pm-matrix`` the same structure with explicit K x N merge / N x K
   reconstruct matrices (the authors' dense-matrix formulation);
-* ``tome`` / ``mstm``  the peers, calibrated to the GFLOPs of each ``pm``
-  row (see :mod:`mmseg_pm.benchmark.peers`);
+* ``tome`` / ``mstm`` / ``hourglass``  the peers, calibrated to the GFLOPs
+  of each ``pm`` row (see :mod:`mmseg_pm.benchmark.peers`);
 * ``config``    the config's backbone exactly as written.
 
 Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
@@ -35,11 +35,12 @@ PM_VARIANTS = {
     'pm-pinv': dict(impl='sparse', reconstruct='pinv'),
     'pm-matrix': dict(impl='dense', reconstruct='residual'),
 }
-PEER_VARIANTS = ('tome', 'mstm')
+PEER_VARIANTS = ('tome', 'mstm', 'hourglass')
 DENSE_VARIANTS = ('mmseg', 'off')
 VARIANTS = DENSE_VARIANTS + tuple(PM_VARIANTS) + PEER_VARIANTS + ('config', )
-DEFAULT_VARIANTS = ('mmseg', 'off', 'pm', 'pm-pinv', 'tome', 'mstm')
-PEER_NAMES = {'tome': 'ToMe', 'mstm': 'MSTM'}
+DEFAULT_VARIANTS = ('mmseg', 'off', 'pm', 'pm-pinv', 'tome', 'mstm',
+                    'hourglass')
+PEER_NAMES = {'tome': 'ToMe', 'mstm': 'MSTM', 'hourglass': 'Hourglass'}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,15 @@ Every method has one integer knob whose FLOPs are monotone in it:
   block keeps the same fraction of its current tokens);
 * ToMe: the total number of merges ``q`` spread over the blocks as evenly as
   possible (``q // L`` per block, one more in the first ``q % L`` blocks),
-  so its FLOPs move in steps far finer than one ``r``.
+  so its FLOPs move in steps far finer than one ``r``;
+* Hourglass: a position on a path of (alpha, h x w) settings ordered by
+  FLOPs (:func:`hourglass_path`): first the authors' relative depth (their
+  first block on clusters is 10 of 24, so alpha = round(10/24 L)) with
+  fewer and fewer clusters down to the authors' share of the tokens
+  (28x28 of 40x40, 49 %), then one block earlier at a time, each level
+  continuing below the previous level's FLOPs, down to block 1 (block 0
+  stays dense, as for Prune and Merge) where the clusters go down to 1x1.
+  Cluster grids are the squarest h x w (h >= w, h <= 1.5 w) of each count.
 """
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ class Method:
 
     name: str
     label: str
-    family: str  # 'pm', 'mstm' or 'tome'
+    family: str  # 'pm', 'mstm', 'tome' or 'hourglass'
     marker: str  # matplotlib marker of its points
     mode: str = 'layer'
     rule: str = 'row'
@@ -76,6 +84,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
            placement='spread'),
     Method('mstm', 'MSTM', 'mstm', '^'),
     Method('tome', 'ToMe', 'tome', 'v'),
+    Method('hourglass', "Expedite's Hourglass", 'hourglass', 'p'),
 )}
 # What tools/study.py runs unless told otherwise (pm-nearest: in the
 # committed study of 2026-11-21, within 2 mIoU of pm-row).
@@ -114,6 +123,69 @@ def mstm_layers(num_layers: int) -> List[int]:
 
 
 # ---------------------------------------------------------------- knobs
+# The authors' ViT-L 640 setting: clusters from block 10 of 24 on (their
+# clustering after block 9, 0-based), 28x28 clusters of 40x40 tokens.
+HOURGLASS_DEPTH = 10 / 24
+HOURGLASS_SHARE = (28 * 28) / (40 * 40)
+
+
+def squareish_grids(grid: Tuple[int, int]) -> Dict[int, Tuple[int, int]]:
+    """Cluster count -> its squarest (h, w) grid (h >= w, h <= 1.5 w, at
+    most the token grid), for every count below the token count that has
+    one."""
+    grids = {}
+    for h in range(1, grid[0] + 1):
+        for w in range(1, min(h, grid[1]) + 1):
+            k = h * w
+            if 2 * h > 3 * w and h - w > 1 or k >= grid[0] * grid[1]:
+                continue
+            if k not in grids or h - w < grids[k][0] - grids[k][1]:
+                grids[k] = (h, w)
+    return dict(sorted(grids.items()))
+
+
+def hourglass_flops(alpha: int, clusters: int, num_tokens: int,
+                    num_layers: int, embed_dims: int, iters: int = 5,
+                    outputs: int = 1) -> int:
+    """FLOPs of the encoder blocks and Hourglass's own matrix products
+    (pooling, distances and updates of every k-means step, the
+    reconstruction's distances and one product per output) for
+    ``num_tokens`` patch tokens (+ the class token), clustering before
+    block ``alpha``. Orders settings; the study calibrates on counted
+    FLOPs."""
+    c = embed_dims
+
+    def block(t):
+        return 24 * t * c * c + 4 * t * t * c
+
+    n, k = num_tokens, clusters
+    overhead = 2 * n * k * c * (2 + 2 * iters + outputs)
+    return (alpha * block(n + 1) + (num_layers - alpha) * block(k + 1)
+            + overhead)
+
+
+def hourglass_path(num_tokens: int, num_layers: int, embed_dims: int
+                   ) -> List[Tuple[int, Tuple[int, int]]]:
+    """The Hourglass knob's settings (alpha, (h, w)), FLOPs strictly
+    decreasing (see the module docstring)."""
+    pm_layers(num_layers)
+    side = math.isqrt(num_tokens)
+    grids = squareish_grids((side, side))
+    start = min(max(round(HOURGLASS_DEPTH * num_layers), 1), num_layers - 1)
+    floor = math.ceil(HOURGLASS_SHARE * num_tokens)
+    path, last = [], math.inf
+    for alpha in range(start, 0, -1):
+        for k in sorted(grids, reverse=True):
+            if alpha > 1 and k < floor:
+                break
+            cost = hourglass_flops(alpha, k, num_tokens, num_layers,
+                                   embed_dims)
+            if cost < last:
+                path.append((alpha, grids[k]))
+                last = cost
+    return path
+
+
 def keep_rate_for(count: int, num_tokens: int) -> float:
     """A keep rate whose ``int(rate * N)`` is exactly ``count`` (k / N
     itself can round down to k - 1 in floating point)."""
@@ -136,19 +208,45 @@ def tome_r(knob: int, num_layers: int, num_tokens: int) -> List[int]:
     return capped_merges(tome_schedule(knob, num_layers), num_tokens + 1)
 
 
-def knob_range(method: str, num_tokens: int, num_layers: int
-               ) -> Tuple[int, int]:
-    """Inclusive range of the method's knob."""
+def knob_range(method: str, num_tokens: int, num_layers: int,
+               embed_dims: Optional[int] = None) -> Tuple[int, int]:
+    """Inclusive range of the method's knob (Hourglass's path depends on
+    the width, ``embed_dims``)."""
     family = METHODS[method].family
+    if family == 'hourglass':
+        return 0, len(hourglass_path(num_tokens, num_layers,
+                                     _width(embed_dims))) - 1
     if family == 'tome':  # ToMe caps each block at half its tokens
         return 0, num_layers * (num_tokens // 2)
     return 1, num_tokens
 
 
+def _width(embed_dims: Optional[int]) -> int:
+    if embed_dims is None:
+        raise ValueError('Hourglass settings depend on the width: pass '
+                         'embed_dims')
+    return embed_dims
+
+
+def hourglass_setting(knob: int, num_tokens: int, num_layers: int,
+                      embed_dims: Optional[int]
+                      ) -> Tuple[int, Tuple[int, int]]:
+    path = hourglass_path(num_tokens, num_layers, _width(embed_dims))
+    if not 0 <= knob < len(path):
+        raise ValueError(f'Hourglass knob must be in [0, {len(path) - 1}], '
+                         f'got {knob}')
+    return path[knob]
+
+
 def compression_for(method: str, knob: int, num_layers: int,
-                    num_tokens: int, prune_rate: float = 0.0) -> dict:
+                    num_tokens: int, prune_rate: float = 0.0,
+                    embed_dims: Optional[int] = None) -> dict:
     """The backbone's ``compression=`` dict of a method at a knob value."""
     family = METHODS[method].family
+    if family == 'hourglass':
+        alpha, clusters = hourglass_setting(knob, num_tokens, num_layers,
+                                            embed_dims)
+        return dict(method='hourglass', alpha=alpha, clusters=clusters)
     if family == 'tome':
         return dict(method='tome', layers=list(range(num_layers)),
                     r=tome_r(knob, num_layers, num_tokens))
@@ -171,9 +269,13 @@ def search_ranking(method: str) -> str:
 
 
 def knob_text(method: str, knob: int, num_tokens: int,
-              num_layers: int) -> str:
+              num_layers: int, embed_dims: Optional[int] = None) -> str:
     """The calibrated knob in words, for the table."""
     family = METHODS[method].family
+    if family == 'hourglass':
+        alpha, (h, w) = hourglass_setting(knob, num_tokens, num_layers,
+                                          embed_dims)
+        return f'{h}x{w} clusters from block {alpha}'
     if family == 'tome':
         r = tome_r(knob, num_layers, num_tokens)
         return f'r={r[0]}' if len(set(r)) == 1 else \

@@ -170,9 +170,11 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     layers = args.num_layers
     family = METHODS[method].family
 
+    width = base.model.backbone.embed_dims
+
     def config_at(knob):
         return compressed_config(base, compression_for(
-            method, knob, layers, n, args.prune_rate))
+            method, knob, layers, n, args.prune_rate, embed_dims=width))
 
     def pm_config(knob):
         return PMConfig.from_dict(
@@ -194,8 +196,8 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             return crop_flops(build_segmentor(config_at(knob)))
 
     target = budget * dense_flops
-    knob, flops = calibrate_knob(flops_at, *knob_range(method, n, layers),
-                                 target)
+    knob, flops = calibrate_knob(flops_at, *knob_range(method, n, layers,
+                                                       width), target)
     check_within(method, flops, target, args.tolerance)
     cfg = config_at(knob)
     model = build_segmentor(cfg)
@@ -231,8 +233,9 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
     finetuned = train(student, work / 'finetune', f'distill {name}')
     after = evaluate(config, finetuned, work, f'test {name} + FT')
     return dict(method=method, label=METHODS[method].label, budget=budget,
-                knob=knob, setting=knob_text(method, knob, n,
-                                             args.num_layers),
+                knob=knob, setting=knob_text(
+                    method, knob, n, args.num_layers,
+                    base.model.backbone.embed_dims),
                 compression=cfg.model.backbone.compression,
                 flops=flops, target_flops=budget * dense['flops'],
                 miou_before=before, miou_after=after, config=str(config),

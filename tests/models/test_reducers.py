@@ -12,6 +12,7 @@ COMPRESSION = {
     'pm': dict(mode='span', spans=[(1, 2)], keep_rate=0.4),
     'mstm': dict(method='mstm', prune_layers=[1, 3], keep_rate=0.6),
     'tome': dict(method='tome', layers=[0, 2], r=3),
+    'hourglass': dict(method='hourglass', alpha=1, clusters=(2, 3)),
 }
 
 
@@ -37,7 +38,8 @@ def test_reducer_answers_match_what_runs(method):
     touched = [i for i, t in enumerate(per_block) if t < num_tokens]
     assert set(touched) <= set(reducer.blocks(len(model.layers)))
     assert reducer.merging_blocks() == {'pm': [1], 'mstm': [1, 3],
-                                        'tome': [0, 2]}[method]
+                                        'tome': [0, 2],
+                                        'hourglass': [1]}[method]
 
 
 @pytest.mark.parametrize('method', list(COMPRESSION))

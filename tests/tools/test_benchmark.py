@@ -73,7 +73,10 @@ def test_rows_side_by_side_with_sane_numbers(results):
         'MSTM at PM keep 0.5 GFLOPs', 'PM keep 0.05',
         "PM keep 0.05, authors' pinv",
         'ToMe at PM keep 0.05 GFLOPs: cannot reach',
-        'MSTM at PM keep 0.05 GFLOPs: cannot reach'}
+        'MSTM at PM keep 0.05 GFLOPs: cannot reach',
+        # on 8x8 tokens and 4 blocks Hourglass's settings step too coarsely
+        'Hourglass at PM keep 0.5 GFLOPs: cannot reach',
+        'Hourglass at PM keep 0.05 GFLOPs: cannot reach'}
     dense, off = rows['mmseg VisionTransformer'], rows['PM, compression off']
     pm, pinv = rows['PM keep 0.5'], rows["PM keep 0.5, authors' pinv"]
     assert (pm['reconstruct'], pinv['reconstruct']) == ('residual', 'pinv')
@@ -258,3 +261,38 @@ def test_command_line_refuses_a_missing_gpu_clearly(tmp_path):
         cwd=ROOT)
     assert proc.returncode == 2
     assert 'no CUDA device here; use --device cpu' in proc.stderr
+
+
+def test_scaling_rows_compare_dense_pm_and_peers_per_model(tmp_path):
+    """--scaling alone: per model mmseg's dense row, PM keep 0.7 and the
+    peers at its GFLOPs, batch 1, eager, whole segmentor, with the
+    efficiency column; a model over --scaling-large-gflops gets its own
+    repeat count and no peers."""
+    dense_tiny = str(ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_'
+                     'synthetic-ade-64x64.py')
+    res = main(['--scaling', '--scaling-configs', dense_tiny,
+                '--scaling-peers', 'tome', '--repeats', '2', '--warmup',
+                '0', '--out-dir', str(tmp_path), '--name', 'scaling'])
+    rows = {r['label']: r for r in res['scaling']}
+    assert set(rows) == {'mmseg VisionTransformer', 'PM keep 0.7',
+                         'ToMe at PM keep 0.7 GFLOPs'}
+    assert res['rows'] == [] and not (tmp_path / 'scaling.png').exists()
+    pm, tome = rows['PM keep 0.7'], rows['ToMe at PM keep 0.7 GFLOPs']
+    for row in rows.values():
+        assert row['part'] == 'segmentor' and row['backend'] == 'eager'
+        assert list(row['timing']) == [1] and row['repeats'] == 2
+    assert pm['vs_mmseg']['flops_ratio'] < 1
+    assert pm['vs_mmseg']['efficiency'][1] == pytest.approx(
+        pm['vs_mmseg']['speedup'][1] * pm['vs_mmseg']['flops_ratio'])
+    assert tome['vs_pm']['flops_ratio'] == pytest.approx(1, abs=0.02)
+    md = (tmp_path / 'scaling.md').read_text()
+    assert '## Scaling with the model' in md and 'efficiency vs mmseg' in md
+    large = main(['--scaling', '--scaling-configs', dense_tiny,
+                  '--scaling-large-gflops', '0.001',
+                  '--scaling-large-repeats', '1', '--repeats', '2',
+                  '--warmup', '0', '--out-dir', str(tmp_path), '--name',
+                  'large'])
+    assert {(r['label'], r['repeats']) for r in large['scaling']} == {
+        ('mmseg VisionTransformer', 1), ('PM keep 0.7', 1)}
+    assert any('1 timed calls per row, no peers' in n
+               for n in large['notes'])

@@ -19,7 +19,8 @@ COMPRESSION = dict(
     pm="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse')",
     pm_pinv="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse', "
     "reconstruct='pinv')",
-    tome="dict(method='tome', layers=[0, 1], r=8)")
+    tome="dict(method='tome', layers=[0, 1], r=8)",
+    hourglass="dict(method='hourglass', alpha=1, clusters=(5, 4))")
 
 
 def tiny_checkpoint(tmp_path, method):
@@ -43,7 +44,8 @@ def tiny_checkpoint(tmp_path, method):
 @pytest.mark.slow  # ONNX export and onnxruntime per case
 @pytest.mark.parametrize('method,upsample', [('dense', True),
                                              ('pm', False),
-                                             ('pm_pinv', False)])
+                                             ('pm_pinv', False),
+                                             ('hourglass', False)])
 def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
     config, checkpoint = tiny_checkpoint(tmp_path, method)
     out = tmp_path / 'onnx' / 'model.onnx'

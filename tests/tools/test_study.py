@@ -133,3 +133,43 @@ def test_one_method_end_to_end(tmp_path):
     again = study_cli.main(argv)
     assert Path(row['finetuned']).stat().st_mtime_ns == finetuned
     assert again['rows'][0]['miou_after'] == row['miou_after']
+
+
+def test_hourglass_path_is_ordered_and_counted_as_modelled(tmp_path):
+    """The knob's settings start at the authors' relative depth, get
+    cheaper at every step, and the counted FLOPs of a setting are the
+    modelled ones (blocks, k-means, reconstruction) plus the dense rest."""
+    from mmseg_pm.study import hourglass_flops, hourglass_path, knob_text
+    path = hourglass_path(144, 8, 64)
+    assert path[0] == (3, (12, 11)) and path[-1] == (1, (1, 1))
+    costs = [hourglass_flops(a, h * w, 144, 8, 64) for a, (h, w) in path]
+    assert all(a > b for a, b in zip(costs, costs[1:]))
+    assert {a for a, _ in path} == {1, 2, 3}
+    assert all(h >= w and (h - w <= 1 or 2 * h <= 3 * w)
+               for _, (h, w) in path)
+    args = tiny_args(tmp_path, img_size=96, num_layers=8)
+    base = pipeline.study_config(args)
+    dense = crop_flops(build_segmentor(base))
+    for knob in (0, 17, 39):
+        cfg = pipeline.compressed_config(base, compression_for(
+            'hourglass', knob, 8, 144, embed_dims=64))
+        alpha, (h, w) = path[knob]
+        assert cfg.model.backbone.compression == dict(
+            method='hourglass', alpha=alpha, clusters=(h, w))
+        assert dense - crop_flops(build_segmentor(cfg)) == \
+            hourglass_flops(8, 0, 144, 8, 64, outputs=0) - costs[knob]
+    assert knob_text('hourglass', 39, 144, 8, 64) == \
+        '1x1 clusters from block 1'
+
+
+@pytest.mark.parametrize('img_size', [96, 192])
+def test_hourglass_reaches_every_budget_of_the_study(tmp_path, img_size):
+    args = tiny_args(tmp_path, img_size=img_size, num_layers=8)
+    base = pipeline.study_config(args)
+    dense = build_segmentor(base)
+    dense_flops = crop_flops(dense)
+    for budget in (0.7, 0.5, 0.4):
+        model, cfg, knob, flops = pipeline.compress(
+            'hourglass', budget, base, dense.state_dict(), dense_flops,
+            None, args)
+        assert abs(flops / (budget * dense_flops) - 1) <= 0.02

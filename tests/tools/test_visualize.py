@@ -146,3 +146,42 @@ def test_visualize_tool_on_a_pruned_checkpoint(tmp_path, capsys):
     assert [m.label for m in maps] == ['block 0', 'block 2 (span 1-2)']
     assert sorted(p.name for p in out.parent.iterdir()) == ['tokens.png']
     assert mmcv.imread(str(out)) is not None
+
+
+def test_hourglass_clusters_are_drawn_from_the_image(tmp_path, capsys):
+    """Each token is drawn in its nearest cluster: at most h x w windows,
+    every token's cluster within the window of cells around its own, and
+    the tool writes the picture."""
+    from mmseg_pm.compression.hourglass import initial_cells
+    config = tmp_path / 'hourglass.py'
+    config.write_text(
+        f"_base_ = ['{BASE}']\n"
+        "model = dict(backbone=dict(type='PMVisionTransformer', "
+        "embed_dims=32, num_layers=3, num_heads=2, compression=dict("
+        "method='hourglass', alpha=1, clusters=(3, 3), window=1)), "
+        "decode_head=dict(in_channels=32, channels=32, embed_dims=32, "
+        "num_layers=1))\n")
+    init_default_scope('mmseg')
+    model = MODELS.build(Config.fromfile(str(config)).model)
+    model.init_weights()
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    (before, after) = model_token_maps(model.backbone, [0, 1], x)
+    assert before.counts()['tokens'] == 64  # block 0 runs on every token
+    # window=1: a token sees only its own cell's cluster (current token
+    # 1 + cell: the class token is token 0)
+    rows, cols = initial_cells((8, 8), (3, 3))
+    assert torch.equal(after.group, 1 + rows * 3 + cols)
+    checkpoint = tmp_path / 'hourglass.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
+    image = tmp_path / 'image.png'
+    mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (96, 128, 3),
+                                                    np.uint8), str(image))
+    tool = importlib.import_module('mmseg_pm.cli.visualize_tokens')
+    out = tmp_path / 'out' / 'clusters.png'
+    maps = tool.main([str(config), str(checkpoint), str(image), '--out',
+                      str(out), '--score-iters', '0', '--dpi', '50'])
+    assert 'nearest cluster' in capsys.readouterr().out
+    assert [m.label for m in maps] == ['block 1']
+    assert 1 < maps[0].counts()['tokens'] <= 9
+    assert mmcv.imread(str(out)) is not None

@@ -1,0 +1,261 @@
+"""Expedite's Hourglass (Liang et al., NeurIPS 2022, "Expediting Large-Scale
+Vision Transformer for Dense Prediction without Fine-tuning") in the backbone.
+Training-free.
+
+Clustering, before block ``alpha`` (0-based; the authors' ``location`` is
+the block *after which* they cluster, so their ``location=9`` is
+``alpha=10``): the patch tokens ``f`` (B, N, C) are clustered into an
+``h x w`` grid of cluster tokens by soft k-means in feature space, started
+from the average-pooled cells of the token grid (adaptive average pooling).
+Each token only sees the clusters whose cell lies within a ``window x
+window`` window of cells around its own initial cell. One iteration::
+
+    d[n, k] = ||f_n - c_k||^2            (masked to the window)
+    a[n, k] = softmax_k(-t * d[n, k])
+    c_k     = sum_n a[n, k] f_n / sum_n a[n, k]
+
+repeated ``iters`` times. Blocks ``alpha`` and later run on the class token
+and the ``h*w`` clusters: a fixed count, so shapes are static.
+
+Reconstruction, at every output after the clustering: each token takes a
+mix of the current cluster tokens, weighted by how close its features
+*at the clustering point* were to the clusters found there::
+
+    w[n, k] = exp(-t' * ||f_n - c_k||^2)   for the k' closest clusters, else 0
+    out_n   = sum_k w[n, k] x_k / sum_k w[n, k]
+
+Temperatures. The authors' ``t`` multiplies raw squared distances, so its
+meaning depends on the scale of the features (0.02 was set on ViT-L). Here
+``t = temperature / s`` with ``s`` the mean squared norm of the image's
+patch tokens at the clustering point (``relative=True``): ``temperature`` is
+then a dimensionless number that means the same on every model.
+``relative=False`` takes ``temperature`` as the authors' absolute ``t``.
+
+Differences from the authors' code, on purpose: the reconstruction weights
+are normalised to sum to 1 (``norm='sum'``; the authors L2-normalise, which
+scales a token's features by up to sqrt(k) and is harmless only on logits,
+where they apply it: ``norm='l2'`` gives theirs); weights are computed from
+``logits - max`` (the same after normalising; no underflow to 0/0); the
+distances, softmax and weights run in fp32 under autocast.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .reducer import TokenReducer
+from .tome import initial_source
+
+NORMS = ('sum', 'l2')
+
+
+def pooling_matrix(grid: Tuple[int, int], cells: Tuple[int, int],
+                   device=None) -> Tensor:
+    """(h*w, H*W) matrix whose product with raster tokens is adaptive
+    average pooling of the H x W grid to h x w cells (cell i of a dimension
+    covers [floor(i*H/h), ceil((i+1)*H/h)), as torch's adaptive pooling).
+    A matrix product exports anywhere and is counted as FLOPs."""
+    def bins(size: int, num: int) -> Tensor:
+        i = torch.arange(num, device=device)[:, None]
+        j = torch.arange(size, device=device)[None, :]
+        start, stop = (i * size) // num, -((-(i + 1) * size) // num)
+        inside = (j >= start) & (j < stop)
+        return inside.float() / inside.sum(1, keepdim=True)
+
+    rows, cols = bins(grid[0], cells[0]), bins(grid[1], cells[1])
+    return (rows[:, None, :, None] * cols[None, :, None, :]).reshape(
+        cells[0] * cells[1], grid[0] * grid[1])
+
+
+def initial_cells(grid: Tuple[int, int], cells: Tuple[int, int],
+                  device=None) -> Tuple[Tensor, Tensor]:
+    """Row and column of the initial cell of every raster token (nearest
+    resizing of the cell grid to the token grid, as the authors do)."""
+    rows = torch.arange(grid[0], device=device) * cells[0] // grid[0]
+    cols = torch.arange(grid[1], device=device) * cells[1] // grid[1]
+    return (rows[:, None].expand(grid).flatten(),
+            cols[None, :].expand(grid).flatten())
+
+
+def window_mask(grid: Tuple[int, int], cells: Tuple[int, int], window: int,
+                device=None) -> Tensor:
+    """(H*W, h*w) bool: cluster k is visible to token n when its cell is
+    within ``window // 2`` cells (rows and columns) of n's initial cell."""
+    rows, cols = initial_cells(grid, cells, device)
+    cell_rows = torch.arange(cells[0], device=device).repeat_interleave(
+        cells[1])
+    cell_cols = torch.arange(cells[1], device=device).repeat(cells[0])
+    r = window // 2
+    return (((rows[:, None] - cell_rows[None]).abs() <= r) &
+            ((cols[:, None] - cell_cols[None]).abs() <= r))
+
+
+def squared_distances(f: Tensor, c: Tensor) -> Tensor:
+    """(B, N, C) and (B, K, C) -> (B, N, K) squared Euclidean distances
+    through one matrix product (counted as FLOPs)."""
+    return ((f * f).sum(-1, keepdim=True) + (c * c).sum(-1)[:, None, :]
+            - 2 * f @ c.transpose(1, 2)).clamp_min(0)
+
+
+def temperature_scale(f: Tensor, relative: bool) -> Tensor:
+    """(B, 1, 1): what a temperature is divided by. The mean squared norm
+    of each image's tokens when ``relative``, else 1."""
+    if not relative:
+        return f.new_ones(f.shape[0], 1, 1)
+    return (f * f).sum(-1).mean(-1)[:, None, None].clamp_min(1e-12)
+
+
+def soft_kmeans(f: Tensor, init: Tensor, mask: Tensor, iters: int,
+                temperature: Tensor) -> Tensor:
+    """Clusters (B, K, C) after ``iters`` soft k-means steps from ``init``:
+    tokens ``f`` (B, N, C) see only the clusters of ``mask`` (N, K);
+    ``temperature`` (B, 1, 1) multiplies the squared distances."""
+    c = init
+    hidden = ~mask
+    for _ in range(iters):
+        logits = -temperature * squared_distances(f, c)
+        a = logits.masked_fill(hidden, -torch.inf).softmax(-1)  # (B, N, K)
+        c = (a.transpose(1, 2) @ f) / a.sum(1)[..., None].clamp_min(1e-16)
+    return c
+
+
+def hard_assignment(f: Tensor, c: Tensor, mask: Tensor) -> Tensor:
+    """(B, N): each token's nearest visible cluster."""
+    return squared_distances(f, c).masked_fill(~mask, torch.inf).argmin(-1)
+
+
+def reconstruction_weights(f: Tensor, c: Tensor, k: int,
+                           temperature: Tensor, norm: str = 'sum') -> Tensor:
+    """(B, N, K): each token's weights on the clusters, exp(-t d) over its
+    ``k`` closest clusters (ties at the k-th distance included, as the
+    authors' threshold does), 0 elsewhere, normalised (``norm``: 'sum' to
+    1, or 'l2' as the authors)."""
+    logits = -temperature * squared_distances(f, c)
+    k = min(k, logits.shape[-1])
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    weight = (logits - logits.amax(-1, keepdim=True)).exp()
+    weight = weight.masked_fill(logits < kth, 0)
+    if norm == 'l2':
+        return weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return weight / weight.sum(-1, keepdim=True)
+
+
+class HourglassState(NamedTuple):
+    hw: Tuple[int, int]  # token grid
+    weight: Optional[Tensor]  # (B, N, K) reconstruction weights once clustered
+    source: Tensor  # (B, T0) current token of every original token
+
+
+class Hourglass(nn.Module, TokenReducer):
+    """Hourglass in the backbone: clusters before block ``alpha`` into
+    ``cells`` = (h, w) clusters, reconstructs the full grid at every output
+    after. No parameters. With as many clusters as tokens (or more) it is
+    the dense model.
+
+    A :class:`TokenReducer` (the backbone drives it through that interface).
+    """
+
+    method = 'hourglass'
+
+    def __init__(self, alpha: int, cells: Tuple[int, int], iters: int = 5,
+                 window: int = 5, temperature: float = 50.0,
+                 k: int = 20, recon_temperature: float = 50.0,
+                 relative: bool = True, norm: str = 'sum',
+                 class_token: bool = True):
+        super().__init__()
+        self.alpha = alpha
+        self.cells = tuple(cells)
+        self.iters = iters
+        self.window = window
+        self.temperature = temperature
+        self.k = k
+        self.recon_temperature = recon_temperature
+        self.relative = relative
+        self.norm = norm
+        self.class_token = class_token
+
+    def cells_for(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+        """The cluster grid for a token grid: ``cells``, no finer than it."""
+        return (min(self.cells[0], hw[0]), min(self.cells[1], hw[1]))
+
+    def reduces(self, hw: Tuple[int, int]) -> bool:
+        cells = self.cells_for(hw)
+        return cells[0] * cells[1] < hw[0] * hw[1]
+
+    def start(self, x: Tensor, hw: Tuple[int, int]) -> HourglassState:
+        return HourglassState(tuple(hw), None, initial_source(x))
+
+    def cluster(self, x: Tensor, hw: Tuple[int, int]
+                ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Patch tokens -> (clusters (B, K, C) in x's dtype, reconstruction
+        weights (B, N, K), hard assignment (B, N)); fp32 inside."""
+        cells = self.cells_for(hw)
+        device = x.device
+        with torch.autocast(device.type, enabled=False):
+            f = x.float()
+            mask = window_mask(hw, cells, self.window, device)
+            scale = temperature_scale(f, self.relative)
+            init = pooling_matrix(hw, cells, device) @ f
+            c = soft_kmeans(f, init, mask, self.iters,
+                            self.temperature / scale)
+            weight = reconstruction_weights(
+                f, c, self.k, self.recon_temperature / scale, self.norm)
+            labels = hard_assignment(f, c, mask) if self.trace_source \
+                else None
+        return c.to(x.dtype), weight, labels
+
+    def run_block(self, i: int, layer: nn.Module, x: Tensor,
+                  state: HourglassState) -> Tuple[Tensor, HourglassState]:
+        """Block ``i``; the clustering runs just before block ``alpha``."""
+        if i == self.alpha and not self.bypass and self.reduces(state.hw):
+            prefix = int(self.class_token)
+            c, weight, labels = self.cluster(x[:, prefix:], state.hw)
+            x = torch.cat((x[:, :prefix], c), dim=1)
+            source = state.source
+            if labels is not None:
+                source = torch.cat((source[:, :prefix], labels + prefix), 1)
+            state = state._replace(weight=weight, source=source)
+        self.record_source(i, state.source)
+        return layer(x), state
+
+    def full_grid(self, i: int, x: Tensor, state: HourglassState) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C): the class token as it is,
+        every patch token its weighted mix of the clusters."""
+        if state.weight is None:
+            return x
+        prefix = int(self.class_token)
+        patches = state.weight.to(x.dtype) @ x[:, prefix:]
+        return torch.cat((x[:, :prefix], patches), dim=1)
+
+    def merging_blocks(self) -> List[int]:
+        return [self.alpha]
+
+    def blocks(self, num_layers: int) -> List[int]:
+        return list(range(self.alpha, num_layers))
+
+    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
+        """Tokens each block runs on, class token included, for
+        ``num_tokens`` input tokens of a square-ish grid (the count after
+        clustering is h*w + the class token when that is fewer)."""
+        prefix = int(self.class_token)
+        clustered = min(num_tokens, self.cells[0] * self.cells[1] + prefix)
+        return [num_tokens if i < self.alpha else clustered
+                for i in range(num_layers)]
+
+    def extra_repr(self) -> str:
+        return (f'alpha={self.alpha}, cells={self.cells}, iters={self.iters}, '
+                f'window={self.window}, temperature={self.temperature}, '
+                f'k={self.k}, recon_temperature={self.recon_temperature}, '
+                f'relative={self.relative}, norm={self.norm!r}')
+
+
+def hourglass_flops_overhead(num_patches: int, num_clusters: int,
+                             embed_dims: int, iters: int) -> int:
+    """FLOPs of Hourglass's own matrix products per image (pooling, each
+    iteration's distances and update, the reconstruction weights'
+    distances), not counting the per-output reconstruction product
+    (2 * N * K * C each). A cross-check for the counted FLOPs."""
+    nkc = 2 * num_patches * num_clusters * embed_dims
+    return nkc * (1 + 2 * iters + 1)
