@@ -132,3 +132,20 @@ def test_source_map_is_each_images_assignment():
     assert torch.equal(source[:, 1:][:, comp.is_centre],
                        (torch.arange(comp.num_groups) + 1).expand(3, -1))
     assert not all(torch.equal(source[0], s) for s in source)
+
+
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+@pytest.mark.parametrize('impl', ['sparse', 'dense'])
+def test_flops_count_the_assignment(impl, reconstruct):
+    """count_flops sees the k^2 C similarity per token; the benchmark's
+    formula agrees with it."""
+    from mmseg_pm.benchmark import analytic_backbone_flops
+    from mmseg_pm.utils import count_flops
+
+    x = torch.randn(1, 3, 48, 80)
+    flops = {k: count_flops(compressed(impl=impl, reconstruct=reconstruct,
+                                       neighbourhood=k), x) for k in (1, 3)}
+    similarity = 2 * 15 * (9 - 1) * 32 * 2  # tokens, k^2, width, units
+    assert flops[3] - flops[1] == similarity
+    model = compressed(impl=impl, reconstruct=reconstruct)
+    assert analytic_backbone_flops(model, (48, 80)) == flops[3]
