@@ -541,7 +541,8 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     per_layer = [None if scores is None else scores[i] for i in layers]
     if method in ('mstm', 'tome'):
         note += ' | merges depend on the image: this is its source map'
-    elif any(c.assign == 'content' for c in backbone.token_compressors.values()):
+    elif any(c.assign == 'content'
+             for c in backbone.token_compressors.values()):
         note += (' | content-aware windows: centres fixed, windows of this '
                  'image')
     title = f'{METHOD_NAMES[method]}: {Path(image).name}'

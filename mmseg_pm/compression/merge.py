@@ -272,12 +272,14 @@ class TokenCompressor(nn.Module):
     (``'residual'``: M~ and R~; ``'pinv'``: M and pinv(M)), so a checkpoint
     is never read with the other formula.
 
+    ``assign='content'``: per image, each kept token joins the most similar
+    centre among the windows of its ``neighbourhood`` x ``neighbourhood``
+    neighbourhood; its weights start at 1 (plain means; pinv: R's closed
+    form per image). The buffer ``content`` records the assignment, so a
+    checkpoint is never read with the other one.
+
     ``num_prefix`` leading tokens (the class token) are windows of their own
-    (weight 1). ``assign='content'``: per image, each kept token joins the
-    most similar centre among the windows of its ``neighbourhood`` x
-    ``neighbourhood`` neighbourhood; its weights start at 1 (plain means;
-    pinv: R's closed form per image). The buffer ``content`` records the
-    assignment, so a checkpoint is never read with the other one. The sparse path keeps them inside its one segment sum and one
+    (weight 1). The sparse path keeps them inside its one segment sum and one
     gather (no concatenation) and sends pruned tokens to window 0 with weight
     0 (no spare row to slice off); index and weight vectors are cached per
     input shape, and the weights too while they need no gradient.
