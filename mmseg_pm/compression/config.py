@@ -103,6 +103,10 @@ class PMConfig:
     centres and reconstructs its output. mode 'span': each ``(m, r)`` in
     ``spans`` merges once before block m and reconstructs after block r.
     ``units`` is the common form: a list of inclusive ``(first, last)``.
+    ``assign`` 'content' (default): per image, each token joins the most
+    similar centre among the windows of its ``neighbourhood`` x
+    ``neighbourhood`` tokens (docs/content_windows.md); 'static': the
+    structure's windows (checkpoints written before content-aware windows).
     """
 
     method: ClassVar[str] = 'pm'
@@ -114,7 +118,7 @@ class PMConfig:
     impl: str = 'sparse'
     trainable: bool = True
     reconstruct: str = 'residual'
-    assign: str = 'static'
+    assign: str = 'content'
     neighbourhood: int = 3
 
     @classmethod
