@@ -68,13 +68,15 @@ def train_for(config: Path, work_dir: Path, root: str, iters: int,
     return str(work_dir / f'iter_{iters}.pth')
 
 
-def demo_config(source: Path, args, reconstruct: str, path: Path) -> Path:
-    """``source`` with the demo's compression (blocks and reconstruction),
-    written to ``path`` so that prune, test, distillation and the picture
-    all read the same model."""
+def demo_config(source: Path, args, reconstruct: str, path: Path,
+                assign: Optional[str] = None) -> Path:
+    """``source`` with the demo's compression (blocks, reconstruction and
+    assignment, default ``args.assign``), written to ``path`` so that
+    prune, test, distillation and the picture all read the same model."""
     cfg = Config.fromfile(str(source))
     cfg.model.backbone.compression.update(layers=list(args.layers),
-                                          reconstruct=reconstruct)
+                                          reconstruct=reconstruct,
+                                          assign=assign or args.assign)
     return write_config(cfg, path)
 
 
@@ -167,11 +169,12 @@ def run_demo(args) -> dict:
     prune_log = io.StringIO()
     summary = prune_dense(pm_config, dense_ckpt, pruned_ckpt, args, root,
                           prune_log)
-    # The authors' reconstruction at the same settings, for comparison.
+    # The authors' reconstruction (static windows) at the same settings,
+    # for comparison.
     compare_pinv = args.reconstruct != 'pinv'
     if compare_pinv:
         pinv_config = demo_config(PM_CONFIG, args, 'pinv',
-                                  work / 'pm_pinv_config.py')
+                                  work / 'pm_pinv_config.py', 'static')
         pinv_ckpt = str(work / 'pruned_pinv.pth')
         prune_dense(pinv_config, dense_ckpt, pinv_ckpt, args, root,
                     prune_log)

@@ -99,6 +99,21 @@ def token_map_from_structure(structure, label: str = '') -> TokenMap:
     return TokenMap(structure.grid, structure.group, centre, title, label)
 
 
+def token_map_from_assignment(source: Tensor,
+                              structure,
+                              num_prefix: int = 1,
+                              label: str = '') -> TokenMap:
+    """Content-aware windows of one image (its source map: merged token of
+    every token, prefix tokens first) around the structure's centres."""
+    source = torch.as_tensor(source).long().flatten().cpu()[num_prefix:]
+    group = torch.where(source >= 0, source - num_prefix, -1)
+    centre = torch.zeros(structure.num_tokens, dtype=torch.bool)
+    centre[structure.centre] = True
+    title = (f'{structure.num_groups} centres, windows of this image, '
+             f'{structure.num_pruned} pruned')
+    return TokenMap(structure.grid, group, centre, title, label)
+
+
 def token_map_from_source(source: Tensor, grid: Tuple[int, int],
                           num_prefix: int = 1, label: str = '') -> TokenMap:
     """An MSTM/ToMe source map of one image (current token of every original
@@ -398,6 +413,13 @@ def model_token_maps(backbone, layers: Sequence[int],
                                       f'block {i}') for i in layers]
     units = {first: (first, last) for first, last in backbone.compressed_units}
     structures = dict(zip(units, backbone.structures()))
+    per_image = [a for a in units
+                 if backbone.token_compressors[str(a)].assign == 'content']
+    if per_image:
+        if inputs is None:
+            raise ValueError('content-aware windows depend on the image: '
+                             'pass the image')
+        sources = record_source_maps(backbone, inputs)
     maps = []
     for i in layers:
         unit = next(((a, b) for a, b in units.values() if a <= i <= b), None)
@@ -406,6 +428,11 @@ def model_token_maps(backbone, layers: Sequence[int],
             continue
         label = f'block {i}' if unit[0] == unit[1] else \
             f'block {i} (span {unit[0]}-{unit[1]})'
+        if unit[0] in per_image:
+            maps.append(token_map_from_assignment(
+                sources[unit[0]][0], structures[unit[0]],
+                1 if backbone.with_cls_token else 0, label))
+            continue
         maps.append(token_map_from_structure(structures[unit[0]], label))
     return maps
 
@@ -521,6 +548,10 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     if method == 'hourglass':
         note += (' | clusters depend on the image: each token drawn in its'
                  ' nearest cluster (the output mixes its k nearest)')
+    elif method == 'pm' and any(c.assign == 'content'
+                                for c in backbone.token_compressors.values()):
+        note += (' | content-aware windows: centres fixed, windows of this '
+                 'image')
     title = f'{METHOD_NAMES[method]}: {Path(image).name}'
     fig = plot_token_maps(picture, token_maps, per_layer, note, title)
     return token_maps, note, save_figure(fig, out, dpi=dpi)

@@ -14,6 +14,7 @@ model = dict(
         num_heads=16,
         compression=dict(
             mode='layer', layers=list(range(4, 24)), keep_rate=0.7,
-            prune_rate=0.0, reconstruct='residual')),
+            prune_rate=0.0, reconstruct='residual',
+            assign='content')),
     decode_head=dict(
         in_channels=1024, channels=1024, num_heads=16, embed_dims=1024))

@@ -8,4 +8,5 @@ model = dict(
         type='PMVisionTransformer',
         compression=dict(
             mode='layer', layers=list(range(2, 12)), keep_rate=0.7,
-            prune_rate=0.0, reconstruct='residual')))
+            prune_rate=0.0, reconstruct='residual',
+            assign='content')))

@@ -6,4 +6,5 @@ model = dict(
     backbone=dict(
         compression=dict(
             _delete_=True, mode='span', spans=[(2, 6), (7, 11)],
-            keep_rate=0.7, prune_rate=0.0, reconstruct='residual')))
+            keep_rate=0.7, prune_rate=0.0, reconstruct='residual',
+            assign='content')))

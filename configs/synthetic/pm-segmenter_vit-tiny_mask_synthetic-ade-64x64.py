@@ -6,4 +6,5 @@ model = dict(
     backbone=dict(
         type='PMVisionTransformer',
         compression=dict(
-            mode='layer', layers=[1, 2, 3], keep_rate=0.5, prune_rate=0.0, reconstruct='residual')))
+            mode='layer', layers=[1, 2, 3], keep_rate=0.5, prune_rate=0.0, reconstruct='residual',
+            assign='content')))

@@ -26,7 +26,8 @@ def default_ranking(mode: str) -> str:
 def prune_config(config: str, cfg_options: Optional[dict] = None,
                  **compression) -> Config:
     """The Prune-and-Merge config with ``compression`` overrides
-    (keep_rate, prune_rate, rule, reconstruct; None: the config's),
+    (keep_rate, prune_rate, rule, reconstruct, assign, neighbourhood;
+    None: the config's),
     checked."""
     cfg = load_config(config, cfg_options)
     backbone = cfg.model.get('backbone', {})
@@ -114,7 +115,9 @@ def prune_segmentor(cfg: Config, checkpoint: str,
                          keep_rate=compression.keep_rate,
                          prune_rate=compression.prune_rate,
                          rule=compression.rule,
-                         reconstruct=compression.reconstruct),
+                         reconstruct=compression.reconstruct,
+                         assign=compression.assign,
+                         neighbourhood=compression.neighbourhood),
         grid=list(backbone.grid_size), img_size=list(backbone.img_size),
         layers=[dict(r, unit=None if r['unit'] is None else list(r['unit']))
                 for r in rows],

@@ -191,7 +191,11 @@ def _merge_flops(backbone: nn.Module, grid: Sequence[int],
     """FLOPs of merge and reconstruct as count_flops counts them: the
     sparse segment sum (2 per source element, class token included), the
     dense formulation's (K x N) and (N x K) products; gathers and scales
-    are element-wise (not counted)."""
+    are element-wise (not counted). Content-aware windows add the
+    similarity of every token to its k x k candidate centres (2 k^2 C per
+    token), the window sizes (residual) or squared weights (pinv, at every
+    reconstruct) summed per image, and, dense, products with the
+    class token's row and column."""
     reducer = getattr(backbone, 'reducer', None)
     if reducer is None or not reducer.static or reducer.bypass:
         return 0
@@ -204,7 +208,16 @@ def _merge_flops(backbone: nn.Module, grid: Sequence[int],
         k = comp.num_groups
         reconstructs = 1 + sum(1 for i in backbone.out_indices
                                if first <= i < last)
-        if comp.impl == 'sparse':
+        if comp.assign == 'content':
+            total += 2 * n * comp.neighbourhood**2 * embed_dims
+            if comp.impl == 'dense':
+                t, slots = prefix + n, prefix + k
+                total += 2 * slots * t * embed_dims * (1 + reconstructs)
+                continue
+            total += 2 * (prefix + n) * (
+                embed_dims + (1 if comp.reconstruct_mode == 'residual'
+                              else reconstructs))
+        elif comp.impl == 'sparse':
             total += 2 * (prefix + n) * embed_dims
         else:
             total += 2 * k * n * embed_dims * (1 + reconstructs)

@@ -25,8 +25,8 @@ import torch
 
 from mmseg_pm.apis import UsageError
 from mmseg_pm.cli import run_cli
-from mmseg_pm.compression import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS,
-                                  RECONSTRUCTS)
+from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
+                                  RANKINGS, RECONSTRUCTS)
 from mmseg_pm.demo import (DEMO_KEEP_RATE, DEMO_LAYERS, DEMO_PRUNE_RATE,
                            DEMO_RULE, run_demo)
 
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--reconstruct', choices=RECONSTRUCTS,
                         default='residual',
                         help="residual (default) or the authors' pinv")
+    parser.add_argument('--assign', choices=ASSIGNS, default='content',
+                        help='content (default): windows follow each image '
+                        "around fixed centres; static: the structure's "
+                        'windows (see tools/prune.py)')
     parser.add_argument('--bench-batch', type=int, default=16,
                         help='batch size of the images/s measurement')
     parser.add_argument('--threads', type=int, default=1,

@@ -30,8 +30,8 @@ from mmseg_pm.apis.prune import (check_prune_paths, format_prune_table,
                                  prune_config, prune_segmentor, save_pruned)
 from mmseg_pm.cli import (CfgOptionsAction, add_launcher_arguments,
                           float_in, int_at_least, run_cli)
-from mmseg_pm.compression import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS,
-                                  RECONSTRUCTS)
+from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
+                                  RANKINGS, RECONSTRUCTS)
 
 RANKING_HELP = """--ranking (the compression mode comes from the config):
   global: the scores of all compressed units ranked together, so each unit
@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "its window's update; pinv: the authors' "
                         "pseudo-inverse (default: the config's, else "
                         'residual). Test and fine-tune with the same value.')
+    parser.add_argument('--assign', choices=ASSIGNS,
+                        help="content: per image, each token joins the most "
+                        'similar centre among the windows near it (centres '
+                        "and shapes fixed); static: the structure's windows "
+                        "(default: the config's, else content). Test and "
+                        'fine-tune with the same value.')
+    parser.add_argument('--neighbourhood', type=int_at_least(1),
+                        help='odd size k of the k x k tokens whose windows '
+                        "a token may join under --assign content (default: "
+                        "the config's, else 3)")
     parser.add_argument('--placement', choices=PLACEMENTS,
                         default=DEFAULT_PLACEMENT,
                         help='where each unit\'s centres go; the ranking '
@@ -99,7 +109,8 @@ def run(args) -> dict:
     check_launcher_environment(args.launcher)
     cfg = prune_config(args.config, args.cfg_options,
                        keep_rate=args.keep_rate, prune_rate=args.prune_rate,
-                       rule=args.rule, reconstruct=args.reconstruct)
+                       rule=args.rule, reconstruct=args.reconstruct,
+                       assign=args.assign, neighbourhood=args.neighbourhood)
     check_prune_paths(cfg, args.config, args.checkpoint, args.out,
                       args.force)  # every option is checked before any work
     rank, _ = init_distributed(args.launcher)

@@ -7,8 +7,9 @@ on its own.
 """
 from .config import PMConfig
 from .reducer import TokenReducer
-from .merge import (PruneAndMerge, RECONSTRUCTS, TokenCompressor, merge_matrix,
-                    merge_sparse, reconstruct_matrix, reconstruct_sparse)
+from .merge import (ASSIGNS, PruneAndMerge, RECONSTRUCTS, TokenCompressor,
+                    merge_matrix, merge_sparse, reconstruct_matrix,
+                    reconstruct_sparse)
 from .scoring import (attention_scores, check_depth_lambda,
                       normalise_scores, scores_from_totals)
 from .search import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS, grid_cells, layer_token_counts,
@@ -28,6 +29,6 @@ __all__ = [
     'reconstruct_weights', 'row_rule_groups', 'attention_scores',
     'normalise_scores', 'check_depth_lambda', 'scores_from_totals',
     'RANKINGS', 'layer_token_counts', 'search_structures', 'select_tokens',
-    'token_budget', 'unit_scores', 'RECONSTRUCTS', 'PLACEMENTS', 'DEFAULT_PLACEMENT', 'grid_cells',
+    'token_budget', 'unit_scores', 'RECONSTRUCTS', 'ASSIGNS', 'PLACEMENTS', 'DEFAULT_PLACEMENT', 'grid_cells',
     'place_centres', 'mean_merge_weights'
 ]

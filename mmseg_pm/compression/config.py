@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 from .hourglass import NORMS, Hourglass
-from .merge import IMPLS, RECONSTRUCTS, PruneAndMerge
+from .merge import ASSIGNS, IMPLS, RECONSTRUCTS, PruneAndMerge
 from .mstm import MSTM
 from .reducer import TokenReducer
 from .structure import ASSIGN_RULES, lattice_structure
@@ -105,6 +105,10 @@ class PMConfig:
     centres and reconstructs its output. mode 'span': each ``(m, r)`` in
     ``spans`` merges once before block m and reconstructs after block r.
     ``units`` is the common form: a list of inclusive ``(first, last)``.
+    ``assign`` 'content' (default): per image, each token joins the most
+    similar centre among the windows of its ``neighbourhood`` x
+    ``neighbourhood`` tokens (docs/content_windows.md); 'static': the
+    structure's windows (checkpoints written before content-aware windows).
     """
 
     method: ClassVar[str] = 'pm'
@@ -116,6 +120,8 @@ class PMConfig:
     impl: str = 'sparse'
     trainable: bool = True
     reconstruct: str = 'residual'
+    assign: str = 'content'
+    neighbourhood: int = 3
 
     @classmethod
     def from_dict(cls, cfg: Optional[dict],
@@ -131,7 +137,8 @@ class PMConfig:
                 "set_structures apply to method='pm' only); parse any "
                 'method with parse_compression()')
         known = {'mode', 'layers', 'spans', 'keep_rate', 'prune_rate', 'rule',
-                 'impl', 'trainable', 'reconstruct'}
+                 'impl', 'trainable', 'reconstruct', 'assign',
+                 'neighbourhood'}
         _check_keys(cfg, known, 'pm')
         mode = cfg.pop('mode', 'layer')
         if mode not in MODES:
@@ -189,6 +196,18 @@ class PMConfig:
                              f'{self.rule!r}')
         if self.impl not in IMPLS:
             raise ValueError(f'impl must be one of {IMPLS}, got {self.impl!r}')
+        if self.assign not in ASSIGNS:
+            raise ValueError(
+                f'assign must be one of {ASSIGNS}, got {self.assign!r} '
+                "('content': per image, each token joins the most similar "
+                "centre near it; 'static': the structure's windows, for "
+                'checkpoints made before content-aware windows)')
+        if (isinstance(self.neighbourhood, bool)
+                or not isinstance(self.neighbourhood, int)
+                or self.neighbourhood < 1 or self.neighbourhood % 2 == 0):
+            raise ValueError(
+                'neighbourhood must be an odd int >= 1 (the k x k tokens '
+                f'whose windows a token may join), got {self.neighbourhood!r}')
         if self.reconstruct not in RECONSTRUCTS:
             raise ValueError(
                 f'reconstruct must be one of {RECONSTRUCTS}, got '
@@ -202,7 +221,8 @@ class PMConfig:
         keep_rate of the tokens (until structures are installed)."""
         default = lattice_structure(grid, self.keep_rate, self.rule)
         return PruneAndMerge(self.units, default, int(with_cls_token),
-                             self.impl, self.trainable, self.reconstruct)
+                             self.impl, self.trainable, self.reconstruct,
+                             self.assign, self.neighbourhood)
 
     @property
     def layers(self) -> List[int]:

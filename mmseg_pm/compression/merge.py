@@ -19,12 +19,21 @@ segment sum becomes gathers over per-size tables of the windows
 several threads. Dense: explicit M (K x N) and R (N x K) matrix products,
 as the authors' code does; kept as the reference tests compare against and
 the baseline benchmarks beat.
+
+Two assignments (docs/content_windows.md): ``'static'``, every token in
+its structure's window; ``'content'``, per image, every kept token joins
+the most similar centre (cosine) among the windows of its k x k
+neighbourhood (:func:`candidate_windows`, :func:`content_assignment`), the
+centres and their number K unchanged. Its merge is a per-image segment sum
+(sparse) or a per-image one-hot matrix product (dense, and what is
+exported: no index written twice).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .reducer import TokenReducer
@@ -33,6 +42,7 @@ from .structure import (CompressionStructure, mean_merge_weights,
 
 IMPLS = ('sparse', 'dense')
 RECONSTRUCTS = ('residual', 'pinv')
+ASSIGNS = ('static', 'content')
 
 
 def batched_rows(index: Tensor, batch: int, rows: int) -> Tensor:
@@ -173,6 +183,76 @@ def weight_with_prefix(weight: Tensor, num_prefix: int) -> Tensor:
     return torch.cat((weight.new_ones(num_prefix), weight))
 
 
+def candidate_windows(group: Tensor, is_centre: Tensor,
+                      grid: Tuple[int, int], neighbourhood: int) -> Tensor:
+    """(N, k * k) windows each token may join under content-aware
+    assignment: the windows of the kept tokens in its k x k neighbourhood,
+    its own window first (ties go to it) and in place of neighbours that
+    are pruned or off the grid. A centre's row is its own window only (a
+    centre stays in its window); a pruned token's row is window 0 (its
+    merge weight is 0)."""
+    if neighbourhood < 1 or neighbourhood % 2 == 0:
+        raise ValueError(f'neighbourhood must be an odd size >= 1, got '
+                         f'{neighbourhood}')
+    h, w = grid
+    own = group.clamp(min=0)
+    reach = neighbourhood // 2
+    steps = torch.arange(-reach, reach + 1, device=group.device)
+    dy, dx = steps.repeat_interleave(neighbourhood), steps.repeat(
+        neighbourhood)
+    first = torch.argsort((dy != 0) | (dx != 0), stable=True)  # (0, 0)
+    dy, dx = dy[first], dx[first]
+    token = torch.arange(h * w, device=group.device)
+    y, x = token[:, None] // w + dy, token[:, None] % w + dx
+    inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    window = group[y.clamp(0, h - 1) * w + x.clamp(0, w - 1)]
+    candidates = torch.where(inside & (window >= 0), window, own[:, None])
+    fixed = is_centre | (group < 0)
+    return torch.where(fixed[:, None], own[:, None], candidates)
+
+
+def content_assignment(x: Tensor, centre: Tensor,
+                       candidates: Tensor) -> Tensor:
+    """(B, N) window of every token of ``x`` (B, N, C): the candidate
+    (``candidates`` (N, k * k) from :func:`candidate_windows`) whose centre
+    token (``centre`` (K,) token indices) is most similar to it by cosine.
+    The cosine's norm of x_p is the same for all of p's candidates, so only
+    the centres are normalised. Not differentiable (an argmax)."""
+    b, n, c = x.shape
+    x = x.detach()
+    centres = F.normalize(x.index_select(1, centre), dim=-1)
+    near = centres.index_select(1, candidates.flatten()).view(b, n, -1, c)
+    similarity = torch.matmul(near, x.unsqueeze(-1)).squeeze(-1)
+    choice = similarity.argmax(-1, keepdim=True)
+    return candidates.expand(b, -1, -1).gather(2, choice).squeeze(-1)
+
+
+def per_image_rows(assign: Tensor, num_slots: int) -> Tensor:
+    """(B, T) slot of every token -> rows of the flattened
+    (B * num_slots, C) merged tensor."""
+    offsets = torch.arange(assign.shape[0], device=assign.device)
+    return (offsets[:, None] * num_slots + assign).flatten()
+
+
+def assignment_matrices(assign: Tensor, weight: Tensor,
+                        num_slots: int) -> Tensor:
+    """Per-image dense merge matrices (B, S, T): ``weight[p]`` at
+    ``(assign[b, p], p)``. Built by a comparison (exports as Equal)."""
+    slots = torch.arange(num_slots, device=assign.device)
+    one_hot = (assign[:, None, :] == slots[None, :, None]).to(weight.dtype)
+    return one_hot * weight
+
+
+class ContentContext(NamedTuple):
+    """What a content-aware reconstruct needs from its merge: the unit's
+    input and its merged form (residual) or the pruned tokens (pinv), and
+    the (B, P + N) merged token of every token in each image."""
+    inputs: Optional[Tensor]
+    merged: Optional[Tensor]
+    pruned: Optional[Tensor]
+    assign: Tensor
+
+
 def _normal_tensors():
     """Cached tensors made under ``torch.inference_mode`` could not be
     used by autograd later: make them as normal tensors."""
@@ -192,6 +272,12 @@ class TokenCompressor(nn.Module):
     (``'residual'``: M~ and R~; ``'pinv'``: M and pinv(M)), so a checkpoint
     is never read with the other formula.
 
+    ``assign='content'``: per image, each kept token joins the most similar
+    centre among the windows of its ``neighbourhood`` x ``neighbourhood``
+    neighbourhood; its weights start at 1 (plain means; pinv: R's closed
+    form per image). The buffer ``content`` records the assignment, so a
+    checkpoint is never read with the other one.
+
     ``num_prefix`` leading tokens (the class token) are windows of their own
     (weight 1). The sparse path keeps them inside its one segment sum and one
     gather (no concatenation) and sends pruned tokens to window 0 with weight
@@ -203,14 +289,21 @@ class TokenCompressor(nn.Module):
                  structure: CompressionStructure,
                  impl: str = 'sparse',
                  trainable: bool = True,
-                 reconstruct: str = 'residual'):
+                 reconstruct: str = 'residual',
+                 assign: str = 'static',
+                 neighbourhood: int = 3):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f'unknown merge impl {impl!r}; use one of {IMPLS}')
         if reconstruct not in RECONSTRUCTS:
             raise ValueError(f'unknown reconstruct {reconstruct!r}; use one '
                              f'of {RECONSTRUCTS}')
+        if assign not in ASSIGNS:
+            raise ValueError(f'unknown assign {assign!r}; use one of '
+                             f'{ASSIGNS}')
         self.impl = impl
+        self.assign = assign
+        self.neighbourhood = int(neighbourhood)
         # A plain attribute (reading the buffer would break torch.compile
         # graphs); loading refuses checkpoints of the other mode.
         self.reconstruct_mode = reconstruct
@@ -220,6 +313,7 @@ class TokenCompressor(nn.Module):
         self.register_buffer('is_centre', torch.zeros(n, dtype=torch.bool))
         self.register_buffer('residual',
                              torch.tensor(reconstruct == 'residual'))
+        self.register_buffer('content', torch.tensor(assign == 'content'))
         self.merge_weight = nn.Parameter(torch.zeros(n),
                                          requires_grad=trainable)
         self.reconstruct_weight = nn.Parameter(torch.zeros(n),
@@ -235,6 +329,12 @@ class TokenCompressor(nn.Module):
         for name in ('_window_slots', '_window_order'):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long),
                                  persistent=False)
+        # content-aware assignment: every window's centre token, and every
+        # token's candidate windows (candidate_windows)
+        self.register_buffer('_centre_index', torch.zeros(0, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer('_candidates', torch.zeros(
+            n, self.neighbourhood**2, dtype=torch.long), persistent=False)
         self._window_shapes: List[Tuple[int, int]] = []
         self.num_groups = 0
         self.has_pruned = False
@@ -248,13 +348,16 @@ class TokenCompressor(nn.Module):
 
     def set_structure(self, structure: CompressionStructure) -> None:
         """Install ``structure`` and its initial weights: M~ and R~ = 1
-        (residual) or M and pinv(M) (pinv)."""
+        (residual) or M and pinv(M) (pinv); content-aware: 1 for every kept
+        token (the windows, and so M's rows, change per image)."""
         if structure.grid != self.grid_size:
             raise ValueError(f'structure grid {structure.grid} does not match '
                              f'this unit\'s grid {self.grid_size}')
         group, weight = structure.group, structure.weight
         k = structure.num_groups
-        if self.reconstruct_mode == 'residual':
+        if self.assign == 'content':
+            merge = reconstruct = (group >= 0).float()
+        elif self.reconstruct_mode == 'residual':
             merge = mean_merge_weights(group, weight, k)
             reconstruct = (group >= 0).float()
         else:
@@ -288,6 +391,10 @@ class TokenCompressor(nn.Module):
             tables, self._window_order = window_tables(self.group)
             self._window_slots = torch.cat([t.flatten() for t in tables])
             self._window_shapes = [tuple(t.shape) for t in tables]
+            self._centre_index = torch.nonzero(self.is_centre).flatten()
+            self._candidates.copy_(candidate_windows(
+                self.group, self.is_centre, self.grid_size,
+                self.neighbourhood))
         self._rows.clear()
         self._weights.clear()
         # Fail now rather than on the first forward.
@@ -351,6 +458,8 @@ class TokenCompressor(nn.Module):
         output: the unit's input and its merged form (residual), or the
         pruned tokens (pinv).
         """
+        if self.assign == 'content':
+            return self._merge_content(x, num_prefix)
         if self.impl == 'dense':
             merged = self._merge_dense(x, num_prefix)
         else:
@@ -372,6 +481,8 @@ class TokenCompressor(nn.Module):
         Residual: ``x + R~ (y - M~ x)``; pinv: ``R y`` with the pruned tokens
         put back. ``context`` comes from :meth:`merge`.
         """
+        if isinstance(context, ContentContext):
+            return self._reconstruct_content(y, context, num_prefix)
         if self.reconstruct_mode == 'residual':
             x, merged = context
             update = self._spread(y - merged, num_prefix)
@@ -379,12 +490,17 @@ class TokenCompressor(nn.Module):
                                             or x.requires_grad):
                 return x + update
             return update.add_(x)  # update is fresh: safe to write in place
-        x = self._spread(y, num_prefix)
+        return self._put_back_pruned(self._spread(y, num_prefix), context,
+                                     num_prefix)
+
+    def _put_back_pruned(self, x: Tensor, context: Optional[Tensor],
+                         num_prefix: int) -> Tensor:
+        """pinv: the pruned tokens (``context``) back into ``x``."""
         if context is not None:  # x is fresh: safe to write in place
             if self.impl == 'dense':
                 x[:, num_prefix:] += context
             else:
-                _, pruned = self._batched_indices(y.shape[0], num_prefix)
+                _, pruned = self._batched_indices(x.shape[0], num_prefix)
                 x.view(-1, x.shape[-1]).index_copy_(0, pruned, context)
         return x
 
@@ -434,8 +550,87 @@ class TokenCompressor(nn.Module):
             merged = torch.cat((x[:, :num_prefix], merged), dim=1)
         return merged
 
-    def source(self, batch: int, num_prefix: int = 0) -> Tensor:
-        """(B, P + N) merged token of every original token (-1: pruned)."""
+    # ------------------------------------------------------------------
+    # content-aware assignment
+    def _content_slots(self, x: Tensor, num_prefix: int) -> Tensor:
+        """(B, P + N) merged token of every token of ``x``: prefix tokens
+        their own, patch tokens by :func:`content_assignment`."""
+        patches = content_assignment(x[:, num_prefix:], self._centre_index,
+                                     self._candidates)
+        head = torch.arange(num_prefix, device=x.device)
+        return torch.cat((head.expand(x.shape[0], -1),
+                          patches + num_prefix), 1)
+
+    def _per_image_path(self) -> bool:
+        """The dense formulation: asked for, or exported (a one-hot matrix
+        product writes no index twice; onnxruntime's multi-threaded
+        scatter-add loses updates to repeated indices)."""
+        return self.impl == 'dense' or torch.compiler.is_exporting()
+
+    def _merge_content(self, x: Tensor, num_prefix: int
+                       ) -> Tuple[Tensor, 'ContentContext']:
+        """Per-image M x: weighted sums (pinv) or means (residual) of the
+        tokens each window got in this image."""
+        b = x.shape[0]
+        slots = num_prefix + self.num_groups
+        assign = self._content_slots(x, num_prefix)
+        weight, _ = self._unit_weights(num_prefix, x.dtype)
+        residual = self.reconstruct_mode == 'residual'
+        if self._per_image_path():
+            m = assignment_matrices(assign, weight, slots)
+            if residual:
+                m = m / m.sum(-1, keepdim=True)
+            merged = torch.matmul(m, x)
+        else:
+            rows = per_image_rows(assign, slots)
+            merged = segment_sum(x, None, weight, slots, rows=rows)
+            if residual:
+                total = x.new_zeros(b * slots).index_add_(
+                    0, rows, weight.expand(b, -1).flatten())
+                merged = merged / total.view(b, slots, 1)
+        if residual:
+            return merged, ContentContext(x, merged, None, assign)
+        return merged, ContentContext(None, None,
+                                      self._pruned_tokens(x, num_prefix),
+                                      assign)
+
+    def _reconstruct_content(self, y: Tensor, context: 'ContentContext',
+                             num_prefix: int) -> Tensor:
+        """R y with the image's assignment: ``x + r_p (y - M~x)_{g(p)}``
+        (residual) or ``r_p / sum_{i in g(p)} w_i^2 y_{g(p)}`` plus the
+        pruned tokens (pinv, the closed-form pseudo-inverse per image)."""
+        b, slots, c = y.shape
+        assign = context.assign
+        merge_w, spread_w = self._unit_weights(num_prefix, y.dtype)
+        residual = self.reconstruct_mode == 'residual'
+        source = y - context.merged if residual else y
+        if self._per_image_path():
+            r = assignment_matrices(assign, spread_w, slots).transpose(1, 2)
+            if not residual:
+                norm = assignment_matrices(assign, merge_w**2, slots).sum(-1)
+                r = r / norm.clamp(min=torch.finfo(y.dtype).tiny)[:, None]
+            out = torch.matmul(r, source)
+        else:
+            rows = per_image_rows(assign, slots)
+            scale = spread_w.expand(b, -1)
+            if not residual:
+                norm = y.new_zeros(b * slots).index_add_(
+                    0, rows, (merge_w**2).expand(b, -1).flatten())
+                norm = norm.clamp(min=torch.finfo(y.dtype).tiny)
+                scale = scale / norm.index_select(0, rows).view(b, -1)
+            out = source.reshape(b * slots, c).index_select(0, rows).view(
+                b, -1, c) * scale[..., None]
+        if residual:
+            return context.inputs + out
+        return self._put_back_pruned(out, context.pruned, num_prefix)
+
+    def source(self, batch: int, num_prefix: int = 0,
+               context=None) -> Tensor:
+        """(B, P + N) merged token of every original token (-1: pruned);
+        content-aware: of this image (``context`` from :meth:`merge`)."""
+        if isinstance(context, ContentContext):
+            kept = weight_with_prefix(self._kept, num_prefix) > 0
+            return torch.where(kept, context.assign, -1)
         patches = torch.where(self.group >= 0, self.group + num_prefix,
                               self.group)
         head = torch.arange(num_prefix, device=patches.device)
@@ -460,6 +655,17 @@ class TokenCompressor(nn.Module):
             residual = state_dict.setdefault(prefix + 'residual',
                                              torch.tensor(False))
             mode = 'residual' if bool(residual) else 'pinv'
+            content = state_dict.setdefault(prefix + 'content',
+                                            torch.tensor(False))
+            assign = 'content' if bool(content) else 'static'
+            if assign != self.assign:
+                raise ValueError(
+                    f'checkpoint structure at {prefix!r} was made with '
+                    f"assign={assign!r} but this model uses "
+                    f'assign={self.assign!r}: its merge and reconstruct '
+                    'weights belong to the other assignment; set compression '
+                    f"assign='{assign}' in the config (or prune the dense "
+                    f"checkpoint again with assign='{self.assign}')")
             if mode != self.reconstruct_mode:
                 raise ValueError(
                     f'checkpoint structure at {prefix!r} was made with '
@@ -478,7 +684,9 @@ class TokenCompressor(nn.Module):
         pruned = int((self.group < 0).sum())
         return (f'grid={h}x{w}, centres={self.num_groups}, '
                 f'merged={n - self.num_groups - pruned}, pruned={pruned}, '
-                f'reconstruct={self.reconstruct_mode}, impl={self.impl}, '
+                f'reconstruct={self.reconstruct_mode}, assign={self.assign}'
+                + (f' (k={self.neighbourhood})' if self.assign == 'content'
+                   else '') + f', impl={self.impl}, '
                 f'trainable={self.merge_weight.requires_grad}')
 
 
@@ -498,10 +706,11 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
     def __init__(self, units: Sequence[Tuple[int, int]],
                  structure: CompressionStructure, num_prefix: int = 1,
                  impl: str = 'sparse', trainable: bool = True,
-                 reconstruct: str = 'residual'):
-        super().__init__({str(first): TokenCompressor(structure, impl,
-                                                      trainable, reconstruct)
-                          for first, _ in units})
+                 reconstruct: str = 'residual', assign: str = 'static',
+                 neighbourhood: int = 3):
+        super().__init__({str(first): TokenCompressor(
+            structure, impl, trainable, reconstruct, assign, neighbourhood)
+            for first, _ in units})
         self.units = [(int(a), int(b)) for a, b in units]
         self.unit_last = dict(self.units)  # first block -> last block
         self.num_prefix = num_prefix
@@ -532,10 +741,11 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
             return block(x), None
         if i in self.unit_last:
             compressor = self.compressor(i)
-            if self.trace_source:  # the source map is only built on request
-                self.record_source(i, compressor.source(x.shape[0],
-                                                        self.num_prefix))
+            batch = x.shape[0]
             x, context = compressor.merge(x, self.num_prefix)
+            if self.trace_source:  # the source map is only built on request
+                self.record_source(i, compressor.source(
+                    batch, self.num_prefix, context))
             state = (self.unit_last[i], compressor, context)
         x = block(x)
         if state is not None and i == state[0]:

@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 
 from torch import Tensor
 
-from mmseg_pm.apis.errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 
 # timm key (outside the blocks) -> mmseg key
 TIMM_TOP_KEYS = {

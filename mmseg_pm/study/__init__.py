@@ -57,6 +57,7 @@ class Method:
     rule: str = 'row'
     reconstruct: str = 'pinv'
     placement: str = 'score'
+    assign: str = 'static'
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
@@ -73,6 +74,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method('res-random', 'PM random centres, residual (the default)', 'pm',
            'X',
            reconstruct='residual', placement='random'),
+    Method('res-content', 'PM random centres, residual, content-aware '
+           'windows', 'pm', 'p', reconstruct='residual', placement='random',
+           assign='content'),
     Method('res-nearest', 'PM scored centres, nearest rule, residual', 'pm',
            's', rule='nearest', reconstruct='residual'),
     Method('res-spread', 'PM spread centres, nearest rule, residual', 'pm',
@@ -259,7 +263,7 @@ def compression_for(method: str, knob: int, num_layers: int,
         dict(layers=pm_layers(num_layers))
     return dict(mode=m.mode, **units, keep_rate=keep_rate,
                 prune_rate=prune_rate, rule=m.rule,
-                reconstruct=m.reconstruct)
+                reconstruct=m.reconstruct, assign=m.assign)
 
 
 def search_ranking(method: str) -> str:

@@ -273,11 +273,21 @@ def measure_speed(dense: dict, rows: list, args) -> dict:
     median call counts."""
     models = {'dense': init_segmentor(dense['config'], dense['checkpoint'])}
     for row in rows:
-        models[row['name']] = init_segmentor(row['config'],
-                                             row['finetuned'])
+        models[row['name']] = row_segmentor(row, row['finetuned'])
     x = torch.rand(1, 3, args.img_size, args.img_size)
     return images_per_second(models, x, warmup=5,
                              repeats=args.speed_repeats)
+
+
+def row_segmentor(row: dict, checkpoint: str):
+    """A row's model with ``checkpoint``. Rows cached before content-aware
+    windows name no assignment in their config (whose default is now
+    'content'): they ran their method's ('static')."""
+    method = METHODS[row['method']]
+    options = None
+    if method.family == 'pm' and 'assign' not in row['compression']:
+        options = {'model.backbone.compression.assign': method.assign}
+    return init_segmentor(row['config'], checkpoint, options)
 
 
 def merge_windows(row: dict):
@@ -285,7 +295,7 @@ def merge_windows(row: dict):
     searched, before fine-tuning), None for input-dependent methods."""
     if METHODS[row['method']].family != 'pm':
         return None
-    model = init_segmentor(row['config'], row['compressed'])
+    model = row_segmentor(row, row['compressed'])
     return window_stats(model.backbone.structures())
 
 

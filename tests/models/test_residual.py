@@ -18,10 +18,12 @@ UNITS = {'layer': dict(mode='layer', layers=[1, 2, 3]),
 
 def compressed(reconstruct, mode='span', impl='sparse', **kwargs):
     """A tiny randomised backbone with pruned and merged tokens in every
-    unit (out_indices at every block, inside the spans too)."""
+    unit (out_indices at every block, inside the spans too), static windows
+    (content-aware ones: test_content.py)."""
     model = randomise(tiny_pm(
         compression=dict(UNITS[mode], keep_rate=0.5, impl=impl,
-                         reconstruct=reconstruct), out_indices=(0, 1, 2, 3),
+                         reconstruct=reconstruct, assign='static'),
+        out_indices=(0, 1, 2, 3),
         **kwargs))
     model.set_structures([pruned_structure(seed=i)
                           for i in range(len(model.compressed_units))])

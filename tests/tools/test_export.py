@@ -102,13 +102,17 @@ class MergeThenReconstruct(torch.nn.Module):
 
 
 @pytest.mark.slow  # ONNX export, 200 onnxruntime runs
+@pytest.mark.parametrize('assign', ['static', 'content'])
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
 def test_exported_merge_is_exact_on_every_multithreaded_run(tmp_path,
-                                                            reconstruct):
+                                                            reconstruct,
+                                                            assign):
     """onnxruntime's multi-threaded ScatterND-add loses updates to repeated
     indices (microsoft/onnxruntime#18048): a segment sum exported as one
     gave wrong windows in about 1 of 5 runs of this unit on 4 threads. The
-    exported merge writes no row twice, so every run matches PyTorch."""
+    exported merge writes no row twice (static windows: gathers over window
+    tables; content-aware windows: a per-image one-hot matrix product), so
+    every run matches PyTorch."""
     from mmseg_pm.benchmark.backends import onnx_session
     from mmseg_pm.compression.merge import TokenCompressor
     from mmseg_pm.export import export_module
@@ -118,7 +122,8 @@ def test_exported_merge_is_exact_on_every_multithreaded_run(tmp_path,
     structure = build_structure((32, 32), order[:256], order[256:358],
                                 torch.rand(1024, generator=g))
     module = MergeThenReconstruct(
-        TokenCompressor(structure, reconstruct=reconstruct)).eval()
+        TokenCompressor(structure, reconstruct=reconstruct,
+                        assign=assign)).eval()
     path = export_module(module, torch.randn(2, 1025, 384),
                          tmp_path / 'unit.onnx', dynamic_batch=True)
     x = torch.randn(2, 1025, 384, generator=g)

@@ -83,7 +83,8 @@ def tiny_args(tmp_path, **kw):
     return Namespace(**args)
 
 
-@pytest.mark.parametrize('method', ['pm-row', 'tome', 'res-spread'])
+@pytest.mark.parametrize('method', ['pm-row', 'tome', 'res-spread',
+                                    'res-content'])
 def test_calibration_hits_the_flops_target(tmp_path, method):
     args = tiny_args(tmp_path)
     base = pipeline.study_config(args)

@@ -112,13 +112,15 @@ def test_source_maps_match_the_outputs_the_model_restores(compression,
         assert torch.cdist(firsts, firsts).add(torch.eye(num)).min() > 0
 
 
-def test_visualize_tool_on_a_pruned_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize('assign', ['static', 'content'])
+def test_visualize_tool_on_a_pruned_checkpoint(tmp_path, capsys, assign):
     config = tmp_path / 'pm.py'
     config.write_text(
         f"_base_ = ['{BASE}']\n"
         "model = dict(backbone=dict(type='PMVisionTransformer', "
         "embed_dims=32, num_layers=3, num_heads=2, compression=dict("
-        "mode='span', spans=[(0, 0), (1, 2)])), decode_head=dict("
+        f"mode='span', spans=[(0, 0), (1, 2)], assign='{assign}')), "
+        "decode_head=dict("
         "in_channels=32, channels=32, embed_dims=32, num_layers=1))\n")
     init_default_scope('mmseg')
     model = MODELS.build(Config.fromfile(str(config)).model)
@@ -140,8 +142,19 @@ def test_visualize_tool_on_a_pruned_checkpoint(tmp_path, capsys):
     maps = tool.main([str(config), str(checkpoint), str(image), '--out',
                       str(out), '--layers', '0', '2', '--dpi', '50'])
     printed = capsys.readouterr().out
-    assert 'block 0: 20 centres, 38 merged, 6 pruned' in printed
-    assert 'block 2 (span 1-2): 30 centres, 34 merged, 0 pruned' in printed
+    if assign == 'static':
+        assert 'block 0: 20 centres, 38 merged, 6 pruned' in printed
+        assert 'block 2 (span 1-2): 30 centres, 34 merged, 0 pruned' in \
+            printed
+    else:  # the windows of this image around the same centres
+        assert 'block 0: 20 centres, windows of this image, 6 pruned' in \
+            printed
+        assert 'content-aware windows' in printed
+        static = model.backbone.structures()[0]
+        assert torch.equal(maps[0].group[static.centre],
+                           torch.arange(20))
+        assert torch.equal(maps[0].group < 0, static.group < 0)
+        assert not torch.equal(maps[0].group, static.group)
     assert 'token scores: checkpoint meta' in printed
     assert [m.label for m in maps] == ['block 0', 'block 2 (span 1-2)']
     assert sorted(p.name for p in out.parent.iterdir()) == ['tokens.png']

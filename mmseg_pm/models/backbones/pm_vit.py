@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from mmseg_pm.apis.errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.compression.config import build_reducer, parse_compression
 from mmseg_pm.compression.reducer import TokenReducer
 from mmseg_pm.compression.structure import CompressionStructure

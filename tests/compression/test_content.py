@@ -1,0 +1,136 @@
+"""Content-aware assignment (pure tensor code): the candidate table, the
+per-image argmax against a loop, the sparse per-image merge and
+reconstruct against the dense per-image matrices, and k = 1 = static."""
+import pytest
+import torch
+
+from mmseg_pm.compression import build_structure
+from mmseg_pm.compression.merge import (TokenCompressor, candidate_windows,
+                                        content_assignment)
+from tests.helpers import pruned_structure
+
+GRID = (3, 5)
+
+
+def uniform(structure):
+    """The structure with weight 1 on every kept token (content-aware
+    windows merge by plain means)."""
+    return build_structure(structure.grid, structure.centre,
+                           structure.group < 0, None)
+
+
+def test_candidates_are_the_windows_of_the_kept_neighbours():
+    s = pruned_structure()
+    h, w = s.grid
+    is_centre = torch.zeros(h * w, dtype=torch.bool)
+    is_centre[s.centre] = True
+    table = candidate_windows(s.group, is_centre, s.grid, 3)
+    assert table.shape == (h * w, 9)
+    for p in range(h * w):
+        own = int(s.group[p].clamp(min=0))
+        if is_centre[p] or s.group[p] < 0:
+            assert set(table[p].tolist()) == {own}
+            continue
+        y, x = divmod(p, w)
+        near = {int(s.group[yy * w + xx]) for yy in range(y - 1, y + 2)
+                for xx in range(x - 1, x + 2)
+                if 0 <= yy < h and 0 <= xx < w}
+        assert table[p, 0] == own  # ties go to the static window
+        assert set(table[p].tolist()) == (near - {-1}) | {own}
+
+
+@pytest.mark.parametrize('k', [0, 2, -1])
+def test_even_or_empty_neighbourhood_is_refused(k):
+    with pytest.raises(ValueError, match='odd'):
+        TokenCompressor(pruned_structure(), assign='content',
+                        neighbourhood=k)
+
+
+def test_assignment_is_the_most_similar_candidate_centre():
+    s = pruned_structure()
+    comp = TokenCompressor(s, assign='content')
+    x = torch.randn(3, 15, 8, dtype=torch.float64)
+    assign = content_assignment(x, comp._centre_index, comp._candidates)
+    for b in range(3):
+        for p in range(15):
+            best = max(set(comp._candidates[p].tolist()), key=lambda k: float(
+                torch.cosine_similarity(x[b, p], x[b, s.centre[k]], 0)))
+            assert assign[b, p] == best
+        assert torch.equal(assign[b, s.centre], torch.arange(s.num_groups))
+
+
+def trained(comp):
+    """Uneven merge and reconstruct weights (as after fine-tuning)."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        comp.merge_weight.mul_(torch.rand(15, generator=g) + 0.5)
+        comp.reconstruct_weight.mul_(torch.rand(15, generator=g) + 0.5)
+    return comp
+
+
+def run_unit(comp, x):
+    x = x.clone().requires_grad_()
+    merged, context = comp.merge(x, num_prefix=1)
+    out = comp.reconstruct(merged.tanh(), context, num_prefix=1)
+    (out * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).sum().backward()
+    return (out.detach(), x.grad, comp.merge_weight.grad,
+            comp.reconstruct_weight.grad, getattr(context, 'assign', None))
+
+
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+def test_sparse_equals_the_per_image_matrices_in_value_and_gradient(
+        reconstruct):
+    x = torch.randn(3, 16, 8)
+    results = [run_unit(trained(TokenCompressor(
+        pruned_structure(), impl=impl, reconstruct=reconstruct,
+        assign='content')), x) for impl in ('sparse', 'dense')]
+    for a, b in zip(*results):
+        assert (a.double() - b.double()).abs().max() <= 1e-5
+    assert (results[0][2] != 0).any()  # gradients reach the weights
+
+
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+def test_each_image_of_a_batch_is_merged_as_if_alone(reconstruct):
+    comp = trained(TokenCompressor(pruned_structure(), reconstruct=reconstruct,
+                                   assign='content'))
+    x = torch.randn(4, 16, 8)
+    with torch.no_grad():
+        merged, context = comp.merge(x, 1)
+        batch = comp.reconstruct(merged * 2, context, 1)
+        for b in range(4):
+            m, c = comp.merge(x[b:b + 1], 1)
+            assert (merged[b] - m[0]).abs().max() <= 1e-6
+            assert torch.equal(context.assign[b], c.assign[0])
+            assert (batch[b] - comp.reconstruct(m * 2, c, 1)[0]
+                    ).abs().max() <= 1e-6
+    # windows follow the image: not every image has the same assignment
+    assert not all(torch.equal(context.assign[0], a) for a in context.assign)
+
+
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+@pytest.mark.parametrize('impl', ['sparse', 'dense'])
+def test_neighbourhood_of_one_is_the_static_assignment(reconstruct, impl):
+    s = uniform(pruned_structure())
+    x = torch.randn(2, 16, 8, dtype=torch.float64)
+    static = TokenCompressor(s, impl, reconstruct=reconstruct).double()
+    content = TokenCompressor(s, impl, reconstruct=reconstruct,
+                              assign='content', neighbourhood=1).double()
+    for a, b in zip(run_unit(static, x)[:2], run_unit(content, x)[:2]):
+        assert (a - b).abs().max() <= 1e-6  # static weights: float32
+
+
+def test_a_lone_centre_keeps_its_own_token_and_pruned_tokens_pass():
+    s = pruned_structure()
+    comp = TokenCompressor(s, assign='content')
+    x = torch.randn(2, 16, 8)
+    merged, context = comp.merge(x, 1)
+    out = comp.reconstruct(merged + 1, context, 1)
+    for b in range(2):
+        size = torch.bincount(context.assign[b][1:][s.group >= 0],
+                              minlength=1 + s.num_groups)
+        for k, c in enumerate(s.centre.tolist()):
+            if size[1 + k] == 1:
+                assert torch.allclose(merged[b, 1 + k], x[b, 1 + c])
+    pruned = torch.cat((torch.tensor([False]), s.group < 0))
+    assert torch.equal(out[:, pruned], x[:, pruned])
+    assert torch.allclose(out[:, ~pruned], x[:, ~pruned] + 1)
