@@ -285,3 +285,27 @@ def test_config_errors_and_configs():
         parsed = parse_compression(b.compression, b.num_layers)
         assert (parsed.local_layer, parsed.global_layer, parsed.threshold) \
             == (0, glob, tau)
+
+
+def test_flops_count_the_blocks_on_their_tokens_and_the_merges():
+    """At batch 1, the counted FLOPs are the blocks on the tokens they ran
+    on plus ALGM's own work: the window similarities, the bipartite
+    scores and the two segment sums."""
+    from mmseg_pm.utils.flops import count_flops
+    from tests.helpers import block_flops
+
+    dense = randomise(tiny_pm())
+    model = algm_from(dense, dict(method='algm', threshold=-1.0,
+                                  global_layer=2))
+    x = torch.randn(1, 3, 48, 80)
+    flops = count_flops(model, x)
+    counts = model.reducer.tokens_per_block(16, 4)
+    assert counts[0] == 16 - 2 * 3 and counts[2] < counts[1]
+    c = TINY['embed_dims']
+    blocks = block_flops([16] + counts[:-1], counts, c, 1)
+    windows = 2 * 2 * 4 * 4 * c  # two 2x2 windows, their 4x4 Gram matrices
+    t = counts[1]  # the global merge's input
+    bipartite = 2 * ((t + 1) // 2) * (t // 2) * c
+    segment_sums = 2 * 16 * (c + 1) + 2 * t * (c + 1)
+    embed = count_flops(tiny_pm(), x) - block_flops([16] * 4, [16] * 4, c, 1)
+    assert flops == embed + blocks + windows + bipartite + segment_sums
