@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmseg_pm.apis import atomic_output
+from mmseg_pm.apis import UsageError, atomic_output
 
 DEFAULT_OPSET = 18
 # protobuf's limit: larger models keep their weights in a side file
@@ -79,6 +79,18 @@ def export_onnx(segmentor: nn.Module,
                          opset, output_names=['logits'])
 
 
+def check_fixed_shapes(module: nn.Module) -> None:
+    """Refuse a model whose token counts depend on the image (ALGM): an
+    ONNX graph has one shape per tensor."""
+    for m in module.modules():
+        if getattr(m, 'input_dependent_shapes', False):
+            raise UsageError(
+                f'compression method={m.method!r} cannot be exported to '
+                'ONNX: each image keeps its own number of tokens, so the '
+                "blocks' shapes depend on the input; export the dense "
+                "model or method='pm' (fixed shapes), or run it in PyTorch")
+
+
 def export_module(module: nn.Module,
                   example: Tensor,
                   out: str,
@@ -88,6 +100,7 @@ def export_module(module: nn.Module,
     """Export ``module(example)`` (one image tensor in) to ``out``,
     atomically (see :func:`export_onnx`); ``dynamic_batch`` leaves the batch
     dimension free (everything else keeps ``example``'s shape)."""
+    check_fixed_shapes(module)
     out = Path(out)
     external = _param_bytes(module) > SINGLE_FILE_LIMIT
     dynamic = None
