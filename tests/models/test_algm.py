@@ -309,3 +309,14 @@ def test_flops_count_the_blocks_on_their_tokens_and_the_merges():
     segment_sums = 2 * 16 * (c + 1) + 2 * t * (c + 1)
     embed = count_flops(tiny_pm(), x) - block_flops([16] * 4, [16] * 4, c, 1)
     assert flops == embed + blocks + windows + bipartite + segment_sums
+
+
+def test_onnx_export_refuses_input_dependent_shapes(tmp_path):
+    from mmseg_pm.apis import UsageError
+    from mmseg_pm.export import export_module
+
+    model = tiny_pm(compression=dict(method='algm', global_layer=2))
+    with pytest.raises(UsageError, match="method='algm' cannot be exported "
+                       'to ONNX: each image keeps its own number'):
+        export_module(model, torch.zeros(1, 3, 48, 80), tmp_path / 'a.onnx')
+    assert list(tmp_path.iterdir()) == []
