@@ -10,6 +10,7 @@ the profiler records from torch's CPU allocator, summed in order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import statistics
 import time
@@ -186,18 +187,22 @@ def scene_images(batch: int, hw: Sequence[int], device: str = 'cpu',
     different one per batch element: a method that merges by content
     (ALGM) gets something like real images to merge, not noise, and not
     one image repeated."""
+    return torch.stack([_scene(tuple(hw), seed, i) for i in range(batch)]
+                       ).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _scene(hw: tuple, seed: int, index: int) -> Tensor:
+    """Scene ``index`` of ``seed``, normalised (3, H, W), rendered once."""
     import numpy as np
 
     from mmseg_pm.datasets.synthetic_ade import make_sample
 
-    images = []
-    for i in range(batch):
-        image, _ = make_sample(tuple(hw), np.random.default_rng([seed, i]))
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
-    x = torch.stack(images)
+    image, _ = make_sample(hw, np.random.default_rng([seed, index]))
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
     mean = torch.tensor(ADE_MEAN)[:, None, None]
     std = torch.tensor(ADE_STD)[:, None, None]
-    return ((x - mean) / std).to(device)
+    return (x - mean) / std
 
 
 def mean_scene_flops(module: nn.Module, hw: Sequence[int],

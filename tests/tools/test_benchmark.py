@@ -258,3 +258,16 @@ def test_command_line_refuses_a_missing_gpu_clearly(tmp_path):
         cwd=ROOT)
     assert proc.returncode == 2
     assert 'no CUDA device here; use --device cpu' in proc.stderr
+
+
+def test_scene_images_are_distinct_per_batch_element_and_repeatable():
+    from mmseg_pm.benchmark.measure import scene_images
+
+    x = scene_images(4, (32, 48))
+    assert x.shape == (4, 3, 32, 48)
+    assert torch.equal(x, scene_images(4, (32, 48)))
+    assert torch.equal(x[:2], scene_images(2, (32, 48)))
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert (x[a] - x[b]).abs().mean() > 0.1
+    assert -1 < float(x.mean()) < 1 and 0.3 < float(x.std()) < 2
