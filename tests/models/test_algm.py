@@ -320,3 +320,30 @@ def test_onnx_export_refuses_input_dependent_shapes(tmp_path):
                        'to ONNX: each image keeps its own number'):
         export_module(model, torch.zeros(1, 3, 48, 80), tmp_path / 'a.onnx')
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_reducers_similarity_products_are_counted():
+    """The FLOP counter sees the similarity products of ToMe and ALGM's
+    bipartite scores, ALGM's window Gram matrices and MSTM's matching
+    (2 FLOPs per multiply-add), also under autocast."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmseg_pm.compression.algm import grid_windows, window_similarity
+    from mmseg_pm.compression.mstm import crucial_token_matching
+    from mmseg_pm.compression.tome import bipartite_scores
+    from mmseg_pm.utils.flops import CUSTOM_FLOPS
+
+    def counted(fn):
+        with FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS) as c:
+            fn()
+        return c.get_total_flops()
+
+    x = torch.randn(2, 17, 8)
+    windows = grid_windows((4, 4), (2, 2))
+    assert counted(lambda: bipartite_scores(x)) == 2 * 2 * 9 * 8 * 8
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert counted(lambda: bipartite_scores(x)) == 2 * 2 * 9 * 8 * 8
+    assert counted(lambda: window_similarity(x[:, 1:], windows)) == \
+        2 * 2 * 4 * 4 * 4 * 8
+    assert counted(lambda: crucial_token_matching(
+        x[:, 1:], torch.rand(2, 16), 5)) == 2 * 2 * 11 * 5 * 8
