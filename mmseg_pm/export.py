@@ -98,6 +98,18 @@ def export_onnx(segmentor: nn.Module,
                          opset, output_names=['logits'])
 
 
+def check_fixed_shapes(module: nn.Module) -> None:
+    """Refuse a model whose token counts depend on the image (ALGM): an
+    ONNX graph has one shape per tensor."""
+    for m in module.modules():
+        if getattr(m, 'input_dependent_shapes', False):
+            raise UsageError(
+                f'compression method={m.method!r} cannot be exported to '
+                'ONNX: each image keeps its own number of tokens, so the '
+                "blocks' shapes depend on the input; export the dense "
+                "model or method='pm' (fixed shapes), or run it in PyTorch")
+
+
 def export_module(module: nn.Module,
                   example: Tensor,
                   out: str,
@@ -108,6 +120,7 @@ def export_module(module: nn.Module,
     atomically (see :func:`export_onnx`); ``dynamic_batch`` leaves the batch
     dimension free (everything else keeps ``example``'s shape)."""
     check_opset(opset)
+    check_fixed_shapes(module)
     out = Path(out)
     external = _param_bytes(module) > SINGLE_FILE_LIMIT
     dynamic = None

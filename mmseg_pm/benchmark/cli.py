@@ -35,16 +35,17 @@ from .backends import (COMPILE, EAGER, ONNX, compile_module, compiled_graphs,
                        first_calls, max_abs_diff, onnx_session, onnx_step,
                        try_export)
 from .measure import (DTYPES, PARTS, analytic_backbone_flops, counted_flops,
-                      inference_step, op_profile, parameter_count,
-                      part_module, peak_memory_bytes, summarise,
-                      time_interleaved, tokens_per_layer, train_step)
+                      inference_step, mean_scene_flops, op_profile,
+                      parameter_count, part_module, peak_memory_bytes,
+                      scene_images, summarise, time_interleaved,
+                      tokens_per_layer, train_step)
 from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.cli import CfgOptionsAction, float_in, int_at_least
 
 from .peers import DEFAULT_TOLERANCE, calibrate_peers
 from .report import (add_ratios, check_targets, machine_info, render_text,
                      result_paths, write_results)
-from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS,
+from .variants import (ADAPTIVE_VARIANTS, DEFAULT_VARIANTS, PEER_VARIANTS,
                        VARIANTS, ModelSpec, build_family, build_segmentor,
                        config_stem, expand_specs, family_weights,
                        load_config, parse_config_arg)
@@ -236,9 +237,13 @@ def calibrate_family_peers(specs: Sequence[ModelSpec], models, args,
     grid = reference.backbone.grid_size
     num_layers = len(reference.backbone.layers)
 
-    def flops_of(compression: dict) -> int:
+    def flops_of(compression: dict) -> float:
         spec = ModelSpec(specs[0].config, compression['method'],
                          img_size=specs[0].img_size, compression=compression)
+        if spec.variant in ADAPTIVE_VARIANTS:  # counts follow weights, image
+            [model] = build_family([spec], cfg_options,
+                                   weights=reference.state_dict())
+            return mean_scene_flops(model.backbone.to(device), hw, device)
         backbone = build_segmentor(spec, cfg_options, backbone_only=True)
         return backbone_flops(backbone.to(device), hw, device)
 
@@ -331,7 +336,7 @@ def time_batch(batch: int, hw, eager, onnx, compiled, args, dtype: str
     """Time every row at ``batch``, interleaved; compiled rows first pay
     their compile (recorded apart). Returns notes."""
     device, notes = args.device, []
-    x = torch.randn(batch, 3, *hw, device=device)
+    x = scene_images(batch, hw, device)  # a different scene per image
     calls = {}
     for i, (row, module) in enumerate(eager):
         if module is not None:
@@ -371,9 +376,14 @@ def measure_part(part: str, config_arg: str, specs, models, hw, args,
             flops.append(counted)
             deviation.append((None, None))
             continue
-        counted = counted_flops(module, one)
-        backbone = counted if part == 'backbone' else \
-            counted_flops(seg.backbone, one)
+        if spec.variant in ADAPTIVE_VARIANTS:
+            counted = mean_scene_flops(module, hw, device)
+            backbone = counted if part == 'backbone' else \
+                mean_scene_flops(seg.backbone, hw, device)
+        else:
+            counted = counted_flops(module, one)
+            backbone = counted if part == 'backbone' else \
+                counted_flops(seg.backbone, one)
         flops.append(counted)
         deviation.append((backbone, analytic_backbone_flops(seg.backbone,
                                                             hw)))

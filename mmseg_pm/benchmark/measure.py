@@ -10,6 +10,7 @@ the profiler records from torch's CPU allocator, summed in order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import statistics
 import time
@@ -171,6 +172,45 @@ def counted_flops(module: nn.Module, x: Tensor) -> int:
     """FLOPs of what runs for one forward of ``x`` (fp32)."""
     module.eval()
     return count_flops(module, x)
+
+
+# ADE20K's normalisation in mmseg's Segmenter configs (RGB order)
+ADE_MEAN = (123.675, 116.28, 103.53)
+ADE_STD = (58.395, 57.12, 57.375)
+# scenes an input-dependent method's FLOPs are averaged over
+FLOPS_SCENES = 8
+
+
+def scene_images(batch: int, hw: Sequence[int], device: str = 'cpu',
+                 seed: int = 0) -> Tensor:
+    """(batch, 3, H, W) normalised synthetic ADE20K-format scenes, a
+    different one per batch element: a method that merges by content
+    (ALGM) gets something like real images to merge, not noise, and not
+    one image repeated."""
+    return torch.stack([_scene(tuple(hw), seed, i) for i in range(batch)]
+                       ).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _scene(hw: tuple, seed: int, index: int) -> Tensor:
+    """Scene ``index`` of ``seed``, normalised (3, H, W), rendered once."""
+    import numpy as np
+
+    from mmseg_pm.datasets.synthetic_ade import make_sample
+
+    image, _ = make_sample(hw, np.random.default_rng([seed, index]))
+    x = torch.from_numpy(image).permute(2, 0, 1).float()
+    mean = torch.tensor(ADE_MEAN)[:, None, None]
+    std = torch.tensor(ADE_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def mean_scene_flops(module: nn.Module, hw: Sequence[int],
+                     device: str = 'cpu') -> float:
+    """Counted FLOPs at batch 1 averaged over ``FLOPS_SCENES`` scenes (an
+    input-dependent method's FLOPs depend on the image)."""
+    scenes = scene_images(FLOPS_SCENES, hw, device)
+    return sum(counted_flops(module, x[None]) for x in scenes) / len(scenes)
 
 
 def tokens_per_layer(backbone: nn.Module, grid: Sequence[int]

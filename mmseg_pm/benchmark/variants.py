@@ -9,8 +9,10 @@ Every config gives a family of rows that share its weights:
 * ``pm-pinv``   the same structure with the authors' reconstruct (pinv(M));
 * ``pm-matrix`` the same structure with explicit K x N merge / N x K
   reconstruct matrices (the authors' dense-matrix formulation);
-* ``tome`` / ``mstm`` / ``hourglass``  the peers, calibrated to the GFLOPs
-  of each ``pm`` row (see :mod:`mmseg_pm.benchmark.peers`);
+* ``tome`` / ``mstm`` / ``algm`` / ``hourglass``  the peers, calibrated to
+  the GFLOPs of each ``pm`` row (see :mod:`mmseg_pm.benchmark.peers`;
+  ALGM's are its mean over synthetic scenes, with the family's weights: its
+  counts depend on both);
 * ``config``    the config's backbone exactly as written.
 
 Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
@@ -35,12 +37,15 @@ PM_VARIANTS = {
     'pm-pinv': dict(impl='sparse', reconstruct='pinv'),
     'pm-matrix': dict(impl='dense', reconstruct='residual'),
 }
-PEER_VARIANTS = ('tome', 'mstm', 'hourglass')
+PEER_VARIANTS = ('tome', 'mstm', 'algm', 'hourglass')
+# peers whose token counts depend on the image (and the weights)
+ADAPTIVE_VARIANTS = ('algm', )
 DENSE_VARIANTS = ('mmseg', 'off')
 VARIANTS = DENSE_VARIANTS + tuple(PM_VARIANTS) + PEER_VARIANTS + ('config', )
 DEFAULT_VARIANTS = ('mmseg', 'off', 'pm', 'pm-pinv', 'tome', 'mstm',
                     'hourglass')
-PEER_NAMES = {'tome': 'ToMe', 'mstm': 'MSTM', 'hourglass': 'Hourglass'}
+PEER_NAMES = {'tome': 'ToMe', 'mstm': 'MSTM', 'algm': 'ALGM',
+              'hourglass': 'Hourglass'}
 
 
 @dataclass(frozen=True)

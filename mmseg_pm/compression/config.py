@@ -2,7 +2,8 @@
 
 ``method`` picks the compressor: 'pm' (Prune-and-Merge, the default,
 :class:`PMConfig`), 'mstm' (:class:`MSTMConfig`), 'tome'
-(:class:`ToMeConfig`) or 'hourglass' (:class:`HourglassConfig`);
+(:class:`ToMeConfig`), 'algm' (:class:`ALGMConfig`) or 'hourglass'
+(:class:`HourglassConfig`);
 :func:`parse_compression` reads any of them.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
+from .algm import ALGM
 from .hourglass import NORMS, Hourglass
 from .merge import ASSIGNS, IMPLS, RECONSTRUCTS, PruneAndMerge
 from .mstm import MSTM
@@ -19,7 +21,7 @@ from .structure import ASSIGN_RULES, lattice_structure
 from .tome import ToMe, check_tome_merges
 
 MODES = ('layer', 'span')
-METHODS = ('pm', 'mstm', 'tome', 'hourglass')
+METHODS = ('pm', 'mstm', 'tome', 'algm', 'hourglass')
 
 
 def _check_keys(cfg: dict, known: set, method: str) -> None:
@@ -398,7 +400,68 @@ class HourglassConfig:
                          self.relative, self.norm, with_cls_token)
 
 
-AnyCompressionConfig = Union[PMConfig, MSTMConfig, ToMeConfig,
+@dataclass(frozen=True)
+class ALGMConfig:
+    """Adaptive Local-then-Global Merging (``method='algm'``; algm.py).
+
+    ``local_layer``: the block (0-based, like every ``layers`` key here;
+    the authors' "layer 1" is block 0) that merges each ``window`` cell of
+    the grid whose mean pairwise cosine similarity is >= ``threshold``.
+    ``global_layer``: the later block (authors' "layer 5" = block 4 for
+    ViT-T/S/B, "layer 7" = block 6 for ViT-L; None: no global merge) whose
+    bipartite matching merges every token scoring >= mean + std / layer.
+    ``proportional_attention``: the log-size attention bias (off: the
+    authors' attention ignores sizes).
+    """
+
+    method: ClassVar[str] = 'algm'
+    local_layer: int = 0
+    global_layer: Optional[int] = 4
+    threshold: float = 0.88
+    window: Tuple[int, int] = (2, 2)
+    proportional_attention: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'ALGMConfig':
+        cfg = dict(cfg)
+        _check_keys(cfg, {'method', 'local_layer', 'global_layer',
+                          'threshold', 'window', 'proportional_attention'},
+                    'algm')
+        local = _block_index(cfg.get('local_layer', 0), 'local_layer')
+        glob = cfg.get('global_layer', 4)
+        if glob is not None:
+            glob = _block_index(glob, 'global_layer')
+        for name, block in (('local_layer', local), ('global_layer', glob)):
+            if block is not None and not 0 <= block < num_layers:
+                raise ValueError(f'{name}={block} is outside blocks '
+                                 f'0..{num_layers - 1}')
+        if glob is not None and glob <= local:
+            raise ValueError(
+                f'global_layer={glob} must come after local_layer={local}: '
+                'the local merge cuts the full token grid into windows')
+        threshold = _check_number(cfg.get('threshold', 0.88), 'threshold')
+        window = cfg.get('window', (2, 2))
+        if _is_int(window):
+            window = (window, window)
+        if not isinstance(window, (list, tuple)) or len(window) != 2 or \
+                not all(_is_int(w) and w >= 1 for w in window) or \
+                window[0] * window[1] < 2:
+            raise ValueError('window must be a positive int or an (h, w) '
+                             'pair of them covering at least 2 tokens, got '
+                             f'{window!r}')
+        prop = _check_flag(cfg.get('proportional_attention', False),
+                           'proportional_attention')
+        return cls(local_layer=local, global_layer=glob, threshold=threshold,
+                   window=(int(window[0]), int(window[1])),
+                   proportional_attention=prop)
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> ALGM:
+        return ALGM(self.local_layer, self.global_layer, self.threshold,
+                    self.window, with_cls_token, self.proportional_attention)
+
+
+AnyCompressionConfig = Union[PMConfig, MSTMConfig, ToMeConfig, ALGMConfig,
                              HourglassConfig]
 
 
@@ -410,7 +473,8 @@ def parse_compression(cfg: Optional[dict],
         return None
     method = cfg.get('method', 'pm')
     parsers = {'pm': PMConfig, 'mstm': MSTMConfig,
-               'tome': ToMeConfig, 'hourglass': HourglassConfig}
+               'tome': ToMeConfig, 'algm': ALGMConfig,
+               'hourglass': HourglassConfig}
     if method not in parsers:
         raise ValueError(f'compression method must be one of {METHODS}, got '
                          f'{method!r}')

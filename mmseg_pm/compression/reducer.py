@@ -14,7 +14,9 @@ current token holds each original position after every block
 
 Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
-:class:`mmseg_pm.compression.tome.ToMe`. A new method implements this
+:class:`mmseg_pm.compression.tome.ToMe`,
+:class:`mmseg_pm.compression.algm.ALGM` (whose token counts differ per
+image: its batches are padded, see its module). A new method implements this
 mixin on an ``nn.Module`` and adds its config parser
 (mmseg_pm/compression/config.py).
 """

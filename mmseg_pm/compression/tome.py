@@ -41,11 +41,12 @@ def merge_tokens(x: Tensor, assign: Tensor, weight: Tensor,
     """Weighted average of the tokens of every slot.
 
     ``x`` (B, T, C), ``assign`` (B, T) slot of each token, ``weight`` (B, T)
-    positive. Returns the merged tokens (B, K, C) and each slot's total
+    non-negative. Returns the merged tokens (B, K, C) and each slot's total
     weight (B, K). One segment sum over the flattened batch, so each image
     merges its own way without a loop. The sums are float32 in a
     half-precision model (bfloat16 sums of many tokens lose their last
-    members), the results of ``x``'s dtype.
+    members), the results of ``x``'s dtype. A slot without weight (padding
+    of a batch whose images keep different numbers of tokens) is all zeros.
     """
     b, _, c = x.shape
     offset = torch.arange(b, device=x.device)[:, None] * num_slots
@@ -56,7 +57,8 @@ def merge_tokens(x: Tensor, assign: Tensor, weight: Tensor,
                                                       weight.flatten())
     summed = weight.new_zeros(b * num_slots, c).index_add(
         0, slots, (x.to(acc) * weight[..., None]).flatten(0, 1))
-    merged = (summed / total[:, None]).to(x.dtype)
+    nonzero = total.clamp_min(torch.finfo(total.dtype).tiny)
+    merged = (summed / nonzero[:, None]).to(x.dtype)
     return merged.view(b, num_slots, c), total.view(b, num_slots).to(x.dtype)
 
 
@@ -67,53 +69,89 @@ def full_precision():
         'cpu', enabled=False)
 
 
-def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """(B, M, d) and (B, K, d) -> (B, M, K) cosine similarities, computed in
-    float32 even under autocast or in a half-precision model: bfloat16
-    rounds near-equal similarities together, which changes which tokens
-    merge (and the output far more than the rounding itself)."""
-    cuda, cpu = full_precision()
-    with cuda, cpu:
-        a = F.normalize(a.float(), dim=-1)
-        b = F.normalize(b.float(), dim=-1)
-        return a @ b.transpose(1, 2)
-
-
 def initial_source(x: Tensor) -> Tensor:
     """The source map before any merge: every token holds itself."""
     b, t, _ = x.shape
     return torch.arange(t, device=x.device).expand(b, t)
 
 
-def bipartite_soft_matching(metric: Tensor, r: int,
-                            protect_first: bool = True) -> Tuple[Tensor, int]:
-    """ToMe's matching: the slot of each token after merging ``r`` of them.
+def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """(..., M, d) x (..., N, d) -> (..., M, N) cosine similarities, in
+    fp32 with autocast off: which tokens merge must not hinge on bf16/fp16
+    rounding (the product is a matmul, so torch's FLOP counter counts it)."""
+    with torch.autocast(a.device.type, enabled=False):
+        a = F.normalize(a.float(), dim=-1)
+        b = F.normalize(b.float(), dim=-1)
+        return a @ b.transpose(-1, -2)
 
-    ``metric`` (B, T, d). Tokens 0, 2, 4, ... form set A and 1, 3, 5, ...
-    set B; each A token's best edge is its most similar B token (cosine
-    similarity); the ``r`` A tokens with the most similar edges merge into
-    their B token. ``protect_first`` keeps token 0 (the class token) out of
-    the merge. Slots follow ToMe's output order: the unmerged A tokens in
-    their original order, then every B token. Returns (assign (B, T),
-    number of slots T - r).
+
+def bipartite_scores(metric: Tensor, protect_first: bool = True,
+                     valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """ToMe's edges: tokens 0, 2, 4, ... form set A and 1, 3, 5, ... set B;
+    each A token's best edge goes to its most similar B token (cosine).
+
+    ``metric`` (B, T, d); ``valid`` (B, T) False at padding (a batch whose
+    images hold different numbers of tokens): padding has no edge (-inf)
+    and is never an edge's end. ``protect_first`` gives token 0 (the class
+    token) no edge. Returns the best score and its B index, (B, |A|) each.
     """
-    b, t, _ = metric.shape
     with torch.no_grad():
-        a, bset = metric[:, ::2], metric[:, 1::2]
-        scores = cosine_similarity(a, bset)  # (B, |A|, |B|)
+        scores = cosine_similarity(metric[:, ::2], metric[:, 1::2])
         if protect_first:
             scores[:, 0] = -torch.inf
-        best, match = scores.max(dim=-1)
+        if valid is not None:
+            scores = scores.masked_fill(~valid[:, None, 1::2], -torch.inf)
+            scores = scores.masked_fill(~valid[:, ::2, None], -torch.inf)
+        return scores.max(dim=-1)
+
+
+def bipartite_assign(best: Tensor, match: Tensor, r: Tensor,
+                     num_tokens: Tensor, total: int) -> Tuple[Tensor, Tensor]:
+    """The slot of every token once image b merges its ``r[b]`` best edges
+    (A token into its B match, size-weighted by :func:`merge_tokens`).
+
+    ``best``, ``match`` from :func:`bipartite_scores` on ``total`` tokens;
+    ``r`` and ``num_tokens`` (B,): merges and real tokens per image (any
+    padding sits after them). Slots follow ToMe's output order: the
+    unmerged A tokens in their original order, then every B token. Padding
+    goes to slot ``max(num_tokens - r)``, one past the largest image's
+    last slot. Returns (assign (B, total), slots per image (B,)).
+    """
+    b, num_a = best.shape
+    device = best.device
+    with torch.no_grad():
         order = best.argsort(dim=-1, descending=True, stable=True)
-        merged, kept = order[:, :r], order[:, r:].sort(dim=-1).values
-        num_kept = a.shape[1] - r
-        arange = torch.arange(t, device=metric.device)
-        assign_a = torch.empty_like(order)
-        assign_a.scatter_(1, kept, arange[:num_kept].expand(b, -1))
-        assign_a.scatter_(1, merged, num_kept + match.gather(1, merged))
-        assign = torch.empty(b, t, dtype=torch.long, device=metric.device)
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(num_a, device=device).expand(b, -1))
+        real_a = (num_tokens + 1) // 2
+        num_kept = (real_a - r)[:, None]
+        slots = num_tokens - r
+        pad_slot = slots.max()
+        valid_a = torch.arange(num_a, device=device) < real_a[:, None]
+        merged = rank < r[:, None]
+        kept_slot = (valid_a & ~merged).long().cumsum(dim=1) - 1
+        assign_a = torch.where(merged, num_kept + match, kept_slot)
+        assign_a = torch.where(valid_a, assign_a, pad_slot)
+        index_b = torch.arange(total // 2, device=device)
+        assign_b = torch.where(index_b < (num_tokens // 2)[:, None],
+                               num_kept + index_b, pad_slot)
+        assign = torch.empty(b, total, dtype=torch.long, device=device)
         assign[:, ::2] = assign_a
-        assign[:, 1::2] = num_kept + arange[:bset.shape[1]]
+        assign[:, 1::2] = assign_b
+    return assign, slots
+
+
+def bipartite_soft_matching(metric: Tensor, r: int,
+                            protect_first: bool = True) -> Tuple[Tensor, int]:
+    """ToMe's matching: the slot of each token after merging ``r`` of them
+    (the ``r`` A tokens with the most similar edges, see
+    :func:`bipartite_scores` and :func:`bipartite_assign`) in every image.
+    Returns (assign (B, T), number of slots T - r)."""
+    b, t, _ = metric.shape
+    best, match = bipartite_scores(metric, protect_first)
+    full = torch.full((b, ), t, device=metric.device)
+    assign, _ = bipartite_assign(best, match, torch.full_like(full, r), full,
+                                 t)
     return assign, t - r
 
 

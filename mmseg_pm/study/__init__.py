@@ -26,6 +26,10 @@ Every method has one integer knob whose FLOPs are monotone in it:
   continuing below the previous level's FLOPs, down to block 1 (block 0
   stays dense, as for Prune and Merge) where the clusters go down to 1x1.
   Cluster grids are the squarest h x w (h >= w, h <= 1.5 w) of each count.
+* ALGM: its local-merge threshold in hundredths, tau = knob / 100 (a lower
+  tau merges more windows, so its FLOPs rise with the knob). ALGM's token
+  counts depend on the image: its FLOPs are the mean over the validation
+  images.
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ class Method:
 
     name: str
     label: str
-    family: str  # 'pm', 'mstm', 'tome' or 'hourglass'
+    family: str  # 'pm', 'mstm', 'tome', 'algm' or 'hourglass'
     marker: str  # matplotlib marker of its points
     mode: str = 'layer'
     rule: str = 'row'
@@ -88,6 +92,7 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
            placement='spread'),
     Method('mstm', 'MSTM', 'mstm', '^'),
     Method('tome', 'ToMe', 'tome', 'v'),
+    Method('algm', 'ALGM', 'algm', 'p'),
     Method('hourglass', "Expedite's Hourglass", 'hourglass', 'p'),
 )}
 # What tools/study.py runs unless told otherwise (pm-nearest: in the
@@ -124,6 +129,15 @@ def mstm_layers(num_layers: int) -> List[int]:
     (the ViT-S config prunes at 3 of 12 blocks)."""
     pm_layers(num_layers)
     return list(range(1, max(num_layers - 1, 2), 2))[:3]
+
+
+def algm_layers(num_layers: int) -> Tuple[int, int]:
+    """ALGM's local and global blocks (0-based): the first block, and the
+    block at the relative depth of the authors' layer 5 of 12 (ViT-T/S/B),
+    round(5 / 12 * L) counted from 1, at least block 1 (8 blocks: block 2,
+    their layer 3)."""
+    pm_layers(num_layers)
+    return 0, max(1, round(5 * num_layers / 12) - 1)
 
 
 # ---------------------------------------------------------------- knobs
@@ -222,6 +236,8 @@ def knob_range(method: str, num_tokens: int, num_layers: int,
                                      _width(embed_dims))) - 1
     if family == 'tome':  # ToMe caps each block at half its tokens
         return 0, num_layers * (num_tokens // 2)
+    if family == 'algm':  # tau from -1 (every window merges) to 1.01 (none)
+        return -100, 101
     return 1, num_tokens
 
 
@@ -254,6 +270,10 @@ def compression_for(method: str, knob: int, num_layers: int,
     if family == 'tome':
         return dict(method='tome', layers=list(range(num_layers)),
                     r=tome_r(knob, num_layers, num_tokens))
+    if family == 'algm':
+        local, glob = algm_layers(num_layers)
+        return dict(method='algm', local_layer=local, global_layer=glob,
+                    threshold=knob / 100, window=(2, 2))
     keep_rate = keep_rate_for(knob, num_tokens)
     if family == 'mstm':
         return dict(method='mstm', prune_layers=mstm_layers(num_layers),
@@ -284,6 +304,9 @@ def knob_text(method: str, knob: int, num_tokens: int,
         r = tome_r(knob, num_layers, num_tokens)
         return f'r={r[0]}' if len(set(r)) == 1 else \
             f'r={"/".join(map(str, r))}'
+    if family == 'algm':
+        local, glob = algm_layers(num_layers)
+        return f'tau {knob / 100:.2f}, blocks {local} and {glob}'
     rate = knob / num_tokens
     if family == 'mstm':
         return f'keep {rate:.2f} at blocks {mstm_layers(num_layers)}'

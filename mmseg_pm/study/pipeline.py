@@ -185,12 +185,21 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
                                  search_ranking(method),
                                  METHODS[method].placement, args.seed)
 
+    inputs = None
     if family == 'pm':
         model = build_segmentor(config_at(1))
 
         def flops_at(knob):
             model.backbone.set_structures(structures_at(knob))
             return crop_flops(model)
+    elif family == 'algm':  # counts depend on the image and the weights
+        def flops_at(knob):
+            nonlocal inputs
+            model = build_segmentor(config_at(knob))
+            load_dense(model, dense_state)
+            if inputs is None:
+                inputs = validation_inputs(base, model)
+            return mean_image_flops(model, inputs)
     else:
         def flops_at(knob):
             return crop_flops(build_segmentor(config_at(knob)))
@@ -204,11 +213,50 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     load_dense(model, dense_state)
     if family == 'pm':
         model.backbone.set_structures(structures_at(knob))
-    counted = crop_flops(model)
+    counted = crop_flops(model) if inputs is None else \
+        mean_image_flops(model, inputs)
     if counted != flops:
         raise RuntimeError(f'{method}: the rebuilt model counts {counted} '
                            f'FLOPs, the calibration {flops}')
     return model, cfg, knob, flops
+
+
+def validation_inputs(base: Config, model) -> list:
+    """The validation images as ``model`` sees them after its data
+    preprocessor, one (1, 3, H, W) tensor each (input-dependent methods'
+    FLOPs are their mean over these)."""
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
+
+    init_default_scope('mmseg')
+    cfg = copy.deepcopy(base.val_dataloader)
+    cfg.batch_size = 1
+    inputs = []
+    with torch.no_grad():
+        for batch in Runner.build_dataloader(cfg):
+            inputs.append(model.data_preprocessor(batch, False)['inputs'])
+    return inputs
+
+
+def image_flops(model, inputs: list) -> list:
+    """Counted FLOPs of the segmentor (encoder and decoder) on each input
+    alone (batch 1)."""
+    from mmseg_pm.utils import count_flops
+
+    model.eval()
+    return [count_flops(model, x, mode='tensor') for x in inputs]
+
+
+def mean_image_flops(model, inputs: list) -> float:
+    flops = image_flops(model, inputs)
+    return sum(flops) / len(flops)
+
+
+def algm_spread(model, base: Config) -> dict:
+    """Smallest and largest per-image FLOPs of an ALGM model over the
+    validation images (its table FLOPs are their mean)."""
+    flops = image_flops(model, validation_inputs(base, model))
+    return dict(flops_min=min(flops), flops_max=max(flops))
 
 
 def run_variant(method: str, budget: float, base: Config, dense: dict,
@@ -227,15 +275,20 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
         k: v.detach().cpu() for k, v in model.state_dict().items()}),
         str(compressed))
     n = (args.img_size // base.model.backbone.patch_size) ** 2
+    spread = algm_spread(model, base) if METHODS[method].family == 'algm' \
+        else {}
     before = evaluate(config, str(compressed), work, f'test {name}')
     student = distill_config(cfg, dense['model'], dense['checkpoint'],
                              str(compressed), args.finetune_iters)
     finetuned = train(student, work / 'finetune', f'distill {name}')
     after = evaluate(config, finetuned, work, f'test {name} + FT')
+    setting = knob_text(method, knob, n, args.num_layers,
+                        base.model.backbone.embed_dims)
+    if spread:
+        setting += (f'; GFLOPs per image {spread["flops_min"] / 1e9:.4f}-'
+                    f'{spread["flops_max"] / 1e9:.4f}')
     return dict(method=method, label=METHODS[method].label, budget=budget,
-                knob=knob, setting=knob_text(
-                    method, knob, n, args.num_layers,
-                    base.model.backbone.embed_dims),
+                knob=knob, setting=setting, **spread,
                 compression=cfg.model.backbone.compression,
                 flops=flops, target_flops=budget * dense['flops'],
                 miou_before=before, miou_after=after, config=str(config),
@@ -267,14 +320,17 @@ def score_tokens(base: Config, dense: dict, args) -> list:
                                     args.seed).tolist()
 
 
-def measure_speed(dense: dict, rows: list, args) -> dict:
+def measure_speed(dense: dict, rows: list, args, base=None) -> dict:
     """images/s at batch 1 of the dense and every fine-tuned model, the
     models taking turns so that load from other jobs hits them alike; the
-    median call counts."""
+    median call counts. The input is the first validation image when
+    ``base`` (the study config) is given (ALGM merges by content: noise
+    would leave it little to merge), else uniform noise."""
     models = {'dense': init_segmentor(dense['config'], dense['checkpoint'])}
     for row in rows:
         models[row['name']] = row_segmentor(row, row['finetuned'])
-    x = torch.rand(1, 3, args.img_size, args.img_size)
+    x = torch.rand(1, 3, args.img_size, args.img_size) if base is None \
+        else validation_inputs(base, models['dense'])[0]
     return images_per_second(models, x, warmup=5,
                              repeats=args.speed_repeats)
 
@@ -419,7 +475,7 @@ def run_study(args) -> dict:
 
     print('[5/5] images/s side by side (batch 1), table, plot')
     measure_start = time.perf_counter()
-    speed = measure_speed(dense, rows, args)
+    speed = measure_speed(dense, rows, args, base)
     load['end'] = os.getloadavg()[0]
     stages.append(dict(stage='images/s', reused=False,
                        seconds=time.perf_counter() - measure_start,

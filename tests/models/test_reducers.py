@@ -13,6 +13,7 @@ COMPRESSION = {
     'mstm': dict(method='mstm', prune_layers=[1, 3], keep_rate=0.6),
     'tome': dict(method='tome', layers=[0, 2], r=3),
     'hourglass': dict(method='hourglass', alpha=1, clusters=(2, 3)),
+    'algm': dict(method='algm', threshold=-1.0, global_layer=2),
 }
 
 
@@ -32,14 +33,16 @@ def test_reducer_answers_match_what_runs(method):
     assert compression_method(model) == method
     assert reducer.static == (method == 'pm')
     num_tokens = 16  # class token + 3 x 5
-    per_block = reducer.tokens_per_block(num_tokens, len(model.layers))
+    # (ALGM's counts depend on the image: it answers for the last pass)
     seen = token_counts(model, torch.randn(2, 3, 48, 80))
+    per_block = reducer.tokens_per_block(num_tokens, len(model.layers))
     assert per_block == seen[1::2]  # what every block's MLP ran on
     touched = [i for i, t in enumerate(per_block) if t < num_tokens]
     assert set(touched) <= set(reducer.blocks(len(model.layers)))
     assert reducer.merging_blocks() == {'pm': [1], 'mstm': [1, 3],
                                         'tome': [0, 2],
-                                        'hourglass': [1]}[method]
+                                        'hourglass': [1],
+                                        'algm': [0, 2]}[method]
 
 
 @pytest.mark.parametrize('method', list(COMPRESSION))

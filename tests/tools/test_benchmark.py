@@ -296,3 +296,16 @@ def test_scaling_rows_compare_dense_pm_and_peers_per_model(tmp_path):
         ('mmseg VisionTransformer', 1), ('PM keep 0.7', 1)}
     assert any('1 timed calls per row, no peers' in n
                for n in large['notes'])
+
+
+def test_scene_images_are_distinct_per_batch_element_and_repeatable():
+    from mmseg_pm.benchmark.measure import scene_images
+
+    x = scene_images(4, (32, 48))
+    assert x.shape == (4, 3, 32, 48)
+    assert torch.equal(x, scene_images(4, (32, 48)))
+    assert torch.equal(x[:2], scene_images(2, (32, 48)))
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert (x[a] - x[b]).abs().mean() > 0.1
+    assert -1 < float(x.mean()) < 1 and 0.3 < float(x.std()) < 2

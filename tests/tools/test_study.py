@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
+from mmseg_pm.study import (CalibrationError, algm_layers, calibrate_knob,
+                            check_within,
                             compression_for, empty_neighbourhoods,
                             keep_rate_for, mstm_layers, span_units,
                             tome_schedule, window_stats)
@@ -40,6 +41,8 @@ def test_knobs_mean_what_they_say():
     assert span_units(8) == [(1, 4), (5, 7)]
     assert span_units(2) == [(1, 1)]
     assert mstm_layers(8) == [1, 3, 5]
+    assert algm_layers(12) == (0, 4) and algm_layers(8) == (0, 2)
+    assert compression_for('algm', 88, 8, 144)['threshold'] == 0.88
     assert compression_for('tome', 5, 4, 64)['r'] == [2, 1, 1, 1]
     assert compression_for('pm-nearest', 16, 4, 64)['rule'] == 'nearest'
     assert compression_for('pm-row', 16, 4, 64)['reconstruct'] == 'pinv'
@@ -104,6 +107,33 @@ def test_calibration_hits_the_flops_target(tmp_path, method):
     with pytest.raises(CalibrationError):
         pipeline.compress(method, 0.05, base, dense.state_dict(), dense_flops,
                        scores, args)
+
+
+def test_algm_calibrates_on_its_mean_over_the_validation_images(
+        synthetic_ade):
+    """ALGM's FLOPs depend on the image and the weights: the calibrated
+    model (dense weights loaded) hits the target with its mean over the
+    validation images, each counted alone."""
+    args = tiny_args(None, data_root=str(synthetic_ade))
+    base = pipeline.study_config(args)
+    dense = build_segmentor(base)
+    dense_flops = crop_flops(dense)
+    model, cfg, knob, flops = pipeline.compress(
+        'algm', 0.7, base, dense.state_dict(), dense_flops, None, args)
+    assert cfg.model.backbone.compression == dict(
+        method='algm', local_layer=0, global_layer=1, threshold=knob / 100,
+        window=(2, 2))
+    assert abs(flops / (0.7 * dense_flops) - 1) <= 0.02
+    inputs = pipeline.validation_inputs(base, model)
+    # as evaluation runs them: 64 x 96 resized to fit 64 x 64, no padding
+    assert len(inputs) == 3 and inputs[0].shape == (1, 3, 43, 64)
+    per_image = [count_flops(model, x, mode='tensor') for x in inputs]
+    assert flops == sum(per_image) / 3
+    assert pipeline.algm_spread(model, base) == dict(
+        flops_min=min(per_image), flops_max=max(per_image))
+    with pytest.raises(CalibrationError):
+        pipeline.compress('algm', 0.05, base, dense.state_dict(),
+                          dense_flops, None, args)
 
 
 @pytest.mark.slow  # a whole study run

@@ -87,7 +87,9 @@ def test_plot_has_panels_heat_maps_and_legend(tmp_path):
 
 @pytest.mark.parametrize('compression,tokens', [
     (dict(method='tome', layers=[0, 1], r=4), (12, 8)),
-    (dict(method='mstm', prune_layers=[0, 1], keep_rate=0.75), (12, 9))])
+    (dict(method='mstm', prune_layers=[0, 1], keep_rate=0.75), (12, 9)),
+    (dict(method='algm', local_layer=0, global_layer=1, threshold=0.0),
+     (10, 8))])
 def test_source_maps_match_the_outputs_the_model_restores(compression,
                                                           tokens):
     torch.manual_seed(0)

@@ -1,0 +1,257 @@
+"""Adaptive Local-then-Global token Merging (ALGM; Norouzi et al., CVPR
+2024) inside the backbone, training-free or trained.
+
+Two merges, both between a block's attention and its MLP (as in ToMe), on
+the block's tokens after the attention residual (the authors' similarity
+metric: the features themselves, not the keys):
+
+* local (their CLAP, at one early block, the authors' "layer 1" = block 0):
+  the patch grid is cut into non-overlapping ``window`` cells (2x2); a
+  cell whose mean pairwise cosine similarity, self-pairs excluded, is
+  >= ``threshold`` becomes one token, the size-weighted mean of its
+  members. Tokens outside full cells (an odd edge) never merge.
+* global (their GBM, at one later block, "layer 5" = block 4 for ViT-T/S/B):
+  ToMe's bipartite matching (tome.py) where every A token whose best edge
+  scores >= mean + std / layer of the best edges of its image merges
+  (``layer`` counted from 1, the class token left out of the statistics).
+
+Token order after the local merge is the authors': class token, merged
+cells by descending similarity (ties: raster order), then the unmerged
+tokens in raster order; the global merge's even/odd split depends on it.
+
+The authors merge the MINIMUM count over the batch (an image's result then
+depends on the other images of its batch). Here every image merges its own
+count: the batch is padded to its largest image and padded keys are masked
+out of every later attention through the block's attention bias (-inf), so
+an image gives the same result in any batch. The authors pass the token
+sizes to their attention but do not use them; proportional attention
+(``log size`` bias, ToMe's) is an option here, off by default.
+
+The source map (tome.py) gives the full grid back at any depth.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .reducer import TokenReducer
+from .tome import (bipartite_assign, bipartite_scores, cosine_similarity,
+                   gather_tokens, initial_source, merge_tokens)
+
+
+# ---------------------------------------------------------------- local
+def grid_windows(hw: Tuple[int, int], window: Tuple[int, int],
+                 device=None) -> Tensor:
+    """(num_windows, wh * ww) raster indices of the patch tokens of every
+    full non-overlapping window of an H x W grid, windows in raster order,
+    members in raster order within their window."""
+    (h, w), (wh, ww) = hw, window
+    rows, cols = h // wh, w // ww
+    grid = torch.arange(h * w, device=device).view(h, w)
+    cells = grid[:rows * wh, :cols * ww].reshape(rows, wh, cols, ww)
+    return cells.permute(0, 2, 1, 3).reshape(rows * cols, wh * ww)
+
+
+def window_similarity(patches: Tensor, windows: Tensor) -> Tensor:
+    """Mean pairwise cosine similarity of the members of every window,
+    self-pairs excluded: (B, N, C) patch tokens -> (B, num_windows), fp32."""
+    members = patches[:, windows]  # (B, W, k, C)
+    gram = cosine_similarity(members, members)  # (B, W, k, k)
+    k = windows.shape[1]
+    off_diagonal = gram.sum(dim=(-2, -1)) - gram.diagonal(
+        dim1=-2, dim2=-1).sum(dim=-1)
+    return off_diagonal / (k * (k - 1))
+
+
+def local_merge_assign(similarity: Tensor, windows: Tensor, threshold: float,
+                       num_patches: int, prefix: int
+                       ) -> Tuple[Tensor, Tensor]:
+    """The slot of every token (prefix tokens included) after merging each
+    window whose ``similarity`` (B, W) is >= ``threshold``.
+
+    Slots: prefix tokens alone, then the merged windows by descending
+    similarity (ties: window order), then the other tokens in raster order.
+    Returns (assign (B, prefix + N), slots per image (B,)).
+    """
+    b, num_windows = similarity.shape
+    k = windows.shape[1]
+    device = similarity.device
+    with torch.no_grad():
+        merged = similarity >= threshold  # (B, W)
+        r = merged.sum(dim=1)
+        order = similarity.masked_fill(~merged, -torch.inf).argsort(
+            dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(num_windows, device=device).expand(b, -1))
+        # window of every patch token (num_windows: outside full windows)
+        token_window = torch.full((num_patches, ), num_windows,
+                                  device=device)
+        token_window[windows.flatten()] = torch.arange(
+            num_windows, device=device).repeat_interleave(k)
+        padded = torch.cat((merged, merged.new_zeros(b, 1)), dim=1)
+        in_merged = padded[:, token_window]  # (B, N)
+        window_slot = torch.cat((rank, rank.new_zeros(b, 1)), dim=1)[
+            :, token_window]
+        alone_slot = r[:, None] + (~in_merged).long().cumsum(dim=1) - 1
+        patch_slot = prefix + torch.where(in_merged, window_slot, alone_slot)
+        assign = torch.cat((torch.arange(prefix, device=device).expand(
+            b, -1), patch_slot), dim=1)
+    return assign, prefix + num_patches - (k - 1) * r
+
+
+# ---------------------------------------------------------------- global
+def adaptive_merge_count(best: Tensor, edges: Tensor, layer: int) -> Tensor:
+    """Per image, the A tokens whose best edge is >= mean + std / ``layer``
+    of its best edges: ``best`` (B, |A|), ``edges`` (B, |A|) True where a
+    token has an edge (not the class token, not padding). The std is the
+    sample std (n - 1), as torch's default the authors use. Returns (B,)."""
+    count = edges.sum(dim=1)
+    values = torch.where(edges, best, 0.0)
+    mean = values.sum(dim=1) / count
+    deviation = torch.where(edges, best - mean[:, None], 0.0)
+    std = (deviation.square().sum(dim=1) / (count - 1)).sqrt()
+    threshold = mean + std / layer
+    return (edges & (best >= threshold[:, None])).sum(dim=1)
+
+
+class ALGMState(NamedTuple):
+    source: Tensor  # (B, T0): current token of every original token
+    size: Optional[Tensor]  # (B, T) original tokens per token, 0: padding
+    hw: Tuple[int, int]
+
+
+class ALGM(nn.Module, TokenReducer):
+    """ALGM in the backbone: a local merge at ``local_block`` and a global
+    merge at ``global_block`` (None: none), both 0-based block indices.
+    No parameters.
+
+    A :class:`TokenReducer` (the backbone drives it through that
+    interface); :attr:`last_counts` says what each image of the last
+    forward pass kept.
+    """
+
+    method = 'algm'
+    input_dependent_shapes = True  # no ONNX export (mmseg_pm/export.py)
+
+    def __init__(self, local_block: int = 0, global_block: Optional[int] = 4,
+                 threshold: float = 0.88, window: Tuple[int, int] = (2, 2),
+                 class_token: bool = True,
+                 proportional_attention: bool = False):
+        super().__init__()
+        self.local_block = local_block
+        self.global_block = global_block
+        self.threshold = threshold
+        self.window = tuple(window)
+        self.class_token = class_token
+        self.proportional_attention = proportional_attention
+        self._counts: List[Tensor] = []
+        self._input_tokens = 0
+
+    def start(self, x: Tensor, hw: Tuple[int, int]) -> ALGMState:
+        self._counts, self._input_tokens = [], x.shape[1]
+        return ALGMState(initial_source(x), None, tuple(hw))
+
+    def attention_bias(self, size: Optional[Tensor]) -> Optional[Tensor]:
+        """(B, 1, 1, T): padded keys -inf; with proportional attention the
+        log sizes (log 0 = -inf covers the padding)."""
+        if size is None:
+            return None
+        if self.proportional_attention:
+            return size.log()[:, None, None, :]
+        if bool((size > 0).all()):
+            return None
+        zero = size.new_zeros(())
+        return torch.where(size > 0, zero, -torch.inf)[:, None, None, :]
+
+    def run_block(self, i: int, layer: nn.Module, x: Tensor,
+                  state: ALGMState) -> Tuple[Tensor, ALGMState]:
+        """Block ``i`` on ``x`` (merging at the two blocks unless bypassed)."""
+        bias = self.attention_bias(state.size)
+        merges = i in (self.local_block, self.global_block)
+        if self.bypass or not merges:
+            self.record_source(i, state.source)
+            out = layer(x, bias)
+            self._record_counts(state.size, out)
+            return out, state
+        x, _, _ = layer.attention_residual(x, bias)
+        size = state.size if state.size is not None else x.new_ones(
+            x.shape[:2])
+        if i == self.local_block:
+            assign, slots = self.local_assign(x, state.hw)
+            num_slots = int(slots.max())
+        else:
+            assign, slots = self.global_assign(x, size > 0, i + 1)
+            num_slots = int(slots.max()) + 1  # and one for the padding
+        x, size = merge_tokens(x, assign, size, num_slots)
+        x, size = x[:, :int(slots.max())], size[:, :int(slots.max())]
+        source = assign.gather(1, state.source)
+        self.record_source(i, source)
+        state = state._replace(source=source, size=size)
+        out = layer.mlp_residual(x)
+        self._record_counts(size, out)
+        return out, state
+
+    def local_assign(self, x: Tensor, hw: Tuple[int, int]
+                     ) -> Tuple[Tensor, Tensor]:
+        prefix = int(self.class_token)
+        num_patches = x.shape[1] - prefix
+        if num_patches != hw[0] * hw[1]:
+            raise ValueError(
+                f'ALGM local merge at block {self.local_block} needs the full '
+                f'{hw[0]}x{hw[1]} grid but the block has {num_patches} patch '
+                'tokens; put the local merge before the global one')
+        windows = grid_windows(hw, self.window, x.device)
+        similarity = window_similarity(x[:, prefix:], windows)
+        return local_merge_assign(similarity, windows, self.threshold,
+                                  num_patches, prefix)
+
+    def global_assign(self, x: Tensor, valid: Tensor, layer: int
+                      ) -> Tuple[Tensor, Tensor]:
+        best, match = bipartite_scores(x, self.class_token, valid)
+        edges = torch.isfinite(best)
+        r = adaptive_merge_count(best, edges, layer)
+        return bipartite_assign(best, match, r, valid.sum(dim=1), x.shape[1])
+
+    def _record_counts(self, size: Optional[Tensor], out: Tensor) -> None:
+        counts = torch.full(out.shape[:1], out.shape[1], device=out.device) \
+            if size is None else (size > 0).sum(dim=1)
+        self._counts.append(counts.detach())
+
+    @property
+    def last_counts(self) -> Optional[Tensor]:
+        """(B, blocks run) tokens every image kept after each block of the
+        last forward pass (class token included), None before one."""
+        return torch.stack(self._counts, dim=1) if self._counts else None
+
+    def full_grid(self, i: int, x: Tensor, state: ALGMState) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
+        return gather_tokens(x, state.source)
+
+    # ------------------------------------------------------------ questions
+    def merging_blocks(self) -> List[int]:
+        return [i for i in (self.local_block, self.global_block)
+                if i is not None]
+
+    def blocks(self, num_layers: int) -> List[int]:
+        return list(range(self.local_block, num_layers))
+
+    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
+        """Tokens each block outputs, class token included. ALGM's counts
+        depend on the image: these are what the last forward pass ran on
+        (its largest image, i.e. the padded batch; at batch 1 that image's
+        own counts) when it had ``num_tokens`` input tokens; before such a
+        pass, the upper bound ``num_tokens`` (nothing merged)."""
+        counts = self.last_counts
+        if counts is None or counts.shape[1] != num_layers or \
+                self._input_tokens != num_tokens:
+            return [num_tokens] * num_layers
+        return [int(c) for c in counts.max(dim=0).values]
+
+    def extra_repr(self) -> str:
+        return (f'local_block={self.local_block}, '
+                f'global_block={self.global_block}, '
+                f'threshold={self.threshold}, window={self.window}, '
+                f'proportional_attention={self.proportional_attention}')
