@@ -91,7 +91,11 @@ def check_cfg_option(cfg: Config, key: str, value) -> None:
 
 
 def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
-    """Read the config and apply command-line overrides (checked first)."""
+    """Read the config and apply command-line overrides (checked first);
+    the Runner's files are written by the project's atomic, rank-0 writers
+    (:func:`mmseg_pm.engine.use_project_writers`)."""
+    from mmseg_pm.engine import use_project_writers
+
     cfg = read_config(path)
     cfg.launcher = launcher
     if cfg_options:
@@ -101,6 +105,7 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
             cfg.merge_from_dict(cfg_options)
         except Exception as err:
             raise UsageError(f'--cfg-options: {err}') from err
+    use_project_writers(cfg)
     return cfg
 
 
