@@ -196,14 +196,18 @@ def check_data_folders(cfg: Config, loaders) -> dict:
 def check_runner_inputs(cfg: Config, config_path: str, loaders,
                         out_dirs=None) -> None:
     """Everything a train or test run is given, checked before the Runner
-    is built: loop counts, data folders, the checkpoint file (a URL is
+    is built: loop counts, data folders and the data in them
+    (:func:`mmseg_pm.apis.data.check_datasets`), the checkpoint file (a URL is
     downloaded and ``load_from`` pointed at the local copy) and the folders
     the run writes (``out_dirs``: {flag: folder}), which must be writable
     and none of the inputs."""
     from .checkpoint import local_checkpoint
 
+    from .data import check_datasets
+
     check_loop_config(cfg, loaders)
     inputs = dict(check_data_folders(cfg, loaders), config=config_path)
+    check_datasets(cfg, loaders)
     if cfg.get('load_from'):
         cfg.load_from = str(local_checkpoint(cfg.load_from))
         inputs['checkpoint'] = cfg.load_from
