@@ -1,9 +1,10 @@
 """Run a tool with a fault injected halfway through writing a file.
 
 ``python fault_injection.py FAULT PATTERN TOOL ARGS...`` runs
-``tools/TOOL.py ARGS`` in this process; the first write of a file whose name
+``tools/TOOL.py ARGS`` in this process; the first file written whose name
 matches the regular expression PATTERN (the final name or a temporary one
-made from it) writes half of its bytes, then FAULT happens:
+made from it) gets half of its bytes when it is flushed, then FAULT
+happens:
 
 * ``enospc``: ``OSError(ENOSPC)``, what a full disk raises;
 * ``sigterm`` / ``sigint``: the process sends itself the signal (what
@@ -51,13 +52,29 @@ def targeted(name) -> bool:
 
 
 class FaultyFile:
-    """A file opened for writing whose first write faults."""
+    """A file opened for writing that faults when its content reaches the
+    disk (a buffered writer meets a full disk at flush or close, after
+    its writes have returned)."""
 
     def __init__(self, file):
         self.file = file
+        self.parts = []
 
     def write(self, data):
-        fire(self.file, data if isinstance(data, str) else bytes(data))
+        self.parts.append(data if isinstance(data, str) else bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        parts, self.parts = self.parts, None
+        if parts is None:
+            return
+        try:
+            fire(self.file, (parts[0][:0] if parts else b'').join(parts))
+        finally:
+            self.file.close()
 
     def __getattr__(self, name):
         return getattr(self.file, name)
@@ -66,7 +83,7 @@ class FaultyFile:
         return self
 
     def __exit__(self, *exc):
-        self.file.close()
+        self.close()
 
 
 def faulty_open(file, mode='r', *args, **kwargs):
