@@ -22,8 +22,8 @@ import numpy as np
 from .errors import UsageError
 
 # pairs decoded per data set: every pair of a small data set, an evenly
-# spread sample of a large one (ADE20K's 20 210 training pairs: 32 decoded
-# in about a second, all 20 210 checked to exist)
+# spread sample of a large one (every pair is still checked to exist).
+# Measured: 200 pairs of 512x683, 32 decoded, 0.9-1.1 s on 2 busy cores.
 SAMPLE_SIZE = 32
 
 
