@@ -11,7 +11,7 @@ its annotation exists, and for a bounded, evenly spread sample of pairs
 (:data:`SAMPLE_SIZE`; all of them in small data sets) that image and
 annotation decode, have the same size and hold only labels below the
 number of classes or the ignore index, after the data set's own label
-mapping (``reduce_zero_label``, ``label_map``). The first bad file is
+mapping (``reduce_zero_label``, then ``label_map``). The first bad file is
 named with the fix.
 """
 from pathlib import Path
@@ -65,17 +65,17 @@ def sample_indices(size: int, limit: int = SAMPLE_SIZE) -> List[int]:
 def mmseg_labels(annotation: np.ndarray, reduce_zero_label: bool,
                  label_map: Optional[dict]) -> np.ndarray:
     """The class indices mmseg's LoadAnnotations makes of an annotation
-    (uint8; label_map first, then reduce_zero_label: 0 and 255 become 255,
-    k becomes k - 1)."""
+    (uint8; reduce_zero_label first: 0 and 255 become 255, k becomes
+    k - 1; then label_map)."""
     labels = annotation.astype(np.uint8)
+    if reduce_zero_label:
+        labels = np.where((labels == 0) | (labels == 255), 255,
+                          labels.astype(np.int64) - 1).astype(np.uint8)
     if label_map:
         mapped = labels.copy()
         for old, new in label_map.items():
             mapped[labels == old] = new
         labels = mapped
-    if reduce_zero_label:
-        labels = np.where((labels == 0) | (labels == 255), 255,
-                          labels.astype(np.int64) - 1).astype(np.uint8)
     return labels
 
 
