@@ -463,19 +463,34 @@ def find_scores(cfg, model, checkpoint: dict, scores_file=None,
     """(scores (L, N) or None, note for the figure): from ``scores_file``,
     else the checkpoint's meta, else computed on ``score_iters`` training
     batches of the config, else none."""
-    from mmseg_pm.apis import UsageError, load_checkpoint_file
+    from mmseg_pm.apis import UsageError
+    from mmseg_pm.apis.checkpoint import load_weights_only
 
     backbone = model.backbone
     shape = (len(backbone.layers),
              backbone.grid_size[0] * backbone.grid_size[1])
     if scores_file:
-        scores, source = scores_in(load_checkpoint_file(scores_file)), \
+        scores, source = scores_in(load_weights_only(scores_file)), \
             scores_file
         if scores is None:
-            raise UsageError(f'no token scores in {scores_file}')
+            raise UsageError(f'no token scores in {scores_file}: give an '
+                             f'{shape} tensor, a dict with "scores", or a '
+                             'checkpoint written by tools/prune.py')
+        if tuple(scores.shape) != shape:
+            raise UsageError(f'--scores {scores_file} holds scores of shape '
+                             f'{tuple(scores.shape)}; this model needs '
+                             f'{shape} (blocks, patch tokens)')
     else:
         scores, source = scores_in(checkpoint), 'checkpoint meta'
     if scores is not None:
+        scores = scores.float()
+        if not bool(torch.isfinite(scores).all()):
+            bad = int((~torch.isfinite(scores)).sum())
+            raise UsageError(f'the token scores in {source} are not finite '
+                             f'numbers ({bad} NaN or Inf of '
+                             f'{scores.numel()}): they cannot be drawn; '
+                             'score the model again (tools/prune.py) or '
+                             'pass other --scores')
         if tuple(scores.shape) != shape:
             return None, (f'token scores from {source} have shape '
                           f'{tuple(scores.shape)}, expected {shape}: '

@@ -28,6 +28,7 @@ os.environ.setdefault('KINETO_LOG_LEVEL', '5')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmseg_pm.benchmark import main  # noqa: E402
+from mmseg_pm.cli import run_tool  # noqa: E402
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

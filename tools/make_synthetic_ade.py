@@ -4,6 +4,7 @@ The command line of ``mmseg_pm.cli.make_synthetic_ade`` (its docstring and ``--h
 say how to use it).
 """
 from mmseg_pm.cli.make_synthetic_ade import main
+from mmseg_pm.cli import run_tool
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

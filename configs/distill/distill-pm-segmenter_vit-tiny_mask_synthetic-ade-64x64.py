@@ -25,4 +25,5 @@ param_scheduler = [
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=200, val_interval=200)
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200))
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False,
+                    interval=200))

@@ -89,7 +89,7 @@ val_dataloader = dict(
             seg_map_path='annotations/validation'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+val_evaluator = dict(type='AtomicIoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 optim_wrapper = dict(
@@ -104,6 +104,7 @@ train_cfg = dict(type='IterBasedTrainLoop', max_iters=400, val_interval=400)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=400))
+    logger=dict(type='RankZeroLoggerHook', interval=50,
+                log_metric_by_epoch=False),
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False, interval=400))
 randomness = dict(seed=0)

@@ -100,6 +100,17 @@ def local_checkpoint(path: Union[str, os.PathLike]) -> Path:
 def load_checkpoint_file(path: Union[str, os.PathLike],
                          map_location='cpu') -> dict:
     """Load a checkpoint dict from a local file or an http(s) URL."""
+    checkpoint = load_weights_only(path, map_location)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, '
+                              'not a checkpoint dict of weights')
+    return checkpoint
+
+
+def load_weights_only(path: Union[str, os.PathLike], map_location='cpu'):
+    """Whatever a local file or http(s) URL saved with ``torch.save`` holds
+    (a dict, a tensor...), loaded weights-only; unreadable files are
+    refused like checkpoints."""
     from mmengine.runner.checkpoint import get_torch_safe_globals
 
     local = local_checkpoint(path)
@@ -124,9 +135,6 @@ def load_checkpoint_file(path: Union[str, os.PathLike],
             f'{path} is not a readable PyTorch checkpoint (truncated, '
             f'damaged or another format: {_first_line(err)}); fetch or '
             'write it again') from err
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'{path} holds a {type(checkpoint).__name__}, '
-                              'not a checkpoint dict of weights')
     return checkpoint
 
 

@@ -92,7 +92,11 @@ def check_cfg_option(cfg: Config, key: str, value) -> None:
 
 def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
     """Read the config and apply command-line overrides (checked first);
-    the model's ``compression=`` is checked on the result."""
+    the model's ``compression=`` is checked on the result; the Runner's
+    files are written by the project's atomic, rank-0 writers
+    (:func:`mmseg_pm.engine.use_project_writers`)."""
+    from mmseg_pm.engine import use_project_writers
+
     cfg = read_config(path)
     cfg.launcher = launcher
     if cfg_options is not None and not isinstance(cfg_options, dict):
@@ -111,6 +115,7 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
                          '...); start from a config in configs/ (e.g. '
                          "_base_ = ['configs/segmenter/...py'])")
     check_compression(cfg)
+    use_project_writers(cfg)
     return cfg
 
 
@@ -247,14 +252,18 @@ def check_data_folders(cfg: Config, loaders) -> dict:
 def check_runner_inputs(cfg: Config, config_path: str, loaders,
                         out_dirs=None) -> None:
     """Everything a train or test run is given, checked before the Runner
-    is built: loop counts, data folders, the checkpoint file (a URL is
+    is built: loop counts, data folders and the data in them
+    (:func:`mmseg_pm.apis.data.check_datasets`), the checkpoint file (a URL is
     downloaded and ``load_from`` pointed at the local copy) and the folders
     the run writes (``out_dirs``: {flag: folder}), which must be writable
     and none of the inputs."""
     from .checkpoint import local_checkpoint
 
+    from .data import check_datasets
+
     check_loop_config(cfg, loaders)
     inputs = dict(check_data_folders(cfg, loaders), config=config_path)
+    check_datasets(cfg, loaders)
     if cfg.get('load_from'):
         cfg.load_from = str(local_checkpoint(cfg.load_from))
         inputs['checkpoint'] = cfg.load_from

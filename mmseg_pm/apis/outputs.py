@@ -4,13 +4,19 @@ Before any work: an output is never one of the inputs (config, checkpoint,
 image, scores, data directory), never an existing file unless the user
 passed ``--force`` (and never a read-only one), and its directory must be
 writable. Writing: a temporary file next to the output, renamed over it
-only when complete, so an error or Ctrl-C leaves neither a half-written
-file nor the temporary one (nor directories made for it). Files get the
-user's normal permissions (``0666 & ~umask``), not mkstemp's private 0600.
+only when complete, so an error, Ctrl-C or SIGTERM (the tools turn it into
+Ctrl-C) leaves neither a half-written file nor the temporary one (nor
+directories made for it). A temporary file is named after the output, the
+host and the writing process (``.NAME.HOST.PID.RANDOM.tmpSUFFIX``): one left
+by a process killed outright (SIGKILL, power loss) is removed by the next
+successful write of the same output on that host. Files get the user's
+normal permissions (``0666 & ~umask``), not mkstemp's private 0600.
 """
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,18 +144,52 @@ def _make_parents(folder: Path) -> List[Path]:
     return created
 
 
+def _temp_prefix(path: Path) -> str:
+    return f'.{path.name}.{socket.gethostname()}.'
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def stale_temp_files(path: PathLike) -> List[Path]:
+    """Temporary files of :func:`atomic_output` for ``path`` left by
+    processes of this host that no longer run (a live writer's are never
+    listed: two ranks may write the same prediction at once)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(_temp_prefix(path)) + r'(\d+)\.[^.]+'
+                         + re.escape(f'.tmp{path.suffix}'))
+    if not path.parent.is_dir():
+        return []
+    stale = []
+    for entry in path.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found and int(found.group(1)) != os.getpid() and \
+                not _is_running(int(found.group(1))):
+            stale.append(entry)
+    return stale
+
+
 @contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same suffix, so writers
     that pick a format by suffix work); when the block ends normally it
-    gets the umask's permissions and is renamed to ``path``. On any error
+    gets the umask's permissions and is renamed to ``path``, and temporary
+    files of ``path`` left by killed processes are removed. On any error
     or Ctrl-C the temporary file, and the folders made for it, are removed
     and ``path`` is untouched."""
     path = Path(path).expanduser()
     created = _make_parents(path.parent)
     tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f'.{path.name}.',
+        fd, name = tempfile.mkstemp(prefix=f'{_temp_prefix(path)}'
+                                    f'{os.getpid()}.',
                                     suffix=f'.tmp{path.suffix}',
                                     dir=path.parent)
         os.close(fd)
@@ -157,6 +197,12 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, umask_mode())  # mkstemp makes it private (0600)
         os.replace(tmp, path)
+        tmp = None
+        for stale in stale_temp_files(path):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:  # not ours to remove after all
+                pass
     except BaseException:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

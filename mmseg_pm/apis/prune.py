@@ -11,6 +11,7 @@ from mmseg_pm.compression import (DEFAULT_PLACEMENT, RANKINGS, PMConfig,
 from .checkpoint import (load_checkpoint_file, load_checkpoint_into,
                          local_checkpoint, save_checkpoint_atomic)
 from .config import check_data_folders, load_config
+from .data import check_datasets
 from .errors import UsageError
 from .inference import build_segmentor, crop_flops
 from .outputs import check_not_input, check_output_file
@@ -55,13 +56,15 @@ def prune_config(config: str, cfg_options: Optional[dict] = None,
 
 def check_prune_paths(cfg: Config, config: str, checkpoint: str, out: str,
                       force: bool = False) -> None:
-    """The checkpoint and the scoring data exist; ``out`` is none of the
+    """The checkpoint and the scoring data exist (and the data is sound:
+    :func:`mmseg_pm.apis.data.check_datasets`); ``out`` is none of the
     inputs, not an existing file without ``force``, and writable."""
     local_checkpoint(checkpoint)
     check_output_file(out, dict(config=config, checkpoint=checkpoint),
                       force)
     check_not_input(out, check_data_folders(cfg, ['train_dataloader']),
                     '--out')
+    check_datasets(cfg, ['train_dataloader'])
 
 
 def pick_device(name: Optional[str]) -> str:

@@ -4,8 +4,13 @@ and :func:`run_cli`, which turns a :class:`UsageError` into argparse's
 one-line usage error. Everything a tool does after parsing is a call into
 :mod:`mmseg_pm.apis`."""
 import argparse
+import errno
 import os
 import re
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 
 from mmengine.config import DictAction
 
@@ -112,21 +117,81 @@ def set_local_rank(local_rank: int) -> None:
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the tool is, as Ctrl-C would be."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM (what ``kill``, ``timeout`` and job
+    schedulers send) raises :class:`Terminated`, a KeyboardInterrupt, so it
+    unwinds like Ctrl-C: every output being written removes its temporary
+    file. Only the main thread can take signals; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated(f'signal {signum}')
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def exit_interrupted(err: KeyboardInterrupt, prog: str) -> None:
+    """One line and the shell's status for the signal: 143 after SIGTERM,
+    130 after Ctrl-C."""
+    terminated = isinstance(err, Terminated)
+    what = 'terminated (SIGTERM)' if terminated else 'interrupted'
+    print(f'{prog}: {what}; no partly written output is left',
+          file=sys.stderr)
+    sys.exit(143 if terminated else 130)
+
+
+def run_tool(main) -> None:
+    """What ``tools/*.py`` run: ``main()`` with SIGTERM unwinding like
+    Ctrl-C (also in the tools that do not parse with :func:`run_cli`),
+    either ending in one line."""
+    try:
+        with sigterm_as_interrupt():
+            main()
+    except KeyboardInterrupt as err:
+        exit_interrupted(err, os.path.basename(sys.argv[0]))
+
+
 def run_cli(parser: argparse.ArgumentParser, main, argv=None):
     """Parse ``argv`` and call ``main(args)``; bad input (a
     :class:`UsageError` from the library) exits with argparse's one-line
-    usage error (status 2) instead of a traceback. A distributed run leaves
-    its process group before the process exits."""
+    usage error (status 2) instead of a traceback. SIGTERM unwinds like
+    Ctrl-C; both, and a full disk, end with one line (status 143, 130, 1)
+    after every output being written has removed its temporary file. A
+    distributed run leaves its process group before the process exits."""
     args = parser.parse_args(argv)
     if hasattr(args, 'local_rank'):
         set_local_rank(args.local_rank)
     completed = False
     try:
-        result = main(args)
+        with sigterm_as_interrupt():
+            result = main(args)
         completed = True
         return result
     except UsageError as err:
         parser.error(str(err))
+    except KeyboardInterrupt as err:
+        exit_interrupted(err, parser.prog)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f' writing {err.filename}' if err.filename else ''
+        parser.exit(1, f'{parser.prog}: error: {err.strerror or err}{where}; '
+                    'no partly written output is left: free space or '
+                    'choose another location\n')
     finally:
         end_distributed(completed)
 

@@ -36,7 +36,7 @@ def test_distill_config_takes_the_shared_schedule(path):
                              max_iters=200 if tiny else 20000,
                              val_interval=200 if tiny else 4000)
     assert cfg.default_hooks.checkpoint.interval == (200 if tiny else 4000)
-    assert cfg.default_hooks.checkpoint.type == 'CheckpointHook'
+    assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
 
 
 def test_the_schedule_holds_the_authors_values():

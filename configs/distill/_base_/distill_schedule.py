@@ -19,4 +19,5 @@ distill_param_scheduler = [
 distill_train_cfg = dict(type='IterBasedTrainLoop', max_iters=20000,
                          val_interval=4000)
 distill_default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=4000))
+    checkpoint=dict(type='AtomicCheckpointHook', by_epoch=False,
+                    interval=4000))
