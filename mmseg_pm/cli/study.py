@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mmseg_pm.apis import UsageError
 from mmseg_pm.cli import run_cli
-from mmseg_pm.study import DEFAULT_METHODS, METHODS
+from mmseg_pm.study import DEFAULT_BUDGETS, DEFAULT_METHODS, METHODS
 from mmseg_pm.study.pipeline import run_study
 
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--data-root',
                         help='synthetic data (default: WORK_DIR/data)')
     parser.add_argument('--budgets', type=float, nargs='+',
-                        default=[0.7, 0.5],
+                        default=DEFAULT_BUDGETS,
                         help='fractions of the dense GFLOPs')
     parser.add_argument('--methods', nargs='+', choices=list(METHODS),
                         default=DEFAULT_METHODS)
