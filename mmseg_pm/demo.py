@@ -17,27 +17,18 @@ import torch
 from mmengine.config import Config
 
 from mmseg_pm.apis import UsageError, write_atomic
-from mmseg_pm.apis.config import write_config
+from mmseg_pm.apis.config import (DENSE_CONFIG, DISTILL_CONFIG, PM_CONFIG,
+                                   write_config)
 from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
 from mmseg_pm.apis.prune import (format_prune_table, prune_config,
                                  prune_segmentor, save_pruned)
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
-from mmseg_pm.benchmark import tokens_per_layer
-from mmseg_pm.benchmark.measure import images_per_second
+from mmseg_pm.apis.timing import images_per_second
+from mmseg_pm.benchmark.measure import tokens_per_layer
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.visualization import draw_model_tokens
 
-def configs_dir() -> Path:
-    """The project's configs: the repository's configs/, which the package
-    carries as ``mmseg_pm/configs`` (a link in a checkout, copies in an
-    installed wheel)."""
-    return Path(__file__).resolve().parent / 'configs'
 
-
-CONFIGS = configs_dir()
-DENSE_CONFIG = CONFIGS / 'synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
-PM_CONFIG = CONFIGS / 'synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
-DISTILL_CONFIG = CONFIGS / 'distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 # The demo's compression: at least 30 % fewer GFLOPs than the dense model.
 DEMO_LAYERS = [0, 1, 2, 3]
 DEMO_KEEP_RATE = 0.3

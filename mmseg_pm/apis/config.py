@@ -289,3 +289,18 @@ def check_work_dir(cfg: Config, inputs=None) -> None:
             f'load_from {load_from} lies in the work dir {cfg.work_dir}, '
             f'where this run saves its own {source.name}; copy it elsewhere '
             'or pass another --work-dir (or --resume to continue that run)')
+
+
+def configs_dir() -> Path:
+    """The project's configs: the repository's configs/, which the package
+    carries as ``mmseg_pm/configs`` (a link in a checkout, copies in an
+    installed wheel)."""
+    return Path(__file__).resolve().parents[1] / 'configs'
+
+
+# The synthetic tiny Segmenter of the demo and the study: dense, with
+# Prune and Merge, and its distillation settings.
+CONFIGS = configs_dir()
+DENSE_CONFIG = CONFIGS / 'synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+PM_CONFIG = CONFIGS / 'synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
+DISTILL_CONFIG = CONFIGS / 'distill/distill-pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501

@@ -4,15 +4,17 @@
 MSTM to the GFLOPs of each Prune-and-Merge row, ``measure`` counts FLOPs and
 times and measures memory, ``backends`` runs the same modules under
 onnxruntime and torch.compile, ``report`` turns rows into ratios, target
-checks and files, ``cli`` is the command line.
+checks and files, ``pipeline`` runs them all (its command line is
+:mod:`mmseg_pm.cli.benchmark`).
 """
-from .cli import main
+from mmseg_pm.apis.timing import time_interleaved
+
 from .measure import (analytic_backbone_flops, peak_memory_bytes,
-                      time_interleaved, tokens_per_layer)
+                      tokens_per_layer)
 from .peers import calibrate_peer, calibrate_peers
 from .variants import ModelSpec, expand_specs, parse_config_arg
 
-__all__ = ['main', 'analytic_backbone_flops', 'peak_memory_bytes',
+__all__ = ['analytic_backbone_flops', 'peak_memory_bytes',
            'time_interleaved', 'tokens_per_layer', 'calibrate_peer',
            'calibrate_peers', 'ModelSpec', 'expand_specs',
            'parse_config_arg']

@@ -1,8 +1,6 @@
 """Measurements of one model: FLOPs, parameters, time and peak memory.
 
-Timing is interleaved: each repeat runs every model once in turn, so
-background load on a shared machine hits all rows alike; medians (and
-minima) are reported. Peak memory is the most tensor memory held above what
+Timing is interleaved (:mod:`mmseg_pm.apis.timing`). Peak memory is the most tensor memory held above what
 was allocated before the step (model and input excluded): on a GPU
 ``torch.cuda.max_memory_allocated``; on the CPU the allocations and frees
 the profiler records from torch's CPU allocator, summed in order.
@@ -12,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import statistics
-import time
-from typing import Callable, Dict, Hashable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mmseg_pm.apis.timing import synchronize
 from mmseg_pm.export import TensorForward
 from mmseg_pm.utils.flops import count_flops, vit_flops
 
@@ -44,56 +41,6 @@ def autocast(device: str, dtype: str):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(':')[0],
                           dtype=DTYPES[dtype])
-
-
-def synchronize(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-
-
-def time_interleaved(calls: Dict[Hashable, Callable[[], object]],
-                     warmup: int, repeats: int,
-                     device: str = 'cpu') -> Dict[Hashable, List[float]]:
-    """Seconds per call of every callable, ``repeats`` times each, the
-    callables taking turns (after ``warmup`` untimed calls each)."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    synchronize(device)
-    gc.collect()
-    times = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            times[key].append(time.perf_counter() - start)
-    return times
-
-
-def images_per_second(models: Dict[Hashable, nn.Module], inputs: Tensor,
-                      warmup: int, repeats: int,
-                      device: str = 'cpu') -> Dict[Hashable, float]:
-    """Median images/s of every segmentor's tensor forward on ``inputs``,
-    the models taking turns (:func:`time_interleaved`), so that load from
-    other jobs hits them alike."""
-    def forward(model):
-        with torch.inference_mode():
-            return model(inputs, mode='tensor')
-
-    seconds = time_interleaved(
-        {name: (lambda m=m: forward(m)) for name, m in models.items()},
-        warmup, repeats, device)
-    return {name: summarise(t, inputs.shape[0])['images_per_s']
-            for name, t in seconds.items()}
-
-
-def summarise(seconds: Sequence[float], batch: int) -> dict:
-    median = statistics.median(seconds)
-    return dict(latency_ms=1e3 * median, latency_ms_min=1e3 * min(seconds),
-                images_per_s=batch / median,
-                images_per_s_best=batch / min(seconds),
-                repeats=len(seconds))
 
 
 def _profiled_peak_bytes(step: Callable[[], object]) -> int:

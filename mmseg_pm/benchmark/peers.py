@@ -1,10 +1,9 @@
 """The peers at the GFLOPs of each Prune-and-Merge row.
 
 ToMe's merges, MSTM's keep rate and Hourglass's (alpha, h x w) are
-calibrated to the counted GFLOPs of
-the ``pm`` row of the same keep rate with the quality study's knobs and
-bisection (:mod:`mmseg_pm.study`: ``knob_range``, ``compression_for``,
-``calibrate_knob``, ``check_within``), so a benchmark row and a study row of
+calibrated to the counted GFLOPs of the ``pm`` row of the same keep rate
+with the quality study's knobs (:mod:`mmseg_pm.apis.knobs`) and bisection
+(:mod:`mmseg_pm.apis.calibration`), so a benchmark row and a study row of
 a method mean the same model. FLOPs are counted as everywhere else
 (``count_flops``, one image, the backbone: the decode head is the same for
 every method, all of them give it the full grid back).
@@ -19,8 +18,9 @@ import dataclasses
 import json
 from typing import Callable, Dict, List, Optional, Sequence
 
-from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
-                            compression_for, knob_range, knob_text)
+from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
+                                       check_within)
+from mmseg_pm.apis.knobs import compression_for, knob_range, knob_text
 
 from .variants import PEER_NAMES, PEER_VARIANTS, ModelSpec
 

@@ -19,18 +19,20 @@ from mmengine.config import Config
 from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
                            load_checkpoint_into,
                            save_checkpoint_atomic, write_atomic)
-from mmseg_pm.apis.config import write_config
+from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
+                                       check_within)
+from mmseg_pm.apis.config import DENSE_CONFIG, DISTILL_CONFIG, write_config
 from mmseg_pm.apis.inference import build_segmentor, crop_flops, init_segmentor
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
-from mmseg_pm.benchmark.measure import images_per_second
+from mmseg_pm.apis.knobs import METHODS, compression_for, knob_range, knob_text
+from mmseg_pm.apis.prune import default_ranking
 from mmseg_pm.apis.scoring import token_scores_from_config
+from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.compression import PMConfig, search_structures
 from mmseg_pm.datasets import make_synthetic_ade
-from mmseg_pm.demo import DENSE_CONFIG, DISTILL_CONFIG
-from . import (METHODS, CalibrationError, best_per_budget, calibrate_knob,
-               check_within, compression_for, format_markdown, format_table,
-               format_windows_markdown, knob_range, knob_text, plot_study,
-               search_ranking, window_stats)
+from .report import (best_per_budget, format_markdown, format_table,
+                     format_windows_markdown, plot_study)
+from .windows import window_stats
 
 PROXY_NOTE = ('A small proxy, not ADE20K: synthetic ADE20K-format scenes and '
               'a tiny Segmenter trained from scratch on CPU; the numbers '
@@ -182,7 +184,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
 
     def structures_at(knob):
         return search_structures(scores, pm_config(knob), grid,
-                                 search_ranking(method),
+                                 default_ranking(METHODS[method].mode),
                                  METHODS[method].placement, args.seed)
 
     inputs = None

@@ -329,7 +329,7 @@ def test_numbers_are_checked_at_parsing(world, unchanged, tmp_path, name,
 
 
 def test_counts_of_benchmark_and_data_generator(tmp_path, capsys):
-    from mmseg_pm.benchmark import main as benchmark
+    from mmseg_pm.cli.benchmark import main as benchmark
     with pytest.raises(SystemExit):
         benchmark([str(DENSE_TINY), '--keep-rates', '0', '--out-dir',
                    str(tmp_path)])

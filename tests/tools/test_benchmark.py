@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmseg_pm.benchmark import ModelSpec, calibrate_peers, main, \
+from mmseg_pm.benchmark import ModelSpec, calibrate_peers, \
     parse_config_arg
 from mmseg_pm.benchmark.report import render_markdown
-from mmseg_pm.study import compression_for
+from mmseg_pm.cli.benchmark import main
+from mmseg_pm.apis.knobs import compression_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-'

@@ -1,4 +1,5 @@
-"""Command line of ``tools/benchmark.py``: measure models side by side.
+"""The benchmark's pipeline (its command line: ``mmseg_pm.cli.benchmark``):
+measure models side by side.
 
 For every config (``CONFIG[:CHECKPOINT]``) it builds mmseg's dense
 Segmenter, this project's backbone with compression off, Prune-and-Merge at
@@ -31,128 +32,25 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from mmseg_pm.apis import UsageError
+from mmseg_pm.apis.config import configs_dir
+from mmseg_pm.apis.timing import summarise, time_interleaved
+
 from .backends import (COMPILE, EAGER, ONNX, compile_module, compiled_graphs,
                        first_calls, max_abs_diff, onnx_session, onnx_step,
                        try_export)
-from .measure import (DTYPES, PARTS, analytic_backbone_flops, counted_flops,
+from .measure import (analytic_backbone_flops, counted_flops,
                       inference_step, mean_scene_flops, op_profile,
                       parameter_count, part_module, peak_memory_bytes,
-                      scene_images, summarise, time_interleaved,
-                      tokens_per_layer, train_step)
-from mmseg_pm.apis import UsageError, check_output_file
-from mmseg_pm.cli import CfgOptionsAction, float_in, int_at_least
+                      scene_images, tokens_per_layer, train_step)
+from .peers import calibrate_peers
+from .report import add_ratios, check_targets, machine_info
+from .variants import (ADAPTIVE_VARIANTS, PEER_VARIANTS, ModelSpec,
+                       build_family, build_segmentor, config_stem,
+                       expand_specs, family_weights, load_config,
+                       parse_config_arg)
 
-from .peers import DEFAULT_TOLERANCE, calibrate_peers
-from .report import (add_ratios, check_targets, machine_info, render_text,
-                     result_paths, write_results)
-from .variants import (ADAPTIVE_VARIANTS, DEFAULT_VARIANTS, PEER_VARIANTS,
-                       VARIANTS, ModelSpec, build_family, build_segmentor,
-                       config_stem, expand_specs, family_weights,
-                       load_config, parse_config_arg)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description='GFLOPs, parameters, images/s, latency and peak memory '
-        'of dense and compressed Segmenters and their peers at the same '
-        'GFLOPs, in PyTorch, onnxruntime and torch.compile, side by side',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('configs', nargs='*', metavar='CONFIG[:CHECKPOINT]',
-                   help='mmseg configs (paths or mmseg::...), each with an '
-                   'optional checkpoint whose weights every row of it uses '
-                   '(none: only the --scaling rows)')
-    p.add_argument('--variants', nargs='+', choices=VARIANTS,
-                   default=list(DEFAULT_VARIANTS),
-                   help="rows per config: mmseg's VisionTransformer, ours "
-                   'with compression off, PM (residual reconstruct, sparse '
-                   "merge: the default), PM with the authors' pinv "
-                   'reconstruct, PM with dense merge/reconstruct matrices, '
-                   'ToMe and MSTM calibrated to the GFLOPs of each pm row, '
-                   "the config's backbone as written")
-    p.add_argument('--keep-rates', nargs='+', default=None,
-                   type=float_in(0, 1, low_open=True),
-                   help="keep rates of the compressed rows (default: the "
-                   "config's own, or 0.7 0.5); 1.0 = the dense rows")
-    p.add_argument('--match-tolerance', type=float, default=DEFAULT_TOLERANCE,
-                   help='largest relative GFLOPs miss of a peer against its '
-                   'PM row; a peer that cannot get closer is reported as '
-                   'a row that cannot reach it')
-    p.add_argument('--backends', nargs='*', choices=['onnx', 'compile'],
-                   default=['onnx', 'compile'],
-                   help='besides PyTorch (eager): rows exported to ONNX and '
-                   'run by onnxruntime (CPU execution provider, same thread '
-                   'count), and torch.compile rows; none: eager only')
-    p.add_argument('--onnx-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm', 'tome', 'mstm', 'hourglass'],
-                   help='rows exported to ONNX (those that fail say why)')
-    p.add_argument('--compile-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm'], help='rows compiled')
-    p.add_argument('--onnx-dir', default=None,
-                   help='keep the exported ONNX files here (default: a '
-                   'temporary folder, removed at the end)')
-    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
-                   help='time the backbone alone and/or the segmentor '
-                   "(backbone + decode head, mode='tensor')")
-    p.add_argument('--batch-sizes', nargs='+', type=int_at_least(1),
-                   default=[1, 8])
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:i]'")
-    p.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
-                   default=['fp32'],
-                   help='fp32, or autocast to bf16 / fp16 (GPU; bf16 works '
-                   'on CPU too); onnxruntime rows are fp32 only')
-    p.add_argument('--threads', type=int_at_least(1), default=None,
-                   help='torch and onnxruntime intra-op threads (default: '
-                   "torch's)")
-    p.add_argument('--warmup', type=int_at_least(0), default=2,
-                   help='untimed calls per row before timing')
-    p.add_argument('--repeats', type=int_at_least(1), default=10,
-                   help='timed calls per row (interleaved; median)')
-    p.add_argument('--memory', choices=['none', 'inference', 'all'],
-                   default='all', help='peak memory of an inference step '
-                   'and (all) of a training step (forward + backward)')
-    p.add_argument('--memory-batch-size', type=int_at_least(1),
-                   default=None,
-                   help='batch of the memory steps (default: the largest '
-                   'of --batch-sizes)')
-    p.add_argument('--profile', action='store_true',
-                   help="record each PyTorch row's top operators by self "
-                   'time (one profiled call per row and batch size)')
-    p.add_argument('--resolutions', nargs='*', type=int_at_least(1),
-                   default=[],
-                   help='also time the backbone (batch 1) at these square '
-                   'input sizes, first config only')
-    p.add_argument('--scale-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm'],
-                   help='rows of the input-size study')
-    p.add_argument('--scaling', action='store_true',
-                   help='also the scaling rows: dense vs PM keep 0.7 (and '
-                   'the peers at its GFLOPs) for each --scaling-configs, '
-                   'batch 1, fp32, PyTorch eager, random weights')
-    p.add_argument('--scaling-configs', nargs='+', default=list(
-                   SCALING_CONFIGS), help='models of the scaling rows')
-    p.add_argument('--scaling-peers', nargs='*', choices=PEER_VARIANTS,
-                   default=list(PEER_VARIANTS),
-                   help='peers of the scaling rows (small models only)')
-    p.add_argument('--scaling-large-gflops', type=float, default=500.0,
-                   help='dense GFLOPs above which a scaling model gets '
-                   'no peers and --scaling-large-repeats timed calls')
-    p.add_argument('--scaling-large-repeats', type=int_at_least(1),
-                   default=3, help='timed calls per row of a large model')
-    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
-                   help='override config entries of every config, e.g. '
-                   'model.backbone.drop_path_rate=0')
-    p.add_argument('--out-dir', default='benchmarks',
-                   help='where results are written')
-    p.add_argument('--name', default=None,
-                   help='result file name (default: first config + device)')
-    p.add_argument('--no-plot', action='store_true')
-    p.add_argument('--force', action='store_true',
-                   help='overwrite result files of the same --name')
-    return p
-
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / 'configs' / 'segmenter'
-SCALING_CONFIGS = tuple(str(CONFIG_DIR / name) for name in (
+SCALING_CONFIGS = tuple(str(configs_dir() / 'segmenter' / name) for name in (
     'pm-segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py',
     'pm-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py',
     'pm-segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py',
@@ -163,27 +61,19 @@ def log(*msg) -> None:
     print(*msg, file=sys.stderr, flush=True)
 
 
-def check_args(args) -> None:
+def check_settings(args) -> None:
+    """Settings the parser's types cannot check (one :class:`UsageError`
+    naming the problem and the fix)."""
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise UsageError(f'--device {args.device}: no CUDA device here; use '
                          '--device cpu')
     if not args.device.startswith(('cpu', 'cuda')):
         raise UsageError(f"--device must be 'cpu' or 'cuda[:i]', got "
                          f'{args.device!r}')
-    if args.device == 'cpu' and 'fp16' in args.dtypes:
-        log('note: fp16 autocast on the CPU is slow; bf16 is the CPU\'s '
-            'half precision')
     if not args.configs and not args.scaling:
         raise UsageError('give at least one CONFIG, or --scaling')
-    inputs = {}
-    for i, arg in enumerate(args.configs):
-        config, checkpoint = parse_config_arg(arg)
-        inputs.update({f'config {i + 1}': config,
-                       f'checkpoint {i + 1}': checkpoint})
-    for path in result_paths(Path(args.out_dir),
-                             args.name or default_name(args),
-                             plot=wants_plot(args)).values():
-        check_output_file(path, inputs, args.force, flag='--out-dir/--name')
+    for arg in args.configs:
+        parse_config_arg(arg)
     if not 0 < args.match_tolerance < 1:
         raise UsageError('--match-tolerance must be in (0, 1), e.g. 0.02')
     peers = [v for v in args.variants if v in PEER_VARIANTS]
@@ -463,9 +353,12 @@ def measure_family(config_arg: str, specs: Sequence[ModelSpec], args,
 
 
 def run(args) -> dict:
-    check_args(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    """Every row of the settings measured; returns the results that
+    :func:`mmseg_pm.benchmark.report.write_results` writes."""
+    check_settings(args)
+    if args.device == 'cpu' and 'fp16' in args.dtypes:
+        log('note: fp16 autocast on the CPU is slow; bf16 is the CPU\'s '
+            'half precision')
     cfg_options = args.cfg_options or {}
     results = dict(machine=machine_info(args.device), rows=[], scale=[],
                    scaling=[], notes=[])
@@ -574,29 +467,10 @@ def measure_scaling(args, cfg_options):
     return rows, notes
 
 
-def wants_plot(args) -> bool:
-    """The plot draws the CONFIG rows; scaling rows alone have none."""
-    return not args.no_plot and bool(args.configs)
-
-
 def default_name(args) -> str:
+    """The result files' name: the first config's and the device's."""
     if not args.configs:
         return f'scaling_{args.device.replace(":", "")}'
     config, _ = parse_config_arg(args.configs[0])
     device = args.device.replace(':', '')
     return f'{config_stem(config)}_{device}'
-
-
-def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        results = run(args)
-    except UsageError as err:
-        parser.error(str(err))
-    print(render_text(results))
-    paths = write_results(results, Path(args.out_dir),
-                          args.name or default_name(args),
-                          plot=wants_plot(args))
-    print('\nwrote ' + ', '.join(str(p) for p in paths.values()))
-    return results
