@@ -6,34 +6,91 @@ and images/s side by side, the merge windows drawn. Every step is a call
 into :mod:`mmseg_pm.apis`; :func:`run_demo` returns what it writes to
 ``results.json``."""
 import contextlib
+import dataclasses
 import io
 import json
 import time
-import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from mmengine.config import Config
 
 from mmseg_pm.apis import UsageError, write_atomic
 from mmseg_pm.apis.config import (DENSE_CONFIG, DISTILL_CONFIG, PM_CONFIG,
-                                   write_config)
+                                   load_config, write_config)
 from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
 from mmseg_pm.apis.prune import (format_prune_table, prune_config,
                                  prune_segmentor, save_pruned)
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
 from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.benchmark.measure import tokens_per_layer
+from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
+                                  RANKINGS, RECONSTRUCTS)
+from mmseg_pm.compression.structure import ASSIGN_RULES
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.visualization import draw_model_tokens
 
 
 # The demo's compression: at least 30 % fewer GFLOPs than the dense model.
-DEMO_LAYERS = [0, 1, 2, 3]
+DEMO_LAYERS = (0, 1, 2, 3)
 DEMO_KEEP_RATE = 0.3
 DEMO_PRUNE_RATE = 0.1
 DEMO_RULE = 'row'  # the configs' (the authors')
+
+
+def default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Everything one demo run depends on (``tools/demo.py``'s options,
+    same names and defaults: its parser reads them from here). Checked on
+    construction."""
+
+    data_root: str = 'data/synthetic_ade'
+    work_dir: str = 'work_dirs/demo'
+    train_iters: int = 400
+    distill_iters: int = 200
+    score_iters: int = 20
+    keep_rate: float = DEMO_KEEP_RATE
+    prune_rate: float = DEMO_PRUNE_RATE
+    layers: Tuple[int, ...] = DEMO_LAYERS
+    ranking: str = 'global'
+    rule: str = DEMO_RULE
+    placement: str = DEFAULT_PLACEMENT
+    reconstruct: str = 'residual'
+    assign: str = 'content'
+    bench_batch: int = 16
+    device: str = dataclasses.field(default_factory=default_device)
+
+    def __post_init__(self):
+        for name in ('train_iters', 'distill_iters', 'score_iters',
+                     'bench_batch'):
+            if getattr(self, name) < 1:
+                raise UsageError(f'--{name.replace("_", "-")} must be >= 1')
+        if not 0 < self.keep_rate <= 1 or not 0 <= self.prune_rate < 1 or \
+                self.keep_rate + self.prune_rate > 1:
+            raise UsageError('need 0 < --keep-rate <= 1, 0 <= --prune-rate '
+                             '< 1 and keep + prune <= 1')
+        for name, allowed in (('ranking', RANKINGS), ('rule', ASSIGN_RULES),
+                              ('placement', PLACEMENTS),
+                              ('reconstruct', RECONSTRUCTS),
+                              ('assign', ASSIGNS),
+                              ('device', ('cpu', 'cuda'))):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f'--{name} {getattr(self, name)!r}: choose '
+                                 f'one of {", ".join(allowed)}')
+        object.__setattr__(self, 'layers', tuple(self.layers))
+
+    def check_compression(self) -> None:
+        """The demo's compression on the tiny model, checked before any
+        work (one :class:`UsageError` naming what is wrong)."""
+        load_config(str(PM_CONFIG), {
+            'model.backbone.compression.layers': list(self.layers),
+            'model.backbone.compression.keep_rate': self.keep_rate,
+            'model.backbone.compression.prune_rate': self.prune_rate})
 
 
 def data_options(root: str) -> dict:
@@ -122,12 +179,13 @@ def format_markdown(rows: list, note: str) -> str:
     return '\n'.join(lines) + f'\n\n{note}\n'
 
 
-def run_demo(args) -> dict:
-    """The whole demo with the settings of ``args`` (tools/demo.py's
-    options); returns what it writes to results.json."""
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
-    warnings.filterwarnings('ignore', category=UserWarning, module='mmengine')
+def run_demo(settings: Optional[DemoSettings] = None, **changes) -> dict:
+    """The whole demo with ``settings`` (default: tools/demo.py's), any
+    field changed by keyword (``run_demo(train_iters=2, work_dir=...)``);
+    returns what it writes to results.json."""
+    args = dataclasses.replace(settings, **changes) if settings else \
+        DemoSettings(**changes)
+    args.check_compression()
     work = Path(args.work_dir)
     timings = {}
     start = time.perf_counter()
@@ -224,17 +282,20 @@ def run_demo(args) -> dict:
     note = (f'Synthetic ADE20K-format data ({data["num_val"]} validation '
             f'images), tiny Segmenter (4 blocks, {img_size[0]}x{img_size[1]}'
             f' crops, {backbone.grid_size[0]}x{backbone.grid_size[1]} '
-            f'tokens); blocks {args.layers} compressed, keep_rate '
+            f'tokens); blocks {list(args.layers)} compressed, keep_rate '
             f'{args.keep_rate}, prune_rate {args.prune_rate}, {args.ranking} '
             f'ranking, {args.placement} placement, {args.rule} rule, '
             f'{args.reconstruct} reconstruction. '
             'GFLOPs: one crop; images/s: batches of '
             f'{args.bench_batch} crops, median of 10 interleaved runs, device '
-            f'{args.device}, {args.threads} thread(s); tokens per block '
+            f'{args.device}, {torch.get_num_threads()} thread(s); tokens per '
+            'block '
             'include the class token. '
             f'Total time {timings["total_s"]:.0f} s.')
     table = format_table(rows)
-    result = dict(rows=rows, settings=vars(args), timings_s=timings,
+    result = dict(rows=rows, settings=dict(
+        dataclasses.asdict(args), threads=torch.get_num_threads()),
+                  timings_s=timings,
                   checkpoints=dict(dense=dense_ckpt, pruned=pruned_ckpt,
                                    distilled=distilled_ckpt),
                   picture=str(picture), note=note,

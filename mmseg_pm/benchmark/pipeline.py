@@ -20,7 +20,6 @@ no peers (calibrating a peer costs a dozen forward passes).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import gc
@@ -32,8 +31,6 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from mmseg_pm.apis import UsageError
-from mmseg_pm.apis.config import configs_dir
 from mmseg_pm.apis.timing import summarise, time_interleaved
 
 from .backends import (COMPILE, EAGER, ONNX, compile_module, compiled_graphs,
@@ -45,41 +42,14 @@ from .measure import (analytic_backbone_flops, counted_flops,
                       scene_images, tokens_per_layer, train_step)
 from .peers import calibrate_peers
 from .report import add_ratios, check_targets, machine_info
+from .settings import BenchmarkSettings
 from .variants import (ADAPTIVE_VARIANTS, PEER_VARIANTS, ModelSpec,
                        build_family, build_segmentor, config_stem,
                        expand_specs, family_weights, load_config,
                        parse_config_arg)
 
-SCALING_CONFIGS = tuple(str(configs_dir() / 'segmenter' / name) for name in (
-    'pm-segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py',
-    'pm-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py',
-    'pm-segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py',
-    'pm-segmenter_vit-l_mask_8xb1-160k_ade20k-640x640.py'))
-
-
 def log(*msg) -> None:
     print(*msg, file=sys.stderr, flush=True)
-
-
-def check_settings(args) -> None:
-    """Settings the parser's types cannot check (one :class:`UsageError`
-    naming the problem and the fix)."""
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise UsageError(f'--device {args.device}: no CUDA device here; use '
-                         '--device cpu')
-    if not args.device.startswith(('cpu', 'cuda')):
-        raise UsageError(f"--device must be 'cpu' or 'cuda[:i]', got "
-                         f'{args.device!r}')
-    if not args.configs and not args.scaling:
-        raise UsageError('give at least one CONFIG, or --scaling')
-    for arg in args.configs:
-        parse_config_arg(arg)
-    if not 0 < args.match_tolerance < 1:
-        raise UsageError('--match-tolerance must be in (0, 1), e.g. 0.02')
-    peers = [v for v in args.variants if v in PEER_VARIANTS]
-    if peers and 'pm' not in args.variants:
-        raise UsageError(f'--variants {" ".join(peers)} are matched to the '
-                         "GFLOPs of the 'pm' rows: add pm to --variants")
 
 
 def image_size(segmentor) -> tuple:
@@ -114,12 +84,12 @@ def backbone_flops(backbone, hw, device) -> int:
     return counted_flops(backbone, torch.randn(1, 3, *hw, device=device))
 
 
-def calibrate_family_peers(specs: Sequence[ModelSpec], models, args,
+def calibrate_family_peers(specs: Sequence[ModelSpec], models, settings,
                            cfg_options, hw) -> List[ModelSpec]:
     """``specs`` with every peer calibrated to the counted backbone GFLOPs
     of the ``pm`` row of its keep rate (``models[i]`` is built for
     ``specs[i]``; peers have none yet)."""
-    device = args.device
+    device = settings.device
     targets = {spec.keep_rate: backbone_flops(model.backbone, hw, device)
                for spec, model in zip(specs, models)
                if spec.variant == 'pm'}
@@ -139,33 +109,34 @@ def calibrate_family_peers(specs: Sequence[ModelSpec], models, args,
 
     log(f'  calibrating {sum(s.variant in PEER_VARIANTS for s in specs)} '
         f'peers to the GFLOPs of the pm rows (within '
-        f'{100 * args.match_tolerance:g} %)')
+        f'{100 * settings.match_tolerance:g} %)')
     return calibrate_peers(specs, targets, flops_of, grid[0] * grid[1],
-                           num_layers, args.match_tolerance,
+                           num_layers, settings.match_tolerance,
                            reference.backbone.cls_token.shape[-1])
 
 
-def build_rows_models(specs: Sequence[ModelSpec], args, cfg_options):
+def build_rows_models(specs: Sequence[ModelSpec], settings, cfg_options):
     """(specs, models): the family built with shared weights, peers
     calibrated first; an unreachable peer's model is None."""
     own = [s for s in specs if s.variant not in PEER_VARIANTS]
     built = build_family(own, cfg_options)
-    built = [m.to(args.device) for m in built]
+    built = [m.to(settings.device) for m in built]
     by_spec = dict(zip(map(id, own), built))
     models = [by_spec.get(id(s)) for s in specs]
     hw = image_size(built[0])
     if any(s.variant in PEER_VARIANTS for s in specs):
-        specs = calibrate_family_peers(specs, models, args, cfg_options, hw)
+        specs = calibrate_family_peers(specs, models, settings, cfg_options,
+                                       hw)
         reachable = [i for i, s in enumerate(specs)
                      if s.variant in PEER_VARIANTS and not s.unreachable]
         peers = build_family([specs[i] for i in reachable], cfg_options,
                              weights=family_weights(own[0], built[0]))
         for i, model in zip(reachable, peers):
-            models[i] = model.to(args.device)
+            models[i] = model.to(settings.device)
     return list(specs), models, hw
 
 
-def export_rows(rows, modules, part: str, args, onnx_dir: Path,
+def export_rows(rows, modules, part: str, settings, onnx_dir: Path,
                 failures: dict) -> list:
     """onnxruntime rows (CPU) for the eager ``rows`` of ``--onnx-variants``:
     (row, session) pairs. An export that fails is recorded on its eager
@@ -174,7 +145,7 @@ def export_rows(rows, modules, part: str, args, onnx_dir: Path,
     threads = torch.get_num_threads()
     out = []
     for row, module in zip(rows, modules):
-        if module is None or row['variant'] not in args.onnx_variants:
+        if module is None or row['variant'] not in settings.onnx_variants:
             continue
         key = (row['variant'], part)
         if key in failures:
@@ -199,7 +170,7 @@ def export_rows(rows, modules, part: str, args, onnx_dir: Path,
         diff = max_abs_diff(expected, onnx_step(session, example)())
         row['onnx'] = dict(exported=True, export_s=seconds,
                            max_abs_diff=diff,
-                           file=str(path) if args.onnx_dir else None)
+                           file=str(path) if settings.onnx_dir else None)
         onnx_row = dict(copy.deepcopy(row), backend=ONNX,
                         label=row['label'] + ' [onnxruntime]', memory=None,
                         timing={})
@@ -207,12 +178,12 @@ def export_rows(rows, modules, part: str, args, onnx_dir: Path,
     return out
 
 
-def compile_rows(rows, modules, args) -> list:
+def compile_rows(rows, modules, settings) -> list:
     """torch.compile rows for the eager ``rows`` of ``--compile-variants``:
     (row, compiled module) pairs."""
     out = []
     for row, module in zip(rows, modules):
-        if module is None or row['variant'] not in args.compile_variants:
+        if module is None or row['variant'] not in settings.compile_variants:
             continue
         compiled_row = dict(copy.deepcopy(row), backend=COMPILE,
                             label=row['label'] + ' [torch.compile]',
@@ -221,11 +192,11 @@ def compile_rows(rows, modules, args) -> list:
     return out
 
 
-def time_batch(batch: int, hw, eager, onnx, compiled, args, dtype: str
+def time_batch(batch: int, hw, eager, onnx, compiled, settings, dtype: str
                ) -> List[str]:
     """Time every row at ``batch``, interleaved; compiled rows first pay
     their compile (recorded apart). Returns notes."""
-    device, notes = args.device, []
+    device, notes = settings.device, []
     x = scene_images(batch, hw, device)  # a different scene per image
     calls = {}
     for i, (row, module) in enumerate(eager):
@@ -239,10 +210,10 @@ def time_batch(batch: int, hw, eager, onnx, compiled, args, dtype: str
         again = inference_step(module, torch.randn_like(x), device, dtype)
         row['compile'][batch] = first_calls(step, again, device)
         calls[COMPILE, i] = step
-    log(f'  timing batch {batch}: {len(calls)} rows x {args.repeats} '
+    log(f'  timing batch {batch}: {len(calls)} rows x {settings.repeats} '
         'repeats')
     before = compiled_graphs()
-    times = time_interleaved(calls, args.warmup, args.repeats, device)
+    times = time_interleaved(calls, settings.warmup, settings.repeats, device)
     if compiled_graphs() != before:
         notes.append(f'{compiled_graphs() - before} graphs were compiled '
                      f'while timing batch {batch}: a compiled row recompiled')
@@ -252,10 +223,10 @@ def time_batch(batch: int, hw, eager, onnx, compiled, args, dtype: str
     return notes
 
 
-def measure_part(part: str, config_arg: str, specs, models, hw, args,
+def measure_part(part: str, config_arg: str, specs, models, hw, settings,
                  dtypes, memory: str, onnx_dir: Path, failures: dict):
     """Rows and notes of one part of one family."""
-    device, rows, notes = args.device, [], []
+    device, rows, notes = settings.device, [], []
     modules = [None if m is None else part_module(m, part) for m in models]
     one = torch.randn(1, 3, *hw, device=device)
     flops, deviation = [], []
@@ -290,27 +261,27 @@ def measure_part(part: str, config_arg: str, specs, models, hw, args,
                 if analytic is None else 100 * (backbone / analytic - 1)
             eager.append((row, module))
         onnx, compiled = [], []
-        if 'onnx' in args.backends:
+        if 'onnx' in settings.backends:
             if device != 'cpu' or dtype != 'fp32':
                 notes.append('onnxruntime rows: CPU execution provider, fp32 '
                              f'only (none for {device} {dtype})')
             else:
                 onnx = export_rows([r for r, _ in eager], modules, part,
-                                   args, onnx_dir, failures)
-        if 'compile' in args.backends:
-            compiled = compile_rows([r for r, _ in eager], modules, args)
-        for batch in args.batch_sizes:
+                                   settings, onnx_dir, failures)
+        if 'compile' in settings.backends:
+            compiled = compile_rows([r for r, _ in eager], modules, settings)
+        for batch in settings.batch_sizes:
             log(f'  {part} {dtype} batch {batch}')
-            notes += time_batch(batch, hw, eager, onnx, compiled, args,
+            notes += time_batch(batch, hw, eager, onnx, compiled, settings,
                                 dtype)
-            if args.profile:
+            if settings.profile:
                 x = torch.randn(batch, 3, *hw, device=device)
                 for row, module in eager:
                     if module is not None:
                         row.setdefault('profile', {})[batch] = op_profile(
                             inference_step(module, x, device, dtype), device)
         if memory != 'none':
-            batch = args.memory_batch_size or max(args.batch_sizes)
+            batch = settings.memory_batch
             log(f'  peak memory {part} {dtype} batch {batch}')
             x = torch.randn(batch, 3, *hw, device=device)
             for row, module in eager:
@@ -327,20 +298,20 @@ def measure_part(part: str, config_arg: str, specs, models, hw, args,
     return rows, notes
 
 
-def measure_family(config_arg: str, specs: Sequence[ModelSpec], args,
+def measure_family(config_arg: str, specs: Sequence[ModelSpec], settings,
                    cfg_options, parts, dtypes, memory: str,
                    onnx_dir: Optional[Path] = None):
     """Rows and notes of one family of models (same config and weights)."""
     log(f'building {len(specs)} models of {config_stem(specs[0].config)}'
         + (f' at {specs[0].img_size}' if specs[0].img_size else ''))
-    specs, models, hw = build_rows_models(specs, args, cfg_options)
+    specs, models, hw = build_rows_models(specs, settings, cfg_options)
     rows, notes, failures = [], [], {}
     for spec in specs:
         if spec.unreachable:
             notes.append(f'{spec.label}: {spec.unreachable}')
     for part in parts:
         part_rows, part_notes = measure_part(
-            part, config_arg, specs, models, hw, args, dtypes, memory,
+            part, config_arg, specs, models, hw, settings, dtypes, memory,
             onnx_dir, failures)
         rows += part_rows
         notes += part_notes
@@ -352,54 +323,63 @@ def measure_family(config_arg: str, specs: Sequence[ModelSpec], args,
     return rows, notes
 
 
-def run(args) -> dict:
-    """Every row of the settings measured; returns the results that
+def settings_record(settings: BenchmarkSettings) -> dict:
+    """The settings as the result JSON records them."""
+    s = settings
+    return dict(
+        configs=list(s.configs), variants=list(s.variants),
+        keep_rates=None if s.keep_rates is None else list(s.keep_rates),
+        parts=list(s.parts), batch_sizes=list(s.batch_sizes),
+        dtypes=list(s.dtypes), backends=list(s.backends),
+        onnx_variants=list(s.onnx_variants),
+        compile_variants=list(s.compile_variants),
+        match_tolerance=s.match_tolerance, profile=s.profile,
+        warmup=s.warmup, repeats=s.repeats, memory=s.memory,
+        memory_batch=None if s.memory == 'none' else s.memory_batch,
+        resolutions=list(s.resolutions), cfg_options=s.cfg_options or {},
+        scaling=dict(configs=list(s.scaling_configs),
+                     peers=list(s.scaling_peers),
+                     large_gflops=s.scaling_large_gflops,
+                     large_repeats=s.scaling_large_repeats)
+        if s.scaling else None)
+
+
+def run(settings: Optional[BenchmarkSettings] = None, **changes) -> dict:
+    """Every row of ``settings`` (default: tools/benchmark.py's), any field
+    changed by keyword (``run(configs=[...], repeats=2)``), measured;
+    returns the results that
     :func:`mmseg_pm.benchmark.report.write_results` writes."""
-    check_settings(args)
-    if args.device == 'cpu' and 'fp16' in args.dtypes:
+    settings = dataclasses.replace(settings, **changes) if settings else \
+        BenchmarkSettings(**changes)
+    if settings.device == 'cpu' and 'fp16' in settings.dtypes:
         log('note: fp16 autocast on the CPU is slow; bf16 is the CPU\'s '
             'half precision')
-    cfg_options = args.cfg_options or {}
-    results = dict(machine=machine_info(args.device), rows=[], scale=[],
+    cfg_options = settings.cfg_options or {}
+    results = dict(machine=machine_info(settings.device), rows=[], scale=[],
                    scaling=[], notes=[])
-    results['settings'] = dict(
-        configs=list(args.configs), variants=list(args.variants),
-        keep_rates=args.keep_rates, parts=list(args.parts),
-        batch_sizes=list(args.batch_sizes), dtypes=list(args.dtypes),
-        backends=list(args.backends), onnx_variants=list(args.onnx_variants),
-        compile_variants=list(args.compile_variants),
-        match_tolerance=args.match_tolerance, profile=args.profile,
-        warmup=args.warmup, repeats=args.repeats, memory=args.memory,
-        memory_batch=None if args.memory == 'none' else
-        (args.memory_batch_size or max(args.batch_sizes)),
-        resolutions=list(args.resolutions), cfg_options=cfg_options,
-        scaling=dict(configs=list(args.scaling_configs),
-                     peers=list(args.scaling_peers),
-                     large_gflops=args.scaling_large_gflops,
-                     large_repeats=args.scaling_large_repeats)
-        if args.scaling else None)
+    results['settings'] = settings_record(settings)
     with tempfile.TemporaryDirectory(prefix='benchmark_onnx_') as tmp:
-        onnx_dir = Path(args.onnx_dir or tmp)
-        for config_arg in args.configs:
+        onnx_dir = Path(settings.onnx_dir or tmp)
+        for config_arg in settings.configs:
             config, checkpoint = parse_config_arg(config_arg)
-            specs, notes = expand_specs(config, checkpoint, args.variants,
-                                        args.keep_rates, cfg_options)
+            specs, notes = expand_specs(config, checkpoint, settings.variants,
+                                        settings.keep_rates, cfg_options)
             results['notes'] += notes
             if specs:
-                rows, notes = measure_family(config_arg, specs, args,
-                                             cfg_options, args.parts,
-                                             args.dtypes, args.memory,
+                rows, notes = measure_family(config_arg, specs, settings,
+                                             cfg_options, settings.parts,
+                                             settings.dtypes, settings.memory,
                                              onnx_dir)
                 results['rows'] += rows
                 results['notes'] += notes
-    if args.resolutions:
-        results['scale'] = measure_scale(args, cfg_options)
+    if settings.resolutions:
+        results['scale'] = measure_scale(settings, cfg_options)
         results['notes'].append(
             'input-size study: weights as in the table except pos_embed '
             '(resized models keep their own), structures on the lattice of '
             'each grid')
-    if args.scaling:
-        results['scaling'], notes = measure_scaling(args, cfg_options)
+    if settings.scaling:
+        results['scaling'], notes = measure_scaling(settings, cfg_options)
         results['notes'] += notes
     add_ratios(results['rows'])
     add_ratios(results['scale'])
@@ -409,19 +389,19 @@ def run(args) -> dict:
     return results
 
 
-def measure_scale(args, cfg_options) -> List[dict]:
+def measure_scale(settings: BenchmarkSettings, cfg_options) -> List[dict]:
     """The input-size study: the backbone of ``--scale-variants`` at each
     of ``--resolutions``, batch 1, fp32, PyTorch only."""
-    config, checkpoint = parse_config_arg(args.configs[0])
-    scale_args = argparse.Namespace(**dict(
-        vars(args), batch_sizes=[1], backends=[], profile=False))
+    config, checkpoint = parse_config_arg(settings.configs[0])
+    scale_args = dataclasses.replace(settings, batch_sizes=(1, ), backends=(),
+                                     profile=False)
     rows = []
-    for size in args.resolutions:
-        specs, _ = expand_specs(config, checkpoint, args.scale_variants,
-                                args.keep_rates, cfg_options)
+    for size in settings.resolutions:
+        specs, _ = expand_specs(config, checkpoint, settings.scale_variants,
+                                settings.keep_rates, cfg_options)
         specs = [dataclasses.replace(s, img_size=(size, size))
                  for s in specs]
-        rows += measure_family(args.configs[0], specs, scale_args,
+        rows += measure_family(settings.configs[0], specs, scale_args,
                                cfg_options, ['backbone'], ['fp32'],
                                'none')[0]
     return rows
@@ -439,20 +419,21 @@ def dense_gflops(config: str, cfg_options) -> float:
                      mlp_ratio=b.get('mlp_ratio', 4)) / 1e9
 
 
-def measure_scaling(args, cfg_options):
+def measure_scaling(settings, cfg_options):
     """The scaling rows: per model, mmseg's dense Segmenter, PM keep 0.7
     and (small models) the peers at its GFLOPs; batch 1, fp32, eager,
     whole segmentor. Returns (rows, notes)."""
     rows, notes = [], []
-    for config in args.scaling_configs:
-        large = dense_gflops(config, cfg_options) > args.scaling_large_gflops
-        peers = [] if large else list(args.scaling_peers)
-        repeats = args.scaling_large_repeats if large else args.repeats
+    for config in settings.scaling_configs:
+        large = dense_gflops(config, cfg_options) > \
+            settings.scaling_large_gflops
+        peers = [] if large else list(settings.scaling_peers)
+        repeats = settings.scaling_large_repeats if large else settings.repeats
         specs, _ = expand_specs(config, None, ['mmseg', 'pm'] + peers,
                                 [0.7], cfg_options)
-        scale_args = argparse.Namespace(**dict(
-            vars(args), batch_sizes=[1], backends=[], profile=False,
-            repeats=repeats))
+        scale_args = dataclasses.replace(settings, batch_sizes=(1, ),
+                                         backends=(), profile=False,
+                                         repeats=repeats)
         family, family_notes = measure_family(
             config, specs, scale_args, cfg_options, ['segmentor'],
             ['fp32'], 'none')
@@ -462,15 +443,15 @@ def measure_scaling(args, cfg_options):
         notes += family_notes
         if large:
             notes.append(f'scaling: {config_stem(config)} (over '
-                         f'{args.scaling_large_gflops:g} dense GFLOPs): '
+                         f'{settings.scaling_large_gflops:g} dense GFLOPs): '
                          f'{repeats} timed calls per row, no peers')
     return rows, notes
 
 
-def default_name(args) -> str:
+def default_name(settings: BenchmarkSettings) -> str:
     """The result files' name: the first config's and the device's."""
-    if not args.configs:
-        return f'scaling_{args.device.replace(":", "")}'
-    config, _ = parse_config_arg(args.configs[0])
-    device = args.device.replace(':', '')
+    if not settings.configs:
+        return f'scaling_{settings.device.replace(":", "")}'
+    config, _ = parse_config_arg(settings.configs[0])
+    device = settings.device.replace(':', '')
     return f'{config_stem(config)}_{device}'

@@ -4,14 +4,17 @@ and :func:`run_cli`, which turns a :class:`UsageError` into argparse's
 one-line usage error. Everything a tool does after parsing is a call into
 :mod:`mmseg_pm.apis`."""
 import argparse
+import dataclasses
 import errno
 import os
 import re
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 
+import torch
 from mmengine.config import DictAction
 
 from mmseg_pm.apis import UsageError, end_distributed
@@ -110,6 +113,42 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
         'nccl; CPU-only machines: gloo)')
     # torch.distributed launchers pass --local-rank (>=2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+# ---------------------------------------------------------------- settings
+def defaults_of(settings_class) -> dict:
+    """Field name -> default of a settings dataclass: the parser of a
+    pipeline takes its defaults from there, so each has one place."""
+    out = {}
+    for field in dataclasses.fields(settings_class):
+        if field.default is not dataclasses.MISSING:
+            out[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            out[field.name] = field.default_factory()
+    return out
+
+
+def settings_from(settings_class, args: argparse.Namespace):
+    """The settings dataclass built from the parsed arguments of the same
+    names (the parser may hold more: process-wide ones); lists become
+    tuples, as in the dataclasses."""
+    values = {f.name: getattr(args, f.name)
+              for f in dataclasses.fields(settings_class)}
+    return settings_class(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in values.items()})
+
+
+def set_process(threads=None, quiet: bool = True) -> None:
+    """What a command sets for its whole process, never the library: torch's
+    CPU threads (None: torch's default) and (``quiet``) silence for the
+    UserWarnings mmseg and mmengine repeat at every model build."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if not quiet:
+        return
+    warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
+    warnings.filterwarnings('ignore', category=UserWarning,
+                            module='mmengine')
 
 
 def set_local_rank(local_rank: int) -> None:

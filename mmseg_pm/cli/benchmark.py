@@ -27,23 +27,21 @@ from typing import Optional, Sequence
 # The CPU memory measurement uses torch's profiler; keep its log quiet.
 os.environ.setdefault('KINETO_LOG_LEVEL', '5')
 
-import torch  # noqa: E402
-
 from mmseg_pm.apis import check_output_file  # noqa: E402
 from mmseg_pm.benchmark.measure import DTYPES, PARTS  # noqa: E402
-from mmseg_pm.benchmark.peers import DEFAULT_TOLERANCE  # noqa: E402
-from mmseg_pm.benchmark.pipeline import (SCALING_CONFIGS,  # noqa: E402
-                                         check_settings, default_name, run)
+from mmseg_pm.benchmark.pipeline import default_name, run  # noqa: E402
 from mmseg_pm.benchmark.report import (render_text, result_paths,  # noqa: E402
                                        write_results)
-from mmseg_pm.benchmark.variants import (DEFAULT_VARIANTS,  # noqa: E402
-                                         PEER_VARIANTS, VARIANTS,
-                                         parse_config_arg)
-from mmseg_pm.cli import (CfgOptionsAction, float_in,  # noqa: E402
-                          int_at_least, run_cli)
+from mmseg_pm.benchmark.settings import BenchmarkSettings  # noqa: E402
+from mmseg_pm.benchmark.variants import (PEER_VARIANTS,  # noqa: E402
+                                         VARIANTS, parse_config_arg)
+from mmseg_pm.cli import (CfgOptionsAction, defaults_of,  # noqa: E402
+                          float_in, int_at_least, run_cli, set_process,
+                          settings_from)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = defaults_of(BenchmarkSettings)
     p = argparse.ArgumentParser(
         description='GFLOPs, parameters, images/s, latency and peak memory '
         'of dense and compressed Segmenters and their peers at the same '
@@ -54,82 +52,90 @@ def build_parser() -> argparse.ArgumentParser:
                    'optional checkpoint whose weights every row of it uses '
                    '(none: only the --scaling rows)')
     p.add_argument('--variants', nargs='+', choices=VARIANTS,
-                   default=list(DEFAULT_VARIANTS),
+                   default=list(d['variants']),
                    help="rows per config: mmseg's VisionTransformer, ours "
                    'with compression off, PM (residual reconstruct, sparse '
                    "merge: the default), PM with the authors' pinv "
                    'reconstruct, PM with dense merge/reconstruct matrices, '
                    'ToMe and MSTM calibrated to the GFLOPs of each pm row, '
                    "the config's backbone as written")
-    p.add_argument('--keep-rates', nargs='+', default=None,
+    p.add_argument('--keep-rates', nargs='+', default=d['keep_rates'],
                    type=float_in(0, 1, low_open=True),
                    help="keep rates of the compressed rows (default: the "
                    "config's own, or 0.7 0.5); 1.0 = the dense rows")
-    p.add_argument('--match-tolerance', type=float, default=DEFAULT_TOLERANCE,
+    p.add_argument('--match-tolerance', type=float,
+                   default=d['match_tolerance'],
                    help='largest relative GFLOPs miss of a peer against its '
                    'PM row; a peer that cannot get closer is reported as '
                    'a row that cannot reach it')
     p.add_argument('--backends', nargs='*', choices=['onnx', 'compile'],
-                   default=['onnx', 'compile'],
+                   default=list(d['backends']),
                    help='besides PyTorch (eager): rows exported to ONNX and '
                    'run by onnxruntime (CPU execution provider, same thread '
                    'count), and torch.compile rows; none: eager only')
     p.add_argument('--onnx-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm', 'tome', 'mstm', 'hourglass'],
+                   default=list(d['onnx_variants']),
                    help='rows exported to ONNX (those that fail say why)')
     p.add_argument('--compile-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm'], help='rows compiled')
-    p.add_argument('--onnx-dir', default=None,
+                   default=list(d['compile_variants']),
+                   help='rows compiled')
+    p.add_argument('--onnx-dir', default=d['onnx_dir'],
                    help='keep the exported ONNX files here (default: a '
                    'temporary folder, removed at the end)')
-    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS),
+    p.add_argument('--parts', nargs='+', choices=PARTS,
+                   default=list(d['parts']),
                    help='time the backbone alone and/or the segmentor '
                    "(backbone + decode head, mode='tensor')")
     p.add_argument('--batch-sizes', nargs='+', type=int_at_least(1),
-                   default=[1, 8])
-    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:i]'")
+                   default=list(d['batch_sizes']))
+    p.add_argument('--device', default=d['device'], help="'cpu' or 'cuda[:i]'")
     p.add_argument('--dtypes', nargs='+', choices=list(DTYPES),
-                   default=['fp32'],
+                   default=list(d['dtypes']),
                    help='fp32, or autocast to bf16 / fp16 (GPU; bf16 works '
                    'on CPU too); onnxruntime rows are fp32 only')
     p.add_argument('--threads', type=int_at_least(1), default=None,
                    help='torch and onnxruntime intra-op threads (default: '
                    "torch's)")
-    p.add_argument('--warmup', type=int_at_least(0), default=2,
+    p.add_argument('--warmup', type=int_at_least(0), default=d['warmup'],
                    help='untimed calls per row before timing')
-    p.add_argument('--repeats', type=int_at_least(1), default=10,
+    p.add_argument('--repeats', type=int_at_least(1),
+                   default=d['repeats'],
                    help='timed calls per row (interleaved; median)')
     p.add_argument('--memory', choices=['none', 'inference', 'all'],
-                   default='all', help='peak memory of an inference step '
+                   default=d['memory'],
+                   help='peak memory of an inference step '
                    'and (all) of a training step (forward + backward)')
     p.add_argument('--memory-batch-size', type=int_at_least(1),
-                   default=None,
+                   default=d['memory_batch_size'],
                    help='batch of the memory steps (default: the largest '
                    'of --batch-sizes)')
     p.add_argument('--profile', action='store_true',
                    help="record each PyTorch row's top operators by self "
                    'time (one profiled call per row and batch size)')
     p.add_argument('--resolutions', nargs='*', type=int_at_least(1),
-                   default=[],
+                   default=list(d['resolutions']),
                    help='also time the backbone (batch 1) at these square '
                    'input sizes, first config only')
     p.add_argument('--scale-variants', nargs='+', choices=VARIANTS,
-                   default=['off', 'pm'],
+                   default=list(d['scale_variants']),
                    help='rows of the input-size study')
     p.add_argument('--scaling', action='store_true',
                    help='also the scaling rows: dense vs PM keep 0.7 (and '
                    'the peers at its GFLOPs) for each --scaling-configs, '
                    'batch 1, fp32, PyTorch eager, random weights')
-    p.add_argument('--scaling-configs', nargs='+', default=list(
-                   SCALING_CONFIGS), help='models of the scaling rows')
+    p.add_argument('--scaling-configs', nargs='+',
+                   default=list(d['scaling_configs']),
+                   help='models of the scaling rows')
     p.add_argument('--scaling-peers', nargs='*', choices=PEER_VARIANTS,
-                   default=list(PEER_VARIANTS),
+                   default=list(d['scaling_peers']),
                    help='peers of the scaling rows (small models only)')
-    p.add_argument('--scaling-large-gflops', type=float, default=500.0,
+    p.add_argument('--scaling-large-gflops', type=float,
+                   default=d['scaling_large_gflops'],
                    help='dense GFLOPs above which a scaling model gets '
                    'no peers and --scaling-large-repeats timed calls')
     p.add_argument('--scaling-large-repeats', type=int_at_least(1),
-                   default=3, help='timed calls per row of a large model')
+                   default=d['scaling_large_repeats'],
+                   help='timed calls per row of a large model')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                    help='override config entries of every config, e.g. '
                    'model.backbone.drop_path_rate=0')
@@ -163,11 +169,12 @@ def check_outputs(args) -> None:
 
 
 def benchmark(args) -> dict:
-    check_settings(args)
+    """The benchmark with the parsed settings, its files checked first and
+    written at the end, in a process with the given thread count."""
+    settings = settings_from(BenchmarkSettings, args)
     check_outputs(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    results = run(args)
+    set_process(args.threads, quiet=False)
+    results = run(settings)
     print(render_text(results))
     paths = write_results(results, Path(args.out_dir),
                           args.name or default_name(args),

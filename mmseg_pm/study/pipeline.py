@@ -5,13 +5,14 @@ cached stages, the speed measurement and the report. :func:`run_study`
 returns what it writes to ``results.json``; the method definitions and the
 pure pieces are in :mod:`mmseg_pm.study`."""
 import copy
+import dataclasses
 import json
 import os
 import platform
 import time
-import warnings
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import torch
 from mmengine.config import Config
@@ -30,6 +31,7 @@ from mmseg_pm.apis.scoring import token_scores_from_config
 from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.compression import PMConfig, search_structures
 from mmseg_pm.datasets import make_synthetic_ade
+from .settings import StudySettings
 from .report import (best_per_budget, format_markdown, format_table,
                      format_windows_markdown, plot_study)
 from .windows import window_stats
@@ -48,17 +50,17 @@ def _pipeline_step(pipeline, kind: str) -> dict:
     return steps[0]
 
 
-def study_config(args) -> Config:
+def study_config(settings) -> Config:
     """The synthetic dense config at the study's size: crops = whole
     images (``img_size`` square), ``num_layers`` blocks, whole-image
     inference, the study's data root, batch size and seed."""
     cfg = Config.fromfile(str(DENSE_CONFIG))
-    size = (args.img_size, args.img_size)
+    size = (settings.img_size, settings.img_size)
     cfg.crop_size = size
     cfg.model.data_preprocessor.size = size
     cfg.data_preprocessor.size = size
     cfg.model.backbone.img_size = size
-    cfg.model.backbone.num_layers = args.num_layers
+    cfg.model.backbone.num_layers = settings.num_layers
     cfg.model.test_cfg = dict(mode='whole')
     train = cfg.train_dataloader.dataset.pipeline
     # zoom in by up to 1.5x, never out: crops are always full of image
@@ -68,10 +70,10 @@ def study_config(args) -> Config:
     _pipeline_step(cfg.test_dataloader.dataset.pipeline,
                    'Resize')['scale'] = size
     for split in ('train', 'val', 'test'):
-        cfg[f'{split}_dataloader'].dataset.data_root = str(args.data_root)
+        cfg[f'{split}_dataloader'].dataset.data_root = str(settings.data_root)
     cfg.val_dataloader = cfg.test_dataloader
-    cfg.train_dataloader.batch_size = args.batch_size
-    cfg.randomness = dict(seed=args.seed)
+    cfg.train_dataloader.batch_size = settings.batch_size
+    cfg.randomness = dict(seed=settings.seed)
     cfg.log_level = 'WARNING'
     return cfg
 
@@ -98,17 +100,17 @@ def distill_config(student: Config, teacher_model: dict, teacher_ckpt: str,
     """The student's config as a DistillEncoderDecoder, with the project's
     distillation settings (alpha, T, optimizer, schedule) read from
     DISTILL_CONFIG."""
-    settings = Config.fromfile(str(DISTILL_CONFIG))
+    distill = Config.fromfile(str(DISTILL_CONFIG))
     cfg = with_iters(student, iters)
     model = {k: v for k, v in cfg.model.items() if k != 'type'}
     cfg.model = dict(type='DistillEncoderDecoder',
                      teacher_config=copy.deepcopy(teacher_model),
                      teacher_checkpoint=str(teacher_ckpt),
-                     distill_alpha=settings.model.distill_alpha,
-                     distill_temperature=settings.model.distill_temperature,
+                     distill_alpha=distill.model.distill_alpha,
+                     distill_temperature=distill.model.distill_temperature,
                      **model)
-    cfg.optim_wrapper = settings.optim_wrapper
-    cfg.param_scheduler = copy.deepcopy(settings.param_scheduler)
+    cfg.optim_wrapper = distill.optim_wrapper
+    cfg.param_scheduler = copy.deepcopy(distill.param_scheduler)
     cfg.param_scheduler[0]['end'] = iters
     cfg.load_from = str(load_from)
     return cfg
@@ -164,28 +166,29 @@ def evaluate(config: Path, checkpoint: str, work_dir: Path, desc: str
 
 
 def compress(method: str, budget: float, base: Config, dense_state: dict,
-             dense_flops: int, scores, args):
+             dense_flops: int, scores, settings):
     """The method's model at the knob whose GFLOPs are nearest
     ``budget * dense_flops``; returns (model, config, knob, flops)."""
-    n = (args.img_size // base.model.backbone.patch_size) ** 2
+    n = (settings.img_size // base.model.backbone.patch_size) ** 2
     grid = (int(n ** 0.5), ) * 2
-    layers = args.num_layers
+    layers = settings.num_layers
     family = METHODS[method].family
 
     width = base.model.backbone.embed_dims
 
     def config_at(knob):
         return compressed_config(base, compression_for(
-            method, knob, layers, n, args.prune_rate, embed_dims=width))
+            method, knob, layers, n, settings.prune_rate, embed_dims=width))
 
     def pm_config(knob):
         return PMConfig.from_dict(
-            compression_for(method, knob, layers, n, args.prune_rate), layers)
+            compression_for(method, knob, layers, n, settings.prune_rate),
+            layers)
 
     def structures_at(knob):
         return search_structures(scores, pm_config(knob), grid,
                                  default_ranking(METHODS[method].mode),
-                                 METHODS[method].placement, args.seed)
+                                 METHODS[method].placement, settings.seed)
 
     inputs = None
     if family == 'pm':
@@ -209,7 +212,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     target = budget * dense_flops
     knob, flops = calibrate_knob(flops_at, *knob_range(method, n, layers,
                                                        width), target)
-    check_within(method, flops, target, args.tolerance)
+    check_within(method, flops, target, settings.tolerance)
     cfg = config_at(knob)
     model = build_segmentor(cfg)
     load_dense(model, dense_state)
@@ -262,29 +265,29 @@ def algm_spread(model, base: Config) -> dict:
 
 
 def run_variant(method: str, budget: float, base: Config, dense: dict,
-                scores, args) -> dict:
+                scores, settings) -> dict:
     """Calibrate, evaluate, fine-tune and evaluate one method at one
     budget; returns its row (without images/s)."""
     name = f'{method}_{round(100 * budget)}'
-    work = Path(args.work_dir) / 'variants' / name
+    work = Path(settings.work_dir) / 'variants' / name
     dense_state = checkpoint_state_dict(
         load_checkpoint_file(dense['checkpoint']))
     model, cfg, knob, flops = compress(method, budget, base, dense_state,
-                                       dense['flops'], scores, args)
+                                       dense['flops'], scores, settings)
     config = write_config(cfg, work / 'config.py')
     compressed = work / 'compressed.pth'
     save_checkpoint_atomic(dict(state_dict={
         k: v.detach().cpu() for k, v in model.state_dict().items()}),
         str(compressed))
-    n = (args.img_size // base.model.backbone.patch_size) ** 2
+    n = (settings.img_size // base.model.backbone.patch_size) ** 2
     spread = algm_spread(model, base) if METHODS[method].family == 'algm' \
         else {}
     before = evaluate(config, str(compressed), work, f'test {name}')
     student = distill_config(cfg, dense['model'], dense['checkpoint'],
-                             str(compressed), args.finetune_iters)
+                             str(compressed), settings.finetune_iters)
     finetuned = train(student, work / 'finetune', f'distill {name}')
     after = evaluate(config, finetuned, work, f'test {name} + FT')
-    setting = knob_text(method, knob, n, args.num_layers,
+    setting = knob_text(method, knob, n, settings.num_layers,
                         base.model.backbone.embed_dims)
     if spread:
         setting += (f'; GFLOPs per image {spread["flops_min"] / 1e9:.4f}-'
@@ -298,9 +301,9 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
 
 
 # ---------------------------------------------------------------- stages
-def train_dense(base: Config, args) -> dict:
-    work = Path(args.work_dir) / 'dense'
-    checkpoint = train(with_iters(base, args.dense_iters), work,
+def train_dense(base: Config, settings) -> dict:
+    work = Path(settings.work_dir) / 'dense'
+    checkpoint = train(with_iters(base, settings.dense_iters), work,
                        'train dense')
     config = work / 'config.py'
     model = build_segmentor(base)
@@ -310,19 +313,19 @@ def train_dense(base: Config, args) -> dict:
                 miou=evaluate(config, checkpoint, work, 'test dense'))
 
 
-def score_tokens(base: Config, dense: dict, args) -> list:
+def score_tokens(base: Config, dense: dict, settings) -> list:
     """Token scores of the dense model (one pass, shared by every PM
     variant)."""
-    n = (args.img_size // base.model.backbone.patch_size) ** 2
+    n = (settings.img_size // base.model.backbone.patch_size) ** 2
     model = build_segmentor(compressed_config(base, compression_for(
-        'pm-row', 1, args.num_layers, n)))
+        'pm-row', 1, settings.num_layers, n)))
     load_dense(model, checkpoint_state_dict(
         load_checkpoint_file(dense['checkpoint'])))
-    return token_scores_from_config(model, base, args.score_iters, 0.0,
-                                    args.seed).tolist()
+    return token_scores_from_config(model, base, settings.score_iters, 0.0,
+                                    settings.seed).tolist()
 
 
-def measure_speed(dense: dict, rows: list, args, base=None) -> dict:
+def measure_speed(dense: dict, rows: list, settings, base=None) -> dict:
     """images/s at batch 1 of the dense and every fine-tuned model, the
     models taking turns so that load from other jobs hits them alike; the
     median call counts. The input is the first validation image when
@@ -331,10 +334,11 @@ def measure_speed(dense: dict, rows: list, args, base=None) -> dict:
     models = {'dense': init_segmentor(dense['config'], dense['checkpoint'])}
     for row in rows:
         models[row['name']] = row_segmentor(row, row['finetuned'])
-    x = torch.rand(1, 3, args.img_size, args.img_size) if base is None \
+    size = settings.img_size
+    x = torch.rand(1, 3, size, size) if base is None \
         else validation_inputs(base, models['dense'])[0]
     return images_per_second(models, x, warmup=5,
-                             repeats=args.speed_repeats)
+                             repeats=settings.speed_repeats)
 
 
 def row_segmentor(row: dict, checkpoint: str):
@@ -357,7 +361,7 @@ def merge_windows(row: dict):
     return window_stats(model.backbone.structures())
 
 
-def summary_lines(dense: dict, rows: list, args) -> list:
+def summary_lines(dense: dict, rows: list, settings) -> list:
     lines = [f'Dense Segmenter (the headroom): {dense["miou"]:.2f} mIoU at '
              f'{dense["flops"] / 1e9:.4f} GFLOPs.']
     for budget, row in sorted(best_per_budget(rows).items(), reverse=True):
@@ -374,10 +378,10 @@ def summary_lines(dense: dict, rows: list, args) -> list:
     return lines
 
 
-def setup_note(data: dict, base: Config, args, stages: list,
+def setup_note(data: dict, base: Config, settings, stages: list,
                total_s: float) -> str:
     b = base.model.backbone
-    grid = args.img_size // b.patch_size
+    grid = settings.img_size // b.patch_size
     threads = torch.get_num_threads()
     d = Config.fromfile(str(DISTILL_CONFIG))  # what distill_config() uses
     opt = d.optim_wrapper.optimizer
@@ -386,14 +390,16 @@ def setup_note(data: dict, base: Config, args, stages: list,
     reused = sum(s['reused'] for s in stages)
     return (
         f'{PROXY_NOTE} Data: {data["num_train"]} training and '
-        f'{data["num_val"]} validation images of {args.img_size}x'
-        f'{args.img_size} px (seed {args.seed}). Model: Segmenter with '
-        f'{args.num_layers} blocks, {b.embed_dims} channels, patch '
+        f'{data["num_val"]} validation images of {settings.img_size}x'
+        f'{settings.img_size} px (seed {settings.seed}). Model: Segmenter '
+        'with '
+        f'{settings.num_layers} blocks, {b.embed_dims} channels, patch '
         f'{b.patch_size} ({grid}x{grid} tokens), mask-transformer decoder '
-        f'(1 layer, 150 ADE classes); dense training {args.dense_iters} iters'
-        f' at batch {args.batch_size}. Every compressed model: calibrated to '
-        f'within {100 * args.tolerance:.0f}% of the budget, then '
-        f'{args.finetune_iters} iterations of distillation from the dense '
+        '(1 layer, 150 ADE classes); dense training '
+        f'{settings.dense_iters} iters at batch {settings.batch_size}. Every '
+        'compressed model: calibrated to '
+        f'within {100 * settings.tolerance:.0f}% of the budget, then '
+        f'{settings.finetune_iters} iterations of distillation from the dense '
         f'model (CE + KL, alpha {d.model.distill_alpha:g}, T '
         f'{d.model.distill_temperature:g}, {opt.type} lr {opt.lr:g}; same '
         'seed and data order for all). mIoU: mmseg IoUMetric on the '
@@ -408,50 +414,51 @@ def setup_note(data: dict, base: Config, args, stages: list,
         'jobs shared the cores).')
 
 
-def run_study(args) -> dict:
-    """The whole study with the settings of ``args`` (tools/study.py's
-    options); returns what it writes to results.json."""
-    warnings.filterwarnings('ignore', category=UserWarning, module='mmseg')
-    warnings.filterwarnings('ignore', category=UserWarning,
-                            module='mmengine')
-    torch.set_num_threads(args.threads)
+def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
+    """The whole study with ``settings`` (default: tools/study.py's), any
+    field changed by keyword (``run_study(img_size=64, methods=['tome'])``);
+    returns what it writes to results.json."""
+    settings = dataclasses.replace(settings, **changes) if settings else \
+        StudySettings(**changes)
     start = time.perf_counter()
     load = dict(start=os.getloadavg()[0])
-    work, out = Path(args.work_dir), Path(args.out_dir)
+    work, out = Path(settings.work_dir), Path(settings.out_dir)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    print(f'[1/5] synthetic ADE20K-format data in {args.data_root} '
+    print(f'[1/5] synthetic ADE20K-format data in {settings.data_root} '
           f'(load average {load["start"]:.1f})')
-    data = make_synthetic_ade(args.data_root, args.num_train, args.num_val,
-                              (args.img_size, args.img_size), args.seed,
+    data = make_synthetic_ade(settings.data_root, settings.num_train,
+                              settings.num_val,
+                              (settings.img_size, settings.img_size),
+                              settings.seed,
                               progress=True)
-    base = study_config(args)
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ('work_dir', 'out_dir', 'fresh', 'methods',
-                             'budgets', 'speed_repeats', 'threads')}
-    dense_stamp = {k: settings[k] for k in (
+    base = study_config(settings)
+    stamp = settings.stamp()
+    dense_stamp = {k: stamp[k] for k in (
         'data_root', 'dense_iters', 'seed', 'img_size', 'num_layers',
         'num_train', 'num_val', 'batch_size')}
 
-    print(f'[2/5] dense Segmenter: train {args.dense_iters} iters, evaluate')
+    print(f'[2/5] dense Segmenter: train {settings.dense_iters} iters, '
+          'evaluate')
     stages = []
     dense, record = cached(work / 'dense.json', dense_stamp,
-                           lambda: train_dense(base, args), args.fresh)
+                           lambda: train_dense(base, settings), settings.fresh)
     stages.append(dict(record, stage='dense'))
     dense['model'] = base.model.to_dict()
     print(f'      dense: {dense["miou"]:.2f} mIoU, '
           f'{dense["flops"] / 1e9:.4f} GFLOPs')
 
-    print(f'[3/5] token scores ({args.score_iters} batches)')
+    print(f'[3/5] token scores ({settings.score_iters} batches)')
     scores, record = cached(
-        work / 'scores.json', dict(dense_stamp, score_iters=args.score_iters),
-        lambda: score_tokens(base, dense, args), args.fresh)
+        work / 'scores.json',
+        dict(dense_stamp, score_iters=settings.score_iters),
+        lambda: score_tokens(base, dense, settings), settings.fresh)
     scores = torch.tensor(scores)
     stages.append(dict(record, stage='scores'))
 
-    variants = [(m, b) for b in args.budgets for m in args.methods]
+    variants = [(m, b) for b in settings.budgets for m in settings.methods]
     print(f'[4/5] {len(variants)} compressed models: calibrate, evaluate, '
-          f'distil {args.finetune_iters} iters, evaluate')
+          f'distil {settings.finetune_iters} iters, evaluate')
     rows, skipped = [], []
     for i, (method, budget) in enumerate(variants, 1):
         name = f'{method}_{round(100 * budget)}'
@@ -460,9 +467,9 @@ def run_study(args) -> dict:
         try:
             row, record = cached(
                 work / 'variants' / name / 'result.json',
-                dict(settings, method=method, budget=budget),
+                dict(stamp, method=method, budget=budget),
                 partial(run_variant, method, budget, base, dense, scores,
-                        args), args.fresh)
+                        settings), settings.fresh)
             stages.append(dict(record, stage=name))
         except CalibrationError as err:
             print(f'      skipped: {err}')
@@ -477,7 +484,7 @@ def run_study(args) -> dict:
 
     print('[5/5] images/s side by side (batch 1), table, plot')
     measure_start = time.perf_counter()
-    speed = measure_speed(dense, rows, args, base)
+    speed = measure_speed(dense, rows, settings, base)
     load['end'] = os.getloadavg()[0]
     stages.append(dict(stage='images/s', reused=False,
                        seconds=time.perf_counter() - measure_start,
@@ -490,21 +497,24 @@ def run_study(args) -> dict:
         row['images_per_s'] = speed[row['name']]
         row['windows'] = merge_windows(row)
     total_s = time.perf_counter() - start
-    note = setup_note(data, base, args, stages, total_s)
-    summary = summary_lines(dense, rows, args)
+    note = setup_note(data, base, settings, stages, total_s)
+    summary = summary_lines(dense, rows, settings)
     table = format_table([dense_row] + rows)
-    grid = args.img_size // base.model.backbone.patch_size
+    grid = settings.img_size // base.model.backbone.patch_size
     plot = out / 'miou_vs_gflops.png'
     plot_study(rows, dict(gflops=dense['flops'] / 1e9, miou=dense['miou']),
                plot, 'Token compression at matched GFLOPs (synthetic '
                'ADE20K-format proxy, not ADE20K)',
-               note=f'{args.img_size}x{args.img_size} px, '
-               f'{args.num_layers}-block Segmenter, '
-               f'{args.finetune_iters}-iteration distillation; see table.md.')
+               note=f'{settings.img_size}x{settings.img_size} px, '
+               f'{settings.num_layers}-block Segmenter, '
+               f'{settings.finetune_iters}-iteration distillation; see '
+               'table.md.')
     result = dict(note=note, summary=summary, dense=dict(
         miou=dense['miou'], gflops=dense['flops'] / 1e9,
         images_per_s=speed['dense'], checkpoint=dense['checkpoint']),
-        rows=rows, skipped=skipped, settings=vars(args), load_average=load,
+        rows=rows, skipped=skipped, settings=dict(dataclasses.asdict(settings),
+                               threads=torch.get_num_threads()),
+        load_average=load,
         machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(),
                      torch=torch.__version__),
         stages=stages, total_s=total_s, plot=str(plot))

@@ -310,3 +310,29 @@ def test_scene_images_are_distinct_per_batch_element_and_repeatable():
         for b in range(a + 1, 4):
             assert (x[a] - x[b]).abs().mean() > 0.1
     assert -1 < float(x.mean()) < 1 and 0.3 < float(x.std()) < 2
+
+
+def test_benchmark_runs_from_python_with_keyword_settings(tmp_path):
+    """The library entry point: typed settings by keyword, no Namespace,
+    no files written (writing is the command line's)."""
+    from mmseg_pm.apis import UsageError
+    from mmseg_pm.benchmark.pipeline import run
+    res = run(configs=[TINY], variants=['off', 'pm'], keep_rates=[0.5],
+              parts=['backbone'], batch_sizes=[1], warmup=0, repeats=1,
+              backends=[], memory='none', onnx_dir=str(tmp_path))
+    assert [r['variant'] for r in res['rows']] == ['off', 'pm']
+    off, pm = res['rows']
+    assert pm['gflops'] < off['gflops']
+    assert res['settings']['keep_rates'] == [0.5]
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(UsageError, match='add pm to --variants'):
+        run(configs=[TINY], variants=['tome'])
+
+
+def test_command_line_defaults_are_the_settings_defaults():
+    """One place for each default: the parser reads the dataclass."""
+    from mmseg_pm.benchmark.settings import BenchmarkSettings
+    from mmseg_pm.cli import benchmark as cli, settings_from
+    parsed = settings_from(BenchmarkSettings, cli.build_parser().parse_args(
+        [TINY]))
+    assert parsed == BenchmarkSettings(configs=(TINY, ))

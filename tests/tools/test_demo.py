@@ -6,15 +6,17 @@ import json
 import pytest
 
 from mmseg_pm.cli import demo as demo_cli
+from mmseg_pm.demo import run_demo
 
 
 @pytest.mark.slow  # the whole demo pipeline
 def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
-    result = demo_cli.main([
-        '--data-root', str(tmp_path / 'data'), '--work-dir',
-        str(tmp_path / 'work'), '--train-iters', '2', '--distill-iters', '2',
-        '--score-iters', '1', '--bench-batch', '2'
-    ])
+    """From Python with keyword settings (tools/demo.py builds the same
+    settings: the test below)."""
+    result = run_demo(data_root=str(tmp_path / 'data'),
+                      work_dir=str(tmp_path / 'work'), train_iters=2,
+                      distill_iters=2, score_iters=1, bench_batch=2,
+                      device='cpu')
     names = [r['model'] for r in result['rows']]
     assert names == ['dense', "authors' pinv, no fine-tuning",
                      'residual, no fine-tuning', 'residual + distilled']
@@ -31,3 +33,15 @@ def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
     assert (work / 'merge_windows.png').stat().st_size > 10000
     printed = capsys.readouterr().out
     assert 'FLOPs cut' in printed and 'vs dense' in printed
+
+
+def test_command_line_defaults_are_the_settings_defaults():
+    """One place for each default: the parser reads the dataclass."""
+    from mmseg_pm.apis import UsageError
+    from mmseg_pm.cli import settings_from
+    from mmseg_pm.demo import DemoSettings
+    parsed = settings_from(DemoSettings, demo_cli.build_parser().parse_args(
+        ['--layers', '1', '2']))
+    assert parsed == DemoSettings(layers=(1, 2))
+    with pytest.raises(UsageError, match='keep \\+ prune <= 1'):
+        DemoSettings(keep_rate=0.95, prune_rate=0.1)

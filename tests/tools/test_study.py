@@ -2,7 +2,6 @@
 and one method end to end (tools/study.py) with two iterations."""
 import json
 import math
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from mmseg_pm.study import (CalibrationError, algm_layers, calibrate_knob,
                             tome_schedule, window_stats)
 from mmseg_pm.apis.inference import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
-from mmseg_pm.study import pipeline
+from mmseg_pm.study import StudySettings, pipeline
 from mmseg_pm.utils import count_flops
 
 
@@ -83,7 +82,7 @@ def tiny_args(tmp_path, **kw):
     args = dict(img_size=64, num_layers=4, prune_rate=0.0, tolerance=0.02,
                 seed=0, data_root=str(tmp_path), batch_size=2)
     args.update(kw)
-    return Namespace(**args)
+    return StudySettings(**args)
 
 
 @pytest.mark.parametrize('method', ['pm-row', 'tome', 'res-spread',
@@ -138,13 +137,19 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
 
 @pytest.mark.slow  # a whole study run
 def test_one_method_end_to_end(tmp_path):
+    """From Python with keyword arguments, then the command line with the
+    same settings, which reuses every cached stage of the first."""
+    result = pipeline.run_study(
+        work_dir=str(tmp_path / 'work'), out_dir=str(tmp_path / 'out'),
+        img_size=64, num_layers=4, num_train=4, num_val=2, batch_size=2,
+        dense_iters=2, finetune_iters=2, score_iters=1, methods=['pm-row'],
+        budgets=[0.8], speed_repeats=2)
     argv = ['--work-dir', str(tmp_path / 'work'), '--out-dir',
             str(tmp_path / 'out'), '--img-size', '64', '--num-layers', '4',
             '--num-train', '4', '--num-val', '2', '--batch-size', '2',
             '--dense-iters', '2', '--finetune-iters', '2', '--score-iters',
             '1', '--methods', 'pm-row', '--budgets', '0.8',
             '--speed-repeats', '2']
-    result = study_cli.main(argv)
     [row] = result['rows']
     assert row['method'] == 'pm-row' and row['budget'] == 0.8
     assert abs(row['fraction'] / 0.8 - 1) <= 0.02
@@ -159,10 +164,11 @@ def test_one_method_end_to_end(tmp_path):
     assert (tmp_path / 'out/miou_vs_gflops.png').stat().st_size > 10000
     assert row['windows']['max_window'] >= 1
 
-    # a second run with the same settings reuses every trained model
+    # the command line with the same settings reuses every trained model
     finetuned = Path(row['finetuned']).stat().st_mtime_ns
     again = study_cli.main(argv)
     assert Path(row['finetuned']).stat().st_mtime_ns == finetuned
+    assert all(stage['reused'] for stage in again['stages'][:-1])
     assert again['rows'][0]['miou_after'] == row['miou_after']
 
 
@@ -204,3 +210,22 @@ def test_hourglass_reaches_every_budget_of_the_study(tmp_path, img_size):
             'hourglass', budget, base, dense.state_dict(), dense_flops,
             None, args)
         assert abs(flops / (budget * dense_flops) - 1) <= 0.02
+
+
+def test_command_line_defaults_are_the_settings_defaults(tmp_path):
+    """One place for each default (the parser reads the dataclass), and
+    the cache stamp of the defaults names the settings a cached variant of
+    the committed study was computed with."""
+    from mmseg_pm.apis import UsageError
+    from mmseg_pm.cli import settings_from
+    parsed = settings_from(StudySettings, study_cli.build_parser().parse_args(
+        []))
+    assert parsed == StudySettings()
+    assert parsed.data_root == 'work_dirs/study/data'
+    assert parsed.stamp() == dict(
+        data_root='work_dirs/study/data', dense_iters=600, finetune_iters=60,
+        score_iters=20, seed=0, img_size=96, num_layers=8, num_train=400,
+        num_val=100, batch_size=8, prune_rate=0.0, tolerance=0.02)
+    assert StudySettings(budgets=[0.4, 0.7, 0.4]).budgets == (0.7, 0.4)
+    with pytest.raises(UsageError, match='--img-size must be a multiple'):
+        StudySettings(img_size=65)
