@@ -29,6 +29,7 @@ from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
                                   RANKINGS, RECONSTRUCTS)
 from mmseg_pm.compression.structure import ASSIGN_RULES
 from mmseg_pm.datasets import make_synthetic_ade
+from mmseg_pm.utils.tables import markdown_table, text_table
 from mmseg_pm.visualization import draw_model_tokens
 
 
@@ -159,24 +160,17 @@ def table_cells(rows: list) -> list:
             for r in rows]
 
 
+# the model's name and the token counts read left-aligned, numbers right
+_RIGHT = (1, 2, 3, 4, 5)
+
+
 def format_table(rows: list) -> str:
-    body = table_cells(rows)
-    widths = [max(len(x[i]) for x in [HEADER] + body)
-              for i in range(len(HEADER))]
-
-    def line(cells):
-        return '  '.join(c.ljust(wd) if i in (0, 6) else c.rjust(wd)
-                         for i, (c, wd) in enumerate(zip(cells, widths)))
-
-    sep = '  '.join('-' * wd for wd in widths)
-    return '\n'.join([line(HEADER), sep] + [line(b) for b in table_cells(rows)])
+    return text_table(HEADER, table_cells(rows), _RIGHT)
 
 
 def format_markdown(rows: list, note: str) -> str:
-    lines = ['| ' + ' | '.join(HEADER) + ' |',
-             '|---|---:|---:|---:|---:|---:|---|']
-    lines += ['| ' + ' | '.join(cells) + ' |' for cells in table_cells(rows)]
-    return '\n'.join(lines) + f'\n\n{note}\n'
+    return markdown_table(HEADER, table_cells(rows), _RIGHT) + \
+        f'\n\n{note}\n'
 
 
 def run_demo(settings: Optional[DemoSettings] = None, **changes) -> dict:

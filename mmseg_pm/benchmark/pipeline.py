@@ -41,8 +41,9 @@ from .measure import (analytic_backbone_flops, counted_flops,
                       parameter_count, part_module, peak_memory_bytes,
                       scene_images, tokens_per_layer, train_step)
 from .peers import calibrate_peers
-from .report import add_ratios, check_targets, machine_info
+from .machine import machine_info
 from .settings import BenchmarkSettings
+from .targets import add_ratios, check_targets
 from .variants import (ADAPTIVE_VARIANTS, PEER_VARIANTS, ModelSpec,
                        build_family, build_segmentor, config_stem,
                        expand_specs, family_weights, load_config,

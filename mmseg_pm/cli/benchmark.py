@@ -30,8 +30,8 @@ os.environ.setdefault('KINETO_LOG_LEVEL', '5')
 from mmseg_pm.apis import check_output_file  # noqa: E402
 from mmseg_pm.benchmark.measure import DTYPES, PARTS  # noqa: E402
 from mmseg_pm.benchmark.pipeline import default_name, run  # noqa: E402
-from mmseg_pm.benchmark.report import (render_text, result_paths,  # noqa: E402
-                                       write_results)
+from mmseg_pm.benchmark.report import result_paths, write_results  # noqa: E402,E501
+from mmseg_pm.benchmark.tables import render_text  # noqa: E402
 from mmseg_pm.benchmark.settings import BenchmarkSettings  # noqa: E402
 from mmseg_pm.benchmark.variants import (PEER_VARIANTS,  # noqa: E402
                                          VARIANTS, parse_config_arg)

@@ -6,6 +6,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from mmseg_pm.apis.knobs import METHODS
 from mmseg_pm.apis.outputs import save_figure
+from mmseg_pm.utils.tables import markdown_table, text_table
 
 
 COLUMNS = ('method', 'budget', 'setting', 'GFLOPs', '% of dense',
@@ -25,40 +26,33 @@ def _cells(row: dict) -> Tuple[str, ...]:
             f'{row["images_per_s"]:.0f}')
 
 
+# the setting and the method's name read left-aligned, numbers right
+_RIGHT = (1, 3, 4, 5, 6, 7)
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """Plain-text table (dense row first, then one per method and budget)."""
-    body = [_cells(r) for r in rows]
-    widths = [max(len(x[i]) for x in [COLUMNS] + body)
-              for i in range(len(COLUMNS))]
-
-    def line(cells):
-        return '  '.join(c.ljust(w) if i in (0, 2) else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return '\n'.join([line(COLUMNS), '  '.join('-' * w for w in widths)] +
-                     [line(b) for b in body])
+    return text_table(COLUMNS, [_cells(r) for r in rows], _RIGHT)
 
 
 def format_markdown(rows: Sequence[dict]) -> str:
-    lines = ['| ' + ' | '.join(COLUMNS) + ' |',
-             '|---|---:|---|---:|---:|---:|---:|---:|']
-    lines += ['| ' + ' | '.join(_cells(r)) + ' |' for r in rows]
-    return '\n'.join(lines) + '\n'
+    return markdown_table(COLUMNS, [_cells(r) for r in rows], _RIGHT) + '\n'
+
+
+WINDOW_COLUMNS = ('method', 'budget',
+                  'mean token-to-centre distance (tokens)',
+                  'largest window (tokens)',
+                  '3x3 neighbourhoods without a centre')
 
 
 def format_windows_markdown(rows: Sequence[dict]) -> str:
     """The merge windows of the static (Prune-and-Merge family) rows."""
-    lines = ['| method | budget | mean token-to-centre distance (tokens) | '
-             'largest window (tokens) | 3x3 neighbourhoods without a centre '
-             '|', '|---|---:|---:|---:|---:|']
-    for r in rows:
-        if r.get('windows'):
-            stats = r['windows']
-            lines.append(f'| {r["method"]} | {100 * r["budget"]:.0f}% | '
-                         f'{stats["mean_distance"]:.2f} | '
-                         f'{stats["max_window"]} | '
-                         f'{100 * stats["empty_3x3"]:.1f}% |')
-    return '\n'.join(lines) + '\n'
+    lines = [(r['method'], f'{100 * r["budget"]:.0f}%',
+              f'{r["windows"]["mean_distance"]:.2f}',
+              str(r['windows']['max_window']),
+              f'{100 * r["windows"]["empty_3x3"]:.1f}%')
+             for r in rows if r.get('windows')]
+    return markdown_table(WINDOW_COLUMNS, lines, (1, 2, 3, 4)) + '\n'
 
 
 def best_per_budget(rows: Sequence[dict], key: str = 'miou_after'

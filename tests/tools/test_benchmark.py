@@ -13,7 +13,7 @@ import torch
 
 from mmseg_pm.benchmark import ModelSpec, calibrate_peers, \
     parse_config_arg
-from mmseg_pm.benchmark.report import render_markdown
+from mmseg_pm.benchmark.tables import render_markdown
 from mmseg_pm.cli.benchmark import main
 from mmseg_pm.apis.knobs import compression_for
 
