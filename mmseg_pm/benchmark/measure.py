@@ -2,8 +2,9 @@
 
 Timing is interleaved (:mod:`mmseg_pm.apis.timing`). Peak memory is the
 most tensor memory held above what was allocated before the step (model
-and input excluded): on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the allocations and frees
-the profiler records from torch's CPU allocator, summed in order.
+and input excluded): on a GPU ``torch.cuda.max_memory_allocated``; on
+the CPU the allocations and frees the profiler records from torch's CPU
+allocator, summed in order.
 """
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ def search_structures(scores: Tensor,
                       config: PMConfig,
                       grid: Tuple[int, int],
                       ranking: str = 'global',
-                      placement: str = 'score',
+                      placement: str = DEFAULT_PLACEMENT,
                       seed: int = 0) -> List[CompressionStructure]:
     """One structure per compressed unit of ``config``, in block order.
 
@@ -195,7 +195,8 @@ def search_structures(scores: Tensor,
         grid: (H, W) token grid, N = H * W.
         ranking: 'global' or 'layer' (see the module docstring).
         placement: where each unit's centres go: 'score', 'spread',
-            'lattice' or 'random' (see the module docstring).
+            'lattice' or 'random' (see the module docstring); the default
+            is the project's, that of tools/prune.py.
         seed: the random placement's seed (unit u uses ``seed + u``).
     """
     if ranking not in RANKINGS:

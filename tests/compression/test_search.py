@@ -29,7 +29,8 @@ SCORES_2x4 = torch.tensor([0.9, 0.1, 0.2, 0.8, 0.3, 0.05, 0.7, 0.4])
 
 def test_row_rule_centres_windows_and_weights_by_hand():
     config = layers([0], num_layers=1, keep_rate=0.25, prune_rate=0.25)
-    (s, ) = search_structures(SCORES_2x4[None], config, (2, 4))
+    (s, ) = search_structures(SCORES_2x4[None], config, (2, 4),
+                              placement='score')
     # int(0.25 * 8) = 2 centres: the two highest (0.9, 0.8); 2 pruned: the
     # two lowest (0.05, 0.1).
     assert roles(s) == ([0, 3], [1, 5], [2, 4, 6, 7])
@@ -44,7 +45,8 @@ def test_row_rule_centres_windows_and_weights_by_hand():
 def test_nearest_rule_by_hand():
     config = layers([0], num_layers=1, keep_rate=0.25, prune_rate=0.25,
                     rule='nearest')
-    (s, ) = search_structures(SCORES_2x4[None], config, (2, 4))
+    (s, ) = search_structures(SCORES_2x4[None], config, (2, 4),
+                              placement='score')
     # (1,0) is next to centre (0,0); (1,2) and (1,3) are nearer (0,3).
     assert s.group.tolist() == [0, -1, 1, 1, 0, -1, 1, 1]
     assert s.weight[4].item() == pytest.approx(0.3 / 0.9)
@@ -57,7 +59,7 @@ def test_merge_times_reconstruct_is_identity(rule, grid):
     scores = torch.rand(3, n, generator=torch.Generator().manual_seed(0))
     config = layers([0, 1, 2], num_layers=3, keep_rate=0.4, prune_rate=0.2,
                     rule=rule)
-    for s in search_structures(scores, config, grid):
+    for s in search_structures(scores, config, grid, placement='score'):
         m = merge_matrix(s.group, s.weight, s.num_groups)
         r = reconstruct_matrix(s.group, reconstruct_weights(
             s.group, s.weight, s.num_groups), s.num_groups)
@@ -71,7 +73,8 @@ def test_global_ranking_matches_the_thresholds_of_the_paper():
     scores[2] *= 3  # one layer scores much higher: it should keep more
     config = layers([1, 2, 3, 5], num_layers=6, keep_rate=0.4,
                     prune_rate=0.2)
-    structures = search_structures(scores, config, grid, 'global')
+    structures = search_structures(scores, config, grid, 'global',
+                                   placement='score')
     compressed = scores[[1, 2, 3, 5]]
     flat = compressed.flatten()
     keep_threshold = flat.sort(descending=True).values[int(0.4 * n) * units
@@ -94,7 +97,8 @@ def test_layer_ranking_gives_every_layer_the_same_counts():
     scores = torch.rand(4, 15, generator=torch.Generator().manual_seed(2))
     scores[1] *= 5
     config = layers([0, 1, 2, 3], keep_rate=0.4, prune_rate=0.2)
-    for s, row in zip(search_structures(scores, config, (3, 5), 'layer'),
+    for s, row in zip(search_structures(scores, config, (3, 5), 'layer',
+                                        placement='score'),
                       scores):
         centres, pruned, _ = roles(s)
         assert len(centres) == 6 and len(pruned) == 3
@@ -127,7 +131,7 @@ def test_a_layer_left_without_centres_gets_its_best_token():
     # the 2 lowest (0.2, 0.3) are pruned
     assert prune.tolist() == [[False] * 4, [False, True, False, True]]
     config = layers([0, 1], num_layers=2, keep_rate=0.5, prune_rate=0.25)
-    s0, s1 = search_structures(scores, config, (2, 2))
+    s0, s1 = search_structures(scores, config, (2, 2), placement='score')
     assert (s0.num_groups, s0.num_merged, s0.num_pruned) == (4, 0, 0)
     assert (s1.num_groups, s1.num_merged, s1.num_pruned) == (1, 1, 2)
 
@@ -137,7 +141,8 @@ def test_layers_without_merged_tokens_are_valid(keep_rate, prune_rate):
     scores = torch.rand(1, 6, generator=torch.Generator().manual_seed(3))
     config = layers([0], num_layers=1, keep_rate=keep_rate,
                     prune_rate=prune_rate)
-    (s, ) = search_structures(scores, config, (2, 3), 'layer')
+    (s, ) = search_structures(scores, config, (2, 3), 'layer',
+                              placement='score')
     assert s.num_merged == 0
     assert s.num_groups == int(keep_rate * 6)
     assert s.tokens_per_group().tolist() == [1] * s.num_groups
@@ -148,7 +153,8 @@ def test_span_scores_are_averaged_over_the_span():
     scores = torch.rand(4, 6, generator=g)
     config = PMConfig.from_dict(
         dict(mode='span', spans=[(0, 1), (2, 3)], keep_rate=0.5), 4)
-    s0, s1 = search_structures(scores, config, (2, 3), 'layer')
+    s0, s1 = search_structures(scores, config, (2, 3), 'layer',
+                               placement='score')
     for s, rows in ((s0, scores[0:2]), (s1, scores[2:4])):
         mean = rows.mean(dim=0)
         assert set(s.centre.tolist()) == set(mean.topk(3).indices.tolist())
