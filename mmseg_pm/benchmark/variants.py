@@ -23,7 +23,6 @@ speed depends on the token counts only.
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -113,35 +112,17 @@ def parse_config_arg(arg: str) -> Tuple[str, Optional[str]]:
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None):
-    """The mmengine Config with ``cfg_options`` merged in (a fresh copy;
-    parsing is cached: every row of a config reads it)."""
-    from mmseg_pm.apis.config import check_cfg_option
-
-    cfg = copy.deepcopy(_parsed_config(config))
-    if cfg_options:
-        for key, value in cfg_options.items():
-            check_cfg_option(cfg, key, value)
-        cfg.merge_from_dict(cfg_options)
-    return cfg
+    """:func:`mmseg_pm.apis.config.load_config` (its checks and error
+    texts), read once per config and options: every row of a config reads
+    it; each caller gets its own copy."""
+    key = (config, repr(sorted((cfg_options or {}).items())))
+    if key not in _LOADED:
+        from mmseg_pm.apis.config import load_config as read
+        _LOADED[key] = read(config, dict(cfg_options or {}))
+    return copy.deepcopy(_LOADED[key])
 
 
-@functools.lru_cache(maxsize=16)
-def _parsed_config(config: str):
-    import mmseg_pm.models  # noqa: F401  (registers modules and the mmseg:: scope)
-    from mmengine.config import Config
-
-    from mmseg_pm.apis import UsageError
-    try:
-        return Config.fromfile(config)
-    except FileNotFoundError as err:
-        raise UsageError(
-            f'config {config!r} not found ({err}); give a path such as '
-            'configs/segmenter/pm-segmenter_vit-s_mask_8xb1-160k_ade20k-'
-            '512x512.py or an mmseg:: config') from None
-    except Exception as err:  # syntax errors, not a config, ...
-        reason = (str(err).strip().splitlines() or [''])[0][:300]
-        raise UsageError(f'cannot read config {config}: '
-                         f'{type(err).__name__}: {reason}') from err
+_LOADED: dict = {}
 
 
 def pm_compression(backbone_cfg: dict) -> Optional[dict]:
@@ -227,19 +208,13 @@ def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
 def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None,
                     backbone_only: bool = False) -> nn.Module:
     """The segmentor of ``spec`` (or only its backbone): random weights,
-    eval mode, on the CPU."""
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
+    eval mode, on the CPU (:func:`mmseg_pm.apis.inference.build_segmentor`
+    on the config with the row's backbone)."""
+    from mmseg_pm.apis.inference import build_segmentor as build
     cfg = load_config(spec.config, cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg['pretrained'] = None  # URLs cannot be fetched here
-    model_cfg['backbone'] = backbone_config(spec, model_cfg['backbone'])
-    model_cfg.pop('init_cfg', None)
-    model = MODELS.build(model_cfg['backbone'] if backbone_only
-                         else model_cfg)
-    model.eval()
-    return model
+    cfg.model.backbone = backbone_config(spec, cfg.model.backbone)
+    model = build(cfg)
+    return model.backbone if backbone_only else model
 
 
 def without_compressors(state: Dict[str, torch.Tensor]

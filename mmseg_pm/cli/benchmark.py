@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         'GFLOPs, in PyTorch, onnxruntime and torch.compile, side by side',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('configs', nargs='*', metavar='CONFIG[:CHECKPOINT]',
-                   help='mmseg configs (paths or mmseg::...), each with an '
+                   help='mmseg config files, each with an '
                    'optional checkpoint whose weights every row of it uses '
                    '(none: only the --scaling rows)')
     p.add_argument('--variants', nargs='+', choices=VARIANTS,
