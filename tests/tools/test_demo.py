@@ -4,13 +4,25 @@ structure, and the files it promises are written."""
 import json
 
 import pytest
+import torch
 
 from mmseg_pm.cli import demo as demo_cli
 from mmseg_pm.demo import run_demo
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread, what tools/demo.py sets (the library leaves the
+    process's thread count alone)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow  # the whole demo pipeline
-def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys):
+def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys,
+                                                    one_thread):
     """From Python with keyword settings (tools/demo.py builds the same
     settings: the test below)."""
     result = run_demo(data_root=str(tmp_path / 'data'),
