@@ -121,7 +121,7 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
     model, cfg, knob, flops = pipeline.compress(
         'algm', 0.7, base, dense.state_dict(), dense_flops, None, args)
     assert cfg.model.backbone.compression == dict(
-        method='algm', local_layer=0, global_layer=1, threshold=knob / 100,
+        method='algm', local_layer=0, global_layer=1, threshold=knob / 1000,
         window=(2, 2))
     assert abs(flops / (0.7 * dense_flops) - 1) <= 0.02
     inputs = pipeline.validation_inputs(base, model)
