@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmseg_pm.apis import UsageError, atomic_output
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import atomic_output
 
 DEFAULT_OPSET = 18
 # torch.export's exporter writes opset 18 and converts up to torch's newest;
@@ -91,7 +92,7 @@ def export_onnx(segmentor: nn.Module,
                 upsample: bool = False) -> Path:
     """Export ``segmentor`` (eval mode) for ``(batch_size, 3, *shape)``
     inputs to ``out``, atomically (the output rule of
-    :mod:`mmseg_pm.apis.outputs`): nothing appears under ``out`` unless the
+    :mod:`mmseg_pm.utils.outputs`): nothing appears under ``out`` unless the
     export completes."""
     module = TensorForward(segmentor, upsample).eval()
     return export_module(module, torch.zeros(batch_size, 3, *shape), out,

@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList, add_prefix
 from torch import Tensor, nn
 
-from mmseg_pm.apis.checkpoint import load_checkpoint_into
+from mmseg_pm.models.checkpoint import load_checkpoint_into
 
 
 def pixel_distill_loss(student_logits: Tensor,
