@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmseg_pm.compression.reducer import TokenReducer
 from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.utils.outputs import atomic_output
 
@@ -103,7 +104,7 @@ def check_fixed_shapes(module: nn.Module) -> None:
     """Refuse a model whose token counts depend on the image (ALGM): an
     ONNX graph has one shape per tensor."""
     for m in module.modules():
-        if getattr(m, 'input_dependent_shapes', False):
+        if isinstance(m, TokenReducer) and m.input_dependent_shapes:
             raise UsageError(
                 f'compression method={m.method!r} cannot be exported to '
                 'ONNX: each image keeps its own number of tokens, so the '

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .reducer import TokenReducer
+from .reducer import STRUCTURES_NAME, TokenReducer
 from .structure import (CompressionStructure, mean_merge_weights,
                         reconstruct_weights)
 
@@ -241,6 +241,31 @@ def assignment_matrices(assign: Tensor, weight: Tensor,
     slots = torch.arange(num_slots, device=assign.device)
     one_hot = (assign[:, None, :] == slots[None, :, None]).to(weight.dtype)
     return one_hot * weight
+
+
+def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
+                     embed_dims: int, reconstructs: int, impl: str,
+                     reconstruct: str, assign: str, neighbourhood: int) -> int:
+    """FLOPs of one unit's merge and ``reconstructs`` reconstructions of
+    ``num_tokens`` patch tokens, as :func:`mmseg_pm.utils.count_flops`
+    counts them: the sparse segment sum (2 per source element, prefix
+    tokens included), the dense formulation's (K x N) and (N x K)
+    products; gathers and scales are element-wise (not counted).
+    Content-aware windows add the similarity of every token to its k x k
+    candidate centres (2 k^2 C per token), the window sizes (residual) or
+    squared weights (pinv, at every reconstruct) summed per image, and,
+    dense, products with the prefix tokens' rows and columns."""
+    n, c = num_tokens, embed_dims
+    if assign == 'content':
+        similarity = 2 * n * neighbourhood**2 * c
+        if impl == 'dense':
+            slots, tokens = num_prefix + num_groups, num_prefix + n
+            return similarity + 2 * slots * tokens * c * (1 + reconstructs)
+        sums = 1 if reconstruct == 'residual' else reconstructs
+        return similarity + 2 * (num_prefix + n) * (c + sums)
+    if impl == 'sparse':
+        return 2 * (num_prefix + n) * c
+    return 2 * num_groups * n * c * (1 + reconstructs)
 
 
 class ContentContext(NamedTuple):
@@ -693,7 +718,8 @@ class TokenCompressor(nn.Module):
 class PruneAndMerge(nn.ModuleDict, TokenReducer):
     """Prune and Merge as a :class:`TokenReducer`: one
     :class:`TokenCompressor` per unit, keyed by the unit's first block (the
-    keys of the checkpoints: ``token_compressors.<first>.*``).
+    keys of the checkpoints: ``token_compressors.<first>.*``, its
+    ``state_dict_name`` being :data:`~.reducer.STRUCTURES_NAME`).
 
     A unit (first, last) merges before its first block, runs its blocks on
     the centres and reconstructs after its last; an output inside a unit is
@@ -701,6 +727,7 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
     """
 
     method = 'pm'
+    state_dict_name = STRUCTURES_NAME
     static = True
 
     def __init__(self, units: Sequence[Tuple[int, int]],
@@ -772,3 +799,21 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
             for i in range(first, last + 1):
                 tokens[i] = self.num_prefix + self.compressor(first).num_groups
         return tokens
+
+    def image_dependent(self, block: int) -> bool:
+        """Content-aware windows: each image its own."""
+        return self.compressor(block).assign == 'content'
+
+    def merge_flops(self, grid: Tuple[int, int], embed_dims: int,
+                    out_indices: Sequence[int]) -> int:
+        """Each unit's merge and its reconstructions: after its last block
+        and at every output inside it (:func:`unit_merge_flops`)."""
+        total = 0
+        for first, last in self.units:
+            comp = self.compressor(first)
+            reconstructs = 1 + sum(1 for i in out_indices if first <= i < last)
+            total += unit_merge_flops(
+                grid[0] * grid[1], self.num_prefix, comp.num_groups,
+                embed_dims, reconstructs, comp.impl, comp.reconstruct_mode,
+                comp.assign, comp.neighbourhood)
+        return total

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mmseg_pm.compression.reducer import STRUCTURES_NAME
 from mmseg_pm.compression.structure import (CompressionStructure,
                                             reconstruct_weights)
 
@@ -283,7 +284,7 @@ def convert_pm_matrices(encoder: Dict[str, Tensor],
             encoder[merge_key], reconstruct, masks[0] if masks else None,
             grid, f'encoder.{merge_key}')
         for k, v in compressor_state(structure, rec).items():
-            state[f'token_compressors.{first}.{k}'] = v
+            state[f'{STRUCTURES_NAME}.{first}.{k}'] = v
         units.append((first, last))
         notes.append(f'blocks {first}..{last}: {structure.summary()}')
     for key in [k for k in encoder if (m := _PM_KEY.match(k))

@@ -17,14 +17,15 @@ from typing import Dict, List, Optional, Union
 
 from torch import Tensor, nn
 
+from mmseg_pm.compression.reducer import MERGER_NAME, STRUCTURES_NAME
 from mmseg_pm.utils.checkpoint import (SHOWN, CheckpointError, check_finite,
                                        checkpoint_state_dict,
                                        load_checkpoint_file)
 from mmseg_pm.utils.errors import UsageError
 
-STRUCTURE_KEY = 'token_compressors.'
+STRUCTURE_KEY = f'{STRUCTURES_NAME}.'
 # weights of input-dependent mergers (MSTM's coarse branch)
-MERGER_PREFIXES = ('backbone.token_merger.', 'token_merger.')
+MERGER_PREFIXES = (f'backbone.{MERGER_NAME}.', f'{MERGER_NAME}.')
 # load_checkpoint_into(require=...): every weight, or most of them
 REQUIRE = ('all', 'most')
 
