@@ -1,6 +1,6 @@
 """Score the tokens of a trained segmentor, search one structure per
 compressed unit, install it and write the compressed checkpoint (what
-tools/prune.py runs; DESIGN.md §2.1-2.2)."""
+tools/prune.py runs; docs/prune_and_merge.md sections 1-2)."""
 from typing import Optional
 
 import torch
