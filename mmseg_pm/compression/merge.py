@@ -243,6 +243,91 @@ def assignment_matrices(assign: Tensor, weight: Tensor,
     return one_hot * weight
 
 
+def merge_by_assignment(x: Tensor, assign: Tensor, weight: Tensor,
+                        num_slots: int, mean: bool, dense: bool) -> Tensor:
+    """Per-image ``M x``: ``out[b, assign[b, p]] += weight[p] x[b, p]``,
+    (B, T, C) -> (B, num_slots, C); ``mean``: divided by each slot's
+    weight total (M~, rows summing to 1). ``dense``: by the one-hot
+    matrices of :func:`assignment_matrices` (no index written twice),
+    else by one segment sum."""
+    if dense:
+        m = assignment_matrices(assign, weight, num_slots)
+        if mean:
+            m = m / m.sum(-1, keepdim=True)
+        return torch.matmul(m, x)
+    b = x.shape[0]
+    rows = per_image_rows(assign, num_slots)
+    merged = segment_sum(x, None, weight, num_slots, rows=rows)
+    if mean:
+        total = x.new_zeros(b * num_slots).index_add_(
+            0, rows, weight.expand(b, -1).flatten())
+        merged = merged / total.view(b, num_slots, 1)
+    return merged
+
+
+def spread_by_assignment(y: Tensor, assign: Tensor, spread_weight: Tensor,
+                         merge_weight: Optional[Tensor], dense: bool
+                         ) -> Tensor:
+    """Per-image ``R y``: ``out[b, p] = r_p y[b, assign[b, p]]``, (B, S, C)
+    -> (B, T, C); with ``merge_weight`` (pinv) divided by the slot's
+    ``sum w_i^2`` (the closed-form pseudo-inverse of the image's M).
+    ``dense``: by the transposed one-hot matrices, else by a gather."""
+    b, slots, c = y.shape
+    tiny = torch.finfo(y.dtype).tiny
+    if dense:
+        r = assignment_matrices(assign, spread_weight, slots).transpose(1, 2)
+        if merge_weight is not None:
+            norm = assignment_matrices(assign, merge_weight**2, slots).sum(-1)
+            r = r / norm.clamp(min=tiny)[:, None]
+        return torch.matmul(r, y)
+    rows = per_image_rows(assign, slots)
+    scale = spread_weight.expand(b, -1)
+    if merge_weight is not None:
+        norm = y.new_zeros(b * slots).index_add_(
+            0, rows, (merge_weight**2).expand(b, -1).flatten())
+        scale = scale / norm.clamp(min=tiny).index_select(0, rows).view(b, -1)
+    return y.reshape(b * slots, c).index_select(0, rows).view(
+        b, -1, c) * scale[..., None]
+
+
+def check_saved_unit(state_dict: dict, prefix: str, grid: Tuple[int, int],
+                     assign: str, reconstruct: str) -> None:
+    """Refuse a checkpoint's unit at ``prefix`` made for another token
+    grid, assignment or reconstruction (non-strict loading would only
+    warn, and the weights of one are wrong for the other). Checkpoints
+    written before the residual form (all pinv) and before content-aware
+    windows (all static) get those buffers filled in."""
+    saved = state_dict.get(prefix + 'grid')
+    if saved is None:
+        return
+    if tuple(int(v) for v in saved) != tuple(grid):
+        raise ValueError(
+            f'checkpoint structure at {prefix!r} is for a '
+            f'{int(saved[0])}x{int(saved[1])} token grid but this model '
+            f'uses {grid[0]}x{grid[1]}; set the backbone img_size to the '
+            'size the structure was built for (grid x patch_size)')
+    residual = state_dict.setdefault(prefix + 'residual', torch.tensor(False))
+    content = state_dict.setdefault(prefix + 'content', torch.tensor(False))
+    saved_assign = 'content' if bool(content) else 'static'
+    saved_mode = 'residual' if bool(residual) else 'pinv'
+    if saved_assign != assign:
+        raise ValueError(
+            f'checkpoint structure at {prefix!r} was made with '
+            f'assign={saved_assign!r} but this model uses assign={assign!r}: '
+            'its merge and reconstruct weights belong to the other '
+            f"assignment; set compression assign='{saved_assign}' in the "
+            f"config (or prune the dense checkpoint again with "
+            f"assign='{assign}')")
+    if saved_mode != reconstruct:
+        raise ValueError(
+            f'checkpoint structure at {prefix!r} was made with '
+            f'reconstruct={saved_mode!r} but this model uses '
+            f'reconstruct={reconstruct!r}: the merge and reconstruct '
+            'weights of one cannot be read with the other; set compression '
+            f"reconstruct='{saved_mode}' in the config (or prune the dense "
+            f"checkpoint again with reconstruct='{reconstruct}')")
+
+
 def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
                      embed_dims: int, reconstructs: int, impl: str,
                      reconstruct: str, assign: str, neighbourhood: int) -> int:
@@ -475,6 +560,20 @@ class TokenCompressor(nn.Module):
         return self._weights[key]
 
     # ------------------------------------------------------------------
+    def _formulation(self) -> str:
+        """The one place the merge's formulation is chosen: ``'dense'``
+        (the authors' matrices, asked for with impl='dense'), ``'export'``
+        (a sparse unit being exported to ONNX: nothing may write an index
+        twice, since onnxruntime's multi-threaded scatter-add loses
+        updates; static windows merge by :func:`tabled_segment_sum`,
+        content-aware ones by one-hot matrices) or ``'sparse'`` (one
+        segment sum; eager and compiled runs, 2-5x faster on CPU).
+        Reconstruction gathers (no scatter) unless ``'dense'``, except the
+        content-aware one, which follows its merge."""
+        if self.impl == 'dense':
+            return 'dense'
+        return 'export' if torch.compiler.is_exporting() else 'sparse'
+
     def merge(self, x: Tensor, num_prefix: int = 0) -> Tuple[Tensor, object]:
         """(B, P + N, C) tokens -> (merged (B, P + K, C), context).
 
@@ -485,17 +584,16 @@ class TokenCompressor(nn.Module):
         """
         if self.assign == 'content':
             return self._merge_content(x, num_prefix)
-        if self.impl == 'dense':
+        formulation = self._formulation()
+        if formulation == 'dense':
             merged = self._merge_dense(x, num_prefix)
+        elif formulation == 'export':
+            merged = self._merge_tabled(x, num_prefix)
         else:
-            if torch.compiler.is_exporting():
-                merged = self._merge_tabled(x, num_prefix)
-            else:
-                scatter, _ = self._batched_indices(x.shape[0], num_prefix)
-                weight, _ = self._unit_weights(num_prefix, x.dtype)
-                merged = segment_sum(x, None, weight,
-                                     num_prefix + self.num_groups,
-                                     rows=scatter)
+            scatter, _ = self._batched_indices(x.shape[0], num_prefix)
+            weight, _ = self._unit_weights(num_prefix, x.dtype)
+            merged = segment_sum(x, None, weight,
+                                 num_prefix + self.num_groups, rows=scatter)
         if self.reconstruct_mode == 'residual':
             return merged, (x, merged)
         return merged, self._pruned_tokens(x, num_prefix)
@@ -522,7 +620,7 @@ class TokenCompressor(nn.Module):
                          num_prefix: int) -> Tensor:
         """pinv: the pruned tokens (``context``) back into ``x``."""
         if context is not None:  # x is fresh: safe to write in place
-            if self.impl == 'dense':
+            if self._formulation() == 'dense':
                 x[:, num_prefix:] += context
             else:
                 _, pruned = self._batched_indices(x.shape[0], num_prefix)
@@ -532,7 +630,7 @@ class TokenCompressor(nn.Module):
     def _spread(self, y: Tensor, num_prefix: int) -> Tensor:
         """``R y``: every token gets its window's row of ``y`` times its
         reconstruct weight (0 for pruned tokens); prefix tokens keep theirs."""
-        if self.impl == 'dense':
+        if self._formulation() == 'dense':
             r = reconstruct_matrix(self.group,
                                    self.reconstruct_weight * self._kept,
                                    self.num_groups)
@@ -548,7 +646,7 @@ class TokenCompressor(nn.Module):
         the patch tokens masked to them), None when nothing is pruned."""
         if not self.has_pruned:
             return None
-        if self.impl == 'dense':
+        if self._formulation() == 'dense':
             return x[:, num_prefix:] * (1 - self._kept).to(x.dtype)[:, None]
         b, t, c = x.shape
         _, pruned = self._batched_indices(b, num_prefix)
@@ -556,8 +654,7 @@ class TokenCompressor(nn.Module):
 
     def _merge_tabled(self, x: Tensor, num_prefix: int) -> Tensor:
         """The sparse merge as exported (:func:`tabled_segment_sum`): no
-        row written twice. Eager and compiled runs keep the one segment
-        sum: 2-5x faster on CPU, and correct on every torch backend."""
+        row written twice."""
         slots = self._window_slots.split([h * w for h, w in
                                           self._window_shapes])
         tables = [t.view(shape) for t, shape in zip(slots,
@@ -586,33 +683,16 @@ class TokenCompressor(nn.Module):
         return torch.cat((head.expand(x.shape[0], -1),
                           patches + num_prefix), 1)
 
-    def _per_image_path(self) -> bool:
-        """The dense formulation: asked for, or exported (a one-hot matrix
-        product writes no index twice; onnxruntime's multi-threaded
-        scatter-add loses updates to repeated indices)."""
-        return self.impl == 'dense' or torch.compiler.is_exporting()
-
     def _merge_content(self, x: Tensor, num_prefix: int
                        ) -> Tuple[Tensor, 'ContentContext']:
         """Per-image M x: weighted sums (pinv) or means (residual) of the
         tokens each window got in this image."""
-        b = x.shape[0]
-        slots = num_prefix + self.num_groups
         assign = self._content_slots(x, num_prefix)
         weight, _ = self._unit_weights(num_prefix, x.dtype)
         residual = self.reconstruct_mode == 'residual'
-        if self._per_image_path():
-            m = assignment_matrices(assign, weight, slots)
-            if residual:
-                m = m / m.sum(-1, keepdim=True)
-            merged = torch.matmul(m, x)
-        else:
-            rows = per_image_rows(assign, slots)
-            merged = segment_sum(x, None, weight, slots, rows=rows)
-            if residual:
-                total = x.new_zeros(b * slots).index_add_(
-                    0, rows, weight.expand(b, -1).flatten())
-                merged = merged / total.view(b, slots, 1)
+        merged = merge_by_assignment(
+            x, assign, weight, num_prefix + self.num_groups, mean=residual,
+            dense=self._formulation() != 'sparse')
         if residual:
             return merged, ContentContext(x, merged, None, assign)
         return merged, ContentContext(None, None,
@@ -624,27 +704,12 @@ class TokenCompressor(nn.Module):
         """R y with the image's assignment: ``x + r_p (y - M~x)_{g(p)}``
         (residual) or ``r_p / sum_{i in g(p)} w_i^2 y_{g(p)}`` plus the
         pruned tokens (pinv, the closed-form pseudo-inverse per image)."""
-        b, slots, c = y.shape
-        assign = context.assign
         merge_w, spread_w = self._unit_weights(num_prefix, y.dtype)
         residual = self.reconstruct_mode == 'residual'
-        source = y - context.merged if residual else y
-        if self._per_image_path():
-            r = assignment_matrices(assign, spread_w, slots).transpose(1, 2)
-            if not residual:
-                norm = assignment_matrices(assign, merge_w**2, slots).sum(-1)
-                r = r / norm.clamp(min=torch.finfo(y.dtype).tiny)[:, None]
-            out = torch.matmul(r, source)
-        else:
-            rows = per_image_rows(assign, slots)
-            scale = spread_w.expand(b, -1)
-            if not residual:
-                norm = y.new_zeros(b * slots).index_add_(
-                    0, rows, (merge_w**2).expand(b, -1).flatten())
-                norm = norm.clamp(min=torch.finfo(y.dtype).tiny)
-                scale = scale / norm.index_select(0, rows).view(b, -1)
-            out = source.reshape(b * slots, c).index_select(0, rows).view(
-                b, -1, c) * scale[..., None]
+        out = spread_by_assignment(
+            y - context.merged if residual else y, context.assign, spread_w,
+            None if residual else merge_w,
+            dense=self._formulation() != 'sparse')
         if residual:
             return context.inputs + out
         return self._put_back_pruned(out, context.pruned, num_prefix)
@@ -663,43 +728,10 @@ class TokenCompressor(nn.Module):
 
     # ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Refuse another grid's structure or the other reconstruction's
-        # weights before any tensor is copied (a mismatch would only be a
-        # warning under non-strict loading), and validate what was loaded
-        # (mmengine's loader skips load hooks).
-        saved = state_dict.get(prefix + 'grid')
-        if saved is not None and tuple(int(v) for v in saved) != self.grid_size:
-            raise ValueError(
-                f'checkpoint structure at {prefix!r} is for a '
-                f'{int(saved[0])}x{int(saved[1])} token grid but this model '
-                f'uses {self.grid_size[0]}x{self.grid_size[1]}; set the '
-                'backbone img_size to the size the structure was built for '
-                '(grid x patch_size)')
-        if saved is not None:
-            # Checkpoints written before the residual form were all pinv.
-            residual = state_dict.setdefault(prefix + 'residual',
-                                             torch.tensor(False))
-            mode = 'residual' if bool(residual) else 'pinv'
-            content = state_dict.setdefault(prefix + 'content',
-                                            torch.tensor(False))
-            assign = 'content' if bool(content) else 'static'
-            if assign != self.assign:
-                raise ValueError(
-                    f'checkpoint structure at {prefix!r} was made with '
-                    f"assign={assign!r} but this model uses "
-                    f'assign={self.assign!r}: its merge and reconstruct '
-                    'weights belong to the other assignment; set compression '
-                    f"assign='{assign}' in the config (or prune the dense "
-                    f"checkpoint again with assign='{self.assign}')")
-            if mode != self.reconstruct_mode:
-                raise ValueError(
-                    f'checkpoint structure at {prefix!r} was made with '
-                    f"reconstruct={mode!r} but this model uses "
-                    f'reconstruct={self.reconstruct_mode!r}: the merge and '
-                    'reconstruct weights of one cannot be read with the '
-                    f"other; set compression reconstruct='{mode}' in the "
-                    'config (or prune the dense checkpoint again with '
-                    f"reconstruct='{self.reconstruct_mode}')")
+        # Refused before any tensor is copied; the derived buffers are
+        # rebuilt after (mmengine's loader skips load hooks).
+        check_saved_unit(state_dict, prefix, self.grid_size, self.assign,
+                         self.reconstruct_mode)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh()
 
