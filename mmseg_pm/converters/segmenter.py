@@ -295,14 +295,15 @@ def convert_pm_matrices(encoder: Dict[str, Tensor],
 
 def compression_config(units: Sequence[Tuple[int, int]]) -> Optional[dict]:
     """The backbone ``compression=`` a model needs to load these units
-    (the authors' matrices are M and pinv(M): ``reconstruct='pinv'``)."""
+    (the authors' matrices are M and pinv(M) over fixed windows:
+    ``reconstruct='pinv'``, ``assign='static'``, not the default
+    content-aware windows)."""
     if not units:
         return None
+    authors = dict(reconstruct='pinv', assign='static')
     if all(a == b for a, b in units):
-        return dict(mode='layer', layers=[a for a, _ in units],
-                    reconstruct='pinv')
-    return dict(mode='span', spans=[(a, b) for a, b in units],
-                reconstruct='pinv')
+        return dict(mode='layer', layers=[a for a, _ in units], **authors)
+    return dict(mode='span', spans=[(a, b) for a, b in units], **authors)
 
 
 def infer_grid(pos_embed: Tensor, num_prefix_tokens: int = 1
