@@ -243,8 +243,16 @@ def analytic_backbone_flops(backbone: nn.Module, image_hw: Sequence[int]
             return None
     tokens = tokens_per_layer(backbone, grid)
     return vit_flops(grid[0] * grid[1], embed_dims, len(backbone.layers),
-                     patch, proj.in_channels, backbone.mlp_ratio,
+                     patch, proj.in_channels, mlp_ratio(backbone, embed_dims),
                      tokens_per_layer=tokens) + merges
+
+
+def mlp_ratio(backbone, embed_dims: int) -> int:
+    """The MLP's hidden width over the embedding width (mmseg's
+    VisionTransformer does not keep the ratio; ours does)."""
+    if hasattr(backbone, 'mlp_ratio'):
+        return backbone.mlp_ratio
+    return backbone.layers[0].ffn.layers[0][0].out_features // embed_dims
 
 
 def op_profile(step: Callable[[], object], device: str,
