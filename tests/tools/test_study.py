@@ -42,7 +42,7 @@ def test_knobs_mean_what_they_say():
     assert span_units(2) == [(1, 1)]
     assert mstm_layers(8) == [1, 3, 5]
     assert algm_layers(12) == (0, 4) and algm_layers(8) == (0, 2)
-    assert compression_for('algm', 88, 8, 144)['threshold'] == 0.88
+    assert compression_for('algm', 880, 8, 144)['threshold'] == 0.88
     assert compression_for('tome', 5, 4, 64)['r'] == [2, 1, 1, 1]
     assert compression_for('pm-nearest', 16, 4, 64)['rule'] == 'nearest'
     assert compression_for('pm-row', 16, 4, 64)['reconstruct'] == 'pinv'
