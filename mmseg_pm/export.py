@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmseg_pm.apis import UsageError, atomic_output
+from mmseg_pm.compression.reducer import TokenReducer
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import atomic_output
 
 DEFAULT_OPSET = 18
 # torch.export's exporter writes opset 18 and converts up to torch's newest;
@@ -91,7 +93,7 @@ def export_onnx(segmentor: nn.Module,
                 upsample: bool = False) -> Path:
     """Export ``segmentor`` (eval mode) for ``(batch_size, 3, *shape)``
     inputs to ``out``, atomically (the output rule of
-    :mod:`mmseg_pm.apis.outputs`): nothing appears under ``out`` unless the
+    :mod:`mmseg_pm.utils.outputs`): nothing appears under ``out`` unless the
     export completes."""
     module = TensorForward(segmentor, upsample).eval()
     return export_module(module, torch.zeros(batch_size, 3, *shape), out,
@@ -102,7 +104,7 @@ def check_fixed_shapes(module: nn.Module) -> None:
     """Refuse a model whose token counts depend on the image (ALGM): an
     ONNX graph has one shape per tensor."""
     for m in module.modules():
-        if getattr(m, 'input_dependent_shapes', False):
+        if isinstance(m, TokenReducer) and m.input_dependent_shapes:
             raise UsageError(
                 f'compression method={m.method!r} cannot be exported to '
                 'ONNX: each image keeps its own number of tokens, so the '

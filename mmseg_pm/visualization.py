@@ -413,8 +413,7 @@ def model_token_maps(backbone, layers: Sequence[int],
                                       f'block {i}') for i in layers]
     units = {first: (first, last) for first, last in backbone.compressed_units}
     structures = dict(zip(units, backbone.structures()))
-    per_image = [a for a in units
-                 if backbone.token_compressors[str(a)].assign == 'content']
+    per_image = [a for a in units if backbone.reducer.image_dependent(a)]
     if per_image:
         if inputs is None:
             raise ValueError('content-aware windows depend on the image: '
@@ -563,8 +562,8 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     if method == 'hourglass':
         note += (' | clusters depend on the image: each token drawn in its'
                  ' nearest cluster (the output mixes its k nearest)')
-    elif method == 'pm' and any(c.assign == 'content'
-                                for c in backbone.token_compressors.values()):
+    elif method == 'pm' and any(backbone.reducer.image_dependent(b)
+                                for b in backbone.reducer.merging_blocks()):
         note += (' | content-aware windows: centres fixed, windows of this '
                  'image')
     title = f'{METHOD_NAMES[method]}: {Path(image).name}'

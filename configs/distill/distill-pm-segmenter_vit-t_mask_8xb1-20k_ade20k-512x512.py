@@ -1,8 +1,9 @@
 # Distillation fine-tuning of a pruned Segmenter (ViT-T/16, ADE20K 512x512).
 # Student: the Prune-and-Merge model; teacher: mmseg's dense Segmenter and its
 # released checkpoint, frozen. loss = CE + alpha * T^2 * KL per pixel with
-# alpha=1, T=20 and AdamW at lr 1e-4, as the authors (DESIGN.md §2.4); the
-# 20k-iteration schedule is our choice. Start from tools/prune.py's output:
+# alpha=1, T=20 and AdamW at lr 1e-4, as the authors
+# (docs/prune_and_merge.md section 4); the 20k-iteration schedule is our
+# choice. Start from tools/prune.py's output:
 #   python tools/train.py configs/distill/distill-pm-segmenter_vit-t_mask_8xb1-20k_ade20k-512x512.py \
 #       --cfg-options load_from=PRUNED.pth
 _base_ = [

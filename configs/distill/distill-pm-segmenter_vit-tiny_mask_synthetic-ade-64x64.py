@@ -1,6 +1,7 @@
 # Distillation fine-tuning of the pruned tiny synthetic Segmenter (the demo's
-# setting, DESIGN.md §2.4): teacher = the dense tiny Segmenter as
-# tools/train.py writes it by default; alpha=1, T=20, AdamW lr 1e-4.
+# setting; docs/prune_and_merge.md section 4): teacher = the dense tiny
+# Segmenter as tools/train.py writes it by default; alpha=1, T=20, AdamW lr
+# 1e-4.
 #   python tools/prune.py configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \
 #       work_dirs/segmenter_vit-tiny_mask_synthetic-ade-64x64/iter_400.pth \
 #       --out work_dirs/pruned_tiny.pth --iters 20

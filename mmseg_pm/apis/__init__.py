@@ -2,25 +2,30 @@
 segmentor from a config and a checkpoint and its FLOPs per crop
 (:mod:`.inference`), training and evaluation on mmengine's Runner
 (:mod:`.runner`), scoring and pruning (:mod:`.scoring`, :mod:`.prune`),
-configs (:mod:`.config`), reading a checkpoint into a model
-(:mod:`.checkpoint`), the output rule of every file a tool writes
-(:mod:`.outputs`), distributed runs (:mod:`.distributed`).
+configs (:mod:`.config`), distributed runs (:mod:`.distributed`); and,
+re-exported from the floors below it, reading a checkpoint into a model
+(:mod:`mmseg_pm.models.checkpoint`, :mod:`mmseg_pm.utils.checkpoint`) and
+the output rule of every file a tool writes (:mod:`mmseg_pm.utils.outputs`).
 Bad input raises :class:`UsageError` (or a subclass) whose message names
 the problem and the fix."""
-from .checkpoint import (CheckpointError, CheckpointNotFound,
-                         cached_download, check_finite,
-                         check_runner_checkpoint, checkpoint_state_dict,
-                         load_checkpoint_file, load_checkpoint_into,
-                         local_checkpoint, runner_checkpoint,
-                         save_checkpoint_atomic)
+from mmseg_pm.models.checkpoint import load_checkpoint_into
+from mmseg_pm.utils.checkpoint import (CheckpointError, CheckpointNotFound,
+                                       cached_download, check_finite,
+                                       checkpoint_state_dict,
+                                       load_checkpoint_file,
+                                       local_checkpoint,
+                                       save_checkpoint_atomic)
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import (OutputError, atomic_output,
+                                    check_not_input, check_output_dir,
+                                    check_output_file, check_writable_dir,
+                                    save_figure, umask_mode, write_atomic)
+
+from .checkpoint import check_runner_checkpoint, runner_checkpoint
 from .distributed import (PositionSeededDataset, RankBatchSampler,
                           build_rank_dataloader, check_launcher_environment,
                           end_distributed, init_distributed,
                           setup_runner_launcher, sum_across_ranks)
-from .errors import UsageError
-from .outputs import (OutputError, atomic_output, check_not_input,
-                      check_output_dir, check_output_file, check_writable_dir,
-                      save_figure, umask_mode, write_atomic)
 from .inference import build_segmentor, crop_flops, init_segmentor
 from .prune import prune_config, prune_segmentor, save_pruned
 from .runner import evaluate, evaluation_config, train, train_config

@@ -2,6 +2,7 @@
 names the problem and the fix (a :class:`UsageError`), checked before a
 Runner is built or any work starts."""
 import difflib
+import inspect
 import re
 from pathlib import Path
 
@@ -9,8 +10,12 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-from .errors import UsageError
-from .outputs import atomic_output, check_output_dir, is_url
+import mmseg_pm.models  # noqa: F401  (the modules and the mmseg:: scope)
+from mmseg_pm.compression.config import build_reducer, parse_compression
+from mmseg_pm.engine import use_project_writers
+from mmseg_pm.models.backbones.pm_vit import PMVisionTransformer, token_grid
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import atomic_output, check_output_dir, is_url
 
 # checkpoints mmengine's CheckpointHook writes into the work dir
 RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
@@ -19,7 +24,6 @@ RUNNER_CHECKPOINT = re.compile(r'(iter|epoch)_\d+\.pth|best_.*\.pth')
 def read_config(path: str) -> Config:
     """``Config.fromfile`` with every failure as one line naming the file.
     Registers the project's modules and the ``mmseg::`` scope first."""
-    import mmseg_pm.models  # noqa: F401  (lazy: mmseg_pm.models uses apis)
     file = Path(path)
     if file.is_dir():
         raise UsageError(f'config {path} is a folder; name a .py config '
@@ -95,8 +99,6 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
     the model's ``compression=`` is checked on the result; the Runner's
     files are written by the project's atomic, rank-0 writers
     (:func:`mmseg_pm.engine.use_project_writers`)."""
-    from mmseg_pm.engine import use_project_writers
-
     cfg = read_config(path)
     cfg.launcher = launcher
     if cfg_options is not None and not isinstance(cfg_options, dict):
@@ -138,12 +140,6 @@ def check_compression(cfg: Config) -> None:
     one (blocks outside the model, prune_rate=1.0, overlapping or reversed
     spans, more ToMe merges than tokens) is one line, for every tool and
     :func:`~mmseg_pm.apis.init_segmentor`, before anything is built."""
-    import inspect
-
-    from mmseg_pm.compression.config import build_reducer, parse_compression
-    from mmseg_pm.models.backbones.pm_vit import (PMVisionTransformer,
-                                                  token_grid)
-
     defaults = {name: p.default for name, p in inspect.signature(
         PMVisionTransformer.__init__).parameters.items()}
     for path, backbone in _compressed_backbones(cfg.get('model'), 'model'):
@@ -257,7 +253,7 @@ def check_runner_inputs(cfg: Config, config_path: str, loaders,
     downloaded and ``load_from`` pointed at the local copy) and the folders
     the run writes (``out_dirs``: {flag: folder}), which must be writable
     and none of the inputs."""
-    from .checkpoint import local_checkpoint
+    from mmseg_pm.utils.checkpoint import local_checkpoint
 
     from .data import check_datasets
 

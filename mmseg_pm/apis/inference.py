@@ -8,7 +8,9 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from torch import nn
 
-from .checkpoint import load_checkpoint_into, local_checkpoint
+from mmseg_pm.models.checkpoint import load_checkpoint_into
+from mmseg_pm.utils.checkpoint import local_checkpoint
+
 from .config import check_compression, load_config
 from .errors import UsageError
 

@@ -24,7 +24,9 @@ Every method has one integer knob whose FLOPs are monotone in it:
   continuing below the previous level's FLOPs, down to block 1 (block 0
   stays dense, as for Prune and Merge) where the clusters go down to 1x1.
   Cluster grids are the squarest h x w (h >= w, h <= 1.5 w) of each count.
-* ALGM: its local-merge threshold in hundredths, tau = knob / 100 (a lower
+* ALGM: its local-merge threshold in thousandths, tau = knob / 1000 (at
+  24x24 tokens the study's model already merges 35 % of its GFLOPs away at
+  tau 0.99, so hundredths cannot reach 70 %; a lower
   tau merges more windows, so its FLOPs rise with the knob). ALGM's token
   counts depend on the image: its FLOPs are the mean over the validation
   images.
@@ -224,7 +226,7 @@ def knob_range(method: str, num_tokens: int, num_layers: int,
     if family == 'tome':  # ToMe caps each block at half its tokens
         return 0, num_layers * (num_tokens // 2)
     if family == 'algm':  # tau from -1 (every window merges) to 1.01 (none)
-        return -100, 101
+        return -1000, 1010
     return 1, num_tokens
 
 
@@ -260,7 +262,7 @@ def compression_for(method: str, knob: int, num_layers: int,
     if family == 'algm':
         local, glob = algm_layers(num_layers)
         return dict(method='algm', local_layer=local, global_layer=glob,
-                    threshold=knob / 100, window=(2, 2))
+                    threshold=knob / 1000, window=(2, 2))
     keep_rate = keep_rate_for(knob, num_tokens)
     if family == 'mstm':
         return dict(method='mstm', prune_layers=mstm_layers(num_layers),
@@ -286,7 +288,7 @@ def knob_text(method: str, knob: int, num_tokens: int,
             f'r={"/".join(map(str, r))}'
     if family == 'algm':
         local, glob = algm_layers(num_layers)
-        return f'tau {knob / 100:.2f}, blocks {local} and {glob}'
+        return f'tau {knob / 1000:.3f}, blocks {local} and {glob}'
     rate = knob / num_tokens
     if family == 'mstm':
         return f'keep {rate:.2f} at blocks {mstm_layers(num_layers)}'

@@ -1,6 +1,6 @@
 """Score the tokens of a trained segmentor, search one structure per
 compressed unit, install it and write the compressed checkpoint (what
-tools/prune.py runs; DESIGN.md §2.1-2.2)."""
+tools/prune.py runs; docs/prune_and_merge.md sections 1-2)."""
 from typing import Optional
 
 import torch
@@ -8,13 +8,15 @@ from mmengine.config import Config
 
 from mmseg_pm.compression import (DEFAULT_PLACEMENT, RANKINGS, PMConfig,
                                   layer_token_counts, search_structures)
-from .checkpoint import (load_checkpoint_file, load_checkpoint_into,
-                         local_checkpoint, save_checkpoint_atomic)
+from mmseg_pm.models.checkpoint import load_checkpoint_into
+from mmseg_pm.utils.checkpoint import (load_checkpoint_file, local_checkpoint,
+                                       save_checkpoint_atomic)
+from mmseg_pm.utils.outputs import check_not_input, check_output_file
+
 from .config import check_data_folders, load_config
 from .data import check_datasets
 from .errors import UsageError
 from .inference import build_segmentor, crop_flops
-from .outputs import check_not_input, check_output_file
 from .scoring import token_scores_from_config
 
 

@@ -14,7 +14,9 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from tqdm import tqdm
 
-from .checkpoint import check_runner_checkpoint, local_checkpoint
+from mmseg_pm.utils.checkpoint import local_checkpoint
+
+from .checkpoint import check_runner_checkpoint
 from .config import (build_runner, check_runner_inputs, load_config,
                      resolve_work_dir)
 from .distributed import (ACCELERATORS, check_launcher_environment,

@@ -174,61 +174,33 @@ def tokens_per_layer(backbone: nn.Module, grid: Sequence[int]
     return reducer.tokens_per_block(num_tokens, len(backbone.layers))
 
 
-def _merge_flops(backbone: nn.Module, grid: Sequence[int],
-                 embed_dims: int) -> int:
-    """FLOPs of merge and reconstruct as count_flops counts them: the
-    sparse segment sum (2 per source element, class token included), the
-    dense formulation's (K x N) and (N x K) products; gathers and scales
-    are element-wise (not counted). Content-aware windows add the
-    similarity of every token to its k x k candidate centres (2 k^2 C per
-    token), the window sizes (residual) or squared weights (pinv, at every
-    reconstruct) summed per image, and, dense, products with the
-    class token's row and column."""
-    reducer = getattr(backbone, 'reducer', None)
-    if reducer is None or not reducer.static or reducer.bypass:
-        return 0
-    compressors = reducer
-    n = grid[0] * grid[1]
-    prefix = 1 if backbone.with_cls_token else 0
-    total = 0
-    for first, last in backbone.compressed_units:
-        comp = compressors[str(first)]
-        k = comp.num_groups
-        reconstructs = 1 + sum(1 for i in backbone.out_indices
-                               if first <= i < last)
-        if comp.assign == 'content':
-            total += 2 * n * comp.neighbourhood**2 * embed_dims
-            if comp.impl == 'dense':
-                t, slots = prefix + n, prefix + k
-                total += 2 * slots * t * embed_dims * (1 + reconstructs)
-                continue
-            total += 2 * (prefix + n) * (
-                embed_dims + (1 if comp.reconstruct_mode == 'residual'
-                              else reconstructs))
-        elif comp.impl == 'sparse':
-            total += 2 * (prefix + n) * embed_dims
-        else:
-            total += 2 * k * n * embed_dims * (1 + reconstructs)
-    return total
-
-
 def analytic_backbone_flops(backbone: nn.Module, image_hw: Sequence[int]
                             ) -> Optional[int]:
     """:func:`vit_flops` for the backbone's shapes and token counts, plus
-    its merge/reconstruct; None where the token counts are not static."""
-    reducer = getattr(backbone, 'reducer', None)
-    if reducer is not None and not reducer.static and not reducer.bypass:
-        return None  # merges mid-block, plus its matching: no formula here
+    its reducer's merges (``merge_flops``); None where the reducer has no
+    formula (it merges mid-block, each image its own way)."""
     proj = backbone.patch_embed.projection
     patch = proj.kernel_size[0]
     grid = (-(-image_hw[0] // patch), -(-image_hw[1] // patch))
-    tokens = tokens_per_layer(backbone, grid)
     embed_dims = proj.out_channels
-    hidden = backbone.layers[0].ffn.layers[0][0].out_features
+    reducer = getattr(backbone, 'reducer', None)
+    merges = 0
+    if reducer is not None and not reducer.bypass:
+        merges = reducer.merge_flops(grid, embed_dims, backbone.out_indices)
+        if merges is None:
+            return None
+    tokens = tokens_per_layer(backbone, grid)
     return vit_flops(grid[0] * grid[1], embed_dims, len(backbone.layers),
-                     patch, proj.in_channels, hidden // embed_dims,
-                     tokens_per_layer=tokens) + \
-        _merge_flops(backbone, grid, embed_dims)
+                     patch, proj.in_channels, mlp_ratio(backbone, embed_dims),
+                     tokens_per_layer=tokens) + merges
+
+
+def mlp_ratio(backbone, embed_dims: int) -> int:
+    """The MLP's hidden width over the embedding width (mmseg's
+    VisionTransformer does not keep the ratio; ours does)."""
+    if hasattr(backbone, 'mlp_ratio'):
+        return backbone.mlp_ratio
+    return backbone.layers[0].ffn.layers[0][0].out_features // embed_dims
 
 
 def op_profile(step: Callable[[], object], device: str,

@@ -10,8 +10,8 @@ from .tables import summary_part
 
 # marker and line style of each variant / runtime in the plot
 VARIANT_MARKERS = {'mmseg': 's', 'off': '*', 'pm': 'o', 'pm-pinv': 'D',
-                   'pm-matrix': 'P', 'tome': 'v', 'mstm': '^',
-                   'hourglass': 'p',
+                   'pm-matrix': 'P', 'pm-static': 'o', 'tome': 'v',
+                   'mstm': '^', 'algm': 'h', 'hourglass': 'p',
                    'config': 'X'}
 BACKEND_LINES = {EAGER: '-', ONNX: '--', COMPILE: ':'}
 

@@ -32,7 +32,9 @@ from torch import nn
 
 # Prune-and-Merge rows: what each one sets in the compression dict
 PM_VARIANTS = {
-    'pm': dict(impl='sparse', reconstruct='residual'),
+    'pm': dict(impl='sparse', reconstruct='residual', assign='content'),
+    'pm-static': dict(impl='sparse', reconstruct='residual',
+                      assign='static'),
     'pm-pinv': dict(impl='sparse', reconstruct='pinv'),
     'pm-matrix': dict(impl='dense', reconstruct='residual'),
 }
@@ -85,6 +87,8 @@ class ModelSpec:
     def label(self) -> str:
         if self.variant == 'pm':
             return f'PM keep {self.keep_rate:g}'
+        if self.variant == 'pm-static':
+            return f'PM keep {self.keep_rate:g}, static windows'
         if self.variant == 'pm-pinv':
             return f"PM keep {self.keep_rate:g}, authors' pinv"
         if self.variant == 'pm-matrix':

@@ -1,11 +1,12 @@
 """Score the tokens of a trained Segmenter and compress it (Prune and Merge).
 
-Loads a dense checkpoint (e.g. one of mmseg's released Segmenter
-checkpoints) into the Prune-and-Merge model of CONFIG, scores every patch
-token with the config's own training data (gradient-weighted attention,
-DESIGN.md §2.1), builds one structure per compressed unit (§2.2), installs
-it and writes a checkpoint that ``tools/test.py CONFIG OUT`` evaluates as is
-and ``tools/train.py`` fine-tunes (``--cfg-options load_from=OUT``).
+Loads a dense checkpoint (e.g. one of mmseg's released Segmenter checkpoints)
+into the Prune-and-Merge model of CONFIG, scores every patch token with the
+config's own training data (gradient-weighted attention,
+docs/prune_and_merge.md section 1), builds one structure per compressed unit
+(section 2), installs it and writes a checkpoint that ``tools/test.py CONFIG
+OUT`` evaluates as is and ``tools/train.py`` fine-tunes (``--cfg-options
+load_from=OUT``).
 
 Example::
 

@@ -5,7 +5,8 @@ after the same distillation fine-tune.
 On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 
 1. make the data, train ONE dense Segmenter (mmseg's VisionTransformer);
-2. score its tokens once (gradient-weighted attention);
+2. score its tokens once (gradient-weighted attention, docs/prune_and_merge.md
+   section 1);
 3. for each budget (fraction of the dense encoder+decoder GFLOPs, counted
    with ``count_flops``) and each method -- Prune and Merge with the
    authors' and the residual reconstruction, per layer and in span mode,

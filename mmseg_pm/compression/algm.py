@@ -134,7 +134,7 @@ class ALGM(nn.Module, TokenReducer):
     """
 
     method = 'algm'
-    input_dependent_shapes = True  # no ONNX export (mmseg_pm/export.py)
+    input_dependent_shapes = True  # no ONNX export
 
     def __init__(self, local_block: int = 0, global_block: Optional[int] = 4,
                  threshold: float = 0.88, window: Tuple[int, int] = (2, 2),

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .reducer import TokenReducer
+from .reducer import STRUCTURES_NAME, TokenReducer
 from .structure import (CompressionStructure, mean_merge_weights,
                         reconstruct_weights)
 
@@ -241,6 +241,116 @@ def assignment_matrices(assign: Tensor, weight: Tensor,
     slots = torch.arange(num_slots, device=assign.device)
     one_hot = (assign[:, None, :] == slots[None, :, None]).to(weight.dtype)
     return one_hot * weight
+
+
+def merge_by_assignment(x: Tensor, assign: Tensor, weight: Tensor,
+                        num_slots: int, mean: bool, dense: bool) -> Tensor:
+    """Per-image ``M x``: ``out[b, assign[b, p]] += weight[p] x[b, p]``,
+    (B, T, C) -> (B, num_slots, C); ``mean``: divided by each slot's
+    weight total (M~, rows summing to 1). ``dense``: by the one-hot
+    matrices of :func:`assignment_matrices` (no index written twice),
+    else by one segment sum."""
+    if dense:
+        m = assignment_matrices(assign, weight, num_slots)
+        if mean:
+            m = m / m.sum(-1, keepdim=True)
+        return torch.matmul(m, x)
+    b = x.shape[0]
+    rows = per_image_rows(assign, num_slots)
+    merged = segment_sum(x, None, weight, num_slots, rows=rows)
+    if mean:
+        total = x.new_zeros(b * num_slots).index_add_(
+            0, rows, weight.expand(b, -1).flatten())
+        merged = merged / total.view(b, num_slots, 1)
+    return merged
+
+
+def spread_by_assignment(y: Tensor, assign: Tensor, spread_weight: Tensor,
+                         merge_weight: Optional[Tensor], dense: bool
+                         ) -> Tensor:
+    """Per-image ``R y``: ``out[b, p] = r_p y[b, assign[b, p]]``, (B, S, C)
+    -> (B, T, C); with ``merge_weight`` (pinv) divided by the slot's
+    ``sum w_i^2`` (the closed-form pseudo-inverse of the image's M).
+    ``dense``: by the transposed one-hot matrices, else by a gather."""
+    b, slots, c = y.shape
+    tiny = torch.finfo(y.dtype).tiny
+    if dense:
+        r = assignment_matrices(assign, spread_weight, slots).transpose(1, 2)
+        if merge_weight is not None:
+            norm = assignment_matrices(assign, merge_weight**2, slots).sum(-1)
+            r = r / norm.clamp(min=tiny)[:, None]
+        return torch.matmul(r, y)
+    rows = per_image_rows(assign, slots)
+    scale = spread_weight.expand(b, -1)
+    if merge_weight is not None:
+        norm = y.new_zeros(b * slots).index_add_(
+            0, rows, (merge_weight**2).expand(b, -1).flatten())
+        scale = scale / norm.clamp(min=tiny).index_select(0, rows).view(b, -1)
+    return y.reshape(b * slots, c).index_select(0, rows).view(
+        b, -1, c) * scale[..., None]
+
+
+def check_saved_unit(state_dict: dict, prefix: str, grid: Tuple[int, int],
+                     assign: str, reconstruct: str) -> None:
+    """Refuse a checkpoint's unit at ``prefix`` made for another token
+    grid, assignment or reconstruction (non-strict loading would only
+    warn, and the weights of one are wrong for the other). Checkpoints
+    written before the residual form (all pinv) and before content-aware
+    windows (all static) get those buffers filled in."""
+    saved = state_dict.get(prefix + 'grid')
+    if saved is None:
+        return
+    if tuple(int(v) for v in saved) != tuple(grid):
+        raise ValueError(
+            f'checkpoint structure at {prefix!r} is for a '
+            f'{int(saved[0])}x{int(saved[1])} token grid but this model '
+            f'uses {grid[0]}x{grid[1]}; set the backbone img_size to the '
+            'size the structure was built for (grid x patch_size)')
+    residual = state_dict.setdefault(prefix + 'residual', torch.tensor(False))
+    content = state_dict.setdefault(prefix + 'content', torch.tensor(False))
+    saved_assign = 'content' if bool(content) else 'static'
+    saved_mode = 'residual' if bool(residual) else 'pinv'
+    if saved_assign != assign:
+        raise ValueError(
+            f'checkpoint structure at {prefix!r} was made with '
+            f'assign={saved_assign!r} but this model uses assign={assign!r}: '
+            'its merge and reconstruct weights belong to the other '
+            f"assignment; set compression assign='{saved_assign}' in the "
+            f"config (or prune the dense checkpoint again with "
+            f"assign='{assign}')")
+    if saved_mode != reconstruct:
+        raise ValueError(
+            f'checkpoint structure at {prefix!r} was made with '
+            f'reconstruct={saved_mode!r} but this model uses '
+            f'reconstruct={reconstruct!r}: the merge and reconstruct '
+            'weights of one cannot be read with the other; set compression '
+            f"reconstruct='{saved_mode}' in the config (or prune the dense "
+            f"checkpoint again with reconstruct='{reconstruct}')")
+
+
+def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
+                     embed_dims: int, reconstructs: int, impl: str,
+                     reconstruct: str, assign: str, neighbourhood: int) -> int:
+    """FLOPs of one unit's merge and ``reconstructs`` reconstructions of
+    ``num_tokens`` patch tokens, as :func:`mmseg_pm.utils.count_flops`
+    counts them: the sparse segment sum (2 per source element, prefix
+    tokens included), the dense formulation's (K x N) and (N x K)
+    products; gathers and scales are element-wise (not counted).
+    Content-aware windows add the similarity of every token to its k x k
+    candidate centres (2 k^2 C per token), the window sizes (residual) or
+    squared weights (pinv, at every reconstruct) summed per image, and,
+    dense, products with the prefix tokens' rows and columns."""
+    n, c = num_tokens, embed_dims
+    if assign == 'content':
+        similarity = 2 * n * neighbourhood**2 * c
+        if impl == 'dense':
+            slots, tokens = num_prefix + num_groups, num_prefix + n
+            return similarity + 2 * slots * tokens * c * (1 + reconstructs)
+        sums = 1 if reconstruct == 'residual' else reconstructs
+        return similarity + 2 * (num_prefix + n) * (c + sums)
+    if impl == 'sparse':
+        return 2 * (num_prefix + n) * c
+    return 2 * num_groups * n * c * (1 + reconstructs)
 
 
 class ContentContext(NamedTuple):
@@ -450,6 +560,20 @@ class TokenCompressor(nn.Module):
         return self._weights[key]
 
     # ------------------------------------------------------------------
+    def _formulation(self) -> str:
+        """The one place the merge's formulation is chosen: ``'dense'``
+        (the authors' matrices, asked for with impl='dense'), ``'export'``
+        (a sparse unit being exported to ONNX: nothing may write an index
+        twice, since onnxruntime's multi-threaded scatter-add loses
+        updates; static windows merge by :func:`tabled_segment_sum`,
+        content-aware ones by one-hot matrices) or ``'sparse'`` (one
+        segment sum; eager and compiled runs, 2-5x faster on CPU).
+        Reconstruction gathers (no scatter) unless ``'dense'``, except the
+        content-aware one, which follows its merge."""
+        if self.impl == 'dense':
+            return 'dense'
+        return 'export' if torch.compiler.is_exporting() else 'sparse'
+
     def merge(self, x: Tensor, num_prefix: int = 0) -> Tuple[Tensor, object]:
         """(B, P + N, C) tokens -> (merged (B, P + K, C), context).
 
@@ -460,17 +584,16 @@ class TokenCompressor(nn.Module):
         """
         if self.assign == 'content':
             return self._merge_content(x, num_prefix)
-        if self.impl == 'dense':
+        formulation = self._formulation()
+        if formulation == 'dense':
             merged = self._merge_dense(x, num_prefix)
+        elif formulation == 'export':
+            merged = self._merge_tabled(x, num_prefix)
         else:
-            if torch.compiler.is_exporting():
-                merged = self._merge_tabled(x, num_prefix)
-            else:
-                scatter, _ = self._batched_indices(x.shape[0], num_prefix)
-                weight, _ = self._unit_weights(num_prefix, x.dtype)
-                merged = segment_sum(x, None, weight,
-                                     num_prefix + self.num_groups,
-                                     rows=scatter)
+            scatter, _ = self._batched_indices(x.shape[0], num_prefix)
+            weight, _ = self._unit_weights(num_prefix, x.dtype)
+            merged = segment_sum(x, None, weight,
+                                 num_prefix + self.num_groups, rows=scatter)
         if self.reconstruct_mode == 'residual':
             return merged, (x, merged)
         return merged, self._pruned_tokens(x, num_prefix)
@@ -497,7 +620,7 @@ class TokenCompressor(nn.Module):
                          num_prefix: int) -> Tensor:
         """pinv: the pruned tokens (``context``) back into ``x``."""
         if context is not None:  # x is fresh: safe to write in place
-            if self.impl == 'dense':
+            if self._formulation() == 'dense':
                 x[:, num_prefix:] += context
             else:
                 _, pruned = self._batched_indices(x.shape[0], num_prefix)
@@ -507,7 +630,7 @@ class TokenCompressor(nn.Module):
     def _spread(self, y: Tensor, num_prefix: int) -> Tensor:
         """``R y``: every token gets its window's row of ``y`` times its
         reconstruct weight (0 for pruned tokens); prefix tokens keep theirs."""
-        if self.impl == 'dense':
+        if self._formulation() == 'dense':
             r = reconstruct_matrix(self.group,
                                    self.reconstruct_weight * self._kept,
                                    self.num_groups)
@@ -523,7 +646,7 @@ class TokenCompressor(nn.Module):
         the patch tokens masked to them), None when nothing is pruned."""
         if not self.has_pruned:
             return None
-        if self.impl == 'dense':
+        if self._formulation() == 'dense':
             return x[:, num_prefix:] * (1 - self._kept).to(x.dtype)[:, None]
         b, t, c = x.shape
         _, pruned = self._batched_indices(b, num_prefix)
@@ -531,8 +654,7 @@ class TokenCompressor(nn.Module):
 
     def _merge_tabled(self, x: Tensor, num_prefix: int) -> Tensor:
         """The sparse merge as exported (:func:`tabled_segment_sum`): no
-        row written twice. Eager and compiled runs keep the one segment
-        sum: 2-5x faster on CPU, and correct on every torch backend."""
+        row written twice."""
         slots = self._window_slots.split([h * w for h, w in
                                           self._window_shapes])
         tables = [t.view(shape) for t, shape in zip(slots,
@@ -561,33 +683,16 @@ class TokenCompressor(nn.Module):
         return torch.cat((head.expand(x.shape[0], -1),
                           patches + num_prefix), 1)
 
-    def _per_image_path(self) -> bool:
-        """The dense formulation: asked for, or exported (a one-hot matrix
-        product writes no index twice; onnxruntime's multi-threaded
-        scatter-add loses updates to repeated indices)."""
-        return self.impl == 'dense' or torch.compiler.is_exporting()
-
     def _merge_content(self, x: Tensor, num_prefix: int
                        ) -> Tuple[Tensor, 'ContentContext']:
         """Per-image M x: weighted sums (pinv) or means (residual) of the
         tokens each window got in this image."""
-        b = x.shape[0]
-        slots = num_prefix + self.num_groups
         assign = self._content_slots(x, num_prefix)
         weight, _ = self._unit_weights(num_prefix, x.dtype)
         residual = self.reconstruct_mode == 'residual'
-        if self._per_image_path():
-            m = assignment_matrices(assign, weight, slots)
-            if residual:
-                m = m / m.sum(-1, keepdim=True)
-            merged = torch.matmul(m, x)
-        else:
-            rows = per_image_rows(assign, slots)
-            merged = segment_sum(x, None, weight, slots, rows=rows)
-            if residual:
-                total = x.new_zeros(b * slots).index_add_(
-                    0, rows, weight.expand(b, -1).flatten())
-                merged = merged / total.view(b, slots, 1)
+        merged = merge_by_assignment(
+            x, assign, weight, num_prefix + self.num_groups, mean=residual,
+            dense=self._formulation() != 'sparse')
         if residual:
             return merged, ContentContext(x, merged, None, assign)
         return merged, ContentContext(None, None,
@@ -599,27 +704,12 @@ class TokenCompressor(nn.Module):
         """R y with the image's assignment: ``x + r_p (y - M~x)_{g(p)}``
         (residual) or ``r_p / sum_{i in g(p)} w_i^2 y_{g(p)}`` plus the
         pruned tokens (pinv, the closed-form pseudo-inverse per image)."""
-        b, slots, c = y.shape
-        assign = context.assign
         merge_w, spread_w = self._unit_weights(num_prefix, y.dtype)
         residual = self.reconstruct_mode == 'residual'
-        source = y - context.merged if residual else y
-        if self._per_image_path():
-            r = assignment_matrices(assign, spread_w, slots).transpose(1, 2)
-            if not residual:
-                norm = assignment_matrices(assign, merge_w**2, slots).sum(-1)
-                r = r / norm.clamp(min=torch.finfo(y.dtype).tiny)[:, None]
-            out = torch.matmul(r, source)
-        else:
-            rows = per_image_rows(assign, slots)
-            scale = spread_w.expand(b, -1)
-            if not residual:
-                norm = y.new_zeros(b * slots).index_add_(
-                    0, rows, (merge_w**2).expand(b, -1).flatten())
-                norm = norm.clamp(min=torch.finfo(y.dtype).tiny)
-                scale = scale / norm.index_select(0, rows).view(b, -1)
-            out = source.reshape(b * slots, c).index_select(0, rows).view(
-                b, -1, c) * scale[..., None]
+        out = spread_by_assignment(
+            y - context.merged if residual else y, context.assign, spread_w,
+            None if residual else merge_w,
+            dense=self._formulation() != 'sparse')
         if residual:
             return context.inputs + out
         return self._put_back_pruned(out, context.pruned, num_prefix)
@@ -638,43 +728,10 @@ class TokenCompressor(nn.Module):
 
     # ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Refuse another grid's structure or the other reconstruction's
-        # weights before any tensor is copied (a mismatch would only be a
-        # warning under non-strict loading), and validate what was loaded
-        # (mmengine's loader skips load hooks).
-        saved = state_dict.get(prefix + 'grid')
-        if saved is not None and tuple(int(v) for v in saved) != self.grid_size:
-            raise ValueError(
-                f'checkpoint structure at {prefix!r} is for a '
-                f'{int(saved[0])}x{int(saved[1])} token grid but this model '
-                f'uses {self.grid_size[0]}x{self.grid_size[1]}; set the '
-                'backbone img_size to the size the structure was built for '
-                '(grid x patch_size)')
-        if saved is not None:
-            # Checkpoints written before the residual form were all pinv.
-            residual = state_dict.setdefault(prefix + 'residual',
-                                             torch.tensor(False))
-            mode = 'residual' if bool(residual) else 'pinv'
-            content = state_dict.setdefault(prefix + 'content',
-                                            torch.tensor(False))
-            assign = 'content' if bool(content) else 'static'
-            if assign != self.assign:
-                raise ValueError(
-                    f'checkpoint structure at {prefix!r} was made with '
-                    f"assign={assign!r} but this model uses "
-                    f'assign={self.assign!r}: its merge and reconstruct '
-                    'weights belong to the other assignment; set compression '
-                    f"assign='{assign}' in the config (or prune the dense "
-                    f"checkpoint again with assign='{self.assign}')")
-            if mode != self.reconstruct_mode:
-                raise ValueError(
-                    f'checkpoint structure at {prefix!r} was made with '
-                    f"reconstruct={mode!r} but this model uses "
-                    f'reconstruct={self.reconstruct_mode!r}: the merge and '
-                    'reconstruct weights of one cannot be read with the '
-                    f"other; set compression reconstruct='{mode}' in the "
-                    'config (or prune the dense checkpoint again with '
-                    f"reconstruct='{self.reconstruct_mode}')")
+        # Refused before any tensor is copied; the derived buffers are
+        # rebuilt after (mmengine's loader skips load hooks).
+        check_saved_unit(state_dict, prefix, self.grid_size, self.assign,
+                         self.reconstruct_mode)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._refresh()
 
@@ -693,7 +750,8 @@ class TokenCompressor(nn.Module):
 class PruneAndMerge(nn.ModuleDict, TokenReducer):
     """Prune and Merge as a :class:`TokenReducer`: one
     :class:`TokenCompressor` per unit, keyed by the unit's first block (the
-    keys of the checkpoints: ``token_compressors.<first>.*``).
+    keys of the checkpoints: ``token_compressors.<first>.*``, its
+    ``state_dict_name`` being :data:`~.reducer.STRUCTURES_NAME`).
 
     A unit (first, last) merges before its first block, runs its blocks on
     the centres and reconstructs after its last; an output inside a unit is
@@ -701,6 +759,7 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
     """
 
     method = 'pm'
+    state_dict_name = STRUCTURES_NAME
     static = True
 
     def __init__(self, units: Sequence[Tuple[int, int]],
@@ -772,3 +831,21 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
             for i in range(first, last + 1):
                 tokens[i] = self.num_prefix + self.compressor(first).num_groups
         return tokens
+
+    def image_dependent(self, block: int) -> bool:
+        """Content-aware windows: each image its own."""
+        return self.compressor(block).assign == 'content'
+
+    def merge_flops(self, grid: Tuple[int, int], embed_dims: int,
+                    out_indices: Sequence[int]) -> int:
+        """Each unit's merge and its reconstructions: after its last block
+        and at every output inside it (:func:`unit_merge_flops`)."""
+        total = 0
+        for first, last in self.units:
+            comp = self.compressor(first)
+            reconstructs = 1 + sum(1 for i in out_indices if first <= i < last)
+            total += unit_merge_flops(
+                grid[0] * grid[1], self.num_prefix, comp.num_groups,
+                embed_dims, reconstructs, comp.impl, comp.reconstruct_mode,
+                comp.assign, comp.neighbourhood)
+        return total

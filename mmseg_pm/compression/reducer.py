@@ -3,18 +3,25 @@
 The backbone calls, per forward pass, :meth:`TokenReducer.start` once after
 the embedding, :meth:`TokenReducer.run_block` in place of every block and
 :meth:`TokenReducer.full_grid` where it needs one token per original
-position (an ``out_indices`` output). Export, visualisation, FLOPs tables
-and benchmarks ask the reducer what it does instead of probing attributes:
+position (an ``out_indices`` output). The blocks it hands over follow
+:class:`Block`. Export, visualisation, FLOPs tables, checkpoint loading and
+benchmarks ask the reducer what it does instead of probing attributes:
 which blocks it touches (:meth:`blocks`, :meth:`merging_blocks`), how many
-tokens each block runs on (:meth:`tokens_per_block`), whether its structure
-is the same for every input (:attr:`static`: exportable, set by
-``set_structures``), and, opted in with ``trace_source = True``, which
-current token holds each original position after every block
-(:attr:`sources`, like ToMe's ``trace_source``).
+tokens each block runs on (:meth:`tokens_per_block`), what its merges cost
+(:meth:`merge_flops`), whether a merge depends on the image
+(:meth:`image_dependent`), whether its structure is the same for every
+input (:attr:`static`: exportable, set by ``set_structures``; its units and
+structures: :attr:`units`, :meth:`structures`), whether its token counts
+differ per image (:attr:`input_dependent_shapes`: no ONNX export), the name
+its weights have in checkpoints (:attr:`state_dict_name`), and, opted in
+with ``trace_source = True``, which current token holds each original
+position after every block (:attr:`sources`, like ToMe's
+``trace_source``).
 
 Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
 :class:`mmseg_pm.compression.tome.ToMe`,
+:class:`mmseg_pm.compression.hourglass.Hourglass`,
 :class:`mmseg_pm.compression.algm.ALGM` (whose token counts differ per
 image: its batches are padded, see its module). A new method implements this
 mixin on an ``nn.Module`` and adds its config parser
@@ -22,9 +29,34 @@ mixin on an ``nn.Module`` and adds its config parser
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import (Any, Dict, List, Optional, Protocol, Sequence, Tuple,
+                    runtime_checkable)
 
-from torch import Tensor, nn
+from torch import Tensor
+
+# The names the backbone registers a reducer under (its state_dict_name),
+# so its weights and buffers are '<name>.*' in checkpoints. Checkpoints
+# written so far use these two: keep them.
+STRUCTURES_NAME = 'token_compressors'  # static structures, one per unit
+MERGER_NAME = 'token_merger'  # reducers that merge each image its own way
+
+
+@runtime_checkable
+class Block(Protocol):
+    """What a reducer may call on a block (the backbone's TransformerBlock):
+    the whole block, or its two residual halves, for a reducer that changes
+    the tokens between attention and MLP (ToMe, MSTM, ALGM)."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``mlp_residual(attention_residual(x)[0])``."""
+
+    def attention_residual(self, x: Tensor, attn_bias: Optional[Tensor] = None
+                           ) -> Tuple[Tensor, Tensor, Tensor]:
+        """``x + attn(ln1(x))`` (``attn_bias`` added to the attention
+        logits), the attention's queries and its keys ((B, heads, T, d))."""
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        """``x + ffn(ln2(x))``."""
 
 
 class TokenReducer:
@@ -36,16 +68,20 @@ class TokenReducer:
     """
 
     method: str = ''
+    state_dict_name: str = MERGER_NAME
     static: bool = False
+    input_dependent_shapes: bool = False
     bypass: bool = False
     trace_source: bool = False
+    # (first, last) blocks of each unit with a static structure
+    units: Sequence[Tuple[int, int]] = ()
 
     # ------------------------------------------------------------ forward
     def start(self, x: Tensor, hw: Tuple[int, int]) -> Any:
         """State for one forward pass of the (B, T0, C) embedded tokens."""
         raise NotImplementedError
 
-    def run_block(self, i: int, block: nn.Module, x: Tensor,
+    def run_block(self, i: int, block: Block, x: Tensor,
                   state: Any) -> Tuple[Tensor, Any]:
         """Block ``i`` on the current tokens; returns them and the state."""
         raise NotImplementedError
@@ -68,6 +104,32 @@ class TokenReducer:
         """Tokens each block runs on (its MLP), prefix tokens included, for
         ``num_tokens`` input tokens."""
         raise NotImplementedError
+
+    def image_dependent(self, block: int) -> bool:
+        """Whether the merge at ``block`` (one of :meth:`merging_blocks`)
+        depends on the image: drawing it needs the image."""
+        return not self.static
+
+    def merge_flops(self, grid: Tuple[int, int], embed_dims: int,
+                    out_indices: Sequence[int]) -> Optional[int]:
+        """FLOPs of the merges and reconstructions of one image on a
+        ``grid`` of patch tokens, as :func:`mmseg_pm.utils.count_flops`
+        counts them, with outputs after the blocks ``out_indices``; None
+        where there is no formula (the merges depend on the image)."""
+        return None
+
+    # ------------------------------------------------------------ structures
+    def structures(self) -> list:
+        """The static structure of every unit of :attr:`units`, in block
+        order (none for a reducer that merges each image its own way)."""
+        return []
+
+    def set_structures(self, structures: Sequence) -> None:
+        """Install one structure per unit (in block order)."""
+        raise ValueError(
+            f'compression method={self.method!r} has no static structures '
+            '(it merges each image its own way); set_structures applies '
+            "to method='pm'")
 
     # ------------------------------------------------------------ tracing
     @property

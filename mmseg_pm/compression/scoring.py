@@ -1,6 +1,6 @@
-"""Gradient-weighted attention scores of patch tokens (DESIGN.md §2.1):
-the pure arithmetic. Running a segmentor to get the attention and its
-gradient is :mod:`mmseg_pm.apis.scoring`.
+"""Gradient-weighted attention scores of patch tokens (docs/prune_and_merge.md
+section 1): the pure arithmetic. Running a segmentor to get the attention and
+its gradient is :mod:`mmseg_pm.apis.scoring`.
 
 For every block and every patch token j used as an attention key,
 

@@ -1,4 +1,5 @@
-"""From token scores to one compression structure per unit (DESIGN.md §2.2).
+"""From token scores to one compression structure per unit
+(docs/prune_and_merge.md section 2).
 
 A compressed unit (one block, or a span of blocks whose scores are
 averaged) ranks its N patch tokens. With ``num_keep = int(keep_rate * N)``

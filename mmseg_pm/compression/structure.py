@@ -7,8 +7,8 @@ It is plain data, validated on construction, independent of any model:
 * ``group[p]``  window (0..K-1) that token p is merged into, -1 if pruned;
 * ``centre[k]`` token index of window k's centre, strictly increasing;
 * ``weight[p]`` merge weight w_p: 0 for pruned tokens; as built, 1 at
-  centres and S_p / S_centre for merged tokens (DESIGN.md §2.3). Weights
-  are trainable, so a fine-tuned structure may hold other values.
+  centres and S_p / S_centre for merged tokens (docs/prune_and_merge.md section
+  3). Weights are trainable, so a fine-tuned structure may hold other values.
 
 The merge matrix M (K x N) holds ``weight[p]`` at ``(group[p], p)``. The
 authors' reconstruct matrix is its pseudo-inverse, which for disjoint

@@ -13,8 +13,9 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from mmseg_pm.apis import (check_output_file, load_checkpoint_file,
-                           local_checkpoint, save_checkpoint_atomic)
+from mmseg_pm.utils.checkpoint import (load_checkpoint_file, local_checkpoint,
+                                       save_checkpoint_atomic)
+from mmseg_pm.utils.outputs import check_output_file
 
 from .timm_vit import ConversionError
 
@@ -70,7 +71,7 @@ def unwrap_state_dict(checkpoint: dict,
 
 
 def check_destination(src: str, dst: str, force: bool = False) -> None:
-    """The output rule (mmseg_pm.apis.outputs): not the input, not an
+    """The output rule (mmseg_pm.utils.outputs): not the input, not an
     existing file without force, a writable folder."""
     check_output_file(dst, dict(checkpoint=src), force, flag='destination')
 

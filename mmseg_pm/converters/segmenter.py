@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mmseg_pm.compression.reducer import STRUCTURES_NAME
 from mmseg_pm.compression.structure import (CompressionStructure,
                                             reconstruct_weights)
 
@@ -283,7 +284,7 @@ def convert_pm_matrices(encoder: Dict[str, Tensor],
             encoder[merge_key], reconstruct, masks[0] if masks else None,
             grid, f'encoder.{merge_key}')
         for k, v in compressor_state(structure, rec).items():
-            state[f'token_compressors.{first}.{k}'] = v
+            state[f'{STRUCTURES_NAME}.{first}.{k}'] = v
         units.append((first, last))
         notes.append(f'blocks {first}..{last}: {structure.summary()}')
     for key in [k for k in encoder if (m := _PM_KEY.match(k))
@@ -294,14 +295,15 @@ def convert_pm_matrices(encoder: Dict[str, Tensor],
 
 def compression_config(units: Sequence[Tuple[int, int]]) -> Optional[dict]:
     """The backbone ``compression=`` a model needs to load these units
-    (the authors' matrices are M and pinv(M): ``reconstruct='pinv'``)."""
+    (the authors' matrices are M and pinv(M) over fixed windows:
+    ``reconstruct='pinv'``, ``assign='static'``, not the default
+    content-aware windows)."""
     if not units:
         return None
+    authors = dict(reconstruct='pinv', assign='static')
     if all(a == b for a, b in units):
-        return dict(mode='layer', layers=[a for a, _ in units],
-                    reconstruct='pinv')
-    return dict(mode='span', spans=[(a, b) for a, b in units],
-                reconstruct='pinv')
+        return dict(mode='layer', layers=[a for a, _ in units], **authors)
+    return dict(mode='span', spans=[(a, b) for a, b in units], **authors)
 
 
 def infer_grid(pos_embed: Tensor, num_prefix_tokens: int = 1

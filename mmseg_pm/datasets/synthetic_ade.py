@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mmseg_pm.apis.outputs import umask_mode
+from mmseg_pm.utils.outputs import umask_mode
 
 __all__ = [
     'SYNTHETIC_CLASSES', 'CLASS_IDS', 'CLASS_NAMES', 'TRAIN_LABELS',

@@ -4,7 +4,7 @@ mmengine writes checkpoints, ``last_checkpoint``, the test metrics JSON and
 (through mmseg's IoUMetric) prediction PNGs straight into their final
 paths, and the test metrics from every rank into the same file. The
 replacements here write each file to a temporary sibling renamed when
-complete (:func:`mmseg_pm.apis.outputs.atomic_output`), and the metrics
+complete (:func:`mmseg_pm.utils.outputs.atomic_output`), and the metrics
 from rank 0 only:
 
 * ``AtomicCheckpointHook``: ``CheckpointHook`` writing through the

@@ -10,7 +10,7 @@ from mmengine.hooks import CheckpointHook, LoggerHook
 from mmengine.hooks import checkpoint_hook as mmengine_checkpoint_hook
 from mmseg.registry import HOOKS
 
-from mmseg_pm.apis.outputs import is_url, write_atomic
+from mmseg_pm.utils.outputs import is_url, write_atomic
 
 ATOMIC_BACKEND = 'atomic_local'
 

@@ -6,7 +6,7 @@ from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 from PIL import Image
 
-from mmseg_pm.apis.outputs import atomic_output
+from mmseg_pm.utils.outputs import atomic_output
 
 
 def save_prediction(label_map: np.ndarray, path) -> None:

@@ -1,5 +1,5 @@
 """The token-scoring pass over a segmentor against an independent
-computation (DESIGN.md §2.1)."""
+computation (docs/prune_and_merge.md section 1)."""
 import copy
 
 import pytest

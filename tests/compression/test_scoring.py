@@ -1,5 +1,5 @@
-"""The arithmetic of token scores (DESIGN.md §2.1): normalisation, depth
-weights, totals to scores."""
+"""The arithmetic of token scores (docs/prune_and_merge.md section 1):
+normalisation, depth weights, totals to scores."""
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
-"""Structure search from hand-made token scores (DESIGN.md §2.2)."""
+"""Structure search from hand-made token scores (docs/prune_and_merge.md
+section 2)."""
 import dataclasses
 
 import pytest

@@ -1,4 +1,5 @@
-"""Distillation fine-tuning: the loss and the frozen teacher (DESIGN.md §2.4)."""
+"""Distillation fine-tuning: the loss and the frozen teacher
+(docs/prune_and_merge.md section 4)."""
 import copy
 
 import pytest

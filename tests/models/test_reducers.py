@@ -81,3 +81,54 @@ def test_static_structures_only_for_prune_and_merge():
         model.set_structures([pruned_structure()])
     assert tiny_pm().reducer is None
     assert dict(TINY)['num_layers'] == len(tiny_pm().layers)
+
+
+@pytest.mark.parametrize('method', list(COMPRESSION))
+def test_weights_live_under_the_checkpoint_name(method):
+    """The backbone registers each reducer under its ``state_dict_name``,
+    the names checkpoints written so far use."""
+    model = model_with(method)
+    reducer = model.reducer
+    assert reducer.state_dict_name == (
+        'token_compressors' if method == 'pm' else 'token_merger')
+    assert getattr(model, reducer.state_dict_name) is reducer
+    own = model.state_dict()
+    for key in reducer.state_dict():
+        assert f'{reducer.state_dict_name}.{key}' in own
+
+
+@pytest.mark.parametrize('method', list(COMPRESSION))
+def test_blocks_follow_the_block_protocol(method):
+    from mmseg_pm.compression.reducer import Block
+    model = model_with(method)
+    assert all(isinstance(block, Block) for block in model.layers)
+    assert not isinstance(torch.nn.Linear(2, 2), Block)
+
+
+@pytest.mark.parametrize('assign', ['static', 'content'])
+@pytest.mark.parametrize('impl', ['sparse', 'dense'])
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+def test_merge_flops_is_what_count_flops_counts(impl, reconstruct, assign):
+    """Prune and Merge's formula, with an output inside a unit (one more
+    reconstruct), against torch's counter: the FLOPs the model counts
+    beyond its blocks' are the merges."""
+    from mmseg_pm.utils import count_flops, vit_flops
+
+    compression = dict(COMPRESSION['pm'], impl=impl, reconstruct=reconstruct,
+                       assign=assign)
+    model = randomise(tiny_pm(compression=compression, out_indices=(1, 3)))
+    model.set_structures([pruned_structure()])
+    reducer = model.reducer
+    blocks = vit_flops(15, 32, 4, 16, tokens_per_layer=reducer.tokens_per_block(
+        16, 4))
+    counted = count_flops(model, torch.randn(1, 3, 48, 80))
+    assert reducer.merge_flops((3, 5), 32, model.out_indices) == \
+        counted - blocks > 0
+    assert model_with('tome').reducer.merge_flops((3, 5), 32, (3,)) is None
+
+
+def test_image_dependent_merges():
+    for assign in ('static', 'content'):
+        model = tiny_pm(compression=dict(COMPRESSION['pm'], assign=assign))
+        assert model.reducer.image_dependent(1) == (assign == 'content')
+    assert model_with('tome').reducer.image_dependent(0)

@@ -271,7 +271,7 @@ def test_segmenter_checkpoint_matches_reference(tmp_path, with_pm, capsys):
 
     if with_pm:
         assert compression == dict(mode='span', spans=[(1, 1), (2, 3)],
-                                   reconstruct='pinv')
+                                   reconstruct='pinv', assign='static')
     else:
         assert compression is None
     model = mmseg_segmenter(compression)

@@ -34,7 +34,10 @@ def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys,
                      'residual, no fine-tuning', 'residual + distilled']
     dense, pinv, residual, distilled = result['rows']
     # the same structure, so the same GFLOPs and tokens; a >= 30 % cut
-    assert pinv['gflops'] == residual['gflops'] == distilled['gflops']
+    # the same structure; the residual rows also pay the content-aware
+    # assignment (about 9 C multiply-adds per token and unit)
+    assert residual['gflops'] == distilled['gflops']
+    assert pinv['gflops'] < residual['gflops'] < 1.01 * pinv['gflops']
     assert pinv['tokens_per_block'] == residual['tokens_per_block']
     assert residual['gflops'] <= 0.7 * dense['gflops']
     assert max(residual['tokens_per_block']) < dense['tokens_per_block'][0]

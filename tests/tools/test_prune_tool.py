@@ -8,7 +8,6 @@ import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis.config import build_runner
 from mmseg_pm.apis.runner import evaluation_config
 from mmseg_pm.compression import (DEFAULT_PLACEMENT, PMConfig,
-                                  mean_merge_weights,
                                   search_structures)
 from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY
 from tests.helpers import cli_module as tool
@@ -62,16 +61,17 @@ def test_prune_then_test_then_distill(dense, capsys):
         4)
     assert meta['placement'] == DEFAULT_PLACEMENT == 'random'
     assert meta['compression']['reconstruct'] == 'residual'
+    assert meta['compression']['assign'] == 'content'
     expected = search_structures(meta['scores'], config, (8, 8), 'global',
                                  'random', meta['seed'])
     for first, s in zip((1, 2, 3), expected):
         prefix = f'backbone.token_compressors.{first}.'
         assert torch.equal(state[prefix + 'group'], s.group)
         assert bool(state[prefix + 'residual'])
-        # residual: each window's merge weights are the scores' mean weights
-        assert torch.allclose(state[prefix + 'merge_weight'],
-                              mean_merge_weights(s.group, s.weight,
-                                                 s.num_groups))
+        # content-aware windows (the default) change per image, so every
+        # kept token enters its window's plain mean with weight 1
+        assert torch.equal(state[prefix + 'merge_weight'],
+                           (s.group >= 0).float())
         assert torch.equal(state[prefix + 'reconstruct_weight'],
                            (s.group >= 0).float())
     # global ranking: the totals are exact, the layers differ

@@ -41,7 +41,7 @@ def test_knobs_mean_what_they_say():
     assert span_units(2) == [(1, 1)]
     assert mstm_layers(8) == [1, 3, 5]
     assert algm_layers(12) == (0, 4) and algm_layers(8) == (0, 2)
-    assert compression_for('algm', 88, 8, 144)['threshold'] == 0.88
+    assert compression_for('algm', 880, 8, 144)['threshold'] == 0.88
     assert compression_for('tome', 5, 4, 64)['r'] == [2, 1, 1, 1]
     assert compression_for('pm-nearest', 16, 4, 64)['rule'] == 'nearest'
     assert compression_for('pm-row', 16, 4, 64)['reconstruct'] == 'pinv'
@@ -120,7 +120,7 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
     model, cfg, knob, flops = pipeline.compress(
         'algm', 0.7, base, dense.state_dict(), dense_flops, None, args)
     assert cfg.model.backbone.compression == dict(
-        method='algm', local_layer=0, global_layer=1, threshold=knob / 100,
+        method='algm', local_layer=0, global_layer=1, threshold=knob / 1000,
         window=(2, 2))
     assert abs(flops / (0.7 * dense_flops) - 1) <= 0.02
     inputs = pipeline.validation_inputs(base, model)

@@ -1,10 +1,10 @@
 # The distillation fine-tuning shared by every configs/distill/ config
-# (DESIGN.md §2.4): loss = CE + alpha * T^2 * KL per pixel with alpha=1,
-# T=20 and AdamW at lr 1e-4, as the authors; a 20k-iteration poly schedule
-# (our choice) with a checkpoint every 4k. The distill configs inherit this
-# file next to their student's config and take these values with
-# {{_base_.distill_...}} (mmengine refuses one key in two bases, so the names
-# differ from the student's optim_wrapper, param_scheduler, ...).
+# (docs/prune_and_merge.md section 4): loss = CE + alpha * T^2 * KL per pixel
+# with alpha=1, T=20 and AdamW at lr 1e-4, as the authors; a 20k-iteration
+# poly schedule (our choice) with a checkpoint every 4k. The distill configs
+# inherit this file next to their student's config and take these values
+# with {{_base_.distill_...}} (mmengine refuses one key in two bases, so the
+# names differ from the student's optim_wrapper, param_scheduler, ...).
 distill_alpha = 1.0
 distill_temperature = 20.0
 distill_optim_wrapper = dict(

@@ -36,7 +36,7 @@ from torch.nn.modules.utils import _pair
 
 from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.compression.config import build_reducer, parse_compression
-from mmseg_pm.compression.reducer import TokenReducer
+from mmseg_pm.compression.reducer import STRUCTURES_NAME, TokenReducer
 from mmseg_pm.compression.structure import CompressionStructure
 
 
@@ -327,6 +327,7 @@ class PMVisionTransformer(BaseModule):
                              drop_rate, attn_drop_rate, dpr[i], qkv_bias,
                              act_cfg, norm_cfg, with_cp)
             for i in range(num_layers))
+        self.mlp_ratio = mlp_ratio
         self.final_norm = final_norm
         if final_norm:
             self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
@@ -334,9 +335,10 @@ class PMVisionTransformer(BaseModule):
         self.compression = parse_compression(compression, num_layers)
         reducer = build_reducer(self.compression, self.grid_size,
                                 embed_dims, with_cls_token, img_size)
-        if reducer is not None:  # under the name its checkpoints use
-            self.add_module('token_compressors' if reducer.static
-                            else 'token_merger', reducer)
+        # registered under the name its checkpoints use
+        self._reducer_name = getattr(reducer, 'state_dict_name', None)
+        if reducer is not None:
+            self.add_module(self._reducer_name, reducer)
         self._freeze()
 
     # ------------------------------------------------------------------
@@ -344,16 +346,16 @@ class PMVisionTransformer(BaseModule):
     @property
     def reducer(self) -> Optional[TokenReducer]:
         """The token reducer the blocks run through (None: dense). It is
-        registered under the name its checkpoints use:
-        ``token_compressors`` (Prune and Merge) or ``token_merger`` (MSTM,
-        ToMe)."""
-        return self._modules.get('token_compressors') or \
-            self._modules.get('token_merger')
+        registered under the name its checkpoints use (its
+        ``state_dict_name``)."""
+        return self._modules.get(self._reducer_name) \
+            if self._reducer_name else None
 
     @property
     def compressed_units(self) -> List[Tuple[int, int]]:
-        """Prune-and-Merge units (none for the dense model, MSTM and ToMe)."""
-        return list(getattr(self.reducer, 'units', []))
+        """Units with a static structure (Prune and Merge's; none for the
+        dense model and the reducers that merge each image its own way)."""
+        return [] if self.reducer is None else list(self.reducer.units)
 
     @contextmanager
     def dense_forward(self):
@@ -372,15 +374,13 @@ class PMVisionTransformer(BaseModule):
 
     def structures(self) -> List[CompressionStructure]:
         """Current structure of every compressed unit, in block order."""
-        return self.reducer.structures() if self.compressed_units else []
+        return [] if self.reducer is None else self.reducer.structures()
 
     def set_structures(self, structures: Sequence[CompressionStructure]) -> None:
         """Install one structure per compressed unit (in block order)."""
-        if self.reducer is None or not self.reducer.static:
-            method = getattr(self.reducer, 'method', 'dense')
+        if self.reducer is None:
             raise ValueError(
-                f'compression method={method!r} has no static structures '
-                '(MSTM and ToMe merge each image its own way); '
+                "the dense model (compression=None) has no structures; "
                 "set_structures applies to method='pm'")
         self.reducer.set_structures(structures)
 
@@ -433,11 +433,10 @@ class PMVisionTransformer(BaseModule):
                               missing_keys, unexpected_keys, error_msgs):
         # A checkpoint's structures must match this model's compressed units:
         # loading them into other blocks would be a silent wrong answer.
-        key = prefix + 'token_compressors.'
+        key = f'{prefix}{STRUCTURES_NAME}.'
         saved = sorted({k[len(key):].split('.')[0]
                         for k in state_dict if k.startswith(key)}, key=int)
-        ours = sorted(self.reducer.keys(), key=int) if self.compressed_units \
-            else []
+        ours = [str(first) for first, _ in sorted(self.compressed_units)]
         if saved and saved != ours:
             raise ValueError(
                 f'the checkpoint has compressed units starting at blocks '

@@ -1,12 +1,12 @@
 """Fine-tuning a compressed segmentor by distillation from the dense one.
 
-loss = CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
-per pixel on the decoder logits (DESIGN.md §2.4; the authors use alpha=1,
-T=20). The teacher is frozen, always in eval mode, and deliberately not a
-submodule: it is not in the student's ``state_dict`` (so checkpoints hold
+loss = CE(student, labels) + alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) per
+pixel on the decoder logits (docs/prune_and_merge.md section 4; the authors use
+alpha=1, T=20). The teacher is frozen, always in eval mode, and deliberately
+not a submodule: it is not in the student's ``state_dict`` (so checkpoints hold
 the student only and load into the plain Prune-and-Merge config), not in
-``parameters()`` (so not in the optimizer) and not touched by
-``init_weights``; it still follows the student across devices.
+``parameters()`` (so not in the optimizer) and not touched by ``init_weights``;
+it still follows the student across devices.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import SampleList, add_prefix
 from torch import Tensor, nn
 
-from mmseg_pm.apis.checkpoint import load_checkpoint_into
+from mmseg_pm.models.checkpoint import load_checkpoint_into
 
 
 def pixel_distill_loss(student_logits: Tensor,

@@ -1,0 +1,234 @@
+"""The output rule of every tool that writes files.
+
+Before any work: an output is never one of the inputs (config, checkpoint,
+image, scores, data directory), never an existing file unless the user
+passed ``--force`` (and never a read-only one), and its directory must be
+writable. Writing: a temporary file next to the output, renamed over it
+only when complete, so an error, Ctrl-C or SIGTERM (the tools turn it into
+Ctrl-C) leaves neither a half-written file nor the temporary one (nor
+directories made for it). A temporary file is named after the output, the
+host and the writing process (``.NAME.HOST.PID.RANDOM.tmpSUFFIX``): one left
+by a process killed outright (SIGKILL, power loss) is removed by the next
+successful write of the same output on that host. Files get the user's
+normal permissions (``0666 & ~umask``), not mkstemp's private 0600.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+
+from .errors import UsageError
+
+PathLike = Union[str, os.PathLike]
+# what an output is checked against: {'config': path, ...} or paths
+Inputs = Union[Mapping[str, Optional[PathLike]], Iterable[PathLike], None]
+
+
+class OutputError(UsageError):
+    """An output path that would destroy an input or cannot be written."""
+
+
+def is_url(path: PathLike) -> bool:
+    return '://' in str(path)
+
+
+def umask_mode(directory: bool = False) -> int:
+    """The mode ``open()`` / ``mkdir()`` would give a new file / folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def _labelled(inputs: Inputs) -> List[Tuple[str, Path]]:
+    """Local inputs as (label, path), URLs and Nones left out."""
+    if inputs is None:
+        return []
+    pairs = inputs.items() if isinstance(inputs, Mapping) else \
+        (('input', p) for p in inputs)
+    return [(label, Path(p).expanduser()) for label, p in pairs
+            if p is not None and not is_url(p)]
+
+
+def _is_same_or_inside(path: Path, other: Path) -> bool:
+    """``path`` is ``other`` (also through links), or inside the folder
+    ``other``."""
+    if path.exists() and other.exists() and os.path.samefile(path, other):
+        return True
+    path, other = path.resolve(), other.resolve()
+    return path == other or (other.is_dir() and other in path.parents)
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_writable_dir(folder: PathLike, flag: str) -> None:
+    """The folder exists and is writable, or can be made (its nearest
+    existing ancestor is a writable folder)."""
+    folder = Path(folder).expanduser()
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise OutputError(f'{flag}: cannot create {folder}: {existing} is a '
+                          'file, not a folder; choose another location')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f'{flag}: cannot write to {existing} (permission '
+                          'denied or a read-only file system); choose a '
+                          'writable location')
+
+
+def check_not_input(path: PathLike, inputs: Inputs, flag: str) -> None:
+    """``path`` is none of ``inputs`` and not inside an input folder."""
+    path = Path(path).expanduser()
+    for label, src in _labelled(inputs):
+        if _is_same_or_inside(path, src):
+            where = 'is' if src.is_file() or not src.exists() or \
+                path.resolve() == src.resolve() else 'is inside'
+            raise OutputError(
+                f'{flag} {path} {where} the input {label} {src}; nothing '
+                'given as input is ever overwritten, so write to another '
+                'path')
+
+
+def check_output_file(path: PathLike, inputs: Inputs = None,
+                      force: bool = False, flag: str = '--out') -> Path:
+    """Refuse an output file that is an input, an existing file without
+    ``force``, a read-only file, a folder, or in an unwritable folder."""
+    out = Path(path).expanduser()
+    if str(path).strip() == '' or out.name in ('', '.', '..'):
+        raise OutputError(f'{flag} {str(path)!r} is not a file name')
+    check_not_input(out, inputs, flag)
+    if out.is_dir():
+        raise OutputError(f'{flag} {path} is a folder; name a file (e.g. '
+                          f'{out / "out"}{out.suffix or ""})')
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputError(f'{flag} {path} exists; pass --force to '
+                              'overwrite it, or choose another name')
+        # the write bit too: root's access() ignores a file made read-only
+        if not os.access(out, os.W_OK) or not out.stat().st_mode & 0o200:
+            raise OutputError(f'{flag} {path} is read-only; it is not '
+                              'replaced even with --force (make it writable '
+                              'or choose another name)')
+    check_writable_dir(out.parent, flag)
+    return out
+
+
+def check_output_dir(path: PathLike, inputs: Inputs = None,
+                     flag: str = '--out-dir') -> Path:
+    """Refuse an output folder that is an existing file, an input (or
+    inside an input folder), or not writable."""
+    out = Path(path).expanduser()
+    check_not_input(out, inputs, flag)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f'{flag} {path} is a file; name a folder')
+    check_writable_dir(out, flag)
+    return out
+
+
+def _make_parents(folder: Path) -> List[Path]:
+    """mkdir -p; returns the folders it created, deepest first."""
+    created = []
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    for d in reversed(created):
+        d.mkdir(exist_ok=True)
+    return created
+
+
+def _temp_prefix(path: Path) -> str:
+    return f'.{path.name}.{socket.gethostname()}.'
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def stale_temp_files(path: PathLike) -> List[Path]:
+    """Temporary files of :func:`atomic_output` for ``path`` left by
+    processes of this host that no longer run (a live writer's are never
+    listed: two ranks may write the same prediction at once)."""
+    path = Path(path)
+    pattern = re.compile(re.escape(_temp_prefix(path)) + r'(\d+)\.[^.]+'
+                         + re.escape(f'.tmp{path.suffix}'))
+    if not path.parent.is_dir():
+        return []
+    stale = []
+    for entry in path.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found and int(found.group(1)) != os.getpid() and \
+                not _is_running(int(found.group(1))):
+            stale.append(entry)
+    return stale
+
+
+@contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix, so writers
+    that pick a format by suffix work); when the block ends normally it
+    gets the umask's permissions and is renamed to ``path``, and temporary
+    files of ``path`` left by killed processes are removed. On any error
+    or Ctrl-C the temporary file, and the folders made for it, are removed
+    and ``path`` is untouched."""
+    path = Path(path).expanduser()
+    created = _make_parents(path.parent)
+    tmp = None
+    try:
+        fd, name = tempfile.mkstemp(prefix=f'{_temp_prefix(path)}'
+                                    f'{os.getpid()}.',
+                                    suffix=f'.tmp{path.suffix}',
+                                    dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        os.chmod(tmp, umask_mode())  # mkstemp makes it private (0600)
+        os.replace(tmp, path)
+        tmp = None
+        for stale in stale_temp_files(path):
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:  # not ours to remove after all
+                pass
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else lives there now
+                break
+        raise
+
+
+def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
+    """Write text or bytes to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+    return Path(path)
+
+
+def save_figure(fig, path: PathLike, **savefig_kwargs) -> Path:
+    """``fig.savefig`` through :func:`atomic_output` (format from the
+    suffix of ``path``, PNG without one)."""
+    savefig_kwargs.setdefault('format',
+                              Path(path).suffix[1:].lower() or 'png')
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return Path(path)

@@ -1,0 +1,132 @@
+"""Imports point down: no module of mmseg_pm imports one of a higher floor.
+
+Read from the source with :mod:`ast` (nothing is imported), every import
+counted, also those inside functions (a lazy import is still a
+dependency). The floors are those of docs/architecture.md ("The floors"):
+a module may import anything of its own package and of the floors below.
+"""
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / 'mmseg_pm'
+
+# the first name under mmseg_pm -> its floor (docs/architecture.md)
+FLOORS = {
+    '': 0, 'utils': 0, 'config_scope': 0,
+    'compression': 1,
+    'engine': 2,
+    'models': 3,
+    'datasets': 4, 'converters': 4, 'export': 4,
+    'apis': 5,
+    'visualization': 6, 'benchmark': 6, 'study': 6,
+    'demo': 7,
+    'cli': 8,
+}
+
+# upward edges between the pipelines (benchmark, study, demo, cli) that the
+# pipelines' rework removes: (importer, imported module)
+KNOWN_UPWARD = {
+    ('mmseg_pm.benchmark.cli', 'mmseg_pm.cli'),
+    ('mmseg_pm.study.pipeline', 'mmseg_pm.demo'),
+}
+# packages of one floor that import each other (a circle): same rework
+KNOWN_CIRCLES = {('benchmark', 'study')}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+    return '.'.join(parts)
+
+
+def is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split('.'))
+    return path.with_suffix('.py').is_file() or \
+        (path / '__init__.py').is_file()
+
+
+def imports_in(source: str, name: str, is_package: bool):
+    """Dotted names of the modules that the module ``name`` (its source
+    given) imports, anywhere in it, relative imports resolved."""
+    package = name if is_package else name.rpartition('.')[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = package.split('.')
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = '.'.join(anchor + ([base] if base else []))
+            for alias in node.names:  # ``from a import b``: b may be a module
+                full = f'{base}.{alias.name}'
+                yield full if is_module(full) else base
+
+
+def project_imports():
+    """(importer, imported) for every import of an mmseg_pm module."""
+    for path in sorted(PACKAGE.rglob('*.py')):
+        name = module_name(path)
+        for imported in imports_in(path.read_text(), name,
+                                   path.name == '__init__.py'):
+            if imported.split('.')[0] == 'mmseg_pm':
+                yield name, imported
+
+
+def top(dotted: str) -> str:
+    parts = dotted.split('.')
+    return parts[1] if len(parts) > 1 else ''
+
+
+def upward_imports():
+    return {(a, b) for a, b in project_imports()
+            if FLOORS[top(b)] > FLOORS[top(a)]}
+
+
+def package_circles():
+    """Pairs of packages of the same floor that import each other."""
+    edges = {(top(a), top(b)) for a, b in project_imports()
+             if top(a) != top(b)}
+    return {tuple(sorted(e)) for e in edges if e[::-1] in edges}
+
+
+def test_every_package_has_a_floor():
+    tops = {p.stem for p in PACKAGE.iterdir()
+            if (p.is_dir() and (p / '__init__.py').is_file())
+            or (p.suffix == '.py' and p.stem != '__init__')}
+    assert tops <= set(FLOORS), \
+        f'give {sorted(tops - set(FLOORS))} a floor here and in ' \
+        'docs/architecture.md'
+
+
+def test_no_import_points_up():
+    new = sorted(upward_imports() - KNOWN_UPWARD)
+    assert not new, 'imports of a higher floor:\n' + '\n'.join(
+        f'  {a} imports {b}' for a, b in new)
+
+
+def test_no_packages_import_each_other():
+    new = sorted(package_circles() - KNOWN_CIRCLES)
+    assert not new, f'packages that import each other: {new}'
+
+
+def test_known_lists_are_current():
+    """A removed edge leaves the known list, so it cannot come back."""
+    assert KNOWN_UPWARD <= upward_imports()
+    assert KNOWN_CIRCLES <= package_circles()
+
+
+def test_the_reader_sees_lazy_and_relative_imports():
+    """An oracle for the reader itself: imports inside a function, relative
+    ones and ``from package import module`` are all found."""
+    source = ('import torch\n'
+              'def f():\n'
+              '    from ..apis import outputs, UsageError\n'
+              '    import mmseg_pm.cli.prune\n'
+              '    from .backbones.pm_vit import token_grid\n')
+    found = list(imports_in(source, 'mmseg_pm.models.checkpoint', False))
+    assert found == ['torch', 'mmseg_pm.apis.outputs', 'mmseg_pm.apis',
+                     'mmseg_pm.cli.prune',
+                     'mmseg_pm.models.backbones.pm_vit']
+    assert {top(m) for m in found[1:]} == {'apis', 'cli', 'models'}
