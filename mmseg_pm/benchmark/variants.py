@@ -223,7 +223,8 @@ def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None,
 
 def without_compressors(state: Dict[str, torch.Tensor]
                         ) -> Dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if '.token_compressors.' not in k}
+    from mmseg_pm.models.checkpoint import is_structure_key
+    return {k: v for k, v in state.items() if not is_structure_key(k)}
 
 
 def checkpoint_state(path: str, model: Optional[nn.Module] = None
@@ -244,18 +245,19 @@ def share_weights(model: nn.Module, weights: Dict[str, torch.Tensor],
                   keep_structures: bool) -> None:
     """Load the shared ``weights`` into ``model``.
 
-    The checkpoint's structures (``token_compressors``) are used only when
-    ``keep_structures``; otherwise the model keeps its own. Tensors whose
-    shape differs (a resized pos_embed) are left as they are.
+    The checkpoint's structures (the ``STRUCTURES_NAME`` entries) are used
+    only when ``keep_structures``; otherwise the model keeps its own.
+    Tensors whose shape differs (a resized pos_embed) are left as they
+    are.
     """
+    from mmseg_pm.models.checkpoint import is_structure_key
     own = model.state_dict()
     state = without_compressors(weights)
     state = {k: v for k, v in state.items()
              if k in own and own[k].shape == v.shape}
-    compressors = {k: v for k, v in own.items() if '.token_compressors.' in k}
+    compressors = {k: v for k, v in own.items() if is_structure_key(k)}
     if keep_structures:
-        saved = {k: v for k, v in weights.items()
-                 if '.token_compressors.' in k}
+        saved = {k: v for k, v in weights.items() if is_structure_key(k)}
         if set(saved) == set(compressors):
             compressors = saved
     state.update(compressors)

@@ -30,7 +30,9 @@ MERGER_PREFIXES = (f'backbone.{MERGER_NAME}.', f'{MERGER_NAME}.')
 REQUIRE = ('all', 'most')
 
 
-def _is_structure(key: str) -> bool:
+def is_structure_key(key: str) -> bool:
+    """Whether a state-dict key (segmentor's or backbone's) is one of a
+    static structure's (the reducer's :data:`STRUCTURES_NAME` entries)."""
     return STRUCTURE_KEY in key
 
 
@@ -38,7 +40,7 @@ def _units(keys) -> List[int]:
     """First blocks of the compressed units whose structures ``keys``
     hold."""
     return sorted({int(k.split(STRUCTURE_KEY)[1].split('.')[0])
-                   for k in keys if _is_structure(k)})
+                   for k in keys if is_structure_key(k)})
 
 
 def _warn(message: str) -> None:
@@ -81,7 +83,7 @@ def _model_method(model) -> str:
 def _fit(model_state: Dict[str, Tensor], state_dict: dict):
     """(matched, missing, other shapes) of the model's weights (structures
     left out: they have their own rules)."""
-    wanted = {k: v for k, v in model_state.items() if not _is_structure(k)}
+    wanted = {k: v for k, v in model_state.items() if not is_structure_key(k)}
     missing = [k for k in wanted if k not in state_dict]
     reshaped = [k for k in wanted if k in state_dict and (
         not isinstance(state_dict[k], Tensor)
@@ -164,8 +166,8 @@ def load_checkpoint_into(model: nn.Module,
         raise _not_this_model(source, matched, total, state_dict)
     if structures == 'ignore':
         state_dict = {k: v for k, v in state_dict.items()
-                      if not _is_structure(k)}
-        state_dict.update({k: v for k, v in own.items() if _is_structure(k)})
+                      if not is_structure_key(k)}
+        state_dict.update({k: v for k, v in own.items() if is_structure_key(k)})
     else:
         check_structures_used(own, state_dict, source, checkpoint, model)
     merger = [k for k in state_dict if k.startswith(MERGER_PREFIXES)]

@@ -138,11 +138,13 @@ def cached(path: Path, stamp: dict, compute, fresh: bool):
 
 # ---------------------------------------------------------------- models
 def load_dense(model, state: dict) -> None:
-    """Dense weights into a compressed model; only the compressors' own
+    """Dense weights into a compressed model; only its reducer's own
     entries (structures, MSTM's zero-initialised coarse branch) may be
     missing from them."""
+    reducer = model.backbone.reducer
+    prefix = f'backbone.{reducer.state_dict_name}.' if reducer else None
     own = {k: v for k, v in model.state_dict().items()
-           if '.token_compressors.' in k or '.token_merger.' in k}
+           if prefix and k.startswith(prefix)}
     model.load_state_dict({**own, **state}, strict=True)
 
 
