@@ -55,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=list(d['variants']),
                    help="rows per config: mmseg's VisionTransformer, ours "
                    'with compression off, PM (residual reconstruct, sparse '
-                   "merge: the default), PM with the authors' pinv "
+                   'merge, content-aware windows: the default), PM with '
+                   "static windows, PM with the authors' pinv "
                    'reconstruct, PM with dense merge/reconstruct matrices, '
-                   'ToMe and MSTM calibrated to the GFLOPs of each pm row, '
-                   "the config's backbone as written")
+                   'ToMe, MSTM, ALGM and Hourglass calibrated to the GFLOPs '
+                   "of each pm row, the config's backbone as written")
     p.add_argument('--keep-rates', nargs='+', default=d['keep_rates'],
                    type=float_in(0, 1, low_open=True),
                    help="keep rates of the compressed rows (default: the "
