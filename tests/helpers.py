@@ -1,10 +1,12 @@
 """Plain helpers shared by the test packages (fixtures are in conftest.py):
 paths, the tiny backbone and segmentor configurations, generated batches
 and the block FLOP formula. Import as ``from tests.helpers import ...``."""
+import hashlib
 import importlib
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -229,3 +231,71 @@ def data_options(root, batch_size: int = 2) -> list:
 def cli_module(name: str):
     """The command-line module behind tools/<name>.py."""
     return importlib.import_module(f'mmseg_pm.cli.{name}')
+
+
+# the shrunk Segmenter's tools-level world: 2 blocks of width 32 trained
+# 2 iterations on generated data, with and without a PM unit at block 1
+SHRUNK_DATA = """\
+train_dataloader = dict(batch_size=2, dataset=dict(data_root='{data}'))
+val_dataloader = dict(dataset=dict(data_root='{data}'))
+test_dataloader = dict(dataset=dict(data_root='{data}'))
+train_cfg = dict(max_iters=2, val_interval=2)
+param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=1.0, begin=0,
+                        end=2, by_epoch=False)]
+"""
+SHRUNK_PM = "dict(mode='layer', layers=[1], keep_rate=0.5)"
+
+
+def write_shrunk_config(path: Path, data_root, compression=None) -> Path:
+    """A config file of the shrunk Segmenter reading ``data_root``."""
+    path.write_text(shrunk_config_text(compression, num_classes=150) +
+                    SHRUNK_DATA.format(data=data_root))
+    return path
+
+
+def shrunk_world(tmp: Path) -> dict:
+    """Generated data (2 training, 1 validation image), the shrunk dense
+    and Prune-and-Merge configs on it and a checkpoint of each."""
+    from mmseg_pm.datasets import make_synthetic_ade
+    data = make_synthetic_ade(tmp / 'data', num_train=2, num_val=1,
+                              size=(64, 64), seed=1, progress=False)
+    world = dict(tmp=tmp, data=data, root=Path(data['root']),
+                 dense_cfg=write_shrunk_config(tmp / 'dense.py',
+                                               data['root']),
+                 pm_cfg=write_shrunk_config(tmp / 'pm.py', data['root'],
+                                            SHRUNK_PM))
+    for name, config in (('dense', 'dense_cfg'), ('pruned', 'pm_cfg')):
+        world[name] = tmp / f'{name}.pth'
+        torch.save(dict(meta={},
+                        state_dict=build_from_config(world[config])
+                        .state_dict()), world[name])
+    return world
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file below ``folder`` by its content hash."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob('*') if p.is_file()}
+
+
+def refused(module, argv, capsys):
+    """Run a tool expecting a refusal; returns its one-line message."""
+    with pytest.raises(SystemExit) as info:
+        module.main([str(a) for a in argv])
+    code = info.value.code
+    assert code not in (0, None)
+    return code if isinstance(code, str) else capsys.readouterr().err
+
+
+def assert_compiled_unit_matches_eager(compressor, block) -> None:
+    """Inductor on one compressed block with its merge and reconstruct
+    (the whole backbone compiles the same ops; it only takes longer)."""
+    def unit(tokens):
+        merged, context = compressor.merge(tokens, 1)
+        return compressor.reconstruct(block(merged), context, 1)
+
+    tokens = torch.randn(2, 16, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(unit, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        assert torch.allclose(compiled(tokens), unit(tokens), atol=1e-5)

@@ -391,8 +391,8 @@ class TokenCompressor(nn.Module):
     ``num_prefix`` leading tokens (the class token) are windows of their own
     (weight 1). The sparse path keeps them inside its one segment sum and one
     gather (no concatenation) and sends pruned tokens to window 0 with weight
-    0 (no spare row to slice off); index and weight vectors are cached per
-    input shape, and the weights too while they need no gradient.
+    0 (no spare row to slice off); its row indices are cached per input
+    shape.
     """
 
     def __init__(self,
@@ -449,7 +449,6 @@ class TokenCompressor(nn.Module):
         self.num_groups = 0
         self.has_pruned = False
         self._rows: Dict[tuple, Tuple[Tensor, Tensor]] = {}
-        self._weights: Dict[tuple, Tuple[Tensor, Tensor]] = {}
         self.set_structure(structure)
 
     @property
@@ -506,12 +505,11 @@ class TokenCompressor(nn.Module):
                 self.group, self.is_centre, self.grid_size,
                 self.neighbourhood))
         self._rows.clear()
-        self._weights.clear()
         # Fail now rather than on the first forward.
         self.structure()
 
     # ------------------------------------------------------------------
-    # sparse path: per-shape indices and per-version weights, cached
+    # sparse path: row indices, cached per input shape
     def _batched_indices(self, batch: int, num_prefix: int
                          ) -> Tuple[Tensor, Tensor]:
         """Rows in the flattened (B * tokens, C) tensors: the merged row of
@@ -536,28 +534,12 @@ class TokenCompressor(nn.Module):
 
     def _unit_weights(self, num_prefix: int, dtype: torch.dtype
                       ) -> Tuple[Tensor, Tensor]:
-        """Merge and reconstruct weights over prefix + patch tokens; cached
-        (one entry, keyed by the parameters' storage and version) while
-        no gradient flows to them."""
-        def compute():
-            return tuple(
-                weight_with_prefix(w * self._kept, num_prefix).to(dtype)
-                for w in (self.merge_weight, self.reconstruct_weight))
-
-        needs_grad = torch.is_grad_enabled() and (
-            self.merge_weight.requires_grad
-            or self.reconstruct_weight.requires_grad)
-        if needs_grad or torch.compiler.is_compiling():
-            return compute()
-        key = (num_prefix, dtype, self._kept.device,
-               self.merge_weight.data_ptr(), self.merge_weight._version,
-               self.reconstruct_weight.data_ptr(),
-               self.reconstruct_weight._version)
-        if key not in self._weights:
-            with _normal_tensors(), torch.no_grad():
-                self._weights.clear()
-                self._weights[key] = compute()
-        return self._weights[key]
+        """Merge and reconstruct weights over prefix + patch tokens (zero
+        for pruned tokens). Not cached: two (P + N,) products per unit and
+        forward, nothing next to its blocks, and always the current
+        weights."""
+        return tuple(weight_with_prefix(w * self._kept, num_prefix).to(dtype)
+                     for w in (self.merge_weight, self.reconstruct_weight))
 
     # ------------------------------------------------------------------
     def _formulation(self) -> str:

@@ -7,7 +7,8 @@ import torch
 import torch._dynamo
 
 import mmseg_pm.models  # noqa: F401
-from tests.helpers import pruned_structure, randomise, tiny_pm
+from tests.helpers import (assert_compiled_unit_matches_eager,
+                           pruned_structure, randomise, tiny_pm)
 
 UNITS = {'layer': dict(mode='layer', layers=[1, 2, 3]),
          'span': dict(mode='span', spans=[(0, 1), (2, 3)])}
@@ -104,17 +105,8 @@ def test_whole_content_backbone_traces_without_graph_breaks(reconstruct):
 
 def test_compiled_content_unit_matches_eager():
     model = compressed().eval()
-    comp, block = model.token_compressors['2'], model.layers[2]
-
-    def unit(tokens):
-        merged, context = comp.merge(tokens, 1)
-        return comp.reconstruct(block(merged), context, 1)
-
-    tokens = torch.randn(2, 16, 32)
-    torch._dynamo.reset()
-    compiled = torch.compile(unit, fullgraph=True, dynamic=False)
-    with torch.no_grad():
-        assert torch.allclose(compiled(tokens), unit(tokens), atol=1e-5)
+    assert_compiled_unit_matches_eager(model.token_compressors['2'],
+                                       model.layers[2])
 
 
 def test_source_map_is_each_images_assignment():

@@ -8,6 +8,7 @@ import torch._dynamo
 from mmseg_pm.compression import build_structure
 from mmseg_pm.compression.merge import TokenCompressor
 from mmseg_pm.models import PMVisionTransformer
+from tests.helpers import assert_compiled_unit_matches_eager
 
 TINY = dict(img_size=(48, 80), patch_size=16, embed_dims=32, num_layers=3,
             num_heads=2, final_norm=True, drop_path_rate=0.0)
@@ -94,17 +95,6 @@ def test_whole_compressed_backbone_traces_without_graph_breaks(reconstruct):
 
 
 def test_compiled_compressed_unit_matches_eager():
-    """Inductor on one compressed block with its merge and reconstruct
-    (the whole backbone compiles the same ops; it only takes longer)."""
     model = tiny_backbone()
-    comp, block = model.token_compressors['1'], model.layers[1]
-
-    def unit(tokens):
-        merged, shortcut = comp.merge(tokens, 1)
-        return comp.reconstruct(block(merged), shortcut, 1)
-
-    tokens = torch.randn(2, 16, 32)
-    torch._dynamo.reset()
-    compiled = torch.compile(unit, fullgraph=True, dynamic=False)
-    with torch.no_grad():
-        assert torch.allclose(compiled(tokens), unit(tokens), atol=1e-5)
+    assert_compiled_unit_matches_eager(model.token_compressors['1'],
+                                       model.layers[1])

@@ -102,6 +102,9 @@ def faulty_save(obj, f, *args, **kwargs):
         fire(file, buffer.getvalue())
 
 
+# a shell starts background jobs with SIGINT ignored, and Python then keeps
+# it so: restore Ctrl-C's KeyboardInterrupt, whoever started the tests
+signal.signal(signal.SIGINT, signal.default_int_handler)
 builtins.open = io.open = faulty_open
 torch.save = faulty_save
 tools = Path(__file__).resolve().parents[2] / 'tools'

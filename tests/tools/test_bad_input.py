@@ -5,61 +5,27 @@ every file the user gave byte-identical with no temporary file behind.
 
 Only the tools' command lines and the backbone are used here, so each test
 also runs against code without the checks (where it fails)."""
-import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from tests.helpers import cli_module as tool
-from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.models import PMVisionTransformer
-from tests.helpers import build_from_config as build
-from tests.helpers import DENSE_TINY, shrunk_config_text
-
-# the synthetic Segmenter shrunk to 2 blocks of width 32 on generated data
-DATA = """\
-train_dataloader = dict(batch_size=2, dataset=dict(data_root='{data}'))
-val_dataloader = dict(dataset=dict(data_root='{data}'))
-test_dataloader = dict(dataset=dict(data_root='{data}'))
-train_cfg = dict(max_iters=2, val_interval=2)
-param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=1.0, begin=0,
-                        end=2, by_epoch=False)]
-"""
-PM = "dict(mode='layer', layers=[1], keep_rate=0.5)"
-
-
-def write_config(path, data, compression=None):
-    path.write_text(shrunk_config_text(compression, num_classes=150) +
-                    DATA.format(data=data))
-    return path
-
+from tests.helpers import cli_module as tool
+from tests.helpers import DENSE_TINY, refused, shrunk_world, snapshot
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    """Generated data, a dense and a Prune-and-Merge config, their
-    checkpoints, an image, and an unrelated checkpoint (two tensors)."""
-    tmp = tmp_path_factory.mktemp('bad_input')
-    data = make_synthetic_ade(tmp / 'data', num_train=2, num_val=1,
-                              size=(64, 64), seed=1, progress=False)
-    dense_cfg = write_config(tmp / 'dense.py', data['root'])
-    pm_cfg = write_config(tmp / 'pm.py', data['root'], PM)
-    dense = tmp / 'dense.pth'
-    torch.save(dict(meta={}, state_dict=build(dense_cfg).state_dict()),
-               dense)
-    pruned = tmp / 'pruned.pth'
-    torch.save(dict(meta={}, state_dict=build(pm_cfg).state_dict()), pruned)
-    unrelated = tmp / 'unrelated.pth'
-    torch.save(dict(a=torch.randn(3, 3), b=torch.randn(4)), unrelated)
-    image = sorted(Path(data['validation_img_dir']).glob('*.jpg'))[0]
-    return dict(tmp=tmp, data=data, dense_cfg=dense_cfg, pm_cfg=pm_cfg,
-                dense=dense, pruned=pruned, unrelated=unrelated, image=image)
-
-
-def snapshot(folder: Path) -> dict:
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob('*') if p.is_file()}
+    """The shrunk world, an image and an unrelated checkpoint (two
+    tensors)."""
+    world = shrunk_world(tmp_path_factory.mktemp('bad_input'))
+    world['unrelated'] = world['tmp'] / 'unrelated.pth'
+    torch.save(dict(a=torch.randn(3, 3), b=torch.randn(4)),
+               world['unrelated'])
+    world['image'] = sorted(
+        Path(world['data']['validation_img_dir']).glob('*.jpg'))[0]
+    return world
 
 
 @pytest.fixture
@@ -69,15 +35,6 @@ def unchanged(world):
     before = snapshot(world['tmp'])
     yield
     assert snapshot(world['tmp']) == before
-
-
-def refused(module, argv, capsys):
-    """Run a tool expecting a refusal; returns its one-line message."""
-    with pytest.raises(SystemExit) as info:
-        module.main([str(a) for a in argv])
-    code = info.value.code
-    assert code not in (0, None)
-    return code if isinstance(code, str) else capsys.readouterr().err
 
 
 def test_prune_never_writes_over_its_config(world, unchanged, capsys):

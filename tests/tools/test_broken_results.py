@@ -4,7 +4,6 @@ a fault while the Runner or a tool writes (a full disk, SIGTERM, Ctrl-C,
 faked at the write by tests/tools/fault_injection.py in a subprocess)
 leaves no partial file; only rank 0 writes the test metrics; token scores
 in the documented format are drawn and non-finite ones refused."""
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from PIL import Image
 from mmseg_pm.apis import load_checkpoint_file
 from mmseg_pm.apis.outputs import stale_temp_files
 from tests.helpers import ROOT, cli_module as tool
-from tests.tools.test_bad_input import PM, refused, snapshot, write_config
+from tests.helpers import refused, shrunk_world, snapshot
 
 FAULTS = Path(__file__).with_name('fault_injection.py')
 # how each fault ends a tool: status and the one line it prints
@@ -32,23 +31,7 @@ ENDINGS = dict(enospc=(1, 'No space left on device'),
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    """Generated data (2 training, 1 validation image), the shrunk dense
-    and Prune-and-Merge configs on it and a dense checkpoint of each."""
-    from mmseg_pm.datasets import make_synthetic_ade
-    from tests.helpers import build_from_config as build
-
-    tmp = tmp_path_factory.mktemp('broken_results')
-    data = make_synthetic_ade(tmp / 'data', num_train=2, num_val=1,
-                              size=(64, 64), seed=1, progress=False)
-    dense_cfg = write_config(tmp / 'dense.py', data['root'])
-    pm_cfg = write_config(tmp / 'pm.py', data['root'], PM)
-    dense = tmp / 'dense.pth'
-    torch.save(dict(meta={}, state_dict=build(dense_cfg).state_dict()),
-               dense)
-    pruned = tmp / 'pruned.pth'
-    torch.save(dict(meta={}, state_dict=build(pm_cfg).state_dict()), pruned)
-    return dict(tmp=tmp, root=Path(data['root']), dense_cfg=dense_cfg,
-                pm_cfg=pm_cfg, dense=dense, pruned=pruned)
+    return shrunk_world(tmp_path_factory.mktemp('broken_results'))
 
 
 def leftovers(folder: Path) -> list:
