@@ -49,6 +49,8 @@ def check_opset(opset: int) -> int:
             f'merge needs) writes opsets {MIN_OPSET}..{max_opset()} with '
             f'torch {torch.__version__}; pick one of them')
     return opset
+
+
 # protobuf's limit: larger models keep their weights in a side file
 SINGLE_FILE_LIMIT = 1_800_000_000
 

@@ -93,7 +93,6 @@ def source_maps(model, x):
     return outs, reducer.sources[len(model.layers) - 1]
 
 
-
 def assert_each_image_merges_its_own_way(model, x):
     """The source maps of a batch: the class token stays alone, images
     merge differently, and each image alone gives its own map and
@@ -108,6 +107,7 @@ def assert_each_image_merges_its_own_way(model, x):
         assert torch.equal(single_source[0], source[b])
         for o, s in zip(outs, single):
             assert (o[b] - s[0]).abs().max() <= 1e-5
+
 
 def block_flops(attn_tokens: Sequence[int], mlp_tokens: Sequence[int],
                 channels: int, batch: int) -> int:

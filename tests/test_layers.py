@@ -23,6 +23,7 @@ FLOORS = {
     'cli': 8,
 }
 
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
     if parts[-1] == '__init__':

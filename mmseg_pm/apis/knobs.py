@@ -274,6 +274,7 @@ def compression_for(method: str, knob: int, num_layers: int,
                 prune_rate=prune_rate, rule=m.rule,
                 reconstruct=m.reconstruct, assign=m.assign)
 
+
 def knob_text(method: str, knob: int, num_tokens: int,
               num_layers: int, embed_dims: Optional[int] = None) -> str:
     """The calibrated knob in words, for the table."""

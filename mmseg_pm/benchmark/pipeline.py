@@ -49,6 +49,7 @@ from .variants import (ADAPTIVE_VARIANTS, PEER_VARIANTS, ModelSpec,
                        expand_specs, family_weights, load_config,
                        parse_config_arg)
 
+
 def log(*msg) -> None:
     print(*msg, file=sys.stderr, flush=True)
 

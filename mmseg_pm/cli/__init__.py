@@ -257,4 +257,3 @@ def print_conversion(converted: dict, notes, dst) -> None:
     for note in notes:
         print(f'note: {note}')
     print(f'wrote {len(converted)} tensors to {dst}')
-

@@ -31,7 +31,6 @@ The source map (tome.py) gives the full grid back at any depth.
 """
 from __future__ import annotations
 
-import math
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch

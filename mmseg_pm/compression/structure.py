@@ -266,4 +266,3 @@ def lattice_structure(grid: Tuple[int, int],
                       rule: str = 'row') -> CompressionStructure:
     """The deterministic built-in structure: lattice centres, no pruning."""
     return build_structure(grid, lattice_centres(grid, keep_rate), rule=rule)
-

@@ -86,7 +86,6 @@ def local_checkpoint(path: Union[str, os.PathLike]) -> Path:
     return local
 
 
-
 def load_checkpoint_file(path: Union[str, os.PathLike],
                          map_location='cpu') -> dict:
     """Load a checkpoint dict from a local file or an http(s) URL."""
@@ -190,7 +189,6 @@ def check_finite(state_dict: Dict[str, Tensor], source: str) -> None:
             f'{source} has NaN or Inf values in {len(bad)} weights (e.g. '
             f'{bad[:SHOWN]}): the run that wrote it diverged, or the file '
             'is damaged; use an earlier checkpoint')
-
 
 
 def save_checkpoint_atomic(checkpoint: dict,

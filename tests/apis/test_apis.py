@@ -221,4 +221,3 @@ def test_cfg_options_and_config_files(tmp_path):
 def test_compression_values_are_type_checked(compression, message):
     with pytest.raises(ValueError, match=message):
         parse_compression(compression, 4)
-

@@ -10,6 +10,7 @@ from mmseg_pm.compression import build_structure
 from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import GRID, TINY, pruned_structure, randomise, tiny_pm
 
+
 @pytest.mark.parametrize('with_cls_token', [True, False])
 @pytest.mark.parametrize('out_indices', [-1, (0, 2), (1, 3)])
 def test_dense_matches_mmseg_vision_transformer(with_cls_token, out_indices):

@@ -15,6 +15,7 @@ from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import cli_module as tool
 from tests.helpers import DENSE_TINY, refused, shrunk_world, snapshot
 
+
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
     """The shrunk world, an image and an unrelated checkpoint (two

@@ -27,7 +27,6 @@ from mmseg_pm.converters import (ConversionError, convert_decoder,
 from mmseg_pm.models import PMVisionTransformer
 
 
-
 from mmseg_pm.cli import segmenter2mmseg_pm, timm2mmseg_pm  # noqa: E402
 
 
