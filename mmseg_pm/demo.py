@@ -18,7 +18,8 @@ from mmengine.config import Config
 
 from mmseg_pm.apis import UsageError, write_atomic
 from mmseg_pm.apis.config import (DENSE_CONFIG, DISTILL_CONFIG, PM_CONFIG,
-                                   load_config, write_config)
+                                   load_config, scaled_schedule,
+                                   write_config)
 from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
 from mmseg_pm.apis.prune import (format_prune_table, prune_config,
                                  prune_segmentor, save_pruned)
@@ -100,9 +101,13 @@ def data_options(root: str) -> dict:
             for split in ('train', 'val', 'test')}
 
 
-def schedule_options(iters: int) -> dict:
-    """A training run of ``iters`` iterations that checkpoints at its end."""
-    return {'train_cfg.max_iters': iters, 'param_scheduler.0.end': iters,
+def schedule_options(config: Path, iters: int) -> dict:
+    """A training run of ``iters`` iterations that checkpoints at its end,
+    with ``config``'s schedule (a warm-up included) stretched to it."""
+    cfg = Config.fromfile(str(config))
+    return {'train_cfg.max_iters': iters,
+            'param_scheduler': scaled_schedule(
+                cfg.param_scheduler, cfg.train_cfg.max_iters, iters),
             'default_hooks.checkpoint.interval': iters}
 
 
@@ -112,7 +117,8 @@ def train_for(config: Path, work_dir: Path, root: str, iters: int,
     ``root`` with a progress bar; returns the final checkpoint."""
     run_quietly(train_config(
         str(config), str(work_dir),
-        {**data_options(root), **schedule_options(iters), **(options or {})}),
+        {**data_options(root), **schedule_options(config, iters),
+         **(options or {})}),
         desc, 'train')
     return str(work_dir / f'iter_{iters}.pth')
 

@@ -1,6 +1,7 @@
 """Reading, checking and writing configs: every failure one line that
 names the problem and the fix (a :class:`UsageError`), checked before a
 Runner is built or any work starts."""
+import copy
 import difflib
 import inspect
 import re
@@ -159,6 +160,27 @@ def check_compression(cfg: Config) -> None:
                 f'{path}.compression is invalid: {err} (fix the config, or '
                 f'override it with --cfg-options {path}.compression.KEY='
                 'VALUE)') from err
+
+
+def scaled_schedule(schedulers: list, from_iters: int, to_iters: int
+                    ) -> list:
+    """Iteration-based ``schedulers`` written for a ``from_iters``-iteration
+    run, stretched to ``to_iters``: every begin and end scaled and rounded,
+    a boundary after the start to one iteration at least (a warm-up stays
+    a warm-up)."""
+    def scale(i):
+        return 0 if i == 0 else max(1, round(i * to_iters / from_iters))
+
+    out = []
+    for s in schedulers:
+        s = copy.deepcopy(dict(s))
+        if s.get('by_epoch', True):
+            raise ValueError(f'{s["type"]} counts epochs; a run of another length needs '
+                             'iteration-based schedulers (by_epoch=False)')
+        s['begin'] = scale(s.get('begin', 0))
+        s['end'] = scale(s.get('end', from_iters))
+        out.append(s)
+    return out
 
 
 def write_config(cfg: Config, path) -> Path:

@@ -22,7 +22,8 @@ from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
                            save_checkpoint_atomic, write_atomic)
 from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
                                        check_within)
-from mmseg_pm.apis.config import DENSE_CONFIG, DISTILL_CONFIG, write_config
+from mmseg_pm.apis.config import (DENSE_CONFIG, DISTILL_CONFIG,
+                                  scaled_schedule, write_config)
 from mmseg_pm.apis.inference import build_segmentor, crop_flops, init_segmentor
 from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
 from mmseg_pm.apis.knobs import METHODS, compression_for, knob_range, knob_text
@@ -42,10 +43,10 @@ PROXY_NOTE = ('A small proxy, not ADE20K: synthetic ADE20K-format scenes and '
 
 
 # ---------------------------------------------------------------- configs
-def _pipeline_step(pipeline, kind: str) -> dict:
+def _pipeline_step(pipeline, kind: str, config=DENSE_CONFIG) -> dict:
     steps = [s for s in pipeline if s['type'] == kind]
     if len(steps) != 1:
-        raise ValueError(f'{DENSE_CONFIG} should have one {kind} step in '
+        raise ValueError(f'{config} should have one {kind} step in '
                          f'its pipeline, found {len(steps)}')
     return steps[0]
 
@@ -95,23 +96,42 @@ def compressed_config(base: Config, compression: dict) -> Config:
     return cfg
 
 
+DISTILL_MODEL_KEYS = ('distill_alpha', 'distill_temperature')
+
+
+def distill_recipe() -> dict:
+    """What the study takes from DISTILL_CONFIG: the distillation loss's
+    settings, the optimizer, the schedule and the zoom range of the
+    training crops (also the fine-tune's cache stamp, so that a changed
+    recipe fine-tunes again)."""
+    settings = Config.fromfile(str(DISTILL_CONFIG))
+    resize = _pipeline_step(settings.train_dataloader.dataset.pipeline,
+                            'RandomResize', DISTILL_CONFIG)
+    return dict(
+        resize_ratio=list(resize['ratio_range']),
+        model={k: settings.model[k] for k in DISTILL_MODEL_KEYS},
+        optim_wrapper=settings.optim_wrapper.to_dict(),
+        param_scheduler=[dict(s) for s in settings.param_scheduler],
+        max_iters=settings.train_cfg.max_iters)
+
+
 def distill_config(student: Config, teacher_model: dict, teacher_ckpt: str,
                    load_from: str, iters: int) -> Config:
     """The student's config as a DistillEncoderDecoder, with the project's
-    distillation settings (alpha, T, optimizer, schedule) read from
-    DISTILL_CONFIG."""
-    distill = Config.fromfile(str(DISTILL_CONFIG))
+    distillation settings (:func:`distill_recipe`) and its schedule
+    stretched to ``iters`` iterations."""
+    recipe = distill_recipe()
     cfg = with_iters(student, iters)
     model = {k: v for k, v in cfg.model.items() if k != 'type'}
     cfg.model = dict(type='DistillEncoderDecoder',
                      teacher_config=copy.deepcopy(teacher_model),
                      teacher_checkpoint=str(teacher_ckpt),
-                     distill_alpha=distill.model.distill_alpha,
-                     distill_temperature=distill.model.distill_temperature,
-                     **model)
-    cfg.optim_wrapper = distill.optim_wrapper
-    cfg.param_scheduler = copy.deepcopy(distill.param_scheduler)
-    cfg.param_scheduler[0]['end'] = iters
+                     **recipe['model'], **model)
+    cfg.optim_wrapper = recipe['optim_wrapper']
+    cfg.param_scheduler = scaled_schedule(recipe['param_scheduler'],
+                                          recipe['max_iters'], iters)
+    _pipeline_step(cfg.train_dataloader.dataset.pipeline, 'RandomResize'
+                   )['ratio_range'] = tuple(recipe['resize_ratio'])
     cfg.load_from = str(load_from)
     return cfg
 
@@ -268,8 +288,9 @@ def algm_spread(model, base: Config) -> dict:
 
 def run_variant(method: str, budget: float, base: Config, dense: dict,
                 scores, settings) -> dict:
-    """Calibrate, evaluate, fine-tune and evaluate one method at one
-    budget; returns its row (without images/s)."""
+    """Calibrate and evaluate one method at one budget; returns its row
+    before fine-tuning (without images/s; :func:`finetune_variant` adds
+    the fine-tuned model)."""
     name = f'{method}_{round(100 * budget)}'
     work = Path(settings.work_dir) / 'variants' / name
     dense_state = checkpoint_state_dict(
@@ -285,10 +306,6 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
     spread = algm_spread(model, base) if METHODS[method].family == 'algm' \
         else {}
     before = evaluate(config, str(compressed), work, f'test {name}')
-    student = distill_config(cfg, dense['model'], dense['checkpoint'],
-                             str(compressed), settings.finetune_iters)
-    finetuned = train(student, work / 'finetune', f'distill {name}')
-    after = evaluate(config, finetuned, work, f'test {name} + FT')
     setting = knob_text(method, knob, n, settings.num_layers,
                         base.model.backbone.embed_dims)
     if spread:
@@ -298,8 +315,26 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
                 knob=knob, setting=setting, **spread,
                 compression=cfg.model.backbone.compression,
                 flops=flops, target_flops=budget * dense['flops'],
-                miou_before=before, miou_after=after, config=str(config),
-                compressed=str(compressed), finetuned=finetuned)
+                miou_before=before, config=str(config),
+                compressed=str(compressed))
+
+
+def finetune_variant(row: dict, dense: dict, settings) -> dict:
+    """Distil a row's compressed model with the project's recipe and
+    evaluate it; returns ``miou_after`` and ``finetuned``."""
+    name = f'{row["method"]}_{round(100 * row["budget"])}'
+    work = Path(row['config']).parent
+    cfg = Config.fromfile(row['config'])
+    options = row_options(row)
+    if options:  # a row cached before its config named the assignment
+        cfg.merge_from_dict(options)
+        write_config(cfg, row['config'])
+    student = distill_config(cfg, dense['model'], dense['checkpoint'],
+                             row['compressed'], settings.finetune_iters)
+    finetuned = train(student, work / 'finetune', f'distill {name}')
+    after = evaluate(Path(row['config']), finetuned, work,
+                     f'test {name} + FT')
+    return dict(miou_after=after, finetuned=finetuned)
 
 
 # ---------------------------------------------------------------- stages
@@ -343,15 +378,19 @@ def measure_speed(dense: dict, rows: list, settings, base=None) -> dict:
                              repeats=settings.speed_repeats)
 
 
-def row_segmentor(row: dict, checkpoint: str):
-    """A row's model with ``checkpoint``. Rows cached before content-aware
-    windows name no assignment in their config (whose default is now
-    'content'): they ran their method's ('static')."""
+def row_options(row: dict):
+    """Config options a row's config needs, None if none. Rows cached
+    before content-aware windows name no assignment in their config (whose
+    default is now 'content'): they ran their method's ('static')."""
     method = METHODS[row['method']]
-    options = None
     if method.family == 'pm' and 'assign' not in row['compression']:
-        options = {'model.backbone.compression.assign': method.assign}
-    return init_segmentor(row['config'], checkpoint, options)
+        return {'model.backbone.compression.assign': method.assign}
+    return None
+
+
+def row_segmentor(row: dict, checkpoint: str):
+    """A row's model with ``checkpoint``."""
+    return init_segmentor(row['config'], checkpoint, row_options(row))
 
 
 def merge_windows(row: dict):
@@ -385,8 +424,15 @@ def setup_note(data: dict, base: Config, settings, stages: list,
     b = base.model.backbone
     grid = settings.img_size // b.patch_size
     threads = torch.get_num_threads()
-    d = Config.fromfile(str(DISTILL_CONFIG))  # what distill_config() uses
-    opt = d.optim_wrapper.optimizer
+    recipe = distill_recipe()  # what distill_config() uses
+    opt = recipe['optim_wrapper']['optimizer']
+    warm = [s for s in recipe['param_scheduler'] if s['type'] == 'LinearLR']
+    warm = (f' warmed up over the first '
+            f'{100 * warm[0]["end"] / recipe["max_iters"]:.0f}%'
+            if warm else '')
+    zoom = recipe['resize_ratio']
+    zoom = ('crops at the evaluation scale' if zoom == [1.0, 1.0] else
+            f'crops zoomed {zoom[0]:g}-{zoom[1]:g}x')
     compute = sum(s['seconds'] for s in stages)
     loads = [s['load_average'] for s in stages]
     reused = sum(s['reused'] for s in stages)
@@ -402,8 +448,9 @@ def setup_note(data: dict, base: Config, settings, stages: list,
         'compressed model: calibrated to '
         f'within {100 * settings.tolerance:.0f}% of the budget, then '
         f'{settings.finetune_iters} iterations of distillation from the dense '
-        f'model (CE + KL, alpha {d.model.distill_alpha:g}, T '
-        f'{d.model.distill_temperature:g}, {opt.type} lr {opt.lr:g}; same '
+        f'model (CE + KL, alpha {recipe["model"]["distill_alpha"]:g}, T '
+        f'{recipe["model"]["distill_temperature"]:g}, {opt["type"]} lr '
+        f'{opt["lr"]:g}{warm}, {zoom}; same '
         'seed and data order for all). mIoU: mmseg IoUMetric on the '
         'validation split, whole-image inference. GFLOPs: count_flops of '
         'encoder + decoder at batch 1. images/s: batch 1, every model '
@@ -458,6 +505,8 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
     scores = torch.tensor(scores)
     stages.append(dict(record, stage='scores'))
 
+    # as JSON reads it back (tuples as lists), to compare with the cache
+    recipe = json.loads(json.dumps(distill_recipe()))
     variants = [(m, b) for b in settings.budgets for m in settings.methods]
     print(f'[4/5] {len(variants)} compressed models: calibrate, evaluate, '
           f'distil {settings.finetune_iters} iters, evaluate')
@@ -466,10 +515,10 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
         name = f'{method}_{round(100 * budget)}'
         print(f'  ({i}/{len(variants)}) {METHODS[method].label} at '
               f'{100 * budget:.0f}% of the dense GFLOPs')
+        variant_stamp = dict(stamp, method=method, budget=budget)
         try:
             row, record = cached(
-                work / 'variants' / name / 'result.json',
-                dict(stamp, method=method, budget=budget),
+                work / 'variants' / name / 'result.json', variant_stamp,
                 partial(run_variant, method, budget, base, dense, scores,
                         settings), settings.fresh)
             stages.append(dict(record, stage=name))
@@ -478,6 +527,13 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
             skipped.append(dict(method=method, budget=budget,
                                 reason=str(err)))
             continue
+        # its own stamp: a changed recipe distils again, reusing the rest
+        tuned, record = cached(
+            work / 'variants' / name / 'finetune.json',
+            dict(variant_stamp, recipe=recipe),
+            partial(finetune_variant, row, dense, settings), settings.fresh)
+        stages.append(dict(record, stage=f'{name} + FT'))
+        row = dict(row, **tuned)
         rows.append(dict(row, name=name, label=METHODS[method].label,
                          gflops=row['flops'] / 1e9,
                          fraction=row['flops'] / dense['flops']))

@@ -1,6 +1,7 @@
 """Every distillation config takes the shared schedule of
 configs/distill/_base_/distill_schedule.py and ends up with the values the
-configs carried before it existed (alpha, T, AdamW, poly schedule)."""
+configs carried before it existed (alpha, T, AdamW, poly schedule), with a
+linear warm-up over the first 10 % of the iterations."""
 import pytest
 from mmengine.config import Config
 
@@ -26,9 +27,12 @@ def test_distill_config_takes_the_shared_schedule(path):
     assert cfg.optim_wrapper.type == 'OptimWrapper'
     # _delete_ replaced the student's SGD: no momentum or other key left
     assert dict(cfg.optim_wrapper.optimizer) == ADAMW
-    [poly] = cfg.param_scheduler
+    warm, poly = cfg.param_scheduler
+    warm_end = cfg.train_cfg.max_iters // 10
+    assert dict(warm) == dict(type='LinearLR', start_factor=1e-3, begin=0,
+                              end=warm_end, by_epoch=False)
     assert dict(poly) == dict(type='PolyLR', eta_min=0.0, power=1.0,
-                              begin=0, end=cfg.train_cfg.max_iters,
+                              begin=warm_end, end=cfg.train_cfg.max_iters,
                               by_epoch=False)
     tiny = 'synthetic' in path.name
     train_cfg = {k: v for k, v in cfg.train_cfg.items() if k != '_scope_'}
@@ -44,5 +48,19 @@ def test_the_schedule_holds_the_authors_values():
     assert (schedule.distill_alpha, schedule.distill_temperature) == \
         (1.0, 20.0)
     assert schedule.distill_optim_wrapper.optimizer.lr == 1e-4
-    assert schedule.distill_param_scheduler[0].end == \
+    assert schedule.distill_param_scheduler[-1].end == \
         schedule.distill_train_cfg.max_iters == 20000
+
+
+def test_the_tiny_distillation_crops_at_the_evaluation_scale():
+    """The synthetic fine-tune keeps the dense model's crops and flips but
+    not its zoom: the images are resized as the test pipeline resizes
+    them."""
+    [tiny] = [p for p in DISTILL if 'synthetic' in p.name]
+    cfg = Config.fromfile(str(tiny))
+    train = {s['type']: s for s in cfg.train_dataloader.dataset.pipeline}
+    test = {s['type']: s for s in cfg.test_dataloader.dataset.pipeline}
+    assert train['RandomResize']['ratio_range'] == (1.0, 1.0)
+    assert train['RandomResize']['scale'] == test['Resize']['scale']
+    assert train['RandomCrop']['crop_size'] == cfg.crop_size
+    assert 'RandomFlip' in train

@@ -13,6 +13,7 @@ from mmseg_pm.study import (CalibrationError, algm_layers, calibrate_knob,
                             compression_for, empty_neighbourhoods,
                             keep_rate_for, mstm_layers, span_units,
                             tome_schedule, window_stats)
+from mmseg_pm.apis.config import scaled_schedule
 from mmseg_pm.apis.inference import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
 from mmseg_pm.study import StudySettings, pipeline
@@ -136,7 +137,7 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
 
 
 @pytest.mark.slow  # a whole study run
-def test_one_method_end_to_end(tmp_path):
+def test_one_method_end_to_end(tmp_path, monkeypatch):
     """From Python with keyword arguments, then the command line with the
     same settings, which reuses every cached stage of the first."""
     result = pipeline.run_study(
@@ -170,6 +171,35 @@ def test_one_method_end_to_end(tmp_path):
     assert Path(row['finetuned']).stat().st_mtime_ns == finetuned
     assert all(stage['reused'] for stage in again['stages'][:-1])
     assert again['rows'][0]['miou_after'] == row['miou_after']
+
+    # another distillation recipe distils again, but reuses the
+    # compressed model and its evaluation
+    compressed = Path(row['compressed']).stat().st_mtime_ns
+    recipe = pipeline.distill_recipe()
+    recipe['optim_wrapper']['optimizer']['lr'] *= 2
+    monkeypatch.setattr(pipeline, 'distill_recipe', lambda: recipe)
+    third = study_cli.main(argv)
+    assert Path(row['compressed']).stat().st_mtime_ns == compressed
+    assert Path(row['finetuned']).stat().st_mtime_ns != finetuned
+    assert third['rows'][0]['miou_before'] == row['miou_before']
+    reused = {s['stage']: s['reused'] for s in third['stages']}
+    assert reused['pm-row_80'] and not reused['pm-row_80 + FT']
+
+
+def test_scaled_schedule_stretches_warm_up_and_decay():
+    warm = dict(type='LinearLR', start_factor=1e-3, begin=0, end=1000,
+                by_epoch=False)
+    poly = dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1000,
+                end=20000, by_epoch=False)
+    assert scaled_schedule([warm, poly], 20000, 60) == [
+        dict(warm, end=3), dict(poly, begin=3, end=60)]
+    # the warm-up keeps one iteration at least, and still ends where the
+    # decay begins
+    assert scaled_schedule([warm, poly], 20000, 2) == [
+        dict(warm, end=1), dict(poly, begin=1, end=2)]
+    assert warm['end'] == 1000  # the input is left alone
+    with pytest.raises(ValueError, match='by_epoch=False'):
+        scaled_schedule([dict(poly, by_epoch=True)], 20000, 60)
 
 
 def test_hourglass_path_is_ordered_and_counted_as_modelled(tmp_path):
