@@ -167,7 +167,8 @@ def scaled_schedule(schedulers: list, from_iters: int, to_iters: int
     """Iteration-based ``schedulers`` written for a ``from_iters``-iteration
     run, stretched to ``to_iters``: every begin and end scaled and rounded,
     a boundary after the start to one iteration at least (a warm-up stays
-    a warm-up)."""
+    a warm-up); a scheduler left without iterations is dropped (mmengine
+    refuses one)."""
     def scale(i):
         return 0 if i == 0 else max(1, round(i * to_iters / from_iters))
 
@@ -175,11 +176,13 @@ def scaled_schedule(schedulers: list, from_iters: int, to_iters: int
     for s in schedulers:
         s = copy.deepcopy(dict(s))
         if s.get('by_epoch', True):
-            raise ValueError(f'{s["type"]} counts epochs; a run of another length needs '
-                             'iteration-based schedulers (by_epoch=False)')
+            raise ValueError(f'{s["type"]} counts epochs; stretching a '
+                             'schedule needs iteration-based schedulers '
+                             '(by_epoch=False)')
         s['begin'] = scale(s.get('begin', 0))
         s['end'] = scale(s.get('end', from_iters))
-        out.append(s)
+        if s['end'] > s['begin']:
+            out.append(s)
     return out
 
 

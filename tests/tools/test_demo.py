@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from mmseg_pm.cli import demo as demo_cli
 from mmseg_pm.demo import run_demo
@@ -46,6 +47,12 @@ def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys,
     assert saved['rows'] == result['rows']
     assert '| residual + distilled |' in (work / 'results.md').read_text()
     assert (work / 'merge_windows.png').stat().st_size > 10000
+    # the distillation's schedule stretched to its 2 iterations: one of
+    # warm-up, then the decay
+    tuned = Config.fromfile(str(work / 'distill' / 'distill_config.py'))
+    assert [(s['type'], s['begin'], s['end'])
+            for s in tuned.param_scheduler] == [('LinearLR', 0, 1),
+                                                ('PolyLR', 1, 2)]
     printed = capsys.readouterr().out
     assert 'FLOPs cut' in printed and 'vs dense' in printed
 

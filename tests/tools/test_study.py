@@ -197,8 +197,10 @@ def test_scaled_schedule_stretches_warm_up_and_decay():
     # decay begins
     assert scaled_schedule([warm, poly], 20000, 2) == [
         dict(warm, end=1), dict(poly, begin=1, end=2)]
+    # one iteration: the warm-up's, the decay has none left
+    assert scaled_schedule([warm, poly], 20000, 1) == [dict(warm, end=1)]
     assert warm['end'] == 1000  # the input is left alone
-    with pytest.raises(ValueError, match='by_epoch=False'):
+    with pytest.raises(ValueError, match=r'by_epoch=False'):
         scaled_schedule([dict(poly, by_epoch=True)], 20000, 60)
 
 
