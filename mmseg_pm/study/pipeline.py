@@ -286,12 +286,17 @@ def algm_spread(model, base: Config) -> dict:
     return dict(flops_min=min(flops), flops_max=max(flops))
 
 
+def variant_name(method: str, budget: float) -> str:
+    """A variant's folder under ``variants/``, e.g. ``res-content_70``."""
+    return f'{method}_{round(100 * budget)}'
+
+
 def run_variant(method: str, budget: float, base: Config, dense: dict,
                 scores, settings) -> dict:
     """Calibrate and evaluate one method at one budget; returns its row
     before fine-tuning (without images/s; :func:`finetune_variant` adds
     the fine-tuned model)."""
-    name = f'{method}_{round(100 * budget)}'
+    name = variant_name(method, budget)
     work = Path(settings.work_dir) / 'variants' / name
     dense_state = checkpoint_state_dict(
         load_checkpoint_file(dense['checkpoint']))
@@ -322,7 +327,7 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
 def finetune_variant(row: dict, dense: dict, settings) -> dict:
     """Distil a row's compressed model with the project's recipe and
     evaluate it; returns ``miou_after`` and ``finetuned``."""
-    name = f'{row["method"]}_{round(100 * row["budget"])}'
+    name = variant_name(row['method'], row['budget'])
     work = Path(row['config']).parent
     cfg = Config.fromfile(row['config'])
     options = row_options(row)
@@ -512,7 +517,7 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
           f'distil {settings.finetune_iters} iters, evaluate')
     rows, skipped = [], []
     for i, (method, budget) in enumerate(variants, 1):
-        name = f'{method}_{round(100 * budget)}'
+        name = variant_name(method, budget)
         print(f'  ({i}/{len(variants)}) {METHODS[method].label} at '
               f'{100 * budget:.0f}% of the dense GFLOPs')
         variant_stamp = dict(stamp, method=method, budget=budget)
