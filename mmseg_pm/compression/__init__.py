@@ -7,9 +7,9 @@ on its own.
 """
 from .config import PMConfig
 from .reducer import TokenReducer
-from .merge import (ASSIGNS, PruneAndMerge, RECONSTRUCTS, TokenCompressor,
-                    merge_matrix, merge_sparse, reconstruct_matrix,
-                    reconstruct_sparse)
+from .merge import PruneAndMerge
+from .ops import merge_matrix, reconstruct_matrix
+from .unit import ASSIGNS, RECONSTRUCTS, TokenCompressor
 from .scoring import (attention_scores, check_depth_lambda,
                       normalise_scores, scores_from_totals)
 from .search import (DEFAULT_PLACEMENT, PLACEMENTS, RANKINGS, grid_cells, layer_token_counts,
@@ -24,8 +24,8 @@ __all__ = [
     'TokenReducer', 'PruneAndMerge',
     'PMConfig', 'CompressionStructure', 'TokenCompressor',
     'assign_groups', 'build_structure', 'lattice_centres',
-    'lattice_structure', 'merge_matrix', 'merge_sparse',
-    'nearest_rule_groups', 'reconstruct_matrix', 'reconstruct_sparse',
+    'lattice_structure', 'merge_matrix',
+    'nearest_rule_groups', 'reconstruct_matrix',
     'reconstruct_weights', 'row_rule_groups', 'attention_scores',
     'normalise_scores', 'check_depth_lambda', 'scores_from_totals',
     'RANKINGS', 'layer_token_counts', 'search_structures', 'select_tokens',

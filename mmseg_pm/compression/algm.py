@@ -36,9 +36,10 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .ops import merge_tokens
 from .reducer import TokenReducer
 from .tome import (bipartite_assign, bipartite_scores, cosine_similarity,
-                   gather_tokens, initial_source, merge_tokens)
+                   gather_tokens, initial_source)
 
 
 # ---------------------------------------------------------------- local

@@ -14,11 +14,14 @@ from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 from .algm import ALGM
 from .hourglass import NORMS, Hourglass
-from .merge import ASSIGNS, IMPLS, RECONSTRUCTS, PruneAndMerge
+from .merge import PruneAndMerge
 from .mstm import MSTM
 from .reducer import TokenReducer
 from .structure import ASSIGN_RULES, lattice_structure
 from .tome import ToMe, check_tome_merges
+from .unit import (ASSIGNS, DEFAULT_ASSIGN, DEFAULT_IMPL,
+                   DEFAULT_NEIGHBOURHOOD, DEFAULT_RECONSTRUCT, IMPLS,
+                   RECONSTRUCTS)
 
 MODES = ('layer', 'span')
 METHODS = ('pm', 'mstm', 'tome', 'algm', 'hourglass')
@@ -119,11 +122,11 @@ class PMConfig:
     keep_rate: float = 0.7
     prune_rate: float = 0.0
     rule: str = 'row'
-    impl: str = 'sparse'
+    impl: str = DEFAULT_IMPL
     trainable: bool = True
-    reconstruct: str = 'residual'
-    assign: str = 'content'
-    neighbourhood: int = 3
+    reconstruct: str = DEFAULT_RECONSTRUCT
+    assign: str = DEFAULT_ASSIGN
+    neighbourhood: int = DEFAULT_NEIGHBOURHOOD
 
     @classmethod
     def from_dict(cls, cfg: Optional[dict],

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ops import merge_tokens
 from .reducer import TokenReducer
 from .tome import (cosine_similarity, full_precision, gather_tokens,
-                   initial_source, key_metric, merge_tokens)
+                   initial_source, key_metric)
 
 
 def class_attention(q: Tensor, k: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ops import merge_tokens
 from .reducer import TokenReducer
 
 
@@ -34,32 +35,6 @@ def key_metric(k: Tensor) -> Tensor:
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     """Per image, ``x[b, index[b]]``: (B, T, C) and (B, M) -> (B, M, C)."""
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def merge_tokens(x: Tensor, assign: Tensor, weight: Tensor,
-                 num_slots: int) -> Tuple[Tensor, Tensor]:
-    """Weighted average of the tokens of every slot.
-
-    ``x`` (B, T, C), ``assign`` (B, T) slot of each token, ``weight`` (B, T)
-    non-negative. Returns the merged tokens (B, K, C) and each slot's total
-    weight (B, K). One segment sum over the flattened batch, so each image
-    merges its own way without a loop. The sums are float32 in a
-    half-precision model (bfloat16 sums of many tokens lose their last
-    members), the results of ``x``'s dtype. A slot without weight (padding
-    of a batch whose images keep different numbers of tokens) is all zeros.
-    """
-    b, _, c = x.shape
-    offset = torch.arange(b, device=x.device)[:, None] * num_slots
-    slots = (assign + offset).flatten()
-    acc = torch.promote_types(x.dtype, torch.float32)
-    weight = weight.to(acc)
-    total = weight.new_zeros(b * num_slots).index_add(0, slots,
-                                                      weight.flatten())
-    summed = weight.new_zeros(b * num_slots, c).index_add(
-        0, slots, (x.to(acc) * weight[..., None]).flatten(0, 1))
-    nonzero = total.clamp_min(torch.finfo(total.dtype).tiny)
-    merged = (summed / nonzero[:, None]).to(x.dtype)
-    return merged.view(b, num_slots, c), total.view(b, num_slots).to(x.dtype)
 
 
 def full_precision():

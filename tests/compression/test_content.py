@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.compression.merge import (TokenCompressor, candidate_windows,
-                                        content_assignment)
+from mmseg_pm.compression.content import (candidate_windows,
+                                          content_assignment)
+from mmseg_pm.compression.unit import TokenCompressor
 from tests.helpers import pruned_structure
 
 GRID = (3, 5)
@@ -50,10 +51,12 @@ def test_assignment_is_the_most_similar_candidate_centre():
     s = pruned_structure()
     comp = TokenCompressor(s, assign='content')
     x = torch.randn(3, 15, 8, dtype=torch.float64)
-    assign = content_assignment(x, comp._centre_index, comp._candidates)
+    table = candidate_windows(comp.group, comp.is_centre, s.grid, 3)
+    assign = content_assignment(torch.cat((x[:, :1], x), 1),
+                                comp._candidates, 1)
     for b in range(3):
         for p in range(15):
-            best = max(set(comp._candidates[p].tolist()), key=lambda k: float(
+            best = max(set(table[p].tolist()), key=lambda k: float(
                 torch.cosine_similarity(x[b, p], x[b, s.centre[k]], 0)))
             assert assign[b, p] == best
         assert torch.equal(assign[b, s.centre], torch.arange(s.num_groups))
@@ -74,7 +77,7 @@ def run_unit(comp, x):
     out = comp.reconstruct(merged.tanh(), context, num_prefix=1)
     (out * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).sum().backward()
     return (out.detach(), x.grad, comp.merge_weight.grad,
-            comp.reconstruct_weight.grad, getattr(context, 'assign', None))
+            comp.reconstruct_weight.grad, getattr(context, 'slots', None))
 
 
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
@@ -100,11 +103,11 @@ def test_each_image_of_a_batch_is_merged_as_if_alone(reconstruct):
         for b in range(4):
             m, c = comp.merge(x[b:b + 1], 1)
             assert (merged[b] - m[0]).abs().max() <= 1e-6
-            assert torch.equal(context.assign[b], c.assign[0])
+            assert torch.equal(context.slots[b], c.slots[0])
             assert (batch[b] - comp.reconstruct(m * 2, c, 1)[0]
                     ).abs().max() <= 1e-6
     # windows follow the image: not every image has the same assignment
-    assert not all(torch.equal(context.assign[0], a) for a in context.assign)
+    assert not all(torch.equal(context.slots[0], a) for a in context.slots)
 
 
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
@@ -112,7 +115,8 @@ def test_each_image_of_a_batch_is_merged_as_if_alone(reconstruct):
 def test_neighbourhood_of_one_is_the_static_assignment(reconstruct, impl):
     s = uniform(pruned_structure())
     x = torch.randn(2, 16, 8, dtype=torch.float64)
-    static = TokenCompressor(s, impl, reconstruct=reconstruct).double()
+    static = TokenCompressor(s, impl, reconstruct=reconstruct,
+                             assign='static').double()
     content = TokenCompressor(s, impl, reconstruct=reconstruct,
                               assign='content', neighbourhood=1).double()
     for a, b in zip(run_unit(static, x)[:2], run_unit(content, x)[:2]):
@@ -126,7 +130,7 @@ def test_a_lone_centre_keeps_its_own_token_and_pruned_tokens_pass():
     merged, context = comp.merge(x, 1)
     out = comp.reconstruct(merged + 1, context, 1)
     for b in range(2):
-        size = torch.bincount(context.assign[b][1:][s.group >= 0],
+        size = torch.bincount(context.slots[b][1:][s.group >= 0],
                               minlength=1 + s.num_groups)
         for k, c in enumerate(s.centre.tolist()):
             if size[1 + k] == 1:

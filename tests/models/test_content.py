@@ -126,18 +126,39 @@ def test_source_map_is_each_images_assignment():
     assert not all(torch.equal(source[0], s) for s in source)
 
 
+def similarity_pairs(structure, k):
+    """(merged token, distinct window among its kept k x k neighbours and
+    its own) pairs, counted by a loop over the grid."""
+    h, w = structure.grid
+    centre = set(structure.centre.tolist())
+    pairs = 0
+    for p in range(h * w):
+        if structure.group[p] < 0 or p in centre:
+            continue
+        y, x = divmod(p, w)
+        near = {int(structure.group[yy * w + xx])
+                for yy in range(y - k // 2, y + k // 2 + 1)
+                for xx in range(x - k // 2, x + k // 2 + 1)
+                if 0 <= yy < h and 0 <= xx < w}
+        pairs += len((near - {-1}) | {int(structure.group[p])})
+    return pairs
+
+
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
 @pytest.mark.parametrize('impl', ['sparse', 'dense'])
 def test_flops_count_the_assignment(impl, reconstruct):
-    """count_flops sees the k^2 C similarity per token; the benchmark's
-    formula agrees with it."""
+    """count_flops sees 2 C per (merged token, candidate window) pair, the
+    pairs whose similarity runs; the benchmark's formula agrees with it."""
     from mmseg_pm.benchmark import analytic_backbone_flops
     from mmseg_pm.utils import count_flops
 
     x = torch.randn(1, 3, 48, 80)
     flops = {k: count_flops(compressed(impl=impl, reconstruct=reconstruct,
                                        neighbourhood=k), x) for k in (1, 3)}
-    similarity = 2 * 15 * (9 - 1) * 32 * 2  # tokens, k^2, width, units
-    assert flops[3] - flops[1] == similarity
+    extra = sum(similarity_pairs(pruned_structure(seed=i), 3)
+                - similarity_pairs(pruned_structure(seed=i), 1)
+                for i in range(2))  # two units
+    assert extra > 0
+    assert flops[3] - flops[1] == 2 * 32 * extra  # width 32
     model = compressed(impl=impl, reconstruct=reconstruct)
     assert analytic_backbone_flops(model, (48, 80)) == flops[3]

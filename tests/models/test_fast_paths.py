@@ -6,7 +6,7 @@ import torch
 import torch._dynamo
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.compression.merge import TokenCompressor
+from mmseg_pm.compression.unit import TokenCompressor
 from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import assert_compiled_unit_matches_eager
 
@@ -34,14 +34,16 @@ def tiny_backbone(impl='sparse', reconstruct='residual', **kwargs):
     return model.eval()
 
 
+@pytest.mark.parametrize('assign', ['content', 'static'])
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
 def test_sparse_and_dense_matrix_units_agree_in_value_and_gradient(
-        reconstruct):
+        reconstruct, assign):
     x = torch.randn(2, 16, 8, dtype=torch.float64)  # class token + 15
     grads = {}
     for impl in ('sparse', 'dense'):
         comp = TokenCompressor(structure(), impl=impl,
-                               reconstruct=reconstruct).double()
+                               reconstruct=reconstruct,
+                               assign=assign).double()
         xi = x.clone().requires_grad_()
         merged, shortcut = comp.merge(xi, num_prefix=1)
         assert merged.shape == (2, 6, 8)

@@ -132,7 +132,8 @@ def test_gradients_reach_merge_and_reconstruct_weights_on_their_support(
 
 
 def test_residual_weights_are_window_means_and_unit_spreads():
-    comp = TokenCompressor(pruned_structure(), reconstruct='residual')
+    comp = TokenCompressor(pruned_structure(), reconstruct='residual',
+                           assign='static')
     s = pruned_structure()
     kept = s.group >= 0
     sums = torch.zeros(s.num_groups).index_add(

@@ -111,10 +111,10 @@ def test_exported_merge_is_exact_on_every_multithreaded_run(tmp_path,
     indices (microsoft/onnxruntime#18048): a segment sum exported as one
     gave wrong windows in about 1 of 5 runs of this unit on 4 threads. The
     exported merge writes no row twice (static windows: gathers over window
-    tables; content-aware windows: a per-image one-hot matrix product), so
-    every run matches PyTorch."""
+    tables; content-aware windows: gathers over every window's possible
+    members), so every run matches PyTorch."""
     from mmseg_pm.benchmark.backends import onnx_session
-    from mmseg_pm.compression.merge import TokenCompressor
+    from mmseg_pm.compression.unit import TokenCompressor
     from mmseg_pm.export import export_module
 
     g = torch.Generator().manual_seed(0)
