@@ -2,8 +2,8 @@
 
 ``method`` picks the compressor: 'pm' (Prune-and-Merge, the default,
 :class:`PMConfig`), 'mstm' (:class:`MSTMConfig`), 'tome'
-(:class:`ToMeConfig`), 'algm' (:class:`ALGMConfig`) or 'hourglass'
-(:class:`HourglassConfig`);
+(:class:`ToMeConfig`), 'algm' (:class:`ALGMConfig`), 'hourglass'
+(:class:`HourglassConfig`) or 'mpm' (:class:`MPMConfig`);
 :func:`parse_compression` reads any of them.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 from .algm import ALGM
 from .hourglass import NORMS, Hourglass
 from .merge import PruneAndMerge
+from .mpm import DEFAULT_LAYERS as MPM_LAYERS, MPM
 from .mstm import MSTM
 from .reducer import TokenReducer
 from .structure import ASSIGN_RULES, lattice_structure
@@ -24,7 +25,7 @@ from .unit import (ASSIGNS, DEFAULT_ASSIGN, DEFAULT_IMPL,
                    RECONSTRUCTS)
 
 MODES = ('layer', 'span')
-METHODS = ('pm', 'mstm', 'tome', 'algm', 'hourglass')
+METHODS = ('pm', 'mstm', 'tome', 'algm', 'hourglass', 'mpm')
 
 
 def _check_keys(cfg: dict, known: set, method: str) -> None:
@@ -464,8 +465,39 @@ class ALGMConfig:
                     self.window, with_cls_token, self.proportional_attention)
 
 
+@dataclass(frozen=True)
+class MPMConfig:
+    """Mutual Pair Merging (``method='mpm'``; mpm.py), training-free.
+
+    ``layers``: the blocks (0-based) before which the mutual nearest-
+    neighbour pairs of the patch tokens become their means; the authors'
+    default (2, 5), before the 3rd and the 6th block, on every backbone.
+    There is no other setting (no keep rate, no threshold).
+    """
+
+    method: ClassVar[str] = 'mpm'
+    layers: Tuple[int, ...] = MPM_LAYERS
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'MPMConfig':
+        cfg = dict(cfg)
+        _check_keys(cfg, {'method', 'layers'}, 'mpm')
+        if 'layers' not in cfg and max(MPM_LAYERS) >= num_layers:
+            raise ValueError(
+                f"method='mpm' merges before blocks {MPM_LAYERS} by default "
+                f'but the backbone has {num_layers} blocks '
+                f'(0..{num_layers - 1}); give layers=[...] inside them')
+        layers = _check_layers(cfg.get('layers', MPM_LAYERS), num_layers,
+                               'layers')
+        return cls(layers=tuple(layers))
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> MPM:
+        return MPM(self.layers, class_token=with_cls_token)
+
+
 AnyCompressionConfig = Union[PMConfig, MSTMConfig, ToMeConfig, ALGMConfig,
-                             HourglassConfig]
+                             HourglassConfig, MPMConfig]
 
 
 def parse_compression(cfg: Optional[dict],
@@ -477,7 +509,7 @@ def parse_compression(cfg: Optional[dict],
     method = cfg.get('method', 'pm')
     parsers = {'pm': PMConfig, 'mstm': MSTMConfig,
                'tome': ToMeConfig, 'algm': ALGMConfig,
-               'hourglass': HourglassConfig}
+               'hourglass': HourglassConfig, 'mpm': MPMConfig}
     if method not in parsers:
         raise ValueError(f'compression method must be one of {METHODS}, got '
                          f'{method!r}')

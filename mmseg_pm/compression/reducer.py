@@ -22,8 +22,9 @@ Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
 :class:`mmseg_pm.compression.tome.ToMe`,
 :class:`mmseg_pm.compression.hourglass.Hourglass`,
-:class:`mmseg_pm.compression.algm.ALGM` (whose token counts differ per
-image: its batches are padded, see its module). A new method implements this
+:class:`mmseg_pm.compression.algm.ALGM` and
+:class:`mmseg_pm.compression.mpm.MPM` (whose token counts differ per
+image: their batches are padded, see their modules). A new method implements this
 mixin on an ``nn.Module`` and adds its config parser
 (mmseg_pm/compression/config.py).
 """

@@ -14,6 +14,7 @@ COMPRESSION = {
     'tome': dict(method='tome', layers=[0, 2], r=3),
     'hourglass': dict(method='hourglass', alpha=1, clusters=(2, 3)),
     'algm': dict(method='algm', threshold=-1.0, global_layer=2),
+    'mpm': dict(method='mpm', layers=[0, 2]),
 }
 
 
@@ -33,7 +34,8 @@ def test_reducer_answers_match_what_runs(method):
     assert compression_method(model) == method
     assert reducer.static == (method == 'pm')
     num_tokens = 16  # class token + 3 x 5
-    # (ALGM's counts depend on the image: it answers for the last pass)
+    # (ALGM's and MPM's counts depend on the image: they answer for the
+    # last pass)
     seen = token_counts(model, torch.randn(2, 3, 48, 80))
     per_block = reducer.tokens_per_block(num_tokens, len(model.layers))
     assert per_block == seen[1::2]  # what every block's MLP ran on
@@ -42,7 +44,8 @@ def test_reducer_answers_match_what_runs(method):
     assert reducer.merging_blocks() == {'pm': [1], 'mstm': [1, 3],
                                         'tome': [0, 2],
                                         'hourglass': [1],
-                                        'algm': [0, 2]}[method]
+                                        'algm': [0, 2],
+                                        'mpm': [0, 2]}[method]
 
 
 @pytest.mark.parametrize('method', list(COMPRESSION))

@@ -1,0 +1,227 @@
+"""Mutual Pair Merging (MPM; Ravé, Rasti, Rousseau, CVPR 2026 Findings,
+arXiv 2604.05718; the authors' code: saulane/MPM) inside the backbone.
+Training-free, no parameters, no keep rate or threshold: the blocks of
+``layers`` (0-based) are the only setting (the authors' default (2, 5),
+before the 3rd and the 6th block, for every backbone).
+
+Before each block of ``layers``, on the residual stream at the block's input
+(before its first norm) and on the patch tokens only (the class token is
+never merged):
+
+* cosine similarity of every pair of tokens, self-pairs excluded;
+  ``b(i) = argmax_j`` (the first index on a tie, as ``torch.argmax``);
+* i and b(i) form a pair when ``b(b(i)) = i`` (mutual nearest neighbours).
+  Pairs are disjoint, so at most half the tokens go per insertion;
+* a pair becomes one token, the plain mean of its two current tokens (no
+  size weights: a token that already holds several original positions
+  counts once, as in the authors' code); every unpaired token stays;
+* the new tokens keep raster order: a pair sits where its lower index was,
+  so the tokens are always ordered by the first original position they hold.
+
+The map of every insertion (current token -> new token) composes with the
+ones before into the source map (original position -> current token), and
+every ``out_indices`` output is the full grid again by one gather through it
+(the authors gather once, after the last block, before the final norm and
+the decoder; a per-token norm commutes with the gather).
+
+Batches: each image pairs its own tokens, so images keep different counts.
+As in the authors' Segmenter fork, the batch is padded to its largest image
+and padded keys are masked out of every attention (here a -inf attention
+bias, as ALGM's); padding never enters a similarity, a pair or a mean, so an
+image gives the same result alone or in any batch. The similarities run in
+fp32 with autocast off (the authors' run in the model's dtype): which tokens
+pair must not hinge on bf16/fp16 rounding.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .reducer import TokenReducer
+from .ops import merge_tokens
+from .tome import cosine_similarity, gather_tokens, initial_source
+
+DEFAULT_LAYERS = (2, 5)
+
+
+# ---------------------------------------------------------------- pure
+def mutual_partners(tokens: Tensor, valid: Optional[Tensor] = None
+                    ) -> Tensor:
+    """The mutual nearest neighbour of every token, or the token itself.
+
+    ``tokens`` (B, N, C); ``valid`` (B, N) False at padding, which is never
+    anyone's neighbour and has none. Token i's nearest neighbour b(i) is
+    the other valid token of highest cosine similarity (the first on a
+    tie); i pairs with b(i) when b(b(i)) = i. Returns (B, N) long:
+    ``partner[b, i]`` = b(i) for a paired token, i otherwise (a token with
+    no other valid token to compare with is unpaired).
+    """
+    b, n, _ = tokens.shape
+    device = tokens.device
+    index = torch.arange(n, device=device).expand(b, n)
+    with torch.no_grad():
+        sim = cosine_similarity(tokens, tokens)  # (B, N, N), fp32
+        sim.diagonal(dim1=-2, dim2=-1).fill_(-torch.inf)
+        if valid is not None:
+            sim = sim.masked_fill(~valid[:, None, :], -torch.inf)
+            sim = sim.masked_fill(~valid[:, :, None], -torch.inf)
+        has = torch.isfinite(sim).any(dim=-1)
+        best = torch.where(has, sim.argmax(dim=-1), index)
+        mutual = (best.gather(1, best) == index) & (best != index)
+        if valid is not None:
+            mutual &= valid
+    return torch.where(mutual, best, index)
+
+
+def pair_assign(partner: Tensor, valid: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
+    """The new token of every token once each pair of ``partner`` (from
+    :func:`mutual_partners`) becomes one token.
+
+    New tokens are numbered in the order of their lower index (raster order
+    kept; unpaired tokens are pairs of one). Padding (``valid`` False) goes
+    to ``counts.max()``, one past the largest image's last token. Returns
+    (assign (B, N) long, counts (B,): new tokens per image).
+    """
+    b, n = partner.shape
+    index = torch.arange(n, device=partner.device).expand(b, n)
+    if valid is None:
+        valid = torch.ones_like(partner, dtype=torch.bool)
+    with torch.no_grad():
+        first = valid & (partner >= index)  # unpaired, or the lower of two
+        slot = first.long().cumsum(dim=1) - 1
+        assign = slot.gather(1, torch.minimum(index, partner))
+        counts = first.sum(dim=1)
+        assign = torch.where(valid, assign, counts.max())
+    return assign, counts
+
+
+def merge_by_map(tokens: Tensor, assign: Tensor, counts: Tensor,
+                 valid: Optional[Tensor] = None) -> Tensor:
+    """The plain mean of the tokens each new token gathers (every current
+    token weighs 1, padding 0): (B, N, C) -> (B, counts.max(), C), an
+    image's slots after its own count all zeros (padding)."""
+    num = int(counts.max())
+    weight = tokens.new_ones(assign.shape) if valid is None else \
+        valid.to(tokens.dtype)
+    merged, _ = merge_tokens(tokens, assign, weight, num + 1)
+    return merged[:, :num]
+
+
+def compose_maps(source: Tensor, assign: Tensor) -> Tensor:
+    """The map after a merge: ``source`` (B, T0) sends each original token
+    to a current token, ``assign`` (B, T) each current token to a new
+    one; their composition (B, T0) sends it to its new token."""
+    return assign.gather(1, source)
+
+
+# ---------------------------------------------------------------- reducer
+class MPMState(NamedTuple):
+    source: Tensor  # (B, T0): current token of every original token
+    valid: Optional[Tensor]  # (B, T) False at padding; None: no padding
+
+
+class MPM(nn.Module, TokenReducer):
+    """MPM in the backbone: before every block of ``layers`` (0-based), the
+    mutual nearest-neighbour pairs of the patch tokens become their means.
+    No parameters.
+
+    A :class:`TokenReducer` (the backbone drives it through that
+    interface); :attr:`last_counts` says what each image of the last
+    forward pass kept.
+    """
+
+    method = 'mpm'
+    input_dependent_shapes = True  # no ONNX export
+
+    def __init__(self, layers: Sequence[int] = DEFAULT_LAYERS,
+                 class_token: bool = True):
+        super().__init__()
+        self.layers = tuple(sorted(int(i) for i in layers))
+        self.class_token = class_token
+        self._counts: List[Tensor] = []
+        self._input_tokens = 0
+
+    def start(self, x: Tensor, hw: Tuple[int, int]) -> MPMState:
+        self._counts, self._input_tokens = [], x.shape[1]
+        return MPMState(initial_source(x), None)
+
+    @staticmethod
+    def attention_bias(x: Tensor, valid: Optional[Tensor]
+                       ) -> Optional[Tensor]:
+        """(B, 1, 1, T): -inf at padded keys, 0 elsewhere (None: none)."""
+        if valid is None:
+            return None
+        zero = x.new_zeros(())
+        return torch.where(valid, zero, -torch.inf)[:, None, None, :]
+
+    def merge(self, x: Tensor, state: MPMState) -> Tuple[Tensor, MPMState]:
+        """One insertion: (B, T, C) tokens -> the merged tokens (padded to
+        the batch's largest image) and the new state."""
+        prefix = int(self.class_token)
+        patches = x[:, prefix:]
+        valid = None if state.valid is None else state.valid[:, prefix:]
+        partner = mutual_partners(patches, valid)
+        assign, counts = pair_assign(partner, valid)
+        merged = merge_by_map(patches, assign, counts, valid)
+        b = x.shape[0]
+        head = torch.arange(prefix, device=x.device).expand(b, prefix)
+        source = compose_maps(state.source,
+                              torch.cat((head, prefix + assign), dim=1))
+        new_valid = None
+        num = merged.shape[1]
+        if bool((counts < num).any()):
+            kept = torch.arange(num, device=x.device) < counts[:, None]
+            new_valid = torch.cat((kept.new_ones(b, prefix), kept), dim=1)
+        return torch.cat((x[:, :prefix], merged), dim=1), \
+            MPMState(source, new_valid)
+
+    def run_block(self, i: int, layer: nn.Module, x: Tensor,
+                  state: MPMState) -> Tuple[Tensor, MPMState]:
+        """Block ``i`` on ``x``, merging the tokens first when ``i`` is one
+        of :attr:`layers` (unless bypassed)."""
+        if not self.bypass and i in self.layers:
+            x, state = self.merge(x, state)
+        self.record_source(i, state.source)
+        out = layer(x, self.attention_bias(x, state.valid))
+        self._record_counts(state.valid, out)
+        return out, state
+
+    def full_grid(self, i: int, x: Tensor, state: MPMState) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
+        return gather_tokens(x, state.source)
+
+    def _record_counts(self, valid: Optional[Tensor], out: Tensor) -> None:
+        counts = torch.full(out.shape[:1], out.shape[1], device=out.device) \
+            if valid is None else valid.sum(dim=1)
+        self._counts.append(counts.detach())
+
+    @property
+    def last_counts(self) -> Optional[Tensor]:
+        """(B, blocks run) tokens every image kept in each block of the
+        last forward pass (class token included), None before one."""
+        return torch.stack(self._counts, dim=1) if self._counts else None
+
+    # ------------------------------------------------------------ questions
+    def merging_blocks(self) -> List[int]:
+        return list(self.layers)
+
+    def blocks(self, num_layers: int) -> List[int]:
+        return list(range(self.layers[0], num_layers)) if self.layers else []
+
+    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
+        """Tokens each block runs on, class token included. MPM's counts
+        depend on the image: these are what the last forward pass ran on
+        (its largest image, i.e. the padded batch; at batch 1 that image's
+        own counts) when it had ``num_tokens`` input tokens; before such a
+        pass, the upper bound ``num_tokens`` (nothing merged)."""
+        counts = self.last_counts
+        if counts is None or counts.shape[1] != num_layers or \
+                self._input_tokens != num_tokens:
+            return [num_tokens] * num_layers
+        return [int(c) for c in counts.max(dim=0).values]
+
+    def extra_repr(self) -> str:
+        return f'layers={self.layers}, class_token={self.class_token}'
