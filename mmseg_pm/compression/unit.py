@@ -178,7 +178,9 @@ class TokenCompressor(nn.Module):
     @property
     def num_similarity_pairs(self) -> int:
         """(token, candidate window) similarities per image and forward."""
-        return self._candidates.num_pairs if self.assign == 'content' else 0
+        if self.assign != 'content':
+            return 0
+        return self._candidates.num_pairs + self.num_groups  # + norms
 
     def set_structure(self, structure: CompressionStructure) -> None:
         """Install ``structure`` and its initial weights: M~ and R~ = 1

@@ -6,7 +6,8 @@ import torch
 
 from mmseg_pm.compression import build_structure
 from mmseg_pm.compression.content import (candidate_windows,
-                                          content_assignment)
+                                          content_assignment,
+                                          gather_every_candidate)
 from mmseg_pm.compression.unit import TokenCompressor
 from tests.helpers import pruned_structure
 
@@ -138,3 +139,111 @@ def test_a_lone_centre_keeps_its_own_token_and_pruned_tokens_pass():
     pruned = torch.cat((torch.tensor([False]), s.group < 0))
     assert torch.equal(out[:, pruned], x[:, pruned])
     assert torch.allclose(out[:, ~pruned], x[:, ~pruned] + 1)
+
+
+def random_unit(grid=(12, 16), keep=0.5, prune=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    order = torch.randperm(n, generator=g)
+    k, p = int(keep * n), int(prune * n)
+    return TokenCompressor(build_structure(grid, order[:k].sort().values,
+                                           order[k:k + p], None))
+
+
+def assignments(comp, x, num_prefix=1):
+    """Both formulations: the sampled product (eager CPU) and the slot
+    loop (exported, compiled)."""
+    pattern = comp._pair_pattern(x, num_prefix)
+    assert pattern is not None
+    return (content_assignment(x, comp._candidates, num_prefix, pattern),
+            content_assignment(x, comp._candidates, num_prefix))
+
+
+@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize('keep', [0.7, 0.5, 0.2])
+def test_assignment_equals_the_gather_of_every_candidate(keep, seed):
+    comp = random_unit(keep=keep, seed=seed)
+    x = torch.randn(4, 1 + 192, 32, generator=torch.Generator().manual_seed(
+        seed))
+    table = candidate_windows(comp.group, comp.is_centre, (12, 16), 3)
+    expected = gather_every_candidate(x[:, 1:], comp.structure().centre,
+                                      table)
+    for got in assignments(comp, x):
+        assert torch.equal(got, expected)
+    # fewer pairs than k * k per token: only merged tokens, distinct windows
+    assert comp.num_similarity_pairs < 9 * int((~comp.is_centre).sum())
+
+
+def test_exact_ties_go_to_the_own_window_then_to_the_scan_order():
+    comp = random_unit(keep=0.5, prune=0.0, seed=1)
+    s = comp.structure()
+    table = candidate_windows(comp.group, comp.is_centre, (12, 16), 3)
+    x = torch.randn(1, 193, 16, generator=torch.Generator().manual_seed(0))
+    # every centre the same vector: every candidate ties, the own wins
+    x[:, 1 + s.centre] = torch.randn(16)
+    for got in assignments(comp, x):
+        assert torch.equal(got[0], comp.group)
+    # two neighbouring windows' centres equal and closest: the earlier one
+    # of the 3 x 3 scan wins, as in the gather of every candidate
+    x = torch.randn(1, 193, 16, generator=torch.Generator().manual_seed(1))
+    ties = 0
+    for p in torch.nonzero(~comp.is_centre).flatten().tolist():
+        distinct = list(dict.fromkeys(table[p].tolist()))
+        if len(distinct) >= 3:
+            a, b = distinct[1], distinct[2]
+            x[0, 1 + s.centre[b]] = x[0, 1 + s.centre[a]]
+            x[0, 1 + p] = x[0, 1 + s.centre[a]]
+            expected = gather_every_candidate(x[:, 1:], s.centre, table)
+            for got in assignments(comp, x):
+                assert got[0, p] == a == expected[0, p]
+            ties += 1
+            if ties == 5:
+                break
+    assert ties == 5
+
+
+def test_assignment_is_float32_in_a_bf16_model_and_under_autocast():
+    comp = random_unit(keep=0.5, seed=2)
+    x = torch.randn(2, 193, 64, generator=torch.Generator().manual_seed(2))
+    low = x.bfloat16()
+    expected = gather_every_candidate(
+        low.float()[:, 1:], comp.structure().centre,
+        candidate_windows(comp.group, comp.is_centre, (12, 16), 3))
+    for got in assignments(comp, low):  # a bf16 model's tokens
+        assert torch.equal(got, expected)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        for got in assignments(comp, low.float()):
+            assert torch.equal(got, expected)
+    bf16 = comp.bfloat16()
+    with torch.no_grad():
+        merged, context = bf16.merge(low, 1)
+    assert merged.dtype == torch.bfloat16
+    assert torch.equal(context.slots[:, 1:] - 1, expected)
+
+
+@pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
+def test_exported_merge_equals_the_eager_one(reconstruct, monkeypatch):
+    """The gather-only merge over every window's possible members (what is
+    exported) against the segment sum, with uneven trained weights."""
+    comp = trained_unit(random_unit(keep=0.5, seed=3), reconstruct)
+    x = torch.randn(3, 193, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        merged, context = comp.merge(x, 1)
+        eager = comp.reconstruct(merged * 2, context, 1)
+        monkeypatch.setattr(torch.compiler, 'is_exporting', lambda: True)
+        tabled, tabled_context = comp.merge(x, 1)
+        assert tabled_context.formulation == 'export'
+        exported = comp.reconstruct(tabled * 2, tabled_context, 1)
+    assert torch.equal(context.slots, tabled_context.slots)
+    assert (merged - tabled).abs().max() <= 1e-5
+    assert (eager - exported).abs().max() <= 1e-5
+
+
+def trained_unit(comp, reconstruct):
+    """``comp``'s structure with ``reconstruct`` and uneven weights."""
+    unit = TokenCompressor(comp.structure(), reconstruct=reconstruct)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for w in (unit.merge_weight, unit.reconstruct_weight):
+            w.mul_(torch.rand(w.shape, generator=g) + 0.5)
+    return unit
