@@ -124,43 +124,39 @@ def candidate_tables(group: Tensor, is_centre: Tensor, centre: Tensor,
                            position[by_token])
 
 
-@torch.library.custom_op('mmseg_pm::pair_dots', mutates_args=())
 def pair_dots(x: Tensor, crow: Tensor, col: Tensor) -> Tensor:
     """(B, nnz) dot products ``x[b, row] . x[b, col]`` of the pairs of a
-    CSR pattern (``crow`` (T + 1,), ``col`` (nnz,) sorted within rows) over
-    the T tokens of ``x`` (B, T, C): a sampled dense-dense product, which
-    gathers nothing and materialises nothing. CPU and CUDA."""
+    batched CSR pattern (``crow`` (B, T + 1), ``col`` (B, nnz) sorted
+    within rows) over the T tokens of ``x`` (B, T, C): a sampled
+    dense-dense product, which gathers nothing and materialises nothing
+    (the second operand a transposed view: made contiguous, it would cost
+    five times the product)."""
     b, t, _ = x.shape
-    with warnings.catch_warnings():  # "beta", "invariant checks disabled"
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter('ignore')
-        pattern = torch.sparse_csr_tensor(
-            crow.expand(b, -1).contiguous(), col.expand(b, -1).contiguous(),
-            x.new_zeros(b, col.numel()), size=(b, t, t),
-            check_invariants=False)
-        dots = torch.sparse.sampled_addmm(pattern, x, x.transpose(1, 2),
-                                          beta=0.0)
-    return dots.values().clone()
+        pattern = torch.sparse_csr_tensor(crow, col, x.new_zeros(col.shape),
+                                          size=(b, t, t),
+                                          check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, x, x.transpose(1, 2),
+                                          beta=0.0).values()
 
 
-@pair_dots.register_fake
-def _pair_dots_shape(x: Tensor, crow: Tensor, col: Tensor) -> Tensor:
-    return x.new_empty(x.shape[0], col.numel())
+@register_flop_formula(torch.ops.aten.sparse_sampled_addmm, get_raw=True)
+def _sampled_addmm_flops(pattern, mat1, mat2, *args, out_val=None,
+                         **kwargs) -> int:
+    """One multiply-add per channel and sampled entry (FlopCounterMode
+    knows no formula for it: its entries are not in the shapes)."""
+    return 2 * pattern.values().numel() * mat1.shape[-1]
 
 
-@register_flop_formula(torch.ops.mmseg_pm.pair_dots)
-def _pair_dots_flops(x_shape, crow_shape, col_shape, *args, out_shape=None,
-                     **kwargs) -> int:
-    """One multiply-add per channel and pair."""
-    return 2 * x_shape[0] * col_shape[0] * x_shape[2]
-
-
-def pair_pattern(tables: CandidateTables, num_prefix: int,
-                 num_tokens: int) -> Tuple[Tensor, Tensor, Tensor]:
+def pair_pattern(tables: CandidateTables, num_prefix: int, num_tokens: int,
+                 batch: int) -> Tuple[Tensor, Tensor, Tensor]:
     """The CSR pattern (crow, col) of :func:`pair_dots` over the
     ``num_prefix`` + ``num_tokens`` tokens of a unit's input, and where
     each product goes: row = merged token, column = the centre token of
     one of its candidate windows (to ``pair_slot``), and every centre with
-    itself (its squared norm, to M * D + k)."""
+    itself (its squared norm, to M * D + k); (crow, col) repeated for
+    each of ``batch`` images."""
     k = tables.centre.numel()
     rows = torch.cat((tables.pair_token, tables.centre)) + num_prefix
     cols = torch.cat((tables.centre[tables.pair_window], tables.centre)
@@ -170,7 +166,8 @@ def pair_pattern(tables: CandidateTables, num_prefix: int,
     order = torch.argsort(rows * (num_prefix + num_tokens) + cols)
     counts = torch.bincount(rows, minlength=num_prefix + num_tokens)
     crow = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
-    return crow, cols[order], goes[order]
+    return (crow.expand(batch, -1).contiguous(),
+            cols[order].expand(batch, -1).contiguous(), goes[order])
 
 
 def slot_similarity(x: Tensor, tables: CandidateTables,

@@ -285,9 +285,10 @@ class TokenCompressor(nn.Module):
         if x.device.type != 'cpu' or torch.compiler.is_compiling() or \
                 torch.compiler.is_exporting():
             return None
-        return self._cached(('pairs', num_prefix, x.device), lambda: (
-            pair_pattern(self._candidates, num_prefix,
-                         self.group.numel())))
+        batch = x.shape[0]
+        return self._cached(('pairs', batch, num_prefix, x.device), lambda: (
+            pair_pattern(self._candidates, num_prefix, self.group.numel(),
+                         batch)))
 
     def _unit_weights(self, num_prefix: int, dtype: torch.dtype
                       ) -> Tuple[Tensor, Tensor]:
