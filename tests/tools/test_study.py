@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.study import (CalibrationError, algm_layers, calibrate_knob,
-                            check_within,
+from mmseg_pm.compression.algm import algm_layers
+from mmseg_pm.compression.mstm import mstm_layers
+from mmseg_pm.compression.pm_spec import span_units
+from mmseg_pm.compression.registry import keep_rate_for
+from mmseg_pm.compression.tome import tome_schedule
+from mmseg_pm.study import (CalibrationError, calibrate_knob, check_within,
                             compression_for, empty_neighbourhoods,
-                            keep_rate_for, mstm_layers, span_units,
-                            tome_schedule, window_stats)
+                            window_stats)
 from mmseg_pm.apis.config import scaled_schedule
 from mmseg_pm.apis.inference import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
@@ -129,7 +132,7 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
     assert len(inputs) == 3 and inputs[0].shape == (1, 3, 43, 64)
     per_image = [count_flops(model, x, mode='tensor') for x in inputs]
     assert flops == sum(per_image) / 3
-    assert pipeline.algm_spread(model, base) == dict(
+    assert pipeline.flops_spread(model, base) == dict(
         flops_min=min(per_image), flops_max=max(per_image))
     with pytest.raises(CalibrationError):
         pipeline.compress('algm', 0.05, base, dense.state_dict(),
@@ -208,7 +211,8 @@ def test_hourglass_path_is_ordered_and_counted_as_modelled(tmp_path):
     """The knob's settings start at the authors' relative depth, get
     cheaper at every step, and the counted FLOPs of a setting are the
     modelled ones (blocks, k-means, reconstruction) plus the dense rest."""
-    from mmseg_pm.study import hourglass_flops, hourglass_path, knob_text
+    from mmseg_pm.compression.hourglass import hourglass_flops, hourglass_path
+    from mmseg_pm.study import knob_text
     path = hourglass_path(144, 8, 64)
     assert path[0] == (3, (12, 11)) and path[-1] == (1, (1, 1))
     costs = [hourglass_flops(a, h * w, 144, 8, 64) for a, (h, w) in path]
