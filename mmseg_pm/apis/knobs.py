@@ -56,8 +56,9 @@ def _pm(name: str, label: str, marker: str, placement: str = DEFAULT_PLACEMENT,
     return Method(name, label, DEFAULT_METHOD, marker, options, placement)
 
 
-# The default method's variants (only what differs from PMConfig's defaults
-# is written out) and one variant per other registered method.
+# The default method's variants (each writes out the settings that define
+# it; every other one is PMConfig's default) and one variant per other
+# registered method.
 METHODS: Dict[str, Method] = {m.name: m for m in (
     _pm('pm-row', "PM per layer, row rule, authors' pinv", 'o', 'score',
         reconstruct='pinv', assign='static'),

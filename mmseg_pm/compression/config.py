@@ -21,7 +21,7 @@ from .merge import ASSIGNS, IMPLS, RECONSTRUCTS, PruneAndMerge
 from .mstm import MSTM
 from .reducer import TokenReducer
 from .registry import DEFAULT_METHOD, method_spec, register
-from .structure import ASSIGN_RULES, lattice_structure
+from .structure import ASSIGN_RULES, DEFAULT_RULE, lattice_structure
 from .tome import ToMe, check_tome_merges
 
 MODES = ('layer', 'span')
@@ -122,7 +122,7 @@ class PMConfig:
     units: List[Tuple[int, int]] = field(default_factory=list)
     keep_rate: float = 0.7
     prune_rate: float = 0.0
-    rule: str = 'row'
+    rule: str = DEFAULT_RULE
     impl: str = 'sparse'
     trainable: bool = True
     reconstruct: str = 'residual'
