@@ -66,7 +66,7 @@ def check_prune_paths(cfg: Config, config: str, checkpoint: str, out: str,
     inputs, not an existing file without ``force``, and writable."""
     local_checkpoint(checkpoint)
     check_output_file(out, dict(config=config, checkpoint=checkpoint),
-                      force)
+                      force, kind='checkpoint')
     check_not_input(out, check_data_folders(cfg, ['train_dataloader']),
                     '--out')
     check_datasets(cfg, ['train_dataloader'])

@@ -163,10 +163,12 @@ def check_outputs(args) -> None:
         config, checkpoint = parse_config_arg(arg)
         inputs.update({f'config {i + 1}': config,
                        f'checkpoint {i + 1}': checkpoint})
-    for path in result_paths(Path(args.out_dir),
-                             args.name or default_name(args),
-                             plot=wants_plot(args)).values():
-        check_output_file(path, inputs, args.force, flag='--out-dir/--name')
+    kinds = dict(json='json', md='markdown', png='picture')
+    for kind, path in result_paths(Path(args.out_dir),
+                                   args.name or default_name(args),
+                                   plot=wants_plot(args)).items():
+        check_output_file(path, inputs, args.force, flag='--out-dir/--name',
+                          kind=kinds[kind])
 
 
 def benchmark(args) -> dict:

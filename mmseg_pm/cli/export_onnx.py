@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
         check_opset(args.opset)
         out = check_output_file(args.out, dict(config=args.config,
                                                checkpoint=args.checkpoint),
-                                args.force)
+                                args.force, kind='onnx')
         model = init_segmentor(args.config, args.checkpoint,
                                args.cfg_options)
     except UsageError as err:

@@ -60,17 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_out(args) -> None:
-    """--out: a picture format matplotlib writes, and the output rule."""
-    from matplotlib.figure import Figure
-
+    """--out: the output rule, for a picture (a format matplotlib
+    writes)."""
     check_output_file(args.out, dict(config=args.config,
                                      checkpoint=args.checkpoint,
                                      image=args.image, scores=args.scores),
-                      args.force)
-    formats = Figure().canvas.get_supported_filetypes()
-    if Path(args.out).suffix[1:].lower() not in formats:
-        raise UsageError(f'--out {args.out}: name a picture file ending in '
-                         f'one of {sorted("." + f for f in formats)}')
+                      args.force, kind='picture')
 
 
 def draw(args):
