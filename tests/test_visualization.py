@@ -22,7 +22,7 @@ from mmseg_pm.visualization import (PALETTE, TokenMap, colour_windows,
                                     window_overlay)
 
 matplotlib.use('Agg')
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / 'configs/synthetic' / \
     'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
