@@ -22,7 +22,7 @@ On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 
 Example::
 
-    python tools/study.py                          # ~45 min on 2 shared cores
+    python tools/study.py        # hours on 2 shared cores (benchmarks/study/table.md)
     python tools/study.py --budgets 0.7 --methods pm-row tome --dense-iters 100
 
 Stages are cached under ``--work-dir`` by their settings: running again with

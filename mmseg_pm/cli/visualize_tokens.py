@@ -2,9 +2,11 @@
 
 One panel per chosen block: merge windows (one colour each, outlined),
 centres (dots), tokens kept alone, pruned tokens (grey, hatched). Under
-them, the block's token scores as a heat map. Prune and Merge structures
-are the same for every image; MSTM and ToMe merge per image, so the image
-is run through the model and its source maps are drawn.
+them, the block's token scores as a heat map. Prune and Merge's centres
+are the same for every image (its content-aware windows are that image's);
+every other method merges per image, so the image is run through the
+model and its source maps are drawn (what they show: the method's
+``picture_note``, printed with the picture).
 
 The image is resized to the backbone's img_size (the grid the structures
 are built for). Token scores come from ``--scores`` (a tensor (L, N), a
