@@ -9,16 +9,15 @@ refusal. A method added to the registry is tested here without a line of
 this file changing.
 """
 import ast
-import importlib
 from pathlib import Path
 
 import mmcv
-import numpy as np
 import pytest
 import torch
 
 from mmseg_pm.compression.registry import (ModelShape, method_names,
                                            method_spec, method_specs)
+from tests.helpers import visualize, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / 'configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-'
@@ -99,13 +98,10 @@ def test_every_method_through_every_tool(name, tmp_path, synthetic_ade,
     config = write_config(cfg, tmp_path / 'config.py')
     checkpoint = tmp_path / 'model.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
-    image = tmp_path / 'image.png'
-    mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (64, 64, 3),
-                                                    np.uint8), str(image))
-    tool = importlib.import_module('mmseg_pm.cli.visualize_tokens')
+    image = write_image(tmp_path / 'image.png', (64, 64))
     out = tmp_path / 'tokens.png'
-    maps = tool.main([str(config), str(checkpoint), str(image), '--out',
-                      str(out), '--score-iters', '0', '--dpi', '40'])
+    maps = visualize(config, checkpoint, image, out, '--score-iters', '0',
+                     '--dpi', '40')
     assert maps and mmcv.imread(str(out)) is not None
     assert model.backbone.reducer.per_image_merges == spec.per_image_merges
     if spec.per_image_merges:

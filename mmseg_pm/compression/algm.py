@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from .reducer import TokenReducer
-from .registry import MethodSpec, ModelShape, compressible_blocks, no_options
+from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
+                       compressible_blocks, no_options)
 from .tome import (bipartite_assign, bipartite_scores, cosine_similarity,
                    gather_tokens, initial_source, merge_tokens)
 
@@ -289,4 +290,4 @@ SPEC = MethodSpec(
     no_export=("each image keeps its own number of tokens, so the blocks' "
                'shapes depend on the input'),
     marker='h',
-    picture_note='merges depend on the image: this is its source map')
+    picture_note=SOURCE_MAP_NOTE)

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .reducer import TokenReducer
-from .registry import (MethodSpec, ModelShape, compressible_blocks,
-                       keep_rate_for, no_options)
+from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
+                       ModelShape, compressible_blocks, keep_rate_for,
+                       no_options)
 from .tome import (cosine_similarity, full_precision, gather_tokens,
                    initial_source, key_metric, merge_tokens)
 
@@ -233,8 +234,6 @@ SPEC = MethodSpec(
     knob_range=_knob_range, knob_compression=_knob_compression,
     knob_text=_knob_text, fixed_shapes=True, per_image_merges=True,
     exports=False,
-    no_export=('it picks its merges per image with a stable sort, which '
-               "torch's ONNX exporter cannot translate "
-               '(docs/weights_export_visualize.md)'),
+    no_export=SORTS_PER_IMAGE,
     marker='^',
-    picture_note='merges depend on the image: this is its source map')
+    picture_note=SOURCE_MAP_NOTE)

@@ -37,6 +37,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 # What ``compression=dict(...)`` without ``method`` means.
 DEFAULT_METHOD = 'pm'
 
+# Texts that several methods' descriptions share.
+SORTS_PER_IMAGE = ('it picks its merges per image with a stable sort, which '
+                   "torch's ONNX exporter cannot translate "
+                   '(docs/weights_export_visualize.md)')
+SOURCE_MAP_NOTE = 'merges depend on the image: this is its source map'
+
 
 @dataclass(frozen=True)
 class ModelShape:
