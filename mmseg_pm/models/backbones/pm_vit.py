@@ -566,7 +566,7 @@ class PMVisionTransformer(BaseModule):
         for i, layer in enumerate(self.layers):
             if reducer is None:
                 x = layer(x)
-            elif dense:  # the only place bypass is read
+            elif dense:  # bypass: the backbone routes, reducers need not
                 x, state = reducer.dense_block(i, layer, x, state)
             else:
                 x, state = reducer.run_block(i, layer, x, state)
