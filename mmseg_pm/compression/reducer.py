@@ -4,8 +4,7 @@ The backbone calls, per forward pass, :meth:`TokenReducer.start` once after
 the embedding, :meth:`TokenReducer.run_block` in place of every block (or,
 while :attr:`~TokenReducer.bypass` is set, :meth:`TokenReducer.dense_block`:
 the backbone routes the blocks by ``bypass``, a reducer need not read it)
-and
-:meth:`TokenReducer.full_grid` where it needs one token per original
+and :meth:`TokenReducer.full_grid` where it needs one token per original
 position (an ``out_indices`` output). The blocks it hands over follow
 :class:`Block`. Export, visualisation, FLOPs tables, checkpoint loading and
 benchmarks ask the reducer what it does instead of probing attributes:
