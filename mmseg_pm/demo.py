@@ -27,8 +27,9 @@ from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
 from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.benchmark.measure import tokens_per_layer
 from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
-                                  RANKINGS, RECONSTRUCTS)
-from mmseg_pm.compression.structure import ASSIGN_RULES
+                                  RANKINGS, RECONSTRUCTS, PMConfig)
+from mmseg_pm.compression.registry import config_default
+from mmseg_pm.compression.structure import ASSIGN_RULES, DEFAULT_RULE
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.utils.tables import markdown_table, text_table
 from mmseg_pm.visualization import draw_model_tokens
@@ -38,7 +39,7 @@ from mmseg_pm.visualization import draw_model_tokens
 DEMO_LAYERS = (0, 1, 2, 3)
 DEMO_KEEP_RATE = 0.3
 DEMO_PRUNE_RATE = 0.1
-DEMO_RULE = 'row'  # the configs' (the authors')
+DEMO_RULE = DEFAULT_RULE  # the configs' (the authors')
 
 
 def default_device() -> str:
@@ -62,8 +63,8 @@ class DemoSettings:
     ranking: str = 'global'
     rule: str = DEMO_RULE
     placement: str = DEFAULT_PLACEMENT
-    reconstruct: str = 'residual'
-    assign: str = 'content'
+    reconstruct: str = config_default(PMConfig, 'reconstruct')
+    assign: str = config_default(PMConfig, 'assign')
     bench_batch: int = 16
     device: str = dataclasses.field(default_factory=default_device)
 

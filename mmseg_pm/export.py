@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmseg_pm.compression.reducer import TokenReducer
+from mmseg_pm.compression.registry import method_specs
 from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.utils.outputs import atomic_output
 
@@ -76,10 +77,16 @@ class TensorForward(nn.Module):
 
 
 def compression_method(segmentor: nn.Module) -> str:
-    """'dense', 'pm', 'mstm' or 'tome': what the backbone compresses with."""
-    backbone = getattr(segmentor, 'backbone', segmentor)
-    reducer = getattr(backbone, 'reducer', None)
+    """What the backbone compresses with: a registered method's name, or
+    'dense'."""
+    reducer = model_reducer(segmentor)
     return 'dense' if reducer is None else reducer.method
+
+
+def model_reducer(segmentor: nn.Module) -> Optional[TokenReducer]:
+    """The backbone's token reducer (None: dense, or not our backbone)."""
+    backbone = getattr(segmentor, 'backbone', segmentor)
+    return getattr(backbone, 'reducer', None)
 
 
 def _param_bytes(module: nn.Module) -> int:
@@ -103,15 +110,24 @@ def export_onnx(segmentor: nn.Module,
 
 
 def check_fixed_shapes(module: nn.Module) -> None:
-    """Refuse a model whose token counts depend on the image (ALGM): an
-    ONNX graph has one shape per tensor."""
+    """Refuse a model whose token counts depend on the image (a method
+    without ``fixed_shapes``): an ONNX graph has one shape per tensor."""
     for m in module.modules():
-        if isinstance(m, TokenReducer) and m.input_dependent_shapes:
+        if isinstance(m, TokenReducer) and not m.fixed_shapes:
+            exporting = ', '.join(s.name for s in method_specs()
+                                  if s.exports)
             raise UsageError(
                 f'compression method={m.method!r} cannot be exported to '
-                'ONNX: each image keeps its own number of tokens, so the '
-                "blocks' shapes depend on the input; export the dense "
-                "model or method='pm' (fixed shapes), or run it in PyTorch")
+                f'ONNX: {m.spec.no_export}; export the dense model or a '
+                f'method that exports ({exporting}), or run it in PyTorch')
+
+
+def export_hint(segmentor: nn.Module) -> str:
+    """Why the model's method may fail to export ('' if it exports)."""
+    reducer = model_reducer(segmentor)
+    if reducer is None or reducer.spec.exports:
+        return ''
+    return f' ({reducer.spec.label}: {reducer.spec.no_export})'
 
 
 def export_module(module: nn.Module,

@@ -2,14 +2,16 @@
 
 Pure plotting functions on plain data first; at the end, the helpers that
 read that data off a ``PMVisionTransformer`` (structures, or per-image source
-maps recorded while MSTM/ToMe run).
+maps recorded while a reducer without structures runs).
 
 A :class:`TokenMap` is what one block sees of the patch grid: for every
 grid position the token that holds it (``group``, -1 if the position was
 pruned and skips the block) and optionally which positions are centres.
 It comes from a Prune-and-Merge structure (static, the same for every
-image) or from an MSTM/ToMe source map (per image). :func:`plot_token_maps`
-draws one panel per block over the image, with a distinct style per role:
+image) or from a source map (per image: every reducer records one, see
+:attr:`~mmseg_pm.compression.reducer.TokenReducer.sources`).
+:func:`plot_token_maps` draws one panel per block over the image, with a
+distinct style per role:
 
 * merged windows: filled, one colour each (neighbouring windows never share
   a colour), outlined in black;
@@ -47,7 +49,7 @@ class TokenMap:
     ``group[p]``: id of the token that holds grid position p (raster
     order), -1 if p is pruned; ids need not be contiguous. ``centre``:
     (N,) bool, positions drawn as centres, or None when the method has no
-    centres (ToMe, MSTM). ``label`` names the block (e.g. 'block 2'),
+    centres (a source map). ``label`` names the block (e.g. 'block 2'),
     ``title`` describes the map; panels show 'label: title'.
     """
 
@@ -116,7 +118,7 @@ def token_map_from_assignment(source: Tensor,
 
 def token_map_from_source(source: Tensor, grid: Tuple[int, int],
                           num_prefix: int = 1, label: str = '') -> TokenMap:
-    """An MSTM/ToMe source map of one image (current token of every original
+    """A source map of one image (current token of every original
     token, the first ``num_prefix`` being the class token) as a
     :class:`TokenMap` of its patch positions."""
     source = torch.as_tensor(source).long().flatten().cpu()[num_prefix:]
@@ -186,7 +188,7 @@ def window_edges(group: Tensor, grid: Tuple[int, int]) -> np.ndarray:
 
 def window_colours(token_map: TokenMap) -> Tensor:
     """Palette index per window. Up to ``len(PALETTE)`` merged windows get
-    a colour each (so the scattered parts of one MSTM/ToMe group read as
+    a colour each (so the scattered parts of one group of a source map read as
     one); more are coloured so that neighbouring windows differ."""
     window = token_map.window
     kept = window >= 0
@@ -383,7 +385,7 @@ def record_source_maps(backbone, inputs: Tensor) -> Dict[int, Tensor]:
 
 def merging_layers(backbone) -> List[int]:
     """Blocks where the backbone's tokens change: the first block of every
-    Prune-and-Merge unit, or the blocks where MSTM/ToMe merge."""
+    unit with a structure, or the blocks where another reducer merges."""
     reducer = backbone.reducer
     return [] if reducer is None else sorted(reducer.merging_blocks())
 
@@ -392,20 +394,23 @@ def model_token_maps(backbone, layers: Sequence[int],
                      inputs: Optional[Tensor] = None) -> List[TokenMap]:
     """One :class:`TokenMap` per block in ``layers``.
 
-    Prune and Merge: the structure of the unit the block belongs to (the
-    same for every image). MSTM/ToMe: the source map of the first image of
-    ``inputs`` after the block's merge (merges carry over to later blocks).
-    Hourglass: each token's nearest cluster (within its window of cells)
-    from the clustering block on.
+    A reducer with structures (Prune and Merge): the structure of the
+    unit the block belongs to (the same for every image; with per-image
+    merges, the first image's windows around the structure's centres).
+    Any other reducer: the source map of the first image of ``inputs``
+    after the block's merge (merges carry over to later blocks; Hourglass:
+    each token's nearest cluster from the clustering block on).
     """
     grid = tuple(backbone.grid_size)
     num_layers = len(backbone.layers)
     for i in layers:
         if not 0 <= i < num_layers:
             raise ValueError(f'block {i} does not exist (0..{num_layers - 1})')
-    if backbone.reducer is not None and not backbone.reducer.static:
+    reducer = backbone.reducer
+    if reducer is not None and not reducer.units:
         if inputs is None:
-            raise ValueError('MSTM/ToMe merge per image: pass the image')
+            raise ValueError(f'{reducer.spec.label} merges per image: pass '
+                             'the image')
         sources = record_source_maps(backbone, inputs)
         num_prefix = 1 if backbone.with_cls_token else 0
         hw = tuple(int(s) // backbone.patch_size for s in inputs.shape[-2:])
@@ -413,7 +418,8 @@ def model_token_maps(backbone, layers: Sequence[int],
                                       f'block {i}') for i in layers]
     units = {first: (first, last) for first, last in backbone.compressed_units}
     structures = dict(zip(units, backbone.structures()))
-    per_image = [a for a in units if backbone.reducer.image_dependent(a)]
+    per_image = list(units) if reducer is not None and \
+        reducer.per_image_merges else []
     if per_image:
         if inputs is None:
             raise ValueError('content-aware windows depend on the image: '
@@ -438,8 +444,6 @@ def model_token_maps(backbone, layers: Sequence[int],
 
 # ---------------------------------------------------------------- a model
 MAX_DEFAULT_LAYERS = 4
-METHOD_NAMES = dict(pm='Prune and Merge', mstm='MSTM', tome='ToMe',
-                    hourglass="Expedite's Hourglass", dense='dense')
 
 
 def scores_in(obj):
@@ -537,7 +541,6 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     merge windows over ``image``, the token scores under them; written to
     ``out`` (atomically). Returns (token maps, note, path written)."""
     from mmseg_pm.apis import UsageError, load_checkpoint_file, save_figure
-    from mmseg_pm.export import compression_method
 
     backbone = model.backbone
     if not hasattr(backbone, 'compressed_units'):
@@ -545,7 +548,6 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
                          'PMVisionTransformer, so no tokens are merged to '
                          'draw; pass a compressed config (pm-, mstm- or '
                          'tome-*.py in configs/) with its checkpoint')
-    method = compression_method(model)
     layers = layers or merging_layers(backbone)[:MAX_DEFAULT_LAYERS]
     if not layers:
         layers = [len(backbone.layers) - 1]
@@ -557,15 +559,9 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     scores, note = find_scores(cfg, model, load_checkpoint_file(checkpoint),
                                scores_file, score_iters)
     per_layer = [None if scores is None else scores[i] for i in layers]
-    if method in ('mstm', 'tome'):
-        note += ' | merges depend on the image: this is its source map'
-    if method == 'hourglass':
-        note += (' | clusters depend on the image: each token drawn in its'
-                 ' nearest cluster (the output mixes its k nearest)')
-    elif method == 'pm' and any(backbone.reducer.image_dependent(b)
-                                for b in backbone.reducer.merging_blocks()):
-        note += (' | content-aware windows: centres fixed, windows of this '
-                 'image')
-    title = f'{METHOD_NAMES[method]}: {Path(image).name}'
+    reducer = backbone.reducer
+    if reducer is not None and reducer.per_image_merges:
+        note += f' | {reducer.spec.picture_note}'
+    title = f'{reducer.spec.label if reducer else "dense"}: {Path(image).name}'
     fig = plot_token_maps(picture, token_maps, per_layer, note, title)
     return token_maps, note, save_figure(fig, out, dpi=dpi)

@@ -299,3 +299,19 @@ def assert_compiled_unit_matches_eager(compressor, block) -> None:
     compiled = torch.compile(unit, fullgraph=True, dynamic=False)
     with torch.no_grad():
         assert torch.allclose(compiled(tokens), unit(tokens), atol=1e-5)
+
+
+def write_image(path: Path, hw: Tuple[int, int] = (96, 128)) -> Path:
+    """A seeded random RGB picture of ``hw`` pixels at ``path``."""
+    import mmcv
+    import numpy as np
+    mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (*hw, 3),
+                                                    np.uint8), str(path))
+    return path
+
+
+def visualize(config, checkpoint, image, out, *options):
+    """tools/visualize_tokens.py on these files; returns its token maps."""
+    return cli_module('visualize_tokens').main(
+        [str(config), str(checkpoint), str(image), '--out', str(out),
+         *map(str, options)])

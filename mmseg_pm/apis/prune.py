@@ -6,8 +6,10 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from mmseg_pm.compression import (DEFAULT_PLACEMENT, RANKINGS, PMConfig,
+from mmseg_pm.compression import (DEFAULT_PLACEMENT, RANKINGS,
                                   layer_token_counts, search_structures)
+from mmseg_pm.compression.registry import (DEFAULT_METHOD, method_names,
+                                           method_spec)
 from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.utils.checkpoint import (load_checkpoint_file, local_checkpoint,
                                        save_checkpoint_atomic)
@@ -40,8 +42,9 @@ def prune_config(config: str, cfg_options: Optional[dict] = None,
             f'{config} is not a Prune-and-Merge config: its backbone '
             "must be type='PMVisionTransformer' with a compression=dict(...)"
             ' (see configs/segmenter/pm-*.py)')
-    method = settings.get('method', 'pm')
-    if method != 'pm':
+    method = settings.get('method', DEFAULT_METHOD)
+    spec = method_spec(method) if method in method_names() else None
+    if spec is None or not spec.structures:
         raise UsageError(
             f'{config} compresses with method={method!r}, which picks its '
             'merges per image: there is no structure to search. tools/'
@@ -50,7 +53,7 @@ def prune_config(config: str, cfg_options: Optional[dict] = None,
             'DENSE_CHECKPOINT')
     settings.update({k: v for k, v in compression.items() if v is not None})
     try:
-        PMConfig.from_dict(settings, backbone.get('num_layers', 12))
+        spec.config.from_dict(settings, backbone.get('num_layers', 12))
     except ValueError as err:
         raise UsageError(f'invalid compression settings: {err}') from err
     return cfg
@@ -63,7 +66,7 @@ def check_prune_paths(cfg: Config, config: str, checkpoint: str, out: str,
     inputs, not an existing file without ``force``, and writable."""
     local_checkpoint(checkpoint)
     check_output_file(out, dict(config=config, checkpoint=checkpoint),
-                      force)
+                      force, kind='checkpoint')
     check_not_input(out, check_data_folders(cfg, ['train_dataloader']),
                     '--out')
     check_datasets(cfg, ['train_dataloader'])

@@ -1,7 +1,7 @@
 """Benchmarks of dense and compressed Segmenters (``tools/benchmark.py``).
 
-``variants`` builds the rows (same weights), ``peers`` calibrates ToMe and
-MSTM to the GFLOPs of each Prune-and-Merge row, ``measure`` counts FLOPs and
+``variants`` builds the rows (same weights), ``peers`` calibrates every
+other registered method to the GFLOPs of each Prune-and-Merge row, ``measure`` counts FLOPs and
 times and measures memory, ``backends`` runs the same modules under
 onnxruntime and torch.compile, ``report`` turns rows into ratios, target
 checks and files, ``pipeline`` runs them all (its command line is

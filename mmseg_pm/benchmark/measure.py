@@ -162,15 +162,18 @@ def mean_scene_flops(module: nn.Module, hw: Sequence[int],
 
 
 def tokens_per_layer(backbone: nn.Module, grid: Sequence[int]
-                     ) -> List[int]:
-    """Tokens each block runs on (class token included). ToMe and MSTM
-    merge inside a block: their counts are the tokens each block outputs
-    (its MLP runs on them; its attention on the previous block's)."""
+                     ) -> Optional[List[int]]:
+    """Tokens each block runs on (class token included); None for a
+    method whose counts depend on the image (no fixed shapes). A reducer
+    that merges inside a block counts the tokens each block outputs (its
+    MLP runs on them; its attention on the previous block's)."""
     prefix = 1 if getattr(backbone, 'with_cls_token', True) else 0
     num_tokens = prefix + grid[0] * grid[1]
     reducer = getattr(backbone, 'reducer', None)
     if reducer is None or reducer.bypass:
         return [num_tokens] * len(backbone.layers)
+    if not reducer.fixed_shapes:
+        return None
     return reducer.tokens_per_block(num_tokens, len(backbone.layers))
 
 

@@ -1,8 +1,9 @@
 """The peers at the GFLOPs of each Prune-and-Merge row.
 
-ToMe's merges, MSTM's keep rate and Hourglass's (alpha, h x w) are
-calibrated to the counted GFLOPs of the ``pm`` row of the same keep rate
-with the quality study's knobs (:mod:`mmseg_pm.apis.knobs`) and bisection
+Every other registered method's knob (ToMe's merges, MSTM's keep rate,
+Hourglass's (alpha, h x w), ...: each method's description) is calibrated
+to the counted GFLOPs of the ``pm`` row of the same keep rate with the
+quality study's knobs (:mod:`mmseg_pm.apis.knobs`) and bisection
 (:mod:`mmseg_pm.apis.calibration`), so a benchmark row and a study row of
 a method mean the same model. FLOPs are counted as everywhere else
 (``count_flops``, one image, the backbone: the decode head is the same for
@@ -22,7 +23,9 @@ from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
                                        check_within)
 from mmseg_pm.apis.knobs import compression_for, knob_range, knob_text
 
-from .variants import PEER_NAMES, PEER_VARIANTS, ModelSpec
+from mmseg_pm.compression.registry import method_spec
+
+from .variants import PEER_VARIANTS, ModelSpec
 
 DEFAULT_TOLERANCE = 0.02
 
@@ -32,8 +35,8 @@ def calibrate_peer(spec: ModelSpec, target: float,
                    num_layers: int,
                    tolerance: float = DEFAULT_TOLERANCE,
                    embed_dims: Optional[int] = None) -> ModelSpec:
-    """``spec`` (a ToMe, MSTM or Hourglass row; Hourglass's settings
-    depend on the width, ``embed_dims``) with the compression whose FLOPs
+    """``spec`` (a peer's row; some methods' settings depend on the
+    width, ``embed_dims``) with the compression whose FLOPs
     (``flops_of(compression dict)``) are nearest ``target``; ``match``
     records the knob, both FLOPs and, when the nearest misses by more than
     ``tolerance``, why it is unreachable."""
@@ -53,7 +56,7 @@ def calibrate_peer(spec: ModelSpec, target: float,
                  deviation_pct=100 * (flops / target - 1),
                  tolerance_pct=100 * tolerance, unreachable=None)
     try:
-        check_within(PEER_NAMES[method], flops, target, tolerance)
+        check_within(method_spec(method).label, flops, target, tolerance)
     except CalibrationError as err:
         match['unreachable'] = str(err)
     return dataclasses.replace(spec, compression=compression(knob),

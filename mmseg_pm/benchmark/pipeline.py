@@ -4,8 +4,9 @@ measure models side by side.
 For every config (``CONFIG[:CHECKPOINT]``) it builds mmseg's dense
 Segmenter, this project's backbone with compression off, Prune-and-Merge at
 each keep rate (the project default and the authors' reconstruct) and the
-peers (ToMe, MSTM) calibrated to the same GFLOPs, all with the same weights;
-exports the dense and the PM models to ONNX and compiles them; then counts
+peers (every other registered method) calibrated to the same GFLOPs, all
+with the same weights; exports the dense and the PM models (and the peers
+that export) to ONNX and compiles them; then counts
 FLOPs and parameters, times every row interleaved at each batch size
 (PyTorch, onnxruntime and compiled rows taking turns), measures peak memory
 of an inference and a training step, and writes a table, JSON, markdown
@@ -44,9 +45,10 @@ from .peers import calibrate_peers
 from .machine import machine_info
 from .settings import BenchmarkSettings
 from .targets import add_ratios, check_targets
-from .variants import (ADAPTIVE_VARIANTS, PEER_VARIANTS, ModelSpec,
+from .variants import (PEER_VARIANTS, REFERENCE, ModelSpec,
                        build_family, build_segmentor, config_stem,
-                       expand_specs, family_weights, load_config,
+                       expand_specs, family_weights,
+                       image_dependent_counts, load_config,
                        parse_config_arg)
 
 
@@ -94,15 +96,16 @@ def calibrate_family_peers(specs: Sequence[ModelSpec], models, settings,
     device = settings.device
     targets = {spec.keep_rate: backbone_flops(model.backbone, hw, device)
                for spec, model in zip(specs, models)
-               if spec.variant == 'pm'}
-    reference = next(m for s, m in zip(specs, models) if s.variant == 'pm')
+               if spec.variant == REFERENCE}
+    reference = next(m for s, m in zip(specs, models)
+                     if s.variant == REFERENCE)
     grid = reference.backbone.grid_size
     num_layers = len(reference.backbone.layers)
 
     def flops_of(compression: dict) -> float:
         spec = ModelSpec(specs[0].config, compression['method'],
                          img_size=specs[0].img_size, compression=compression)
-        if spec.variant in ADAPTIVE_VARIANTS:  # counts follow weights, image
+        if image_dependent_counts(spec.variant):  # follow weights, image
             [model] = build_family([spec], cfg_options,
                                    weights=reference.state_dict())
             return mean_scene_flops(model.backbone.to(device), hw, device)
@@ -239,7 +242,7 @@ def measure_part(part: str, config_arg: str, specs, models, hw, settings,
             flops.append(counted)
             deviation.append((None, None))
             continue
-        if spec.variant in ADAPTIVE_VARIANTS:
+        if image_dependent_counts(spec.variant):
             counted = mean_scene_flops(module, hw, device)
             backbone = counted if part == 'backbone' else \
                 mean_scene_flops(seg.backbone, hw, device)
@@ -431,7 +434,7 @@ def measure_scaling(settings, cfg_options):
             settings.scaling_large_gflops
         peers = [] if large else list(settings.scaling_peers)
         repeats = settings.scaling_large_repeats if large else settings.repeats
-        specs, _ = expand_specs(config, None, ['mmseg', 'pm'] + peers,
+        specs, _ = expand_specs(config, None, ['mmseg', REFERENCE] + peers,
                                 [0.7], cfg_options)
         scale_args = dataclasses.replace(settings, batch_sizes=(1, ),
                                          backends=(), profile=False,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Dict, Sequence, Tuple
 
+from mmseg_pm.compression.registry import method_specs
+
 from .backends import COMPILE, EAGER, ONNX
 from .tables import summary_part
 
 
-# marker and line style of each variant / runtime in the plot
-VARIANT_MARKERS = {'mmseg': 's', 'off': '*', 'pm': 'o', 'pm-pinv': 'D',
-                   'pm-matrix': 'P', 'pm-static': 'o', 'tome': 'v',
-                   'mstm': '^', 'algm': 'h', 'hourglass': 'p',
-                   'config': 'X'}
+# marker and line style of each variant / runtime in the plot (each
+# method's own marker for its rows)
+VARIANT_MARKERS = {'mmseg': 's', 'off': '*', 'pm-pinv': 'D',
+                   'pm-matrix': 'P', 'pm-static': 'o', 'config': 'X',
+                   **{s.name: s.marker for s in method_specs()}}
 BACKEND_LINES = {EAGER: '-', ONNX: '--', COMPILE: ':'}
 
 

@@ -13,7 +13,10 @@ from mmseg_pm.apis.errors import UsageError
 
 from .measure import PARTS
 from .peers import DEFAULT_TOLERANCE
-from .variants import DEFAULT_VARIANTS, PEER_VARIANTS, parse_config_arg
+from mmseg_pm.compression.registry import peer_specs
+
+from .variants import (DEFAULT_VARIANTS, PEER_VARIANTS, REFERENCE,
+                       parse_config_arg)
 
 SCALING_CONFIGS = tuple(str(configs_dir() / 'segmenter' / name) for name in (
     'pm-segmenter_vit-t_mask_8xb1-160k_ade20k-512x512.py',
@@ -34,9 +37,10 @@ class BenchmarkSettings:
     keep_rates: Optional[Tuple[float, ...]] = None
     match_tolerance: float = DEFAULT_TOLERANCE
     backends: Tuple[str, ...] = ('onnx', 'compile')
-    onnx_variants: Tuple[str, ...] = ('off', 'pm', 'tome', 'mstm',
-                                      'hourglass')
-    compile_variants: Tuple[str, ...] = ('off', 'pm')
+    # every peer an ONNX graph can hold is tried (a failure is recorded)
+    onnx_variants: Tuple[str, ...] = ('off', REFERENCE) + tuple(
+        s.name for s in peer_specs() if s.fixed_shapes)
+    compile_variants: Tuple[str, ...] = ('off', REFERENCE)
     onnx_dir: Optional[str] = None
     parts: Tuple[str, ...] = PARTS
     batch_sizes: Tuple[int, ...] = (1, 8)
@@ -48,7 +52,7 @@ class BenchmarkSettings:
     memory_batch_size: Optional[int] = None
     profile: bool = False
     resolutions: Tuple[int, ...] = ()
-    scale_variants: Tuple[str, ...] = ('off', 'pm')
+    scale_variants: Tuple[str, ...] = ('off', REFERENCE)
     scaling: bool = False
     scaling_configs: Tuple[str, ...] = SCALING_CONFIGS
     scaling_peers: Tuple[str, ...] = tuple(PEER_VARIANTS)
@@ -71,10 +75,10 @@ class BenchmarkSettings:
             raise UsageError('--match-tolerance must be in (0, 1), e.g. '
                              '0.02')
         peers = [v for v in self.variants if v in PEER_VARIANTS]
-        if peers and 'pm' not in self.variants:
+        if peers and REFERENCE not in self.variants:
             raise UsageError(f'--variants {" ".join(peers)} are matched to '
-                             "the GFLOPs of the 'pm' rows: add pm to "
-                             '--variants')
+                             f"the GFLOPs of the '{REFERENCE}' rows: add "
+                             f'{REFERENCE} to --variants')
         if self.warmup < 0 or self.repeats < 1 or \
                 min(self.batch_sizes, default=0) < 1:
             raise UsageError('need --warmup >= 0, --repeats >= 1 and '

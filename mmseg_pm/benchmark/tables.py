@@ -8,6 +8,7 @@ from typing import List, Sequence, Tuple
 from mmseg_pm.utils.tables import markdown_table, text_table
 
 from .backends import EAGER, ONNX
+from .variants import REFERENCE
 
 
 def _fmt(value, spec='.2f', missing='-'):
@@ -32,7 +33,7 @@ def _setting(row: dict) -> str:
 
 
 def _vs_pm(row: dict, batch) -> str:
-    if row['variant'] == 'pm':
+    if row['variant'] == REFERENCE:
         return 'ref'
     r = row.get('vs_pm') or {}
     return _fmt(r.get('speedup', {}).get(batch), '.3f')
@@ -292,7 +293,7 @@ def describe(results: dict) -> str:
             'GFLOPs per image counted from what runs (count_flops), '
             "'analytic dev' = counted backbone FLOPs vs vit_flops + "
             'merge/reconstruct; efficiency = speed-up / FLOPs reduction '
-            'factor; ToMe and MSTM are calibrated to the counted backbone '
+            'factor; the peers are calibrated to the counted backbone '
             'GFLOPs of the PM row of their keep rate (within '
             f"{100 * s.get('match_tolerance', 0.02):g} %), 'vs PM' = their "
             'images/s / the PM row\'s; onnxruntime rows: CPU execution '

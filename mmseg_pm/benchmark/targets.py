@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 from .backends import COMPILE, EAGER, ONNX
-from .variants import PEER_NAMES, PEER_VARIANTS
+from mmseg_pm.compression.registry import method_spec
+
+from .variants import PEER_VARIANTS, REFERENCE
 
 # The issues' targets (ViT-S Segmenter, 512x512, 2 CPU threads).
 MIN_EFFICIENCY = 0.95
@@ -69,7 +71,7 @@ def add_ratios(rows: List[dict]) -> None:
         row['vs_pm'] = None
         if row['variant'] in MATCHED_TO_PM:
             row['vs_pm'] = ratios(row, reference_row(
-                rows, row, 'pm', keep_rate=row['keep_rate']))
+                rows, row, REFERENCE, keep_rate=row['keep_rate']))
         row['vs_eager'] = None if backend == EAGER else ratios(
             row, reference_row(rows, row, row['variant'], EAGER,
                                row['keep_rate']))
@@ -91,7 +93,7 @@ def check_targets(rows: Sequence[dict]) -> List[dict]:
         if row.get('img_size') is not None or row.get('unreachable'):
             continue
         backend = row.get('backend', EAGER)
-        if row['variant'] == 'pm' and backend in (EAGER, ONNX):
+        if row['variant'] == REFERENCE and backend in (EAGER, ONNX):
             refs = ('mmseg', 'off') if backend == EAGER else ('off', )
             for ref in refs:
                 r = row.get(f'vs_{ref}')
@@ -107,14 +109,14 @@ def check_targets(rows: Sequence[dict]) -> List[dict]:
         if row['variant'] in PEER_VARIANTS:
             for batch, s in ((row.get('vs_pm') or {}).get('speedup')
                              or {}).items():
-                add(f'PM / {PEER_NAMES[row["variant"]]} images/s (same '
+                add(f'PM / {method_spec(row["variant"]).label} images/s (same '
                     'GFLOPs)', 1 / s, 1.0, row, batch)
         if row['variant'] == 'pm-pinv':
             for batch, s in ((row.get('vs_pm') or {}).get('speedup')
                              or {}).items():
                 add('PM residual / pinv images/s', 1 / s,
                     MIN_RESIDUAL_OVER_PINV, row, batch)
-        if row['variant'] == 'pm':
+        if row['variant'] == REFERENCE:
             matrix = reference_row(rows, row, 'pm-matrix',
                                    keep_rate=row['keep_rate'])
             for batch, t in row['timing'].items():

@@ -4,15 +4,22 @@ Every config gives a family of rows that share its weights:
 
 * ``mmseg``     mmseg's own ``VisionTransformer`` (what users run today);
 * ``off``       this project's ``PMVisionTransformer`` with compression off;
-* ``pm``        Prune-and-Merge at a keep rate, the project default: sparse
-  merge (segment sum + gather) and the residual reconstruct;
-* ``pm-pinv``   the same structure with the authors' reconstruct (pinv(M));
+* ``pm``        the default method (Prune and Merge) at a keep rate with its
+  config class's defaults (sparse merge, residual reconstruct,
+  content-aware windows): the reference every peer is matched to;
+* ``pm-static`` the same with static windows (``assign='static'``);
+* ``pm-pinv``   the same structure with the authors' reconstruct (pinv(M)),
+  its windows as the config says (content-aware by default: not the
+  authors' whole formulation);
 * ``pm-matrix`` the same structure with explicit K x N merge / N x K
-  reconstruct matrices (the authors' dense-matrix formulation);
-* ``tome`` / ``mstm`` / ``algm`` / ``hourglass``  the peers, calibrated to
-  the GFLOPs of each ``pm`` row (see :mod:`mmseg_pm.benchmark.peers`;
-  ALGM's are its mean over synthetic scenes, with the family's weights: its
-  counts depend on both);
+  reconstruct matrices (the dense-matrix formulation; windows as the
+  config says);
+* one row per other registered method (``tome``, ``mstm``, ``hourglass``,
+  ``algm``, ...: :func:`mmseg_pm.compression.registry.peer_specs`), its
+  knob calibrated to the GFLOPs of each ``pm`` row (see
+  :mod:`mmseg_pm.benchmark.peers`; a method without fixed shapes is
+  calibrated on its mean over synthetic scenes, with the family's weights:
+  its counts depend on both, so it is not a default row);
 * ``config``    the config's backbone exactly as written.
 
 Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
@@ -30,23 +37,39 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from mmseg_pm.compression.registry import (DEFAULT_METHOD, config_default,
+                                           method_spec, peer_specs)
+
+# The default method's rows: the reference the peers are matched to
+REFERENCE = DEFAULT_METHOD
+
+
+def _default(name: str):
+    return config_default(method_spec(REFERENCE).config, name)
+
+
 # Prune-and-Merge rows: what each one sets in the compression dict
 PM_VARIANTS = {
-    'pm': dict(impl='sparse', reconstruct='residual', assign='content'),
-    'pm-static': dict(impl='sparse', reconstruct='residual',
-                      assign='static'),
-    'pm-pinv': dict(impl='sparse', reconstruct='pinv'),
-    'pm-matrix': dict(impl='dense', reconstruct='residual'),
+    REFERENCE: dict(impl=_default('impl'), reconstruct=_default('reconstruct'),
+                    assign=_default('assign')),
+    'pm-static': dict(impl=_default('impl'),
+                      reconstruct=_default('reconstruct'), assign='static'),
+    'pm-pinv': dict(impl=_default('impl'), reconstruct='pinv'),
+    'pm-matrix': dict(impl='dense', reconstruct=_default('reconstruct')),
 }
-PEER_VARIANTS = ('tome', 'mstm', 'algm', 'hourglass')
-# peers whose token counts depend on the image (and the weights)
-ADAPTIVE_VARIANTS = ('algm', )
+PEER_VARIANTS = tuple(s.name for s in peer_specs())
 DENSE_VARIANTS = ('mmseg', 'off')
 VARIANTS = DENSE_VARIANTS + tuple(PM_VARIANTS) + PEER_VARIANTS + ('config', )
-DEFAULT_VARIANTS = ('mmseg', 'off', 'pm', 'pm-pinv', 'tome', 'mstm',
-                    'hourglass')
-PEER_NAMES = {'tome': 'ToMe', 'mstm': 'MSTM', 'algm': 'ALGM',
-              'hourglass': 'Hourglass'}
+# peers whose counts depend on the image are calibrated on the weights,
+# which random weights cannot do: asked for, not run by default
+DEFAULT_VARIANTS = DENSE_VARIANTS + (REFERENCE, 'pm-pinv') + tuple(
+    s.name for s in peer_specs() if s.fixed_shapes)
+
+
+def image_dependent_counts(variant: str) -> bool:
+    """Whether a row's token counts (and so its FLOPs) depend on the
+    image: a peer whose method has no fixed shapes."""
+    return variant in PEER_VARIANTS and not method_spec(variant).fixed_shapes
 
 
 @dataclass(frozen=True)
@@ -85,7 +108,7 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        if self.variant == 'pm':
+        if self.variant == REFERENCE:
             return f'PM keep {self.keep_rate:g}'
         if self.variant == 'pm-static':
             return f'PM keep {self.keep_rate:g}, static windows'
@@ -94,7 +117,7 @@ class ModelSpec:
         if self.variant == 'pm-matrix':
             return f'PM keep {self.keep_rate:g}, dense matrices'
         if self.variant in PEER_VARIANTS:
-            label = f'{PEER_NAMES[self.variant]} at PM keep ' \
+            label = f'{method_spec(self.variant).label} at PM keep ' \
                 f'{self.keep_rate:g} GFLOPs'
             return label + (': cannot reach' if self.unreachable else '')
         return {'mmseg': 'mmseg VisionTransformer',
@@ -132,7 +155,7 @@ _LOADED: dict = {}
 def pm_compression(backbone_cfg: dict) -> Optional[dict]:
     """The config's Prune-and-Merge ``compression`` dict, or None."""
     comp = backbone_cfg.get('compression')
-    if comp is None or comp.get('method', 'pm') != 'pm':
+    if comp is None or comp.get('method', DEFAULT_METHOD) != REFERENCE:
         return None
     return dict(comp)
 
@@ -155,7 +178,8 @@ def expand_specs(config: str, checkpoint: Optional[str],
     own = backbone.get('compression')
     own_pm = pm_compression(backbone)
     if keep_rates is None:
-        keep_rates = [own_pm.get('keep_rate', 0.7)] if own_pm else [0.7, 0.5]
+        keep_rates = [own_pm.get('keep_rate', _default('keep_rate'))] \
+            if own_pm else [0.7, 0.5]
     specs = [ModelSpec(config, v, checkpoint) for v in variants
              if v in DENSE_VARIANTS]
     if 'config' in variants:
@@ -273,8 +297,8 @@ def keeps_checkpoint_structures(spec: ModelSpec,
     comp = pm_compression(load_config(spec.config, cfg_options).model.backbone)
     if comp is None:
         return False
-    own = dict(keep_rate=comp.get('keep_rate', 0.7),
-               reconstruct=comp.get('reconstruct', 'residual'))
+    own = dict(keep_rate=comp.get('keep_rate', _default('keep_rate')),
+               reconstruct=comp.get('reconstruct', _default('reconstruct')))
     return own == dict(keep_rate=spec.keep_rate,
                        reconstruct=spec.reconstruct)
 

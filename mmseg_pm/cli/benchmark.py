@@ -4,7 +4,7 @@ Examples::
 
     # ViT-S Segmenter 512x512 on 2 CPU threads: mmseg's dense model, ours
     # with compression off, PM (residual and authors' pinv) at keep 0.7 /
-    # 0.5, ToMe and MSTM at the same GFLOPs; PyTorch, onnxruntime and
+    # 0.5, the peers at the same GFLOPs; PyTorch, onnxruntime and
     # torch.compile rows interleaved; operator profiles; input-size study
     python tools/benchmark.py \\
         configs/segmenter/pm-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py \\
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    'merge, content-aware windows: the default), PM with '
                    "static windows, PM with the authors' pinv "
                    'reconstruct, PM with dense merge/reconstruct matrices, '
-                   'ToMe, MSTM, ALGM and Hourglass calibrated to the GFLOPs '
+                   f'{", ".join(PEER_VARIANTS)} calibrated to the GFLOPs '
                    "of each pm row, the config's backbone as written")
     p.add_argument('--keep-rates', nargs='+', default=d['keep_rates'],
                    type=float_in(0, 1, low_open=True),
@@ -163,10 +163,12 @@ def check_outputs(args) -> None:
         config, checkpoint = parse_config_arg(arg)
         inputs.update({f'config {i + 1}': config,
                        f'checkpoint {i + 1}': checkpoint})
-    for path in result_paths(Path(args.out_dir),
-                             args.name or default_name(args),
-                             plot=wants_plot(args)).values():
-        check_output_file(path, inputs, args.force, flag='--out-dir/--name')
+    kinds = dict(json='json', md='markdown', png='picture')
+    for kind, path in result_paths(Path(args.out_dir),
+                                   args.name or default_name(args),
+                                   plot=wants_plot(args)).items():
+        check_output_file(path, inputs, args.force, flag='--out-dir/--name',
+                          kind=kinds[kind])
 
 
 def benchmark(args) -> dict:

@@ -11,9 +11,11 @@ Example::
         configs/synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py \\
         work_dirs/pm_tiny/pruned.pth --out work_dirs/pm_tiny/model.onnx --check
 
-Prune and Merge exports (its structure is a constant of the graph). MSTM
-and ToMe choose their merges per image with sorting and scattering; see
-docs/weights_export_visualize.md for what that means for their export.
+Which methods export is part of each method's description
+(``MethodSpec.exports``; Prune and Merge's structure is a constant of the
+graph); a method whose token counts depend on the image is refused, and a
+failed export says why its method does not export; see
+docs/weights_export_visualize.md.
 """
 import argparse
 import time
@@ -26,15 +28,10 @@ from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.apis.inference import init_segmentor
 from mmseg_pm.cli import CfgOptionsAction, int_at_least
 from mmseg_pm.export import (DEFAULT_OPSET, MIN_OPSET, check_opset,
-                             compression_method,
-                             export_failure,
-                             export_onnx, onnx_parity,
-                             parity_inputs)
+                             compression_method, export_failure, export_hint,
+                             export_onnx, onnx_parity, parity_inputs)
 
 PARITY_TOLERANCE = 1e-4
-SORT_HINT = (' (MSTM and ToMe pick their merges per image with a stable '
-             'sort, which torch.onnx cannot translate; see '
-             'docs/weights_export_visualize.md)')
 
 
 def parse_args(argv=None):
@@ -87,7 +84,7 @@ def main(argv=None) -> dict:
         check_opset(args.opset)
         out = check_output_file(args.out, dict(config=args.config,
                                                checkpoint=args.checkpoint),
-                                args.force)
+                                args.force, kind='onnx')
         model = init_segmentor(args.config, args.checkpoint,
                                args.cfg_options)
     except UsageError as err:
@@ -99,11 +96,8 @@ def main(argv=None) -> dict:
         export_onnx(model, out, shape, args.batch_size, args.opset,
                     args.upsample)
     except Exception as err:  # the exporter's errors have many types
-        reason = export_failure(err)
-        hint = SORT_HINT if method in ('mstm', 'tome') and \
-            'sort' in reason else ''
         raise SystemExit(f'error: ONNX export of the {method} model failed: '
-                         f'{reason}{hint}')
+                         f'{export_failure(err)}{export_hint(model)}')
     print(f'exported {method} model for {args.batch_size}x3x{shape[0]}x'
           f'{shape[1]} inputs to {out} '
           f'({time.perf_counter() - start:.1f} s)')

@@ -32,7 +32,14 @@ from mmseg_pm.apis.prune import (check_prune_paths, format_prune_table,
 from mmseg_pm.cli import (CfgOptionsAction, add_launcher_arguments,
                           float_in, int_at_least, run_cli)
 from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
-                                  RANKINGS, RECONSTRUCTS)
+                                  RANKINGS, RECONSTRUCTS, PMConfig)
+from mmseg_pm.compression.registry import config_default
+from mmseg_pm.compression.structure import ASSIGN_RULES
+
+
+def _default(name: str):
+    """PMConfig's default: what a config that does not set it uses."""
+    return config_default(PMConfig, name)
 
 RANKING_HELP = """--ranking (the compression mode comes from the config):
   global: the scores of all compressed units ranked together, so each unit
@@ -66,23 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help='how the centres are shared out among the '
                         'units (default: global for layer-mode configs, '
                         'layer for span-mode configs; see below)')
-    parser.add_argument('--rule', choices=('row', 'nearest'),
+    parser.add_argument('--rule', choices=ASSIGN_RULES,
                         help='merge-window rule (default: the config\'s)')
     parser.add_argument('--reconstruct', choices=RECONSTRUCTS,
                         help="residual: every token keeps its value and gets "
                         "its window's update; pinv: the authors' "
                         "pseudo-inverse (default: the config's, else "
-                        'residual). Test and fine-tune with the same value.')
+                        f"{_default('reconstruct')}). Test and fine-tune "
+                        'with the same value.')
     parser.add_argument('--assign', choices=ASSIGNS,
                         help="content: per image, each token joins the most "
                         'similar centre among the windows near it (centres '
                         "and shapes fixed); static: the structure's windows "
-                        "(default: the config's, else content). Test and "
-                        'fine-tune with the same value.')
+                        f"(default: the config's, else {_default('assign')})."
+                        ' Test and fine-tune with the same value.')
     parser.add_argument('--neighbourhood', type=int_at_least(1),
                         help='odd size k of the k x k tokens whose windows '
                         "a token may join under --assign content (default: "
-                        "the config's, else 3)")
+                        f"the config's, else {_default('neighbourhood')})")
     parser.add_argument('--placement', choices=PLACEMENTS,
                         default=DEFAULT_PLACEMENT,
                         help='where each unit\'s centres go; the ranking '

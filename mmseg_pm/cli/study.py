@@ -10,8 +10,8 @@ On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 3. for each budget (fraction of the dense encoder+decoder GFLOPs, counted
    with ``count_flops``) and each method -- Prune and Merge with the
    authors' and the residual reconstruction, per layer and in span mode,
-   with several centre placements and window assignments, MSTM, ToMe, ALGM
-   and Hourglass (mmseg_pm.apis.knobs.METHODS; the defaults:
+   with several centre placements and window assignments, and every other
+   registered method (mmseg_pm.apis.knobs.METHODS; the defaults:
    mmseg_pm.study.settings) -- search the method's knob until its
    GFLOPs are within ``--tolerance`` of the target, evaluate it (mmseg's
    IoUMetric via tools/test.py), fine-tune it with distillation from the
@@ -22,7 +22,7 @@ On the built-in synthetic ADE20K-format data (a small proxy, not ADE20K):
 
 Example::
 
-    python tools/study.py                          # ~45 min on 2 shared cores
+    python tools/study.py        # hours on 2 shared cores (benchmarks/study/table.md)
     python tools/study.py --budgets 0.7 --methods pm-row tome --dense-iters 100
 
 Stages are cached under ``--work-dir`` by their settings: running again with

@@ -2,9 +2,11 @@
 
 One panel per chosen block: merge windows (one colour each, outlined),
 centres (dots), tokens kept alone, pruned tokens (grey, hatched). Under
-them, the block's token scores as a heat map. Prune and Merge structures
-are the same for every image; MSTM and ToMe merge per image, so the image
-is run through the model and its source maps are drawn.
+them, the block's token scores as a heat map. Prune and Merge's centres
+are the same for every image (its content-aware windows are that image's);
+every other method merges per image, so the image is run through the
+model and its source maps are drawn (what they show: the method's
+``picture_note``, printed with the picture).
 
 The image is resized to the backbone's img_size (the grid the structures
 are built for). Token scores come from ``--scores`` (a tensor (L, N), a
@@ -60,17 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_out(args) -> None:
-    """--out: a picture format matplotlib writes, and the output rule."""
-    from matplotlib.figure import Figure
-
+    """--out: the output rule, for a picture (a format matplotlib
+    writes)."""
     check_output_file(args.out, dict(config=args.config,
                                      checkpoint=args.checkpoint,
                                      image=args.image, scores=args.scores),
-                      args.force)
-    formats = Figure().canvas.get_supported_filetypes()
-    if Path(args.out).suffix[1:].lower() not in formats:
-        raise UsageError(f'--out {args.out}: name a picture file ending in '
-                         f'one of {sorted("." + f for f in formats)}')
+                      args.force, kind='picture')
 
 
 def draw(args):

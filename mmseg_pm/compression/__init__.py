@@ -1,5 +1,6 @@
 """Pure token-compression pieces: structures, merge/reconstruct, configs,
-score arithmetic, ToMe and MSTM.
+score arithmetic, every reducer and the method registry
+(:mod:`.registry`: one description per method).
 
 Only torch (and tqdm) is imported here, never mmseg or mmengine
 (tests/compression/test_purity.py checks it), so it can be used and tested

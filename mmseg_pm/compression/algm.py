@@ -38,6 +38,8 @@ from torch import Tensor, nn
 
 from .ops import merge_tokens
 from .reducer import TokenReducer
+from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
+                       compressible_blocks, no_options)
 from .tome import (bipartite_assign, bipartite_scores, cosine_similarity,
                    gather_tokens, initial_source)
 
@@ -134,7 +136,6 @@ class ALGM(nn.Module, TokenReducer):
     """
 
     method = 'algm'
-    input_dependent_shapes = True  # no ONNX export
 
     def __init__(self, local_block: int = 0, global_block: Optional[int] = 4,
                  threshold: float = 0.88, window: Tuple[int, int] = (2, 2),
@@ -148,10 +149,9 @@ class ALGM(nn.Module, TokenReducer):
         self.class_token = class_token
         self.proportional_attention = proportional_attention
         self._counts: List[Tensor] = []
-        self._input_tokens = 0
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ALGMState:
-        self._counts, self._input_tokens = [], x.shape[1]
+        self._counts = []
         return ALGMState(initial_source(x), None, tuple(hw))
 
     def attention_bias(self, size: Optional[Tensor]) -> Optional[Tensor]:
@@ -168,10 +168,10 @@ class ALGM(nn.Module, TokenReducer):
 
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
                   state: ALGMState) -> Tuple[Tensor, ALGMState]:
-        """Block ``i`` on ``x`` (merging at the two blocks unless bypassed)."""
+        """Block ``i`` on ``x`` (merging at the two blocks)."""
         bias = self.attention_bias(state.size)
         merges = i in (self.local_block, self.global_block)
-        if self.bypass or not merges:
+        if not merges:
             self.record_source(i, state.source)
             out = layer(x, bias)
             self._record_counts(state.size, out)
@@ -239,19 +239,56 @@ class ALGM(nn.Module, TokenReducer):
         return list(range(self.local_block, num_layers))
 
     def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
-        """Tokens each block outputs, class token included. ALGM's counts
-        depend on the image: these are what the last forward pass ran on
-        (its largest image, i.e. the padded batch; at batch 1 that image's
-        own counts) when it had ``num_tokens`` input tokens; before such a
-        pass, the upper bound ``num_tokens`` (nothing merged)."""
-        counts = self.last_counts
-        if counts is None or counts.shape[1] != num_layers or \
-                self._input_tokens != num_tokens:
-            return [num_tokens] * num_layers
-        return [int(c) for c in counts.max(dim=0).values]
+        """The most tokens each block can run on: ALGM's counts depend on
+        the image, so without an image nothing is known to be merged
+        (``num_tokens`` everywhere). What each image of the last forward
+        pass kept: :attr:`last_counts`."""
+        return [num_tokens] * num_layers
 
     def extra_repr(self) -> str:
         return (f'local_block={self.local_block}, '
                 f'global_block={self.global_block}, '
                 f'threshold={self.threshold}, window={self.window}, '
                 f'proportional_attention={self.proportional_attention}')
+
+
+# ---------------------------------------------------------------- knob
+def algm_layers(num_layers: int) -> Tuple[int, int]:
+    """ALGM's local and global blocks (0-based): the first block, and the
+    block at the relative depth of the authors' layer 5 of 12 (ViT-T/S/B),
+    round(5 / 12 * L) counted from 1, at least block 1 (8 blocks: block 2,
+    their layer 3)."""
+    compressible_blocks(num_layers)
+    return 0, max(1, round(5 * num_layers / 12) - 1)
+
+
+def _knob_range(shape: ModelShape) -> Tuple[int, int]:
+    # tau from -1 (every window merges) to 1.01 (none)
+    return -1000, 1010
+
+
+def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
+    no_options(SPEC.name, options)
+    local, glob = algm_layers(shape.num_layers)
+    return dict(method=SPEC.name, local_layer=local, global_layer=glob,
+                threshold=knob / 1000, window=(2, 2))
+
+
+def _knob_text(knob: int, shape: ModelShape) -> str:
+    local, glob = algm_layers(shape.num_layers)
+    return f'tau {knob / 1000:.3f}, blocks {local} and {glob}'
+
+
+SPEC = MethodSpec(
+    name=ALGM.method, label='ALGM',
+    knob=('its local-merge threshold in thousandths, tau = knob / 1000 (at '
+          "24x24 tokens the study's model already merges 35 % of its GFLOPs "
+          'away at tau 0.99, so hundredths cannot reach 70 %; a lower tau '
+          'merges more windows, so its FLOPs rise with the knob)'),
+    knob_range=_knob_range, knob_compression=_knob_compression,
+    knob_text=_knob_text, fixed_shapes=False, per_image_merges=True,
+    exports=False,
+    no_export=("each image keeps its own number of tokens, so the blocks' "
+               'shapes depend on the input'),
+    marker='h',
+    picture_note=SOURCE_MAP_NOTE)

@@ -1,31 +1,35 @@
-"""The ``compression=`` argument of the backbone, parsed and validated.
+"""The ``compression=`` argument of the backbone, parsed and validated, and
+the registration of every method.
 
-``method`` picks the compressor: 'pm' (Prune-and-Merge, the default,
-:class:`PMConfig`), 'mstm' (:class:`MSTMConfig`), 'tome'
-(:class:`ToMeConfig`), 'algm' (:class:`ALGMConfig`), 'hourglass'
-(:class:`HourglassConfig`) or 'mpm' (:class:`MPMConfig`);
-:func:`parse_compression` reads any of them.
+``method`` picks the compressor (default: Prune and Merge,
+:data:`~.registry.DEFAULT_METHOD`); each method's config class is
+registered here with its description (``@register(SPEC)``, the spec
+declared next to the reducer), and :func:`parse_compression` reads any
+registered method's dict through its class.
 """
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
-from typing import ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+from typing import (ClassVar, Dict, List, Optional, Protocol, Sequence,
+                    Tuple)
 
+from . import algm, hourglass, mpm, mstm, pm_spec, tome
 from .algm import ALGM
 from .hourglass import NORMS, Hourglass
 from .merge import PruneAndMerge
-from .mpm import DEFAULT_LAYERS as MPM_LAYERS, MPM
+from .mpm import DEFAULT_LAYERS as MPM_LAYERS
+from .mpm import MPM
 from .mstm import MSTM
 from .reducer import TokenReducer
-from .structure import ASSIGN_RULES, lattice_structure
+from .registry import DEFAULT_METHOD, method_spec, register
+from .structure import ASSIGN_RULES, DEFAULT_RULE, lattice_structure
 from .tome import ToMe, check_tome_merges
 from .unit import (ASSIGNS, DEFAULT_ASSIGN, DEFAULT_IMPL,
                    DEFAULT_NEIGHBOURHOOD, DEFAULT_RECONSTRUCT, IMPLS,
                    RECONSTRUCTS)
 
 MODES = ('layer', 'span')
-METHODS = ('pm', 'mstm', 'tome', 'algm', 'hourglass', 'mpm')
 
 
 def _check_keys(cfg: dict, known: set, method: str) -> None:
@@ -103,6 +107,7 @@ def _per_layer(value, layers: List[int], name: str) -> list:
     return [value] * len(layers)
 
 
+@register(pm_spec.SPEC)
 @dataclass(frozen=True)
 class PMConfig:
     """Which blocks are compressed and how.
@@ -117,12 +122,12 @@ class PMConfig:
     structure's windows (checkpoints written before content-aware windows).
     """
 
-    method: ClassVar[str] = 'pm'
+    method: ClassVar[str]  # set by @register
     mode: str = 'layer'
     units: List[Tuple[int, int]] = field(default_factory=list)
     keep_rate: float = 0.7
     prune_rate: float = 0.0
-    rule: str = 'row'
+    rule: str = DEFAULT_RULE
     impl: str = DEFAULT_IMPL
     trainable: bool = True
     reconstruct: str = DEFAULT_RECONSTRUCT
@@ -135,8 +140,8 @@ class PMConfig:
         if cfg is None:
             return None
         cfg = dict(cfg)
-        method = cfg.pop('method', 'pm')
-        if method != 'pm':
+        method = cfg.pop('method', DEFAULT_METHOD)
+        if method != cls.method:
             raise ValueError(
                 f"compression method={method!r} is not Prune-and-Merge: it "
                 'has no static structures (tools/prune.py and '
@@ -236,6 +241,7 @@ class PMConfig:
         return [i for a, b in self.units for i in range(a, b + 1)]
 
 
+@register(mstm.SPEC)
 @dataclass(frozen=True)
 class MSTMConfig:
     """Multi-Scale And Token Mergence (``method='mstm'``).
@@ -248,7 +254,7 @@ class MSTMConfig:
     before the first pruning layer.
     """
 
-    method: ClassVar[str] = 'mstm'
+    method: ClassVar[str]  # set by @register
     keep_rates: Dict[int, float] = field(default_factory=dict)
     coarse: bool = True
 
@@ -285,13 +291,14 @@ class MSTMConfig:
         return list(self.keep_rates)
 
 
+@register(tome.SPEC)
 @dataclass(frozen=True)
 class ToMeConfig:
     """Token Merging (``method='tome'``): ``merges`` maps each block of
     ``layers`` (default: every block) to the number ``r`` of tokens it
     merges away (``r`` may be one int or one per layer)."""
 
-    method: ClassVar[str] = 'tome'
+    method: ClassVar[str]  # set by @register
     merges: Dict[int, int] = field(default_factory=dict)
 
     @classmethod
@@ -324,6 +331,7 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
+@register(hourglass.SPEC)
 @dataclass(frozen=True)
 class HourglassConfig:
     """Expedite's Hourglass (``method='hourglass'``, training-free): the
@@ -345,7 +353,7 @@ class HourglassConfig:
     is 2500, which we could not check without their checkpoint).
     """
 
-    method: ClassVar[str] = 'hourglass'
+    method: ClassVar[str]  # set by @register
     alpha: int = 0
     clusters: Tuple[int, int] = (1, 1)
     iters: int = 5
@@ -404,6 +412,7 @@ class HourglassConfig:
                          self.relative, self.norm, with_cls_token)
 
 
+@register(algm.SPEC)
 @dataclass(frozen=True)
 class ALGMConfig:
     """Adaptive Local-then-Global Merging (``method='algm'``; algm.py).
@@ -418,7 +427,7 @@ class ALGMConfig:
     authors' attention ignores sizes).
     """
 
-    method: ClassVar[str] = 'algm'
+    method: ClassVar[str]  # set by @register
     local_layer: int = 0
     global_layer: Optional[int] = 4
     threshold: float = 0.88
@@ -465,6 +474,7 @@ class ALGMConfig:
                     self.window, with_cls_token, self.proportional_attention)
 
 
+@register(mpm.SPEC)
 @dataclass(frozen=True)
 class MPMConfig:
     """Mutual Pair Merging (``method='mpm'``; mpm.py), training-free.
@@ -475,7 +485,7 @@ class MPMConfig:
     There is no other setting (no keep rate, no threshold).
     """
 
-    method: ClassVar[str] = 'mpm'
+    method: ClassVar[str]  # set by @register
     layers: Tuple[int, ...] = MPM_LAYERS
 
     @classmethod
@@ -496,8 +506,19 @@ class MPMConfig:
         return MPM(self.layers, class_token=with_cls_token)
 
 
-AnyCompressionConfig = Union[PMConfig, MSTMConfig, ToMeConfig, ALGMConfig,
-                             HourglassConfig, MPMConfig]
+class AnyCompressionConfig(Protocol):
+    """What every registered config class offers."""
+
+    method: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'AnyCompressionConfig':
+        """The validated config of a ``compression=`` dict."""
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> TokenReducer:
+        """Its reducer for a backbone with this grid, width and class
+        token."""
 
 
 def parse_compression(cfg: Optional[dict],
@@ -506,14 +527,8 @@ def parse_compression(cfg: Optional[dict],
     (None: the dense model)."""
     if cfg is None:
         return None
-    method = cfg.get('method', 'pm')
-    parsers = {'pm': PMConfig, 'mstm': MSTMConfig,
-               'tome': ToMeConfig, 'algm': ALGMConfig,
-               'hourglass': HourglassConfig, 'mpm': MPMConfig}
-    if method not in parsers:
-        raise ValueError(f'compression method must be one of {METHODS}, got '
-                         f'{method!r}')
-    return parsers[method].from_dict(cfg, num_layers)
+    return method_spec(cfg.get('method', DEFAULT_METHOD)).config.from_dict(
+        cfg, num_layers)
 
 
 def build_reducer(config: Optional[AnyCompressionConfig],

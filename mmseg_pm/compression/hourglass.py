@@ -40,12 +40,14 @@ distances, softmax and weights run in fp32 under autocast.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+import math
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .reducer import TokenReducer
+from .registry import MethodSpec, ModelShape, compressible_blocks, no_options
 from .tome import initial_source
 
 NORMS = ('sum', 'l2')
@@ -209,7 +211,7 @@ class Hourglass(nn.Module, TokenReducer):
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
                   state: HourglassState) -> Tuple[Tensor, HourglassState]:
         """Block ``i``; the clustering runs just before block ``alpha``."""
-        if i == self.alpha and not self.bypass and self.reduces(state.hw):
+        if i == self.alpha and self.reduces(state.hw):
             prefix = int(self.class_token)
             c, weight, labels = self.cluster(x[:, prefix:], state.hw)
             x = torch.cat((x[:, :prefix], c), dim=1)
@@ -259,3 +261,119 @@ def hourglass_flops_overhead(num_patches: int, num_clusters: int,
     (2 * N * K * C each). A cross-check for the counted FLOPs."""
     nkc = 2 * num_patches * num_clusters * embed_dims
     return nkc * (1 + 2 * iters + 1)
+
+
+# ---------------------------------------------------------------- knob
+# The authors' ViT-L 640 setting: clusters from block 10 of 24 on (their
+# clustering after block 9, 0-based), 28x28 clusters of 40x40 tokens.
+HOURGLASS_DEPTH = 10 / 24
+HOURGLASS_SHARE = (28 * 28) / (40 * 40)
+
+
+def squareish_grids(grid: Tuple[int, int]) -> Dict[int, Tuple[int, int]]:
+    """Cluster count -> its squarest (h, w) grid (h >= w, h <= 1.5 w, at
+    most the token grid), for every count below the token count that has
+    one."""
+    grids = {}
+    for h in range(1, grid[0] + 1):
+        for w in range(1, min(h, grid[1]) + 1):
+            k = h * w
+            if 2 * h > 3 * w and h - w > 1 or k >= grid[0] * grid[1]:
+                continue
+            if k not in grids or h - w < grids[k][0] - grids[k][1]:
+                grids[k] = (h, w)
+    return dict(sorted(grids.items()))
+
+
+def hourglass_flops(alpha: int, clusters: int, num_tokens: int,
+                    num_layers: int, embed_dims: int, iters: int = 5,
+                    outputs: int = 1) -> int:
+    """FLOPs of the encoder blocks and Hourglass's own matrix products
+    (pooling, distances and updates of every k-means step, the
+    reconstruction's distances and one product per output) for
+    ``num_tokens`` patch tokens (+ the class token), clustering before
+    block ``alpha``. Orders settings; the study calibrates on counted
+    FLOPs."""
+    c = embed_dims
+
+    def block(t):
+        return 24 * t * c * c + 4 * t * t * c
+
+    n, k = num_tokens, clusters
+    overhead = 2 * n * k * c * (2 + 2 * iters + outputs)
+    return (alpha * block(n + 1) + (num_layers - alpha) * block(k + 1)
+            + overhead)
+
+
+def hourglass_path(num_tokens: int, num_layers: int, embed_dims: int
+                   ) -> List[Tuple[int, Tuple[int, int]]]:
+    """The knob's settings (alpha, (h, w)), FLOPs strictly decreasing: first
+    the authors' relative depth (their first block on clusters is 10 of 24,
+    so alpha = round(10/24 L)) with fewer and fewer clusters down to the
+    authors' share of the tokens (28x28 of 40x40, 49 %), then one block
+    earlier at a time, each level continuing below the previous level's
+    FLOPs, down to block 1 (block 0 stays dense, as for Prune and Merge)
+    where the clusters go down to 1x1. Cluster grids are the squarest
+    h x w (h >= w, h <= 1.5 w) of each count."""
+    compressible_blocks(num_layers)
+    side = math.isqrt(num_tokens)
+    grids = squareish_grids((side, side))
+    start = min(max(round(HOURGLASS_DEPTH * num_layers), 1), num_layers - 1)
+    floor = math.ceil(HOURGLASS_SHARE * num_tokens)
+    path, last = [], math.inf
+    for alpha in range(start, 0, -1):
+        for k in sorted(grids, reverse=True):
+            if alpha > 1 and k < floor:
+                break
+            cost = hourglass_flops(alpha, k, num_tokens, num_layers,
+                                   embed_dims)
+            if cost < last:
+                path.append((alpha, grids[k]))
+                last = cost
+    return path
+
+
+def hourglass_setting(knob: int, shape: ModelShape
+                      ) -> Tuple[int, Tuple[int, int]]:
+    """(alpha, (h, w)) at a knob value."""
+    path = hourglass_path(shape.num_tokens, shape.num_layers,
+                          _width(shape))
+    if not 0 <= knob < len(path):
+        raise ValueError(f'Hourglass knob must be in [0, {len(path) - 1}], '
+                         f'got {knob}')
+    return path[knob]
+
+
+def _width(shape: ModelShape) -> int:
+    if shape.embed_dims is None:
+        raise ValueError('Hourglass settings depend on the width: pass '
+                         'embed_dims')
+    return shape.embed_dims
+
+
+def _knob_range(shape: ModelShape) -> Tuple[int, int]:
+    return 0, len(hourglass_path(shape.num_tokens, shape.num_layers,
+                                 _width(shape))) - 1
+
+
+def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
+    no_options(SPEC.name, options)
+    alpha, clusters = hourglass_setting(knob, shape)
+    return dict(method=SPEC.name, alpha=alpha, clusters=clusters)
+
+
+def _knob_text(knob: int, shape: ModelShape) -> str:
+    alpha, (h, w) = hourglass_setting(knob, shape)
+    return f'{h}x{w} clusters from block {alpha}'
+
+
+SPEC = MethodSpec(
+    name=Hourglass.method, label='Hourglass',
+    knob=('a position on a path of (alpha, h x w) settings ordered by FLOPs '
+          '(hourglass_path): fewer clusters at the authors\' relative depth, '
+          'then one block earlier at a time'),
+    knob_range=_knob_range, knob_compression=_knob_compression,
+    knob_text=_knob_text, fixed_shapes=True, per_image_merges=True,
+    exports=True, marker='p',
+    picture_note=('clusters depend on the image: each token drawn in its '
+                  'nearest cluster (the output mixes its k nearest)'))

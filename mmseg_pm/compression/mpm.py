@@ -39,8 +39,10 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .reducer import TokenReducer
 from .ops import merge_tokens
+from .reducer import TokenReducer
+from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
+                       compressible_blocks, no_options)
 from .tome import cosine_similarity, gather_tokens, initial_source
 
 DEFAULT_LAYERS = (2, 5)
@@ -134,7 +136,6 @@ class MPM(nn.Module, TokenReducer):
     """
 
     method = 'mpm'
-    input_dependent_shapes = True  # no ONNX export
 
     def __init__(self, layers: Sequence[int] = DEFAULT_LAYERS,
                  class_token: bool = True):
@@ -181,8 +182,8 @@ class MPM(nn.Module, TokenReducer):
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
                   state: MPMState) -> Tuple[Tensor, MPMState]:
         """Block ``i`` on ``x``, merging the tokens first when ``i`` is one
-        of :attr:`layers` (unless bypassed)."""
-        if not self.bypass and i in self.layers:
+        of :attr:`layers`."""
+        if i in self.layers:
             x, state = self.merge(x, state)
         self.record_source(i, state.source)
         out = layer(x, self.attention_bias(x, state.valid))
@@ -212,16 +213,56 @@ class MPM(nn.Module, TokenReducer):
         return list(range(self.layers[0], num_layers)) if self.layers else []
 
     def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
-        """Tokens each block runs on, class token included. MPM's counts
-        depend on the image: these are what the last forward pass ran on
-        (its largest image, i.e. the padded batch; at batch 1 that image's
-        own counts) when it had ``num_tokens`` input tokens; before such a
-        pass, the upper bound ``num_tokens`` (nothing merged)."""
-        counts = self.last_counts
-        if counts is None or counts.shape[1] != num_layers or \
-                self._input_tokens != num_tokens:
-            return [num_tokens] * num_layers
-        return [int(c) for c in counts.max(dim=0).values]
+        """The most tokens each block can run on: MPM's counts depend on
+        the image, so without an image nothing is known to be merged
+        (``num_tokens`` everywhere). What each image of the last forward
+        pass kept: :attr:`last_counts`."""
+        return [num_tokens] * num_layers
 
     def extra_repr(self) -> str:
         return f'layers={self.layers}, class_token={self.class_token}'
+
+
+# ---------------------------------------------------------------- knob
+AUTHORS_STRIDE = 3  # the default (2, 5): a second insertion 3 blocks later
+
+
+def knob_layers(knob: int, num_layers: int) -> Tuple[int, ...]:
+    """The schedule at ``knob`` in [1, L - 1]: a first insertion before
+    block L - knob and, where it fits, a second one 3 blocks later (the
+    authors' spacing): each step moves both one block earlier, so the
+    FLOPs fall with the knob. At 12 blocks, knob 10 is the authors' (2, 5).
+    """
+    first = num_layers - knob
+    second = first + AUTHORS_STRIDE
+    return (first, second) if second < num_layers else (first, )
+
+
+def _knob_range(shape: ModelShape) -> Tuple[int, int]:
+    return 1, len(compressible_blocks(shape.num_layers))
+
+
+def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
+    no_options(SPEC.name, options)
+    return dict(method=SPEC.name,
+                layers=list(knob_layers(knob, shape.num_layers)))
+
+
+def _knob_text(knob: int, shape: ModelShape) -> str:
+    return 'before blocks ' + ', '.join(
+        str(i) for i in knob_layers(knob, shape.num_layers))
+
+
+SPEC = MethodSpec(
+    name=MPM.method, label='MPM',
+    knob=('the schedule: a first insertion before block L - knob and a '
+          'second 3 blocks later where it fits (the authors\' (2, 5) at 12 '
+          'blocks is knob 10); its GFLOPs are discrete, one value per '
+          'schedule'),
+    knob_range=_knob_range, knob_compression=_knob_compression,
+    knob_text=_knob_text, fixed_shapes=False, per_image_merges=True,
+    exports=False,
+    no_export=("each image keeps its own number of tokens, so the blocks' "
+               'shapes depend on the input'),
+    marker='P',
+    picture_note=SOURCE_MAP_NOTE)

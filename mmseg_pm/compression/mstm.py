@@ -30,6 +30,9 @@ from torch import Tensor, nn
 
 from .ops import merge_tokens
 from .reducer import TokenReducer
+from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
+                       ModelShape, compressible_blocks, keep_rate_for,
+                       no_options)
 from .tome import (cosine_similarity, full_precision, gather_tokens,
                    initial_source, key_metric)
 
@@ -138,17 +141,29 @@ class MSTM(nn.Module, TokenReducer):
         coarse = None if self.coarse is None else self.coarse(x[:, 1:], hw)
         return MSTMState(initial_source(x), coarse)
 
-    def run_block(self, i: int, layer: nn.Module, x: Tensor,
-                  state: MSTMState) -> Tuple[Tensor, MSTMState]:
-        """Block ``i`` on ``x``: fuses the coarse tokens before the first
-        pruning block (always: the branch is part of the model); merges at
-        pruning blocks unless bypassed."""
+    def fuse_coarse(self, i: int, x: Tensor,
+                    state: MSTMState) -> Tuple[Tensor, MSTMState]:
+        """The coarse tokens added before the first pruning block."""
         if i == self.fuse_layer and state.coarse is not None:
             x = torch.cat((x[:, :1], x[:, 1:] + state.coarse), dim=1)
             state = state._replace(coarse=None)
+        return x, state
+
+    def dense_block(self, i: int, block: nn.Module, x: Tensor,
+                    state: MSTMState) -> Tuple[Tensor, MSTMState]:
+        """Block ``i`` on all tokens: the coarse branch still runs (it is
+        part of the model, not a merge)."""
+        x, state = self.fuse_coarse(i, x, state)
+        return block(x), state
+
+    def run_block(self, i: int, layer: nn.Module, x: Tensor,
+                  state: MSTMState) -> Tuple[Tensor, MSTMState]:
+        """Block ``i`` on ``x``: fuses the coarse tokens before the first
+        pruning block; merges at pruning blocks."""
+        x, state = self.fuse_coarse(i, x, state)
         num_patches = x.shape[1] - 1
         num_keep = num_patches
-        if not self.bypass and i in self.keep_rates:
+        if i in self.keep_rates:
             num_keep = num_crucial(num_patches, self.keep_rates[i])
         if num_keep == num_patches:
             self.record_source(i, state.source)
@@ -188,3 +203,38 @@ class MSTM(nn.Module, TokenReducer):
 
     def extra_repr(self) -> str:
         return f'keep_rates={self.keep_rates}'
+
+
+# ---------------------------------------------------------------- knob
+def mstm_layers(num_layers: int) -> List[int]:
+    """MSTM's pruning blocks: every other block from block 1, at most three
+    (the ViT-S config prunes at 3 of 12 blocks)."""
+    compressible_blocks(num_layers)
+    return list(range(1, max(num_layers - 1, 2), 2))[:3]
+
+
+def _knob_range(shape: ModelShape) -> Tuple[int, int]:
+    return 1, shape.num_tokens
+
+
+def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
+    no_options(SPEC.name, options)
+    return dict(method=SPEC.name, prune_layers=mstm_layers(shape.num_layers),
+                keep_rate=keep_rate_for(knob, shape.num_tokens), coarse=True)
+
+
+def _knob_text(knob: int, shape: ModelShape) -> str:
+    return (f'keep {knob / shape.num_tokens:.2f} at blocks '
+            f'{mstm_layers(shape.num_layers)}')
+
+
+SPEC = MethodSpec(
+    name=MSTM.method, label='MSTM',
+    knob=('the crucial tokens kept at its first pruning block (every '
+          'pruning block keeps the same fraction of its current tokens)'),
+    knob_range=_knob_range, knob_compression=_knob_compression,
+    knob_text=_knob_text, fixed_shapes=True, per_image_merges=True,
+    exports=False,
+    no_export=SORTS_PER_IMAGE,
+    marker='^',
+    picture_note=SOURCE_MAP_NOTE)

@@ -1,32 +1,34 @@
 """The one interface between the backbone and a token reducer.
 
 The backbone calls, per forward pass, :meth:`TokenReducer.start` once after
-the embedding, :meth:`TokenReducer.run_block` in place of every block and
-:meth:`TokenReducer.full_grid` where it needs one token per original
+the embedding, :meth:`TokenReducer.run_block` in place of every block (or,
+while :attr:`~TokenReducer.bypass` is set, :meth:`TokenReducer.dense_block`:
+the backbone routes the blocks by ``bypass``, a reducer need not read it)
+and :meth:`TokenReducer.full_grid` where it needs one token per original
 position (an ``out_indices`` output). The blocks it hands over follow
 :class:`Block`. Export, visualisation, FLOPs tables, checkpoint loading and
 benchmarks ask the reducer what it does instead of probing attributes:
-which blocks it touches (:meth:`blocks`, :meth:`merging_blocks`), how many
-tokens each block runs on (:meth:`tokens_per_block`), what its merges cost
-(:meth:`merge_flops`), whether a merge depends on the image
-(:meth:`image_dependent`), whether its structure is the same for every
-input (:attr:`static`: exportable, set by ``set_structures``; its units and
-structures: :attr:`units`, :meth:`structures`), whether its token counts
-differ per image (:attr:`input_dependent_shapes`: no ONNX export), the name
-its weights have in checkpoints (:attr:`state_dict_name`), and, opted in
-with ``trace_source = True``, which current token holds each original
-position after every block (:attr:`sources`, like ToMe's
-``trace_source``).
+its method's description (:attr:`spec`, :mod:`.registry`), which blocks it
+touches (:meth:`blocks`, :meth:`merging_blocks`), how many tokens each
+block runs on (:meth:`tokens_per_block`), what its merges cost
+(:meth:`merge_flops`), the two flags (:attr:`fixed_shapes`: the same token
+counts for every image; :attr:`per_image_merges`: which tokens merge
+depends on the image), its static structures if it has any (:attr:`units`,
+:meth:`structures`, :meth:`set_structures`), the name its weights have in
+checkpoints (:attr:`state_dict_name`), and, opted in with
+``trace_source = True``, which current token holds each original position
+after every block (:attr:`sources`, like ToMe's ``trace_source``).
 
 Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
 :class:`mmseg_pm.compression.tome.ToMe`,
 :class:`mmseg_pm.compression.hourglass.Hourglass`,
-:class:`mmseg_pm.compression.algm.ALGM` and
-:class:`mmseg_pm.compression.mpm.MPM` (whose token counts differ per
-image: their batches are padded, see their modules). A new method implements this
-mixin on an ``nn.Module`` and adds its config parser
-(mmseg_pm/compression/config.py).
+:class:`mmseg_pm.compression.algm.ALGM`,
+:class:`mmseg_pm.compression.mpm.MPM`; every registered method
+(:func:`mmseg_pm.compression.registry.method_names`). A new method
+implements this mixin on an ``nn.Module``, declares its
+:class:`~.registry.MethodSpec` next to it and registers it with its config
+class (mmseg_pm/compression/config.py).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from typing import (Any, Dict, List, Optional, Protocol, Sequence, Tuple,
                     runtime_checkable)
 
 from torch import Tensor
+
+from .registry import MethodSpec, method_spec, method_specs
 
 # The names the backbone registers a reducer under (its state_dict_name),
 # so its weights and buffers are '<name>.*' in checkpoints. Checkpoints
@@ -63,19 +67,41 @@ class Block(Protocol):
 class TokenReducer:
     """Mixin for an ``nn.Module`` that reduces the tokens of some blocks.
 
-    ``bypass``: while True, every block runs on all tokens (the scoring pass
-    needs the dense model's attention; ``PMVisionTransformer.dense_forward``
-    sets it).
+    ``method``: its registered name (:attr:`spec` is its description).
+    ``bypass``: while True, the backbone runs every block on all tokens
+    through :meth:`dense_block` (the scoring pass needs the dense model's
+    attention; ``PMVisionTransformer.dense_forward`` sets it).
     """
 
     method: str = ''
     state_dict_name: str = MERGER_NAME
-    static: bool = False
-    input_dependent_shapes: bool = False
     bypass: bool = False
     trace_source: bool = False
     # (first, last) blocks of each unit with a static structure
     units: Sequence[Tuple[int, int]] = ()
+
+    # ------------------------------------------------------------ the method
+    @property
+    def spec(self) -> MethodSpec:
+        """Its method's description (name, label, knob, flags)."""
+        return method_spec(self.method)
+
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether every image keeps the same token count in every block
+        (batches stay rectangular; an ONNX graph can hold it)."""
+        return self.spec.fixed_shapes
+
+    @property
+    def per_image_merges(self) -> bool:
+        """Whether which tokens merge depends on the image (drawing the
+        merges needs the image)."""
+        return any(self.image_dependent(b) for b in self.merging_blocks())
+
+    def image_dependent(self, block: int) -> bool:
+        """The answer of :attr:`per_image_merges` for the merge at ``block``
+        (Prune and Merge answers per unit; read :attr:`per_image_merges`)."""
+        return self.spec.per_image_merges
 
     # ------------------------------------------------------------ forward
     def start(self, x: Tensor, hw: Tuple[int, int]) -> Any:
@@ -86,6 +112,13 @@ class TokenReducer:
                   state: Any) -> Tuple[Tensor, Any]:
         """Block ``i`` on the current tokens; returns them and the state."""
         raise NotImplementedError
+
+    def dense_block(self, i: int, block: Block, x: Tensor,
+                    state: Any) -> Tuple[Tensor, Any]:
+        """Block ``i`` on all tokens (while :attr:`bypass`): only what is
+        part of the model rather than a merge still runs (MSTM's coarse
+        branch); the backbone takes the tokens as the full grid."""
+        return block(x), state
 
     def full_grid(self, i: int, x: Tensor, state: Any) -> Tensor:
         """(B, T0, C): one token per original position after block ``i``."""
@@ -103,13 +136,11 @@ class TokenReducer:
 
     def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
         """Tokens each block runs on (its MLP), prefix tokens included, for
-        ``num_tokens`` input tokens."""
+        ``num_tokens`` input tokens: a function of its arguments only. For
+        a method without :attr:`fixed_shapes` the most each block can run
+        on (what images really kept is measured, e.g. ALGM's
+        ``last_counts``)."""
         raise NotImplementedError
-
-    def image_dependent(self, block: int) -> bool:
-        """Whether the merge at ``block`` (one of :meth:`merging_blocks`)
-        depends on the image: drawing it needs the image."""
-        return not self.static
 
     def merge_flops(self, grid: Tuple[int, int], embed_dims: int,
                     out_indices: Sequence[int]) -> Optional[int]:
@@ -127,10 +158,11 @@ class TokenReducer:
 
     def set_structures(self, structures: Sequence) -> None:
         """Install one structure per unit (in block order)."""
+        with_structures = [s.name for s in method_specs() if s.structures]
         raise ValueError(
             f'compression method={self.method!r} has no static structures '
             '(it merges each image its own way); set_structures applies '
-            "to method='pm'")
+            f'to method={" or ".join(map(repr, with_structures))}')
 
     # ------------------------------------------------------------ tracing
     @property

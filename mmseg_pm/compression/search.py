@@ -117,7 +117,8 @@ def grid_cells(grid: Tuple[int, int], count: int) -> Tensor:
 
 
 def place_centres(scores: Tensor, count: int, grid: Tuple[int, int],
-                  excluded: Optional[Tensor] = None, placement: str = 'score',
+                  excluded: Optional[Tensor] = None,
+                  placement: str = DEFAULT_PLACEMENT,
                   seed: int = 0) -> Tensor:
     """Indices of ``count`` centres of one unit (see the module docstring).
 

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 
 ASSIGN_RULES = ('row', 'nearest')
+# the authors' rule, the default of every layer (PMConfig.rule too)
+DEFAULT_RULE = 'row'
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,7 +195,7 @@ def build_structure(grid: Tuple[int, int],
                     centre: Tensor,
                     pruned: Optional[Tensor] = None,
                     scores: Optional[Tensor] = None,
-                    rule: str = 'row') -> CompressionStructure:
+                    rule: str = DEFAULT_RULE) -> CompressionStructure:
     """Assign every non-pruned token to a centre and weight it.
 
     Args:
@@ -263,6 +265,6 @@ def lattice_centres(grid: Tuple[int, int], keep_rate: float) -> Tensor:
 
 def lattice_structure(grid: Tuple[int, int],
                       keep_rate: float,
-                      rule: str = 'row') -> CompressionStructure:
+                      rule: str = DEFAULT_RULE) -> CompressionStructure:
     """The deterministic built-in structure: lattice centres, no pruning."""
     return build_structure(grid, lattice_centres(grid, keep_rate), rule=rule)

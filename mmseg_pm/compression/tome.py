@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from .ops import merge_tokens
 from .reducer import TokenReducer
+from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
+                       ModelShape, no_options)
 
 
 def key_metric(k: Tensor) -> Tensor:
@@ -187,12 +189,12 @@ class ToMe(nn.Module, TokenReducer):
 
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
                   state: ToMeState) -> Tuple[Tensor, ToMeState]:
-        """Block ``i`` on ``x`` (merging unless bypassed)."""
+        """Block ``i`` on ``x``."""
         bias = None
         if state.size is not None:  # proportional attention
             bias = state.size.log()[:, None, None, :]
         r = tome_merges(x.shape[1], self.merges.get(i, 0), self.class_token)
-        if self.bypass or r == 0:
+        if r == 0:
             self.record_source(i, state.source)
             return layer(x, bias), state
         x, _, k = layer.attention_residual(x, bias)
@@ -228,3 +230,47 @@ class ToMe(nn.Module, TokenReducer):
 
     def extra_repr(self) -> str:
         return f'merges={self.merges}, class_token={self.class_token}'
+
+
+# ---------------------------------------------------------------- knob
+def tome_schedule(total_merges: int, num_layers: int) -> List[int]:
+    """``r`` per block for ``total_merges`` spread evenly, front-loaded."""
+    if total_merges < 0:
+        raise ValueError(f'total_merges must be >= 0, got {total_merges}')
+    base, extra = divmod(total_merges, num_layers)
+    return [base + (1 if i < extra else 0) for i in range(num_layers)]
+
+
+def tome_r(knob: int, num_layers: int, num_tokens: int) -> List[int]:
+    """``r`` per block: the schedule capped at what each block can merge
+    (patch tokens plus the class token; the backbone refuses more)."""
+    return capped_merges(tome_schedule(knob, num_layers), num_tokens + 1)
+
+
+def _knob_range(shape: ModelShape) -> Tuple[int, int]:
+    # ToMe caps each block at half its tokens
+    return 0, shape.num_layers * (shape.num_tokens // 2)
+
+
+def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
+    no_options(SPEC.name, options)
+    return dict(method=SPEC.name, layers=list(range(shape.num_layers)),
+                r=tome_r(knob, shape.num_layers, shape.num_tokens))
+
+
+def _knob_text(knob: int, shape: ModelShape) -> str:
+    r = tome_r(knob, shape.num_layers, shape.num_tokens)
+    return f'r={r[0]}' if len(set(r)) == 1 else f'r={"/".join(map(str, r))}'
+
+
+SPEC = MethodSpec(
+    name=ToMe.method, label='ToMe',
+    knob=('the total number of merges q spread over the blocks as evenly '
+          'as possible (q // L per block, one more in the first q % L '
+          'blocks), so its FLOPs move in steps far finer than one r'),
+    knob_range=_knob_range, knob_compression=_knob_compression,
+    knob_text=_knob_text, fixed_shapes=True, per_image_merges=True,
+    exports=False,
+    no_export=SORTS_PER_IMAGE,
+    marker='v',
+    picture_note=SOURCE_MAP_NOTE)

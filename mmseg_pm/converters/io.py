@@ -71,9 +71,11 @@ def unwrap_state_dict(checkpoint: dict,
 
 
 def check_destination(src: str, dst: str, force: bool = False) -> None:
-    """The output rule (mmseg_pm.utils.outputs): not the input, not an
-    existing file without force, a writable folder."""
-    check_output_file(dst, dict(checkpoint=src), force, flag='destination')
+    """The output rule (mmseg_pm.utils.outputs): not the input, a
+    checkpoint's suffix, not an existing file without force, a writable
+    folder."""
+    check_output_file(dst, dict(checkpoint=src), force, flag='destination',
+                      kind='checkpoint')
 
 
 def save_converted(state_dict: Dict[str, Tensor], dst: str,

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Union
 from torch import Tensor, nn
 
 from mmseg_pm.compression.reducer import MERGER_NAME, STRUCTURES_NAME
+from mmseg_pm.compression.registry import method_spec
 from mmseg_pm.utils.checkpoint import (SHOWN, CheckpointError, check_finite,
                                        checkpoint_state_dict,
                                        load_checkpoint_file)
@@ -74,10 +75,9 @@ def _model_method(model) -> str:
     """What the model's backbone compresses with, in words."""
     config = getattr(getattr(model, 'backbone', model), 'compression', None)
     method = getattr(config, 'method', None)
-    names = dict(pm='Prune-and-Merge', mstm='MSTM', tome='ToMe')
     if method is None:
         return 'dense (it compresses no tokens)'
-    return f"{names.get(method, method)} (compression method={method!r})"
+    return f'{method_spec(method).label} (compression method={method!r})'
 
 
 def _fit(model_state: Dict[str, Tensor], state_dict: dict):
@@ -173,9 +173,10 @@ def load_checkpoint_into(model: nn.Module,
     merger = [k for k in state_dict if k.startswith(MERGER_PREFIXES)]
     if merger and not any(k.startswith(MERGER_PREFIXES) for k in own):
         raise CheckpointError(
-            f'{source} holds MSTM token-merger weights (e.g. {merger[0]}) '
-            f'but the config\'s model is {_model_method(model)}, so they '
-            'would be dropped; use the MSTM config it was trained with')
+            f'{source} holds token-merger weights (e.g. {merger[0]}, such '
+            'as MSTM\'s coarse branch) but the config\'s model is '
+            f'{_model_method(model)}, so they would be dropped; use the '
+            'config it was trained with')
     check_finite(state_dict, source)
     if missing or reshaped:
         lacks = (f'{len(missing)} weights of the config\'s model are not '

@@ -30,7 +30,7 @@ from mmseg_pm.apis.knobs import METHODS, compression_for, knob_range, knob_text
 from mmseg_pm.apis.prune import default_ranking
 from mmseg_pm.apis.scoring import token_scores_from_config
 from mmseg_pm.apis.timing import images_per_second
-from mmseg_pm.compression import PMConfig, search_structures
+from mmseg_pm.compression import search_structures
 from mmseg_pm.datasets import make_synthetic_ade
 from .settings import StudySettings
 from .report import (best_per_budget, format_markdown, format_table,
@@ -194,7 +194,8 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     n = (settings.img_size // base.model.backbone.patch_size) ** 2
     grid = (int(n ** 0.5), ) * 2
     layers = settings.num_layers
-    family = METHODS[method].family
+    variant = METHODS[method]
+    spec = variant.spec
 
     width = base.model.backbone.embed_dims
 
@@ -202,24 +203,22 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
         return compressed_config(base, compression_for(
             method, knob, layers, n, settings.prune_rate, embed_dims=width))
 
-    def pm_config(knob):
-        return PMConfig.from_dict(
+    def structures_at(knob):
+        config = spec.config.from_dict(
             compression_for(method, knob, layers, n, settings.prune_rate),
             layers)
-
-    def structures_at(knob):
-        return search_structures(scores, pm_config(knob), grid,
-                                 default_ranking(METHODS[method].mode),
-                                 METHODS[method].placement, settings.seed)
+        return search_structures(scores, config, grid,
+                                 default_ranking(variant.option('mode')),
+                                 variant.placement, settings.seed)
 
     inputs = None
-    if family == 'pm':
+    if spec.structures:  # searched from the scores at every knob value
         model = build_segmentor(config_at(1))
 
         def flops_at(knob):
             model.backbone.set_structures(structures_at(knob))
             return crop_flops(model)
-    elif family == 'algm':  # counts depend on the image and the weights
+    elif not spec.fixed_shapes:  # counts follow the image and the weights
         def flops_at(knob):
             nonlocal inputs
             model = build_segmentor(config_at(knob))
@@ -238,7 +237,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
     cfg = config_at(knob)
     model = build_segmentor(cfg)
     load_dense(model, dense_state)
-    if family == 'pm':
+    if spec.structures:
         model.backbone.set_structures(structures_at(knob))
     counted = crop_flops(model) if inputs is None else \
         mean_image_flops(model, inputs)
@@ -279,9 +278,10 @@ def mean_image_flops(model, inputs: list) -> float:
     return sum(flops) / len(flops)
 
 
-def algm_spread(model, base: Config) -> dict:
-    """Smallest and largest per-image FLOPs of an ALGM model over the
-    validation images (its table FLOPs are their mean)."""
+def flops_spread(model, base: Config) -> dict:
+    """Smallest and largest per-image FLOPs over the validation images of
+    a model whose token counts depend on the image (its table FLOPs are
+    their mean)."""
     flops = image_flops(model, validation_inputs(base, model))
     return dict(flops_min=min(flops), flops_max=max(flops))
 
@@ -308,8 +308,8 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
         k: v.detach().cpu() for k, v in model.state_dict().items()}),
         str(compressed))
     n = (settings.img_size // base.model.backbone.patch_size) ** 2
-    spread = algm_spread(model, base) if METHODS[method].family == 'algm' \
-        else {}
+    spread = {} if METHODS[method].spec.fixed_shapes else \
+        flops_spread(model, base)
     before = evaluate(config, str(compressed), work, f'test {name}')
     setting = knob_text(method, knob, n, settings.num_layers,
                         base.model.backbone.embed_dims)
@@ -387,9 +387,9 @@ def row_options(row: dict):
     """Config options a row's config needs, None if none. Rows cached
     before content-aware windows name no assignment in their config (whose
     default is now 'content'): they ran their method's ('static')."""
-    method = METHODS[row['method']]
-    if method.family == 'pm' and 'assign' not in row['compression']:
-        return {'model.backbone.compression.assign': method.assign}
+    variant = METHODS[row['method']]
+    if variant.spec.structures and 'assign' not in row['compression']:
+        return {'model.backbone.compression.assign': variant.option('assign')}
     return None
 
 
@@ -399,9 +399,9 @@ def row_segmentor(row: dict, checkpoint: str):
 
 
 def merge_windows(row: dict):
-    """Window statistics of a Prune-and-Merge-family row's structures (as
-    searched, before fine-tuning), None for input-dependent methods."""
-    if METHODS[row['method']].family != 'pm':
+    """Window statistics of a row's structures (as searched, before
+    fine-tuning), None for a method without structures."""
+    if not METHODS[row['method']].spec.structures:
         return None
     model = row_segmentor(row, row['compressed'])
     return window_stats(model.backbone.structures())

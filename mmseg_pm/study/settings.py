@@ -11,14 +11,16 @@ from typing import Optional, Tuple
 
 from mmseg_pm.apis.errors import UsageError
 from mmseg_pm.apis.knobs import METHODS
+from mmseg_pm.compression.registry import peer_specs
 
 # What tools/study.py runs unless told otherwise: the authors' Prune and
 # Merge, the default with static and with content-aware windows, the best
-# other placement of the 2026-12-01 study (lattice), and every peer. The
-# other PM variants (span mode, the other rules and placements) stay
-# selectable with --methods; docs/study.md keeps their measured tables.
-DEFAULT_METHODS = ('pm-row', 'res-random', 'res-content', 'res-lattice',
-                   'mstm', 'tome', 'algm', 'hourglass')
+# other placement of the 2026-12-01 study (lattice), and every other
+# registered method. The other PM variants (span mode, the other rules and
+# placements) stay selectable with --methods; docs/study.md keeps their
+# measured tables.
+DEFAULT_METHODS = ('pm-row', 'res-random', 'res-content', 'res-lattice') + \
+    tuple(s.name for s in peer_specs())
 # The budgets (fractions of the dense GFLOPs). 40 %, not 35 %: block 0
 # stays dense for every Prune-and-Merge variant (as in the released
 # Segmenter configs) and the decoder costs about a quarter, so 35 % is out

@@ -2,7 +2,9 @@
 
 Before any work: an output is never one of the inputs (config, checkpoint,
 image, scores, data directory), never an existing file unless the user
-passed ``--force`` (and never a read-only one), and its directory must be
+passed ``--force`` (and never a read-only one), its name ends in a suffix
+that fits what the tool writes (a checkpoint is no ``.py`` file, with
+``--force`` or not: :data:`OUTPUT_SUFFIXES`), and its directory must be
 writable. Writing: a temporary file next to the output, renamed over it
 only when complete, so an error, Ctrl-C or SIGTERM (the tools turn it into
 Ctrl-C) leaves neither a half-written file nor the temporary one (nor
@@ -31,6 +33,51 @@ Inputs = Union[Mapping[str, Optional[PathLike]], Iterable[PathLike], None]
 
 class OutputError(UsageError):
     """An output path that would destroy an input or cannot be written."""
+
+
+# What a tool writes -> the suffixes its file may have (the first one is
+# suggested); pictures: every format matplotlib writes.
+OUTPUT_SUFFIXES = {
+    'checkpoint': ('.pth', '.pt', '.ckpt'),
+    'onnx': ('.onnx', ),
+    'json': ('.json', ),
+    'markdown': ('.md', ),
+    'picture': None,
+}
+KIND_WORDS = dict(checkpoint='a checkpoint (torch.save)',
+                  onnx='an ONNX model', json='JSON', markdown='markdown',
+                  picture='a picture')
+
+
+def output_suffixes(kind: str) -> Tuple[str, ...]:
+    """The suffixes a ``kind`` of output may have."""
+    if kind not in OUTPUT_SUFFIXES:
+        raise ValueError(f'unknown output kind {kind!r}; one of '
+                         f'{sorted(OUTPUT_SUFFIXES)}')
+    suffixes = OUTPUT_SUFFIXES[kind]
+    if suffixes is None:
+        from matplotlib.figure import Figure
+        formats = Figure().canvas.get_supported_filetypes()
+        suffixes = ('.png', ) + tuple(sorted(f'.{f}' for f in formats
+                                             if f != 'png'))
+    return suffixes
+
+
+def check_output_suffix(path: PathLike, kind: str,
+                        flag: str = '--out') -> None:
+    """Refuse an output whose suffix does not fit what is written into it
+    (a checkpoint written to ``x.py`` would later be read as a config)."""
+    out = Path(path)
+    suffixes = output_suffixes(kind)
+    if out.suffix.lower() in suffixes:
+        return
+    named = f'ends in {out.suffix!r}' if out.suffix else 'has no suffix'
+    raise OutputError(
+        f'{flag} {path}: this writes {KIND_WORDS[kind]}, but the name '
+        f'{named}; name it with {" or ".join(suffixes[:4])}'
+        f'{" (or another picture format)" if len(suffixes) > 4 else ""}, '
+        f'e.g. {out.with_suffix(suffixes[0]).name} (--force does not '
+        'change this)')
 
 
 def is_url(path: PathLike) -> bool:
@@ -98,13 +145,18 @@ def check_not_input(path: PathLike, inputs: Inputs, flag: str) -> None:
 
 
 def check_output_file(path: PathLike, inputs: Inputs = None,
-                      force: bool = False, flag: str = '--out') -> Path:
-    """Refuse an output file that is an input, an existing file without
-    ``force``, a read-only file, a folder, or in an unwritable folder."""
+                      force: bool = False, flag: str = '--out',
+                      kind: Optional[str] = None) -> Path:
+    """Refuse an output file that is an input, whose suffix does not fit
+    the ``kind`` written into it (:data:`OUTPUT_SUFFIXES`; None: not
+    checked), an existing file without ``force``, a read-only file, a
+    folder, or in an unwritable folder."""
     out = Path(path).expanduser()
     if str(path).strip() == '' or out.name in ('', '.', '..'):
         raise OutputError(f'{flag} {str(path)!r} is not a file name')
     check_not_input(out, inputs, flag)
+    if kind is not None and not out.is_dir():
+        check_output_suffix(out, kind, flag)
     if out.is_dir():
         raise OutputError(f'{flag} {path} is a folder; name a file (e.g. '
                           f'{out / "out"}{out.suffix or ""})')

@@ -1,6 +1,6 @@
 """The library rules every tool goes through (mmseg_pm.apis): reading a
-checkpoint into a model, and writing an output."""
-import os
+checkpoint into a model, configs and their options. Writing an output:
+tests/utils/test_outputs.py."""
 import pickle
 import re
 
@@ -8,11 +8,8 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.apis import (CheckpointError, OutputError, UsageError,
-                           atomic_output, check_output_dir,
-                           check_output_file, load_checkpoint_file,
-                           load_checkpoint_into, save_checkpoint_atomic,
-                           save_figure, write_atomic)
+from mmseg_pm.apis import (CheckpointError, UsageError,
+                           load_checkpoint_file, load_checkpoint_into)
 from mmseg_pm.apis.config import check_cfg_option, read_config
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.models import PMVisionTransformer
@@ -116,69 +113,6 @@ def test_module_prefix_and_mmengine_layout_load():
                                                 in state.items()}})
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
-
-
-# ------------------------------------------------------------------ outputs
-def test_output_file_rule(tmp_path):
-    config = tmp_path / 'cfg.py'
-    config.write_text('x = 1\n')
-    link = tmp_path / 'link.py'
-    link.symlink_to(config)
-    hard = tmp_path / 'hard.py'
-    os.link(config, hard)
-    data = tmp_path / 'data'
-    data.mkdir()
-    for out, message in ((config, 'is the input config'),
-                         (link, 'is the input config'),
-                         (hard, 'is the input config'),
-                         (data / 'x.png', 'is inside the input data'),
-                         (data, 'is the input data')):
-        with pytest.raises(OutputError, match=message):
-            check_output_file(out, dict(config=config, data=data),
-                              force=True)
-    with pytest.raises(OutputError, match='exists; pass --force'):
-        check_output_file(config, None)
-    with pytest.raises(OutputError, match='is a folder; name a file'):
-        check_output_file(data, None)
-    with pytest.raises(OutputError, match='is a file, not a folder'):
-        check_output_file(config / 'sub' / 'x.pth', None)
-    with pytest.raises(OutputError, match='is a file; name a folder'):
-        check_output_dir(config)
-    assert check_output_file(tmp_path / 'new' / 'dir' / 'x.pth', None)
-    assert not (tmp_path / 'new').exists()  # checking creates nothing
-    assert config.read_text() == 'x = 1\n'
-
-
-@pytest.mark.parametrize('umask', [0o022, 0o027])
-def test_outputs_follow_the_umask(tmp_path, umask):
-    import matplotlib
-    matplotlib.use('Agg')
-    from matplotlib.figure import Figure
-
-    old = os.umask(umask)
-    try:
-        save_checkpoint_atomic({'w': torch.zeros(2)}, tmp_path / 'a.pth')
-        write_atomic(tmp_path / 'b.json', '{}\n')
-        save_figure(Figure(figsize=(1, 1)), tmp_path / 'c.png', dpi=10)
-    finally:
-        os.umask(old)
-    for name in ('a.pth', 'b.json', 'c.png'):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.pth', 'b.json',
-                                                          'c.png']
-
-
-@pytest.mark.parametrize('error', [RuntimeError, KeyboardInterrupt])
-def test_a_failed_write_leaves_nothing(tmp_path, error):
-    existing = tmp_path / 'keep.pth'
-    existing.write_bytes(b'old')
-    for out in (existing, tmp_path / 'made' / 'for' / 'it.pth'):
-        with pytest.raises(error):
-            with atomic_output(out) as tmp:
-                tmp.write_bytes(b'half')
-                raise error()
-    assert existing.read_bytes() == b'old'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['keep.pth']
 
 
 # ---------------------------------------------------- configs and arguments

@@ -96,7 +96,7 @@ def test_other_methods_and_widths_are_named(tmp_path):
         assert 'Prune-and-Merge structures' in str(info.value)
         assert f"the config's model is {method}" in str(info.value)
     mstm = init_segmentor(str(MSTM_TINY)).state_dict()
-    with pytest.raises(UsageError, match='MSTM token-merger weights'):
+    with pytest.raises(UsageError, match='holds token-merger weights'):
         load_checkpoint_into(init_segmentor(str(DENSE_TINY)),
                              dict(state_dict=mstm))
     narrow = init_segmentor(str(DENSE_TINY), cfg_options={

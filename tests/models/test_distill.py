@@ -134,16 +134,28 @@ def test_student_loss_is_ce_plus_alpha_kd_and_the_teacher_stays_out(
 
 def test_checkpoint_of_the_student_loads_into_the_plain_config(
         teacher_checkpoint):
+    """The distilled model's checkpoint holds the student alone (no
+    teacher weights), loads into the config without distillation with
+    every key matched, and that model computes the student's logits."""
     path, _ = teacher_checkpoint
     init_default_scope('mmseg')
+    torch.manual_seed(2)
     model = MODELS.build(distill_cfg(path))
+    model.init_weights()
+    state = model.state_dict()
+    assert not any(k.startswith('teacher') for k in state)
     plain_cfg = copy.deepcopy(distill_cfg(path))
     for key in ('teacher_config', 'teacher_checkpoint', 'distill_alpha',
                 'distill_temperature'):
         plain_cfg.pop(key)
     plain_cfg['type'] = 'EncoderDecoder'
     plain = MODELS.build(plain_cfg)
-    plain.load_state_dict(model.state_dict(), strict=True)
+    result = plain.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = model.data_preprocessor(batch(), False)['inputs']
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x, mode='tensor'),
+                                   model.eval()(x, mode='tensor'))
 
 
 def test_bad_teacher_settings_are_refused(teacher_checkpoint, tmp_path):

@@ -56,7 +56,11 @@ def test_sparse_and_dense_matrix_units_agree_in_value_and_gradient(
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_cached_weights_follow_in_place_updates_and_survive_inference_mode():
+def test_weights_are_read_at_every_forward_and_cached_rows_serve_training():
+    """The merge and reconstruct weights are not cached: an in-place update
+    changes the next output. The row indices are cached per input shape:
+    those made under inference_mode serve a training step, whose gradient
+    reaches the merge weights (never a pruned token's)."""
     model = tiny_backbone()
     x = torch.randn(2, 3, 48, 80)
     with torch.inference_mode():

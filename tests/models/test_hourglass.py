@@ -179,7 +179,7 @@ def test_ade20k_configs_cut_the_encoder_like_the_authors_vit_l(
     """ViT-L 640 is the authors' setting (before block 10 of 24, 28x28 of
     40x40: 70.0 % of the dense encoder's FLOPs with the clustering and
     reconstruction); T/S/B 512 cut about the same fraction."""
-    from mmseg_pm.study import hourglass_flops
+    from mmseg_pm.compression.hourglass import hourglass_flops
     crop = 640 if size == 'l' else 512
     cfg = Config.fromfile(str(
         CONFIGS / 'segmenter' / f'hourglass-segmenter_vit-{size}_mask_'

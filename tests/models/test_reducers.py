@@ -32,13 +32,20 @@ def test_reducer_answers_match_what_runs(method):
     reducer = model.reducer
     assert isinstance(reducer, TokenReducer) and reducer.method == method
     assert compression_method(model) == method
-    assert reducer.static == (method == 'pm')
+    assert reducer.spec.name == method
+    # only Prune and Merge has structures; only ALGM's and MPM's counts
+    # follow the image; every method here merges per image (PM: content-aware windows)
+    assert bool(reducer.units) == (method == 'pm')
+    assert reducer.fixed_shapes == (method not in ('algm', 'mpm'))
+    assert reducer.per_image_merges
     num_tokens = 16  # class token + 3 x 5
-    # (ALGM's and MPM's counts depend on the image: they answer for the
-    # last pass)
     seen = token_counts(model, torch.randn(2, 3, 48, 80))
     per_block = reducer.tokens_per_block(num_tokens, len(model.layers))
-    assert per_block == seen[1::2]  # what every block's MLP ran on
+    if reducer.fixed_shapes:
+        assert per_block == seen[1::2]  # what every block's MLP ran on
+    else:  # the bound; what the batch ran on is measured
+        assert per_block == [num_tokens] * len(model.layers)
+        assert reducer.last_counts.max(dim=0).values.tolist() == seen[1::2]
     touched = [i for i, t in enumerate(per_block) if t < num_tokens]
     assert set(touched) <= set(reducer.blocks(len(model.layers)))
     assert reducer.merging_blocks() == {'pm': [1], 'mstm': [1, 3],
@@ -130,8 +137,11 @@ def test_merge_flops_is_what_count_flops_counts(impl, reconstruct, assign):
     assert model_with('tome').reducer.merge_flops((3, 5), 32, (3,)) is None
 
 
-def test_image_dependent_merges():
+def test_per_image_merges_follow_the_window_assignment():
+    """Prune and Merge with content-aware windows: fixed shapes, per-image
+    merges; with static windows, neither changes per image."""
     for assign in ('static', 'content'):
         model = tiny_pm(compression=dict(COMPRESSION['pm'], assign=assign))
-        assert model.reducer.image_dependent(1) == (assign == 'content')
-    assert model_with('tome').reducer.image_dependent(0)
+        assert model.reducer.fixed_shapes
+        assert model.reducer.per_image_merges == (assign == 'content')
+    assert model_with('tome').reducer.per_image_merges

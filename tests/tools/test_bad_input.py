@@ -70,6 +70,36 @@ def test_visualize_never_writes_over_a_file(world, target, tmp_path,
         assert sorted(p.name for p in tmp_path.iterdir()) == ['tokens.png']
 
 
+@pytest.mark.parametrize('name,out,writes', [
+    ('prune', 'other_config.py', 'a checkpoint'),
+    ('export_onnx', 'model.pth', 'an ONNX model'),
+    ('visualize_tokens', 'tokens.json', 'a picture'),
+    ('segmenter2mmseg_pm', 'converted.onnx', 'a checkpoint'),
+    ('timm2mmseg_pm', 'converted', 'a checkpoint')])
+def test_an_output_must_be_named_for_what_is_written(world, unchanged,
+                                                     tmp_path, name, out,
+                                                     writes, capsys):
+    """``tools/prune.py CONFIG CKPT --out other_config.py --force`` wrote a
+    checkpoint into a .py file and exited 0: every tool that writes a file
+    refuses a name whose suffix does not fit it, --force or not, and says
+    which suffix to use; the file named is left as it was."""
+    out = tmp_path / out
+    out.write_bytes(b'keep me')
+    argv = dict(
+        prune=[world['pm_cfg'], world['dense'], '--out', out, '--iters', '1',
+               '--device', 'cpu'],
+        export_onnx=[world['pm_cfg'], world['pruned'], '--out', out],
+        visualize_tokens=[world['pm_cfg'], world['pruned'], world['image'],
+                          '--out', out, '--score-iters', '0'],
+        segmenter2mmseg_pm=[world['unrelated'], out],
+        timm2mmseg_pm=[world['unrelated'], out])[name]
+    err = refused(tool(name), argv + ['--force'], capsys)
+    assert f'this writes {writes}' in err and 'e.g. ' in err, err
+    assert '--force does not change this' in err
+    assert out.read_bytes() == b'keep me'
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
 def test_test_refuses_an_unrelated_checkpoint(world, unchanged, tmp_path,
                                               capsys):
     err = refused(tool('test'), [world['dense_cfg'], world['unrelated'],
@@ -280,8 +310,8 @@ def test_numbers_are_checked_at_parsing(world, unchanged, tmp_path, name,
                                         argv, message, capsys):
     inputs = [world['pm_cfg'], world['pruned']] + \
         ([world['image']] if name == 'visualize_tokens' else [])
-    err = refused(tool(name), inputs + ['--out', tmp_path / 'out.png']
-                  + argv, capsys)
+    out = tmp_path / ('out.onnx' if name == 'export_onnx' else 'out.png')
+    err = refused(tool(name), inputs + ['--out', out] + argv, capsys)
     assert message in err
     assert not any(tmp_path.iterdir())
 

@@ -8,10 +8,10 @@ parameter names (mmseg's Segmenter checkpoints load as they are), and with
 to an explicit softmax so a scoring pass can see (and differentiate through)
 the attention probabilities.
 
-``compression=dict(method='mstm' | 'tome', ...)`` hosts the input-dependent
-token mergers instead (mmseg_pm/compression/mstm.py, tome.py): they run each
-merging block in two halves (``attention_residual`` then
-``mlp_residual``) and merge the tokens in between.
+``compression=dict(method=..., ...)`` hosts any other registered token
+reducer instead (mmseg_pm/compression/registry.py): a reducer that merges
+inside a block runs it in two halves (``attention_residual`` then
+``mlp_residual``) and merges the tokens in between.
 """
 from __future__ import annotations
 
@@ -219,9 +219,8 @@ class PMVisionTransformer(BaseModule):
             is installed (``set_structures`` or a checkpoint), every unit uses
             centres on a regular lattice with ``keep_rate`` of the tokens and
             no pruning. The structures are built for the grid of ``img_size``.
-            ``method='mstm'`` (``prune_layers``, ``keep_rate``, ``coarse``)
-            or ``method='tome'`` (``layers``, ``r``) select the
-            input-dependent token mergers instead (any input size); see
+            ``method=`` another registered method selects its reducer
+            instead, with that method's keys (any input size); see
             mmseg_pm/compression/config.py.
     """
 
@@ -353,8 +352,8 @@ class PMVisionTransformer(BaseModule):
 
     @property
     def compressed_units(self) -> List[Tuple[int, int]]:
-        """Units with a static structure (Prune and Merge's; none for the
-        dense model and the reducers that merge each image its own way)."""
+        """Units with a static structure (none for the dense model and the
+        reducers without structures)."""
         return [] if self.reducer is None else list(self.reducer.units)
 
     @contextmanager
@@ -486,7 +485,7 @@ class PMVisionTransformer(BaseModule):
         p = self.patch_size
         grid = self.token_grid(inputs.shape[-2:])
         reducer = self.reducer
-        if (reducer is None or not reducer.static or reducer.bypass
+        if (reducer is None or not reducer.units or reducer.bypass
                 or grid == self.grid_size):
             return inputs, grid
         gh, gw = self.grid_size
@@ -563,14 +562,16 @@ class PMVisionTransformer(BaseModule):
         state = None if reducer is None else reducer.start(x, hw)
         outs = [self._to_output(x, hw, crop)] if self.out_origin else []
         last = len(self.layers) - 1
+        dense = reducer is None or reducer.bypass
         for i, layer in enumerate(self.layers):
             if reducer is None:
                 x = layer(x)
+            elif dense:  # bypass: the backbone routes, reducers need not
+                x, state = reducer.dense_block(i, layer, x, state)
             else:
                 x, state = reducer.run_block(i, layer, x, state)
             if i in self.out_indices:
-                full = x if reducer is None else \
-                    reducer.full_grid(i, x, state)
+                full = x if dense else reducer.full_grid(i, x, state)
                 if i == last and self.final_norm:
                     full = self.ln1(full)
                 outs.append(self._to_output(full, hw, crop))

@@ -1,7 +1,6 @@
 """Token-map pictures: the pure drawing helpers on hand-made inputs, the
 maps a model reports (checked against what its outputs show), and the
 command line on a tiny Prune-and-Merge checkpoint."""
-import importlib
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +19,10 @@ from mmseg_pm.visualization import (PALETTE, TokenMap, colour_windows,
                                     model_token_maps, plot_token_maps,
                                     token_map_from_structure, window_edges,
                                     window_overlay)
+from tests.helpers import visualize, write_image
 
 matplotlib.use('Agg')
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / 'configs/synthetic' / \
     'segmenter_vit-tiny_mask_synthetic-ade-64x64.py'
 
@@ -136,13 +136,10 @@ def test_visualize_tool_on_a_pruned_checkpoint(tmp_path, capsys, assign):
     torch.save(dict(state_dict=model.state_dict(),
                     meta=dict(prune_and_merge=dict(scores=scores))),
                checkpoint)
-    image = tmp_path / 'image.png'
-    mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (96, 128, 3),
-                                                    np.uint8), str(image))
-    tool = importlib.import_module('mmseg_pm.cli.visualize_tokens')
+    image = write_image(tmp_path / 'image.png')
     out = tmp_path / 'out' / 'tokens.png'
-    maps = tool.main([str(config), str(checkpoint), str(image), '--out',
-                      str(out), '--layers', '0', '2', '--dpi', '50'])
+    maps = visualize(config, checkpoint, image, out, '--layers', '0', '2',
+                     '--dpi', '50')
     printed = capsys.readouterr().out
     if assign == 'static':
         assert 'block 0: 20 centres, 38 merged, 6 pruned' in printed
@@ -189,13 +186,10 @@ def test_hourglass_clusters_are_drawn_from_the_image(tmp_path, capsys):
     assert torch.equal(after.group, 1 + rows * 3 + cols)
     checkpoint = tmp_path / 'hourglass.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
-    image = tmp_path / 'image.png'
-    mmcv.imwrite(np.random.default_rng(0).integers(0, 255, (96, 128, 3),
-                                                    np.uint8), str(image))
-    tool = importlib.import_module('mmseg_pm.cli.visualize_tokens')
+    image = write_image(tmp_path / 'image.png')
     out = tmp_path / 'out' / 'clusters.png'
-    maps = tool.main([str(config), str(checkpoint), str(image), '--out',
-                      str(out), '--score-iters', '0', '--dpi', '50'])
+    maps = visualize(config, checkpoint, image, out, '--score-iters', '0',
+                     '--dpi', '50')
     assert 'nearest cluster' in capsys.readouterr().out
     assert [m.label for m in maps] == ['block 1']
     assert 1 < maps[0].counts()['tokens'] <= 9

@@ -1,5 +1,7 @@
-"""The quality study's machinery: knobs, FLOPs calibration on a tiny model,
-and one method end to end (tools/study.py) with two iterations."""
+"""The quality study's machinery: FLOPs calibration of its variants on a
+tiny model, merge-window statistics, and one method end to end
+(tools/study.py) with two iterations. The knobs themselves:
+tests/apis/test_knobs.py."""
 import json
 import math
 from pathlib import Path
@@ -8,12 +10,8 @@ import pytest
 import torch
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.study import (CalibrationError, algm_layers, calibrate_knob,
-                            check_within,
-                            compression_for, empty_neighbourhoods,
-                            keep_rate_for, mstm_layers, span_units,
-                            tome_schedule, window_stats)
-from mmseg_pm.apis.config import scaled_schedule
+from mmseg_pm.study import (CalibrationError, compression_for,
+                            empty_neighbourhoods, window_stats)
 from mmseg_pm.apis.inference import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
 from mmseg_pm.study import StudySettings, pipeline
@@ -29,43 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-
-
-def test_knobs_mean_what_they_say():
-    for n in (36, 64, 144, 1024):
-        assert all(int(keep_rate_for(k, n) * n) == k for k in range(1, n + 1))
-    assert tome_schedule(11, 4) == [3, 3, 3, 2]
-    assert sum(tome_schedule(577, 8)) == 577
-    assert span_units(8) == [(1, 4), (5, 7)]
-    assert span_units(2) == [(1, 1)]
-    assert mstm_layers(8) == [1, 3, 5]
-    assert algm_layers(12) == (0, 4) and algm_layers(8) == (0, 2)
-    assert compression_for('algm', 880, 8, 144)['threshold'] == 0.88
-    assert compression_for('tome', 5, 4, 64)['r'] == [2, 1, 1, 1]
-    assert compression_for('pm-nearest', 16, 4, 64)['rule'] == 'nearest'
-    assert compression_for('pm-row', 16, 4, 64)['reconstruct'] == 'pinv'
-    spread = compression_for('res-span-spread', 16, 4, 64)
-    assert spread['reconstruct'] == 'residual' and spread['mode'] == 'span'
-
-
-def test_calibrate_knob_finds_the_nearest_value_either_direction():
-    def falling(k):  # like ToMe: more merges, fewer FLOPs
-        return 1000 - 7 * k
-
-    calls = []
-
-    def rising(k):  # like a keep count
-        calls.append(k)
-        return 3 * k * k
-
-    assert calibrate_knob(falling, 0, 100, 500) == (71, 503)
-    assert calibrate_knob(rising, 1, 1000, 30000) == (100, 30000)
-    assert len(calls) <= 12  # bisection, not a scan
-    assert calibrate_knob(rising, 1, 10, 10 ** 9)[0] == 10  # clamps
-    with pytest.raises(CalibrationError, match='outside what'):
-        check_within('tome', 0.9e9, 1e9, 0.02)
 
 
 def test_window_stats_measure_distance_to_the_centre():
@@ -129,7 +90,7 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
     assert len(inputs) == 3 and inputs[0].shape == (1, 3, 43, 64)
     per_image = [count_flops(model, x, mode='tensor') for x in inputs]
     assert flops == sum(per_image) / 3
-    assert pipeline.algm_spread(model, base) == dict(
+    assert pipeline.flops_spread(model, base) == dict(
         flops_min=min(per_image), flops_max=max(per_image))
     with pytest.raises(CalibrationError):
         pipeline.compress('algm', 0.05, base, dense.state_dict(),
@@ -186,29 +147,12 @@ def test_one_method_end_to_end(tmp_path, monkeypatch):
     assert reused['pm-row_80'] and not reused['pm-row_80 + FT']
 
 
-def test_scaled_schedule_stretches_warm_up_and_decay():
-    warm = dict(type='LinearLR', start_factor=1e-3, begin=0, end=1000,
-                by_epoch=False)
-    poly = dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1000,
-                end=20000, by_epoch=False)
-    assert scaled_schedule([warm, poly], 20000, 60) == [
-        dict(warm, end=3), dict(poly, begin=3, end=60)]
-    # the warm-up keeps one iteration at least, and still ends where the
-    # decay begins
-    assert scaled_schedule([warm, poly], 20000, 2) == [
-        dict(warm, end=1), dict(poly, begin=1, end=2)]
-    # one iteration: the warm-up's, the decay has none left
-    assert scaled_schedule([warm, poly], 20000, 1) == [dict(warm, end=1)]
-    assert warm['end'] == 1000  # the input is left alone
-    with pytest.raises(ValueError, match=r'by_epoch=False'):
-        scaled_schedule([dict(poly, by_epoch=True)], 20000, 60)
-
-
 def test_hourglass_path_is_ordered_and_counted_as_modelled(tmp_path):
     """The knob's settings start at the authors' relative depth, get
     cheaper at every step, and the counted FLOPs of a setting are the
     modelled ones (blocks, k-means, reconstruction) plus the dense rest."""
-    from mmseg_pm.study import hourglass_flops, hourglass_path, knob_text
+    from mmseg_pm.compression.hourglass import hourglass_flops, hourglass_path
+    from mmseg_pm.study import knob_text
     path = hourglass_path(144, 8, 64)
     assert path[0] == (3, (12, 11)) and path[-1] == (1, (1, 1))
     costs = [hourglass_flops(a, h * w, 144, 8, 64) for a, (h, w) in path]

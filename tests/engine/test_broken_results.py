@@ -1,7 +1,7 @@
 """Issue 18's cases that left a wrong or broken result behind, through the
 real command lines: bad data is refused before any work, naming the file;
 a fault while the Runner or a tool writes (a full disk, SIGTERM, Ctrl-C,
-faked at the write by tests/tools/fault_injection.py in a subprocess)
+faked at the write by tests/engine/fault_injection.py in a subprocess)
 leaves no partial file; only rank 0 writes the test metrics; token scores
 in the documented format are drawn and non-finite ones refused."""
 import json

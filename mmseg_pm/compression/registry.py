@@ -1,0 +1,206 @@
+"""One description per compression method, and the registry of them.
+
+Every method declares a :class:`MethodSpec` next to its reducer (tome.py,
+mstm.py, algm.py, hourglass.py; Prune and Merge's in pm_spec.py until
+merge.py is split) and is registered with its config class in config.py
+(``@register(SPEC)`` on the class). Everything outside ``compression/``
+asks the registry (:func:`method_spec`, :func:`method_names`) instead of
+naming a method: the config parser, the study and benchmark knobs, the
+visualiser, the export tool, checkpoint messages
+(tests/compression/test_registry.py holds that no other code names one).
+
+Adding a method therefore touches its own module (reducer, knob, spec), its
+config class and its registration line.
+
+Two flags say how a method's merges relate to the image:
+
+* ``fixed_shapes``: every image keeps the same number of tokens in every
+  block (batches stay rectangular, an ONNX graph can hold it);
+* ``per_image_merges``: which tokens merge depends on the image (drawing
+  the merges needs the image). Prune and Merge with content-aware windows
+  has fixed shapes and per-image merges; with static windows neither
+  changes per image.
+
+How a method is calibrated to a FLOPs budget follows from them and from
+``structures``: a method with structures (Prune and Merge) searches one per
+knob value from token scores; a method without fixed shapes is calibrated on
+its FLOPs averaged over images (they depend on the image and the weights);
+every other method on the counted FLOPs of its model at the knob
+(:attr:`MethodSpec.calibration`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+# What ``compression=dict(...)`` without ``method`` means.
+DEFAULT_METHOD = 'pm'
+
+# Texts that several methods' descriptions share.
+SORTS_PER_IMAGE = ('it picks its merges per image with a stable sort, which '
+                   "torch's ONNX exporter cannot translate "
+                   '(docs/weights_export_visualize.md)')
+SOURCE_MAP_NOTE = 'merges depend on the image: this is its source map'
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a method's knob depends on: ``num_tokens`` patch tokens of the
+    input grid (class token not counted), ``num_layers`` blocks,
+    ``embed_dims`` channels (None: not known; a method whose settings need
+    it says so)."""
+
+    num_tokens: int
+    num_layers: int
+    embed_dims: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the tools need to know about one compression method.
+
+    ``name``: the ``compression=dict(method=name)`` key; ``label``: its name
+    in tables, plots and pictures; ``config``: its config class (parses the
+    dict, builds the reducer; set by :func:`register`).
+
+    The knob: one integer whose FLOPs are monotone in it, what the study
+    and the benchmark calibrate to a budget. ``knob`` says in words what it
+    sets; ``knob_range(shape)`` gives its inclusive range,
+    ``knob_compression(knob, shape, **options)`` the backbone's
+    ``compression=`` dict at a value (``options``: the method's own
+    settings, e.g. Prune and Merge's ``rule``), ``knob_text(knob, shape)``
+    the value in words for a table.
+
+    ``fixed_shapes`` and ``per_image_merges``: see the module docstring.
+    ``exports``: whether ``tools/export_onnx.py`` writes a working graph
+    with the current torch (else ``no_export`` says why; a method without
+    fixed shapes is refused before trying). ``structures``: its static
+    structures are searched from token scores (``tools/prune.py``,
+    ``set_structures``). ``marker``: its matplotlib marker.
+    ``picture_note``: what a drawing of its per-image merges shows.
+    """
+
+    name: str
+    label: str
+    knob: str
+    knob_range: Callable[[ModelShape], Tuple[int, int]]
+    knob_compression: Callable[..., dict]
+    knob_text: Callable[[int, ModelShape], str]
+    fixed_shapes: bool
+    per_image_merges: bool
+    exports: bool
+    no_export: str = ''
+    structures: bool = False
+    marker: str = 'o'
+    picture_note: str = ''
+    config: Optional[type] = None
+
+    def __post_init__(self):
+        if self.exports and not self.fixed_shapes:
+            raise ValueError(f'{self.name}: a method whose shapes depend on '
+                             'the image cannot export')
+        if not self.exports and not self.no_export:
+            raise ValueError(f'{self.name}: say why it does not export '
+                             '(no_export)')
+
+    @property
+    def calibration(self) -> str:
+        """How the study and the benchmark bring it to a FLOPs budget."""
+        if self.structures:
+            return ('structures searched from token scores at each knob '
+                    'value, counted FLOPs')
+        if not self.fixed_shapes:
+            return ('FLOPs averaged over images, counted with the weights '
+                    'loaded (they depend on the image and the weights)')
+        return 'counted FLOPs of the model at each knob value'
+
+
+_METHODS: Dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec):
+    """Class decorator for a method's config class: registers ``spec`` with
+    it (the class gets ``method = spec.name``)."""
+
+    def decorate(config: type) -> type:
+        if spec.name in _METHODS and _METHODS[spec.name].config is not config:
+            raise ValueError(f'compression method {spec.name!r} is '
+                             'registered twice')
+        config.method = spec.name
+        _METHODS[spec.name] = dataclasses.replace(spec, config=config)
+        return config
+
+    return decorate
+
+
+def _registered() -> Dict[str, MethodSpec]:
+    from . import config  # noqa: F401  (registers every method)
+    return _METHODS
+
+
+def method_names() -> List[str]:
+    """Every registered method's name, in registration order."""
+    return list(_registered())
+
+
+def method_specs() -> List[MethodSpec]:
+    """Every registered method, in registration order."""
+    return list(_registered().values())
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The description of method ``name``."""
+    methods = _registered()
+    if name not in methods:
+        raise ValueError(f'compression method must be one of '
+                         f'{tuple(methods)}, got {name!r}')
+    return methods[name]
+
+
+def peer_specs() -> List[MethodSpec]:
+    """Every method but the default one (the peers it is compared with)."""
+    return [s for s in method_specs() if s.name != DEFAULT_METHOD]
+
+
+# ------------------------------------------------ shared knob pieces
+def compressible_blocks(num_layers: int) -> List[int]:
+    """The blocks the knobs may compress: all but block 0 (the released
+    Segmenter configs likewise leave the first blocks dense)."""
+    if num_layers < 2:
+        raise ValueError(f'the study needs at least 2 blocks, got '
+                         f'{num_layers}')
+    return list(range(1, num_layers))
+
+
+def keep_rate_for(count: int, num_tokens: int) -> float:
+    """A keep rate whose ``int(rate * N)`` is exactly ``count`` (k / N
+    itself can round down to k - 1 in floating point)."""
+    if not 1 <= count <= num_tokens:
+        raise ValueError(f'count must be in [1, {num_tokens}], got {count}')
+    return min(1.0, (count + 0.5) / num_tokens)
+
+
+def no_options(name: str, options: dict) -> None:
+    """Refuse knob options for a method that has none."""
+    if options:
+        raise ValueError(f'method {name!r} takes no knob options, got '
+                         f'{sorted(options)}')
+
+
+__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'register',
+           'method_names', 'method_specs', 'method_spec', 'peer_specs',
+           'compressible_blocks', 'keep_rate_for', 'no_options',
+           'config_default']
+
+
+def config_default(config: type, name: str):
+    """The default of field ``name`` of a method's config class (the one
+    default every layer takes)."""
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise ValueError(f'{config.__name__} has no default for {name!r}')
