@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import (ClassVar, Dict, List, Optional, Protocol, Sequence,
                     Tuple)
 
-from . import algm, hourglass, mpm, mstm, pm_spec, tome
+from . import algm, hourglass, merge, mpm, mstm, tome
 from .algm import ALGM
 from .hourglass import NORMS, Hourglass
 from .merge import PruneAndMerge
@@ -107,7 +107,7 @@ def _per_layer(value, layers: List[int], name: str) -> list:
     return [value] * len(layers)
 
 
-@register(pm_spec.SPEC)
+@register(merge.SPEC)
 @dataclass(frozen=True)
 class PMConfig:
     """Which blocks are compressed and how.

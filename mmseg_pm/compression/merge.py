@@ -1,17 +1,29 @@
 """Prune and Merge as a token reducer (:class:`PruneAndMerge`): one
-:class:`~.unit.TokenCompressor` per unit, and what its merges cost
-(:func:`unit_merge_flops`).
+:class:`~.unit.TokenCompressor` per unit, what its merges cost
+(:func:`unit_merge_flops`), and its description (:data:`SPEC`) with its
+knob.
+
+The knob: the centres per unit, ``k`` of the N patch tokens (before the
+global ranking shares them out among the layers; the placement moves
+centres, never their counts, so every placement has the same FLOPs). Its
+options are the compression settings a study variant changes (``mode``,
+``rule``, ``reconstruct``, ``assign``, ``prune_rate``); each one left out
+takes :class:`~.config.PMConfig`'s default.
 
 The unit's arithmetic lives in :mod:`.unit`, the content-aware assignment
 in :mod:`.content`, the low-level operations in :mod:`.ops`.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple
 
 from torch import Tensor, nn
 
 from .reducer import STRUCTURES_NAME, TokenReducer
+from .registry import (DEFAULT_METHOD, MethodSpec, ModelShape,
+                       compressible_blocks, config_default, keep_rate_for,
+                       method_spec)
 from .structure import CompressionStructure
 from .unit import (DEFAULT_ASSIGN, DEFAULT_IMPL, DEFAULT_NEIGHBOURHOOD,
                    DEFAULT_RECONSTRUCT, TokenCompressor)
@@ -50,12 +62,12 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
 
     A unit (first, last) merges before its first block, runs its blocks on
     the centres and reconstructs after its last; an output inside a unit is
-    reconstructed from the merged stream. Its structures are static.
+    reconstructed from the merged stream. Its structures are static; with
+    content-aware windows its merges follow the image.
     """
 
     method = 'pm'
     state_dict_name = STRUCTURES_NAME
-    static = True
 
     def __init__(self, units: Sequence[Tuple[int, int]],
                  structure: CompressionStructure, num_prefix: int = 1,
@@ -92,8 +104,6 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
         return None  # (last block, compressor, context) inside a unit
 
     def run_block(self, i: int, block: nn.Module, x: Tensor, state):
-        if self.bypass:
-            return block(x), None
         if i in self.unit_last:
             compressor = self.compressor(i)
             batch = x.shape[0]
@@ -145,3 +155,63 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
                 embed_dims, reconstructs, comp.impl, comp.reconstruct_mode,
                 comp.num_similarity_pairs)
         return total
+
+
+# ---------------------------------------------------------------- knob
+# the compression settings a knob value may be given with
+KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
+
+
+def pm_layers(num_layers: int) -> List[int]:
+    """Blocks Prune and Merge compresses: all but block 0 (the released
+    Segmenter configs likewise leave the first blocks dense)."""
+    return compressible_blocks(num_layers)
+
+
+def span_units(num_layers: int) -> List[Tuple[int, int]]:
+    """The span-mode units: blocks 1..L-1 in two consecutive halves (the
+    first one longer when odd), each with one shared structure."""
+    blocks = pm_layers(num_layers)
+    if len(blocks) < 2:
+        return [(blocks[0], blocks[-1])]
+    cut = blocks[0] + math.ceil(len(blocks) / 2) - 1
+    return [(blocks[0], cut), (cut + 1, blocks[-1])]
+
+
+def _knob_range(shape: ModelShape) -> Tuple[int, int]:
+    return 1, shape.num_tokens
+
+
+def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
+    unknown = sorted(set(options) - set(KNOB_OPTIONS))
+    if unknown:
+        raise ValueError(f'unknown Prune-and-Merge knob options {unknown}; '
+                         f'expected some of {KNOB_OPTIONS}')
+    config = method_spec(SPEC.name).config
+    o = {k: options[k] if k in options else config_default(config, k)
+         for k in KNOB_OPTIONS}
+    units = dict(spans=span_units(shape.num_layers)) if o['mode'] == 'span' \
+        else dict(layers=pm_layers(shape.num_layers))
+    return dict(mode=o['mode'], **units,
+                keep_rate=keep_rate_for(knob, shape.num_tokens),
+                prune_rate=o['prune_rate'], rule=o['rule'],
+                reconstruct=o['reconstruct'], assign=o['assign'])
+
+
+def _knob_text(knob: int, shape: ModelShape) -> str:
+    return f'keep {knob}/{shape.num_tokens} ({knob / shape.num_tokens:.2f})'
+
+
+SPEC = MethodSpec(
+    name=DEFAULT_METHOD, label='Prune and Merge',
+    knob=('the centres per unit, k of the N patch tokens (the placement '
+          'moves centres, never their counts: every placement has the same '
+          'FLOPs)'),
+    knob_range=_knob_range, knob_compression=_knob_compression,
+    knob_text=_knob_text,
+    # content-aware windows (the default): fixed centres and counts, each
+    # image its own windows; assign='static' merges the same way for all
+    fixed_shapes=True, per_image_merges=True, exports=True, structures=True,
+    marker='o',
+    picture_note='content-aware windows: centres fixed, windows of this '
+                 'image')

@@ -1,8 +1,7 @@
 """One description per compression method, and the registry of them.
 
-Every method declares a :class:`MethodSpec` next to its reducer (tome.py,
-mstm.py, algm.py, hourglass.py; Prune and Merge's in pm_spec.py until
-merge.py is split) and is registered with its config class in config.py
+Every method declares a :class:`MethodSpec` next to its reducer (merge.py,
+tome.py, mstm.py, algm.py, hourglass.py, mpm.py) and is registered with its config class in config.py
 (``@register(SPEC)`` on the class). Everything outside ``compression/``
 asks the registry (:func:`method_spec`, :func:`method_names`) instead of
 naming a method: the config parser, the study and benchmark knobs, the

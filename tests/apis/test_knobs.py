@@ -8,7 +8,7 @@ from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
 from mmseg_pm.apis.knobs import compression_for
 from mmseg_pm.compression.algm import algm_layers
 from mmseg_pm.compression.mstm import mstm_layers
-from mmseg_pm.compression.pm_spec import span_units
+from mmseg_pm.compression.merge import span_units
 from mmseg_pm.compression.registry import keep_rate_for
 from mmseg_pm.compression.tome import tome_schedule
 

@@ -127,7 +127,7 @@ def test_neighbourhood_of_one_is_the_static_assignment(reconstruct, impl):
 def test_a_lone_centre_keeps_its_own_token_and_pruned_tokens_pass():
     s = pruned_structure()
     comp = TokenCompressor(s, assign='content')
-    x = torch.randn(2, 16, 8)
+    x = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(4))
     merged, context = comp.merge(x, 1)
     out = comp.reconstruct(merged + 1, context, 1)
     for b in range(2):
@@ -138,7 +138,8 @@ def test_a_lone_centre_keeps_its_own_token_and_pruned_tokens_pass():
                 assert torch.allclose(merged[b, 1 + k], x[b, 1 + c])
     pruned = torch.cat((torch.tensor([False]), s.group < 0))
     assert torch.equal(out[:, pruned], x[:, pruned])
-    assert torch.allclose(out[:, ~pruned], x[:, ~pruned] + 1)
+    # (merged + 1) - merged is 1 to float32 rounding of merged
+    assert torch.allclose(out[:, ~pruned], x[:, ~pruned] + 1, atol=1e-6)
 
 
 def random_unit(grid=(12, 16), keep=0.5, prune=0.1, seed=0):
