@@ -56,7 +56,9 @@ def calibrate_peer(spec: ModelSpec, target: float,
                  deviation_pct=100 * (flops / target - 1),
                  tolerance_pct=100 * tolerance, unreachable=None)
     try:
-        check_within(method_spec(method).label, flops, target, tolerance)
+        if not method_spec(method).discrete:  # else the nearest, as it is
+            check_within(method_spec(method).label, flops, target,
+                         tolerance)
     except CalibrationError as err:
         match['unreachable'] = str(err)
     return dataclasses.replace(spec, compression=compression(knob),

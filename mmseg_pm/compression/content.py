@@ -19,6 +19,7 @@ of the k x k scan, which starts with the token's own window.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -132,13 +133,32 @@ def pair_dots(x: Tensor, crow: Tensor, col: Tensor) -> Tensor:
     (the second operand a transposed view: made contiguous, it would cost
     five times the product)."""
     b, t, _ = x.shape
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter('ignore')
+    with _quiet_once():
         pattern = torch.sparse_csr_tensor(crow, col, x.new_zeros(col.shape),
                                           size=(b, t, t),
                                           check_invariants=False)
         return torch.sparse.sampled_addmm(pattern, x, x.transpose(1, 2),
                                           beta=0.0).values()
+
+
+_warned = []
+
+
+def _quiet_once():
+    """torch warns once per process that sparse CSR support is in beta:
+    silence that first call, leave every later one as it is (catching
+    warnings on every call would cost as much as a small op)."""
+    if _warned:
+        return contextlib.nullcontext()
+    _warned.append(True)
+    return _ignoring_warnings()
+
+
+@contextlib.contextmanager
+def _ignoring_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        yield
 
 
 @register_flop_formula(torch.ops.aten.sparse_sampled_addmm, get_raw=True)
@@ -218,17 +238,17 @@ def content_assignment(x: Tensor, tables: CandidateTables, num_prefix: int,
     b = x.shape[0]
     if tables.free.numel() == 0:
         return tables.fixed.expand(b, -1).index_select(1, tables.inverse)
-    with torch.autocast(x.device.type, enabled=False):
-        x = x.detach().float()
-        if pattern is not None:
-            dots, squares = pair_similarity(x, tables, pattern)
-        else:
-            dots = slot_similarity(x, tables, num_prefix)
-            centres = x.index_select(1, tables.centre + num_prefix)
-            squares = (centres * centres).sum(-1)
-        norm = squares.clamp_min(1e-24).sqrt().index_select(
-            1, tables.choices.flatten())
-        choice = (dots / norm.view_as(dots)).argmax(-1, keepdim=True)
+    # float32 whatever the model's dtype; none of these ops autocasts
+    x = x.detach().float()
+    if pattern is not None:
+        dots, squares = pair_similarity(x, tables, pattern)
+    else:
+        dots = slot_similarity(x, tables, num_prefix)
+        centres = x.index_select(1, tables.centre + num_prefix)
+        squares = (centres * centres).sum(-1)
+    norm = squares.clamp_min(1e-24).sqrt().index_select(
+        1, tables.choices.flatten())
+    choice = (dots / norm.view_as(dots)).argmax(-1, keepdim=True)
     window = tables.choices.expand(b, -1, -1).gather(2, choice).squeeze(-1)
     both = torch.cat((tables.fixed.expand(b, -1), window), 1)
     return both.index_select(1, tables.inverse)

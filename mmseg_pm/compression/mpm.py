@@ -264,5 +264,5 @@ SPEC = MethodSpec(
     exports=False,
     no_export=("each image keeps its own number of tokens, so the blocks' "
                'shapes depend on the input'),
-    marker='P',
+    marker='P', discrete=True,
     picture_note=SOURCE_MAP_NOTE)

@@ -78,6 +78,10 @@ class MethodSpec:
     structures are searched from token scores (``tools/prune.py``,
     ``set_structures``). ``marker``: its matplotlib marker.
     ``picture_note``: what a drawing of its per-image merges shows.
+    ``discrete``: its knob has a few settings whose GFLOPs lie far apart (a
+    schedule); the study and the benchmark take the nearest setting at any
+    distance from a budget and report the GFLOPs it has, instead of
+    calling the budget out of reach.
     """
 
     name: str
@@ -93,6 +97,7 @@ class MethodSpec:
     structures: bool = False
     marker: str = 'o'
     picture_note: str = ''
+    discrete: bool = False
     config: Optional[type] = None
 
     def __post_init__(self):
