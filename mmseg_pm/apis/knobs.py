@@ -76,6 +76,10 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
         'random', reconstruct='residual', assign='static'),
     _pm('res-content', 'PM random centres, residual, content-aware windows '
         '(the default)', 'p'),
+    _pm('res-content-k5', 'PM random centres, residual, content-aware '
+        'windows over 5 x 5 neighbours', '8', neighbourhood=5),
+    _pm('res-content-k7', 'PM random centres, residual, content-aware '
+        'windows over 7 x 7 neighbours', 'd', neighbourhood=7),
     _pm('res-nearest', 'PM scored centres, nearest rule, residual', 's',
         'score', rule='nearest', reconstruct='residual', assign='static'),
     _pm('res-spread', 'PM spread centres, nearest rule, residual', 'P',

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def benchmark_parts(args) -> dict:
     name = args.name or 'parts_' + Path(args.config).stem
     paths = [check_output_file(Path(args.out_dir) / f'{name}{suffix}',
-                               [args.config], args.force, '--name')
-             for suffix in ('.json', '.md')]
+                               [args.config], args.force, '--name', kind)
+             for suffix, kind in (('.json', 'json'), ('.md', 'markdown'))]
     set_process(args.threads)
     results = measure_parts(args.config, args.keep_rates, args.batch_sizes,
                             args.warmup, args.repeats, args.cfg_options)

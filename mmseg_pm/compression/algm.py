@@ -238,13 +238,6 @@ class ALGM(nn.Module, TokenReducer):
     def blocks(self, num_layers: int) -> List[int]:
         return list(range(self.local_block, num_layers))
 
-    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
-        """The most tokens each block can run on: ALGM's counts depend on
-        the image, so without an image nothing is known to be merged
-        (``num_tokens`` everywhere). What each image of the last forward
-        pass kept: :attr:`last_counts`."""
-        return [num_tokens] * num_layers
-
     def extra_repr(self) -> str:
         return (f'local_block={self.local_block}, '
                 f'global_block={self.global_block}, '

@@ -160,6 +160,9 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
 # ---------------------------------------------------------------- knob
 # the compression settings a knob value may be given with
 KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
+# ... and, written out only where a variant sets it (every other variant's
+# dict stays as it was)
+EXTRA_KNOB_OPTIONS = ('neighbourhood', )
 
 
 def pm_layers(num_layers: int) -> List[int]:
@@ -183,10 +186,11 @@ def _knob_range(shape: ModelShape) -> Tuple[int, int]:
 
 
 def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
-    unknown = sorted(set(options) - set(KNOB_OPTIONS))
+    unknown = sorted(set(options) - set(KNOB_OPTIONS + EXTRA_KNOB_OPTIONS))
     if unknown:
         raise ValueError(f'unknown Prune-and-Merge knob options {unknown}; '
-                         f'expected some of {KNOB_OPTIONS}')
+                         'expected some of '
+                         f'{KNOB_OPTIONS + EXTRA_KNOB_OPTIONS}')
     config = method_spec(SPEC.name).config
     o = {k: options[k] if k in options else config_default(config, k)
          for k in KNOB_OPTIONS}
@@ -195,7 +199,8 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
     return dict(mode=o['mode'], **units,
                 keep_rate=keep_rate_for(knob, shape.num_tokens),
                 prune_rate=o['prune_rate'], rule=o['rule'],
-                reconstruct=o['reconstruct'], assign=o['assign'])
+                reconstruct=o['reconstruct'], assign=o['assign'],
+                **{k: options[k] for k in EXTRA_KNOB_OPTIONS if k in options})
 
 
 def _knob_text(knob: int, shape: ModelShape) -> str:

@@ -212,13 +212,6 @@ class MPM(nn.Module, TokenReducer):
     def blocks(self, num_layers: int) -> List[int]:
         return list(range(self.layers[0], num_layers)) if self.layers else []
 
-    def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
-        """The most tokens each block can run on: MPM's counts depend on
-        the image, so without an image nothing is known to be merged
-        (``num_tokens`` everywhere). What each image of the last forward
-        pass kept: :attr:`last_counts`."""
-        return [num_tokens] * num_layers
-
     def extra_repr(self) -> str:
         return f'layers={self.layers}, class_token={self.class_token}'
 

@@ -138,8 +138,11 @@ class TokenReducer:
         """Tokens each block runs on (its MLP), prefix tokens included, for
         ``num_tokens`` input tokens: a function of its arguments only. For
         a method without :attr:`fixed_shapes` the most each block can run
-        on (what images really kept is measured, e.g. ALGM's
-        ``last_counts``)."""
+        on: without an image nothing is known to be merged, so
+        ``num_tokens`` everywhere (what images really kept is measured,
+        e.g. ALGM's and MPM's ``last_counts``)."""
+        if not self.fixed_shapes:
+            return [num_tokens] * num_layers
         raise NotImplementedError
 
     def merge_flops(self, grid: Tuple[int, int], embed_dims: int,
