@@ -76,16 +76,17 @@ def test_rows_side_by_side_with_sane_numbers(results):
         'ToMe at PM keep 0.05 GFLOPs: cannot reach',
         'MSTM at PM keep 0.05 GFLOPs: cannot reach',
         # on 8x8 tokens and 4 blocks Hourglass's settings step too coarsely
+        # for both (PM's assignment counts only the pairs it compares)
         'Hourglass at PM keep 0.5 GFLOPs: cannot reach',
-        # (PM keep 0.05 now counts its content-aware assignment, which
-        # Hourglass reaches)
-        'Hourglass at PM keep 0.05 GFLOPs'}
+        'Hourglass at PM keep 0.05 GFLOPs: cannot reach'}
     dense, off = rows['mmseg VisionTransformer'], rows['PM, compression off']
     pm, pinv = rows['PM keep 0.5'], rows["PM keep 0.5, authors' pinv"]
     assert (pm['reconstruct'], pinv['reconstruct']) == ('residual', 'pinv')
     assert dense['params'] == off['params']  # same model, same weights
     assert off['gflops'] == pytest.approx(dense['gflops'], rel=1e-6)
-    assert pinv['gflops'] == pytest.approx(pm['gflops'], rel=1e-6)
+    # the same blocks; pinv's per-image sums of squared weights add a few
+    # hundred FLOPs (one scalar per token)
+    assert pinv['gflops'] == pytest.approx(pm['gflops'], rel=1e-4)
     assert pm['vs_mmseg']['flops_ratio'] < 0.8
     # blocks 1..3 run on the class token + a 6x6 lattice of the 8x8 tokens
     assert pm['tokens_per_layer'] == [65, 37, 37, 37]
