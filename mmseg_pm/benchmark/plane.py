@@ -9,9 +9,10 @@ budgets: each method's images/s against compression off, eager PyTorch).
 A study variant and a benchmark row are the same method when the
 variant's registered method is the row's peer, or, for Prune and Merge,
 when the variant's reconstruct and window assignment are the row's
-(placement moves centres, not their count: the same speed). The budget of
-a benchmark row is its PM row's fraction of the dense GFLOPs; each study
-budget takes the nearest one.
+(placement moves centres, not their count: the same speed). A study row
+takes its method's benchmark row nearest its own fraction of the dense
+GFLOPs (within a gap), so a method whose schedule sits far from a budget
+(MPM) is compared where it is, and the table says where that is.
 """
 from __future__ import annotations
 
@@ -45,20 +46,17 @@ def benchmark_variant(method: Method) -> Optional[str]:
 
 
 def speedups(benchmark: dict) -> Dict[str, Dict[float, dict]]:
-    """variant -> {fraction of the dense GFLOPs: {batch: speed-up}} of the
-    benchmark's eager segmentor rows (fraction: its keep rate's PM row)."""
+    """variant -> {its fraction of the dense GFLOPs: {batch: speed-up}} of
+    the benchmark's eager segmentor rows."""
     rows = [r for r in benchmark['rows'] if r['backend'] == 'eager'
             and r['part'] == 'segmentor' and r.get('dtype', 'fp32') == 'fp32'
             and r.get('vs_off') and not r.get('unreachable')]
     dense = next(r['gflops'] for r in rows if r['variant'] == 'off')
-    fraction = {r['keep_rate']: r['gflops'] / dense for r in rows
-                if r['variant'] == REFERENCE}
     out: Dict[str, Dict[float, dict]] = {}
     for r in rows:
-        if r['keep_rate'] in fraction:
-            out.setdefault(r['variant'], {})[fraction[r['keep_rate']]] = dict(
-                {int(b): s for b, s in r['vs_off']['speedup'].items()},
-                gflops_fraction=r['gflops'] / dense)
+        if r['keep_rate'] is not None:
+            out.setdefault(r['variant'], {})[r['gflops'] / dense] = {
+                int(b): s for b, s in r['vs_off']['speedup'].items()}
     return out
 
 
@@ -66,9 +64,9 @@ def plane_points(study_rows: Sequence[dict], benchmark: dict,
                  max_gap: float = 0.05) -> List[dict]:
     """One point per study row whose method has a benchmark row within
     ``max_gap`` of its GFLOPs fraction: label, budget, mIoU before and
-    after fine-tuning, the row's fraction and its speed-up per batch."""
+    after fine-tuning, both fractions and the speed-up per batch."""
     speed = speedups(benchmark)
-    points = []
+    points = {}
     for row in study_rows:
         method = METHODS.get(row['method'])
         variant = benchmark_variant(method) if method else None
@@ -77,15 +75,18 @@ def plane_points(study_rows: Sequence[dict], benchmark: dict,
         fraction = min(speed[variant], key=lambda f: abs(f - row['fraction']))
         if abs(fraction - row['fraction']) > max_gap:
             continue
-        measured = speed[variant][fraction]
-        points.append(dict(
+        # a schedule's nearest setting can serve several budgets: once,
+        # at the budget nearest to it
+        key = (row['method'], round(row['fraction'], 4))
+        if key in points and abs(points[key]['budget'] - row['fraction']) \
+                <= abs(row['budget'] - row['fraction']):
+            continue
+        points[key] = dict(
             method=row['method'], label=method.label, marker=method.marker,
             budget=row['budget'], study_fraction=row['fraction'],
             miou_before=row['miou_before'], miou_after=row['miou_after'],
-            speed_fraction=measured['gflops_fraction'],
-            speedup={b: s for b, s in measured.items()
-                     if isinstance(b, int)}))
-    return points
+            speed_fraction=fraction, speedup=speed[variant][fraction])
+    return list(points.values())
 
 
 def plane_table(points: Sequence[dict], dense_miou: float) -> str:

@@ -411,14 +411,15 @@ def merge_windows(row: dict):
 def summary_lines(dense: dict, rows: list, settings) -> list:
     lines = [f'Dense Segmenter (the headroom): {dense["miou"]:.2f} mIoU at '
              f'{dense["flops"] / 1e9:.4f} GFLOPs.']
-    for budget, row in sorted(best_per_budget(rows).items(), reverse=True):
+    for budget, row in sorted(best_per_budget(
+            rows, tolerance=settings.tolerance).items(), reverse=True):
         lines.append(
             f'Best at {100 * budget:.0f}% after fine-tuning: {row["label"]} '
             f'({row["setting"]}), {row["miou_after"]:.2f} mIoU '
             f'({row["miou_after"] - dense["miou"]:+.2f} vs dense), '
             f'{row["gflops"]:.4f} GFLOPs.')
-    for budget, row in sorted(best_per_budget(rows, 'miou_before').items(),
-                              reverse=True):
+    for budget, row in sorted(best_per_budget(
+            rows, 'miou_before', settings.tolerance).items(), reverse=True):
         lines.append(
             f'Best at {100 * budget:.0f}% without fine-tuning: '
             f'{row["label"]}, {row["miou_before"]:.2f} mIoU.')

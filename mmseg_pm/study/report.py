@@ -55,13 +55,17 @@ def format_windows_markdown(rows: Sequence[dict]) -> str:
     return markdown_table(WINDOW_COLUMNS, lines, (1, 2, 3, 4)) + '\n'
 
 
-def best_per_budget(rows: Sequence[dict], key: str = 'miou_after'
-                    ) -> Dict[float, dict]:
-    """The row with the highest ``key`` at every budget (ties: first)."""
+def best_per_budget(rows: Sequence[dict], key: str = 'miou_after',
+                    tolerance: float = 0.02) -> Dict[float, dict]:
+    """The row with the highest ``key`` at every budget (ties: first), of
+    the rows within ``tolerance`` of it (a schedule-knob method's nearest
+    setting may sit far from the budget: it is not the best *at* it)."""
     best: Dict[float, dict] = {}
     for row in rows:
         budget = row.get('budget')
         if budget is None or row.get(key) is None:
+            continue
+        if abs(row.get('fraction', budget) / budget - 1) > tolerance:
             continue
         if budget not in best or row[key] > best[budget][key]:
             best[budget] = row
