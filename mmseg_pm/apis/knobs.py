@@ -38,6 +38,9 @@ class Method:
     marker: str  # matplotlib marker of its points
     options: Dict[str, object] = field(default_factory=dict)
     placement: str = DEFAULT_PLACEMENT
+    # how a method with structures shares centres among its units (None:
+    # the mode's default, mmseg_pm.apis.prune.default_ranking)
+    ranking: Optional[str] = None
 
     @property
     def spec(self) -> MethodSpec:
@@ -52,8 +55,9 @@ class Method:
 
 
 def _pm(name: str, label: str, marker: str, placement: str = DEFAULT_PLACEMENT,
-        **options) -> Method:
-    return Method(name, label, DEFAULT_METHOD, marker, options, placement)
+        ranking: Optional[str] = None, **options) -> Method:
+    return Method(name, label, DEFAULT_METHOD, marker, options, placement,
+                  ranking)
 
 
 # The default method's variants (each writes out the settings that define
@@ -76,6 +80,8 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
         'random', reconstruct='residual', assign='static'),
     _pm('res-content', 'PM random centres, residual, content-aware windows '
         '(the default)', 'p'),
+    _pm('res-content-even', 'PM random centres, residual, content-aware '
+        'windows, the same centres in every block', '>', ranking='layer'),
     _pm('res-content-k5', 'PM random centres, residual, content-aware '
         'windows over 5 x 5 neighbours', '8', neighbourhood=5),
     _pm('res-content-k7', 'PM random centres, residual, content-aware '

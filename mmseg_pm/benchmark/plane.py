@@ -33,8 +33,8 @@ def benchmark_variant(method: Method) -> Optional[str]:
     variant's model, or None."""
     if method.method != DEFAULT_METHOD:
         return method.method if method.method in PEER_VARIANTS else None
-    if method.placement != DEFAULT_PLACEMENT or set(method.options) - set(
-            SETTINGS):
+    if method.placement != DEFAULT_PLACEMENT or method.ranking or set(
+            method.options) - set(SETTINGS):
         return None  # one study variant per row: the default placement,
         # nothing set that the rows do not set (a neighbourhood, a rule)
     for name, settings in PM_VARIANTS.items():

@@ -208,7 +208,8 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             compression_for(method, knob, layers, n, settings.prune_rate),
             layers)
         return search_structures(scores, config, grid,
-                                 default_ranking(variant.option('mode')),
+                                 variant.ranking or default_ranking(
+                                     variant.option('mode')),
                                  variant.placement, settings.seed)
 
     inputs = None
