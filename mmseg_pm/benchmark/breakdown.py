@@ -24,6 +24,10 @@ from torch import Tensor, nn
 import mmseg_pm.compression.unit as unit_module
 from mmseg_pm.compression.unit import TokenCompressor
 
+from .machine import machine_info
+from .pipeline import image_size
+from .variants import REFERENCE, build_family, expand_specs
+
 PARTS = ('blocks in units', 'other blocks', 'merge', 'assignment',
          'reconstruct', 'decode head', 'other')
 
@@ -199,34 +203,25 @@ def assignment_table(rows: Sequence[dict]) -> str:
     return '\n'.join(lines)
 
 
+# the rows timed part by part, and their names in the report
+PARTS_ROWS = {'off': 'dense', REFERENCE: 'content', 'pm-static': 'static'}
+
+
 def parts_models(config: str, keep_rates: Sequence[float],
                  cfg_options: Optional[dict] = None) -> Dict[str, nn.Module]:
     """The config's segmentor dense (compression off), and at every keep
-    rate with content-aware and with static windows (its own units and
-    reconstruct, centres on the built-in lattice): random weights, eval
-    mode, the weights of the dense one shared by all."""
-    from mmseg_pm.apis.inference import build_segmentor
-    from mmseg_pm.benchmark.variants import load_config
-
-    base = load_config(config, cfg_options)
-    compression = dict(base.model.backbone.get('compression') or {})
-    if not compression.get('keep_rate'):
-        raise ValueError(f'{config} has no Prune and Merge compression to '
-                         'vary: use a pm-segmenter config')
-    variants = {'dense': None}
-    for keep in keep_rates:
-        for assign in ('content', 'static'):
-            variants[f'{assign} keep {keep}'] = dict(
-                compression, keep_rate=keep, assign=assign)
-    models = {}
-    for name, setting in variants.items():
-        cfg = load_config(config, cfg_options)
-        cfg.model.backbone.compression = setting
-        models[name] = build_segmentor(cfg).eval()
-    weights = {k: v for k, v in models['dense'].state_dict().items()}
-    for model in models.values():
-        model.load_state_dict(weights, strict=False)
-    return models
+    rate with content-aware (the default) and with static windows: the
+    benchmark's rows of them (:func:`~.variants.expand_specs`, centres on
+    the built-in lattice), random weights shared by all, eval mode."""
+    specs, notes = expand_specs(config, None, tuple(PARTS_ROWS), keep_rates,
+                                cfg_options)
+    if not any(spec.keep_rate for spec in specs):
+        raise ValueError(f'{config}: nothing to compress: '
+                         + ('; '.join(notes) or 'no keep rate below 1'))
+    return {PARTS_ROWS[spec.variant] + (f' keep {spec.keep_rate}'
+                                        if spec.keep_rate else ''):
+            model.eval() for spec, model in zip(specs, build_family(
+                specs, cfg_options))}
 
 
 def measure_parts(config: str, keep_rates: Sequence[float] = (0.7, 0.5),
@@ -237,12 +232,10 @@ def measure_parts(config: str, keep_rates: Sequence[float] = (0.7, 0.5),
     every batch size, and the assignment microbenchmark
     (:func:`assignment_costs`) at the config's grid and width, with the
     machine and settings: what ``tools/benchmark_parts.py`` writes."""
-    from mmseg_pm.benchmark.machine import machine_info
-
     info = machine_info('cpu')
     models = parts_models(config, keep_rates, cfg_options)
     backbone = models['dense'].backbone
-    h, w = backbone.img_size if hasattr(backbone, 'img_size') else (512, 512)
+    h, w = image_size(models['dense'])
     patch = backbone.patch_embed.projection.kernel_size[0]
     embed_dims = backbone.patch_embed.projection.out_channels
     breakdown = []

@@ -37,8 +37,8 @@ def benchmark_variant(method: Method) -> Optional[str]:
             method.options) - set(SETTINGS):
         return None  # one study variant per row: the default placement,
         # nothing set that the rows do not set (a neighbourhood, a rule)
+    reference = PM_VARIANTS[REFERENCE]
     for name, settings in PM_VARIANTS.items():
-        reference = PM_VARIANTS[REFERENCE]
         if all(method.option(k) == settings.get(k, reference[k])
                for k in SETTINGS):
             return name

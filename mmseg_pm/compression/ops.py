@@ -86,13 +86,20 @@ def merge_tokens(x: Tensor, assign: Tensor, weight: Tensor,
     slots = per_image_rows(assign, num_slots)
     acc = torch.promote_types(x.dtype, torch.float32)
     weight = weight.to(acc).expand(b, -1)
-    total = weight.new_zeros(b * num_slots).index_add(0, slots,
-                                                      weight.flatten())
+    total = slot_totals(weight, slots, num_slots)
     summed = weight.new_zeros(b * num_slots, c).index_add(
         0, slots, (x.to(acc) * weight[..., None]).flatten(0, 1))
     nonzero = total.clamp_min(torch.finfo(total.dtype).tiny)
-    merged = (summed / nonzero[:, None]).to(x.dtype)
-    return merged.view(b, num_slots, c), total.view(b, num_slots).to(x.dtype)
+    merged = (summed.view(b, num_slots, c) / nonzero[..., None]).to(x.dtype)
+    return merged, total.to(x.dtype)
+
+
+def slot_totals(weight: Tensor, rows: Tensor, num_slots: int) -> Tensor:
+    """(B, K) sum of ``weight`` (B, T) over the tokens of every slot;
+    ``rows``: :func:`per_image_rows` of the (B, T) assignment."""
+    b = weight.shape[0]
+    return weight.new_zeros(b * num_slots).index_add_(
+        0, rows, weight.flatten()).view(b, num_slots)
 
 
 def member_tables(window: Tensor, token: Tensor, num_windows: int

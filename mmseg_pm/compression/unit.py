@@ -34,8 +34,9 @@ from .content import (CandidateTables, MemberTables, candidate_tables,
                       possible_members, tabled_assignment_sums)
 from .ops import (assignment_matrices, batched_rows, gather_scale,
                   merge_matrix, merge_tokens, per_image_rows,
-                  reconstruct_matrix, segment_sum, tabled_segment_sum,
-                  weight_with_prefix, window_tables, with_prefix)
+                  reconstruct_matrix, segment_sum, slot_totals,
+                  tabled_segment_sum, weight_with_prefix, window_tables,
+                  with_prefix)
 from .structure import (CompressionStructure, mean_merge_weights,
                         reconstruct_weights)
 
@@ -419,11 +420,9 @@ class TokenCompressor(nn.Module):
             merged, totals = merge_tokens(x, slots, weight, slot_count)
             if not residual:
                 merged = merged * totals[..., None]
-                squares = (weight * weight).expand_as(slots).reshape(-1)
-                squares = squares.new_zeros(x.shape[0] * slot_count
-                                            ).index_add_(
-                    0, per_image_rows(slots, slot_count), squares).view(
-                    x.shape[0], slot_count)
+                squares = slot_totals((weight * weight).expand_as(slots),
+                                      per_image_rows(slots, slot_count),
+                                      slot_count)
         if residual:
             return merged, UnitContext(formulation, x, merged, None, slots)
         return merged, UnitContext(
