@@ -19,6 +19,8 @@ COMPRESSION = dict(
     pm="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse')",
     pm_pinv="dict(mode='layer', layers=[1], keep_rate=0.4, impl='sparse', "
     "reconstruct='pinv')",
+    pm_prop="dict(mode='layer', layers=[0, 1], keep_rate=0.4, "
+    "impl='sparse', proportional_attention=True)",
     tome="dict(method='tome', layers=[0, 1], r=8)",
     hourglass="dict(method='hourglass', alpha=1, clusters=(5, 4))")
 
@@ -35,7 +37,8 @@ def tiny_checkpoint(tmp_path, method):
         g = torch.Generator().manual_seed(0)
         order = torch.randperm(64, generator=g)
         model.backbone.set_structures([build_structure(
-            (8, 8), order[:20], order[20:30], torch.rand(64, generator=g))])
+            (8, 8), order[:20], order[20:30], torch.rand(64, generator=g))
+            for _ in model.backbone.compressed_units])
     checkpoint = tmp_path / f'{method}.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
     return config, checkpoint
@@ -45,6 +48,7 @@ def tiny_checkpoint(tmp_path, method):
 @pytest.mark.parametrize('method,upsample', [('dense', True),
                                              ('pm', False),
                                              ('pm_pinv', False),
+                                             ('pm_prop', False),
                                              ('hourglass', False)])
 def test_export_matches_pytorch(tmp_path, method, upsample, capsys):
     config, checkpoint = tiny_checkpoint(tmp_path, method)

@@ -78,8 +78,13 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
         reconstruct='residual', assign='static'),
     _pm('res-random', 'PM random centres, residual, static windows', 'X',
         'random', reconstruct='residual', assign='static'),
-    _pm('res-content', 'PM random centres, residual, content-aware windows '
-        '(the default)', 'p'),
+    _pm('res-content', 'PM random centres, residual, content-aware windows, '
+        'block 0 dense', 'p'),
+    _pm('res-content-all', 'PM random centres, residual, content-aware '
+        'windows, every block (the default)', 'H', first_block=0),
+    _pm('res-content-all-prop', 'PM random centres, residual, '
+        'content-aware windows, every block, proportional attention', '<',
+        first_block=0, proportional_attention=True),
     _pm('res-content-even', 'PM random centres, residual, content-aware '
         'windows, the same centres in every block', '>', ranking='layer'),
     _pm('res-content-k5', 'PM random centres, residual, content-aware '

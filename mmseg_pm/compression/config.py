@@ -133,6 +133,8 @@ class PMConfig:
     reconstruct: str = DEFAULT_RECONSTRUCT
     assign: str = DEFAULT_ASSIGN
     neighbourhood: int = DEFAULT_NEIGHBOURHOOD
+    # log window sizes on the attention logits of the merged tokens
+    proportional_attention: bool = False
 
     @classmethod
     def from_dict(cls, cfg: Optional[dict],
@@ -149,7 +151,7 @@ class PMConfig:
                 'method with parse_compression()')
         known = {'mode', 'layers', 'spans', 'keep_rate', 'prune_rate', 'rule',
                  'impl', 'trainable', 'reconstruct', 'assign',
-                 'neighbourhood'}
+                 'neighbourhood', 'proportional_attention'}
         _check_keys(cfg, known, 'pm')
         mode = cfg.pop('mode', 'layer')
         if mode not in MODES:
@@ -184,8 +186,9 @@ class PMConfig:
         for key in ('keep_rate', 'prune_rate'):
             if key in cfg:
                 cfg[key] = _check_number(cfg[key], key)
-        if 'trainable' in cfg:
-            _check_flag(cfg['trainable'], 'trainable')
+        for flag in ('trainable', 'proportional_attention'):
+            if flag in cfg:
+                _check_flag(cfg[flag], flag)
         config = cls(mode=mode, units=units, **cfg)
         config.validate()
         return config
@@ -233,7 +236,8 @@ class PMConfig:
         default = lattice_structure(grid, self.keep_rate, self.rule)
         return PruneAndMerge(self.units, default, int(with_cls_token),
                              self.impl, self.trainable, self.reconstruct,
-                             self.assign, self.neighbourhood)
+                             self.assign, self.neighbourhood,
+                             self.proportional_attention)
 
     @property
     def layers(self) -> List[int]:

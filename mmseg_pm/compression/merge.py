@@ -74,10 +74,12 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
                  impl: str = DEFAULT_IMPL, trainable: bool = True,
                  reconstruct: str = DEFAULT_RECONSTRUCT,
                  assign: str = DEFAULT_ASSIGN,
-                 neighbourhood: int = DEFAULT_NEIGHBOURHOOD):
+                 neighbourhood: int = DEFAULT_NEIGHBOURHOOD,
+                 proportional_attention: bool = False):
         super().__init__({str(first): TokenCompressor(
             structure, impl, trainable, reconstruct, assign, neighbourhood)
             for first, _ in units})
+        self.proportional_attention = proportional_attention
         self.units = [(int(a), int(b)) for a, b in units]
         self.unit_last = dict(self.units)  # first block -> last block
         self.num_prefix = num_prefix
@@ -101,7 +103,7 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
 
     # ------------------------------------------------------------ forward
     def start(self, x: Tensor, hw: Tuple[int, int]):
-        return None  # (last block, compressor, context) inside a unit
+        return None  # (last block, compressor, context, bias) inside a unit
 
     def run_block(self, i: int, block: nn.Module, x: Tensor, state):
         if i in self.unit_last:
@@ -111,17 +113,21 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
             if self.trace_source:  # the source map is only built on request
                 self.record_source(i, compressor.source(
                     batch, self.num_prefix, context))
-            state = (self.unit_last[i], compressor, context)
-        x = block(x)
+            bias = compressor.attention_bias(
+                context, self.num_prefix, x.dtype) \
+                if self.proportional_attention else None
+            state = (self.unit_last[i], compressor, context, bias)
+        x = block(x) if state is None or state[3] is None else \
+            block(x, state[3])
         if state is not None and i == state[0]:
-            _, compressor, context = state
+            _, compressor, context, _ = state
             return compressor.reconstruct(x, context, self.num_prefix), None
         return x, state
 
     def full_grid(self, i: int, x: Tensor, state) -> Tensor:
         if state is None:
             return x
-        _, compressor, context = state
+        _, compressor, context, _ = state
         return compressor.reconstruct(x, context, self.num_prefix)
 
     # ------------------------------------------------------------ questions
@@ -161,14 +167,20 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
 # the compression settings a knob value may be given with
 KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
 # ... and, written out only where a variant sets it (every other variant's
-# dict stays as it was)
-EXTRA_KNOB_OPTIONS = ('neighbourhood', )
+# dict stays as it was; first_block picks the layers)
+EXTRA_KNOB_OPTIONS = ('neighbourhood', 'proportional_attention',
+                      'first_block')
 
 
-def pm_layers(num_layers: int) -> List[int]:
-    """Blocks Prune and Merge compresses: all but block 0 (the released
-    Segmenter configs likewise leave the first blocks dense)."""
-    return compressible_blocks(num_layers)
+def pm_layers(num_layers: int, first_block: int = 1) -> List[int]:
+    """Blocks Prune and Merge compresses: ``first_block`` to the last.
+    1 (the default) leaves block 0 dense, as the released Segmenter configs
+    leave their first blocks dense; 0 compresses every block."""
+    if first_block == 1:
+        return compressible_blocks(num_layers)
+    if first_block != 0:
+        raise ValueError(f'first_block must be 0 or 1, got {first_block!r}')
+    return list(range(num_layers))
 
 
 def span_units(num_layers: int) -> List[Tuple[int, int]]:
@@ -194,13 +206,21 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
     config = method_spec(SPEC.name).config
     o = {k: options[k] if k in options else config_default(config, k)
          for k in KNOB_OPTIONS}
-    units = dict(spans=span_units(shape.num_layers)) if o['mode'] == 'span' \
-        else dict(layers=pm_layers(shape.num_layers))
+    first_block = options.get('first_block', 1)
+    if o['mode'] == 'span':
+        if first_block != 1:
+            raise ValueError("first_block is an option of mode 'layer'; "
+                             'span units start at block 1')
+        units = dict(spans=span_units(shape.num_layers))
+    else:
+        units = dict(layers=pm_layers(shape.num_layers, first_block))
+    # first_block says which layers; the others are compression settings
+    extra = {k: options[k] for k in EXTRA_KNOB_OPTIONS
+             if k in options and k != 'first_block'}
     return dict(mode=o['mode'], **units,
                 keep_rate=keep_rate_for(knob, shape.num_tokens),
                 prune_rate=o['prune_rate'], rule=o['rule'],
-                reconstruct=o['reconstruct'], assign=o['assign'],
-                **{k: options[k] for k in EXTRA_KNOB_OPTIONS if k in options})
+                reconstruct=o['reconstruct'], assign=o['assign'], **extra)
 
 
 def _knob_text(knob: int, shape: ModelShape) -> str:

@@ -233,6 +233,10 @@ class TokenCompressor(nn.Module):
                     self.group, self.is_centre, self.grid_size,
                     self.neighbourhood))
             self._members = possible_members(self._candidates)
+            # tokens per window of the static structure (pruned: in none)
+            self._window_sizes = self._kept.new_zeros(
+                self.num_groups).index_add_(0, self.group[kept],
+                                            self._kept[kept])
         self._rows.clear()
         # Fail now rather than on the first forward.
         self.structure()
@@ -348,6 +352,22 @@ class TokenCompressor(nn.Module):
                                         or context.inputs.requires_grad):
             return context.inputs + out
         return out.add_(context.inputs)  # out is fresh: safe in place
+
+    def attention_bias(self, context: UnitContext, num_prefix: int,
+                       dtype: torch.dtype) -> Tensor:
+        """(B or 1, 1, 1, P + K) log of the tokens each merged token
+        stands for, added to the attention logits (proportional attention:
+        a window of s identical tokens then weighs as its s tokens would;
+        ToMe's size bias). Content-aware windows: this image's sizes."""
+        slot_count = num_prefix + self.num_groups
+        if context.slots is None:
+            sizes = weight_with_prefix(self._window_sizes, num_prefix)[None]
+        else:
+            kept = weight_with_prefix(self._kept, num_prefix)
+            sizes = slot_totals(kept.expand_as(context.slots).contiguous(),
+                                per_image_rows(context.slots, slot_count),
+                                slot_count)
+        return sizes.clamp_min(1).log().to(dtype)[:, None, None, :]
 
     def _put_back_pruned(self, x: Tensor, context: UnitContext,
                          num_prefix: int) -> Tensor:

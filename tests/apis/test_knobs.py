@@ -28,6 +28,21 @@ def test_knobs_mean_what_they_say():
     assert compression_for('pm-row', 16, 4, 64)['reconstruct'] == 'pinv'
     spread = compression_for('res-span-spread', 16, 4, 64)
     assert spread['reconstruct'] == 'residual' and spread['mode'] == 'span'
+    # the study's default compresses every block, its block-0-dense twin
+    # all but block 0; first_block is a layout, not a config key
+    every = compression_for('res-content-all', 16, 4, 64)
+    assert every['layers'] == [0, 1, 2, 3] and 'first_block' not in every
+    assert compression_for('res-content', 16, 4, 64)['layers'] == [1, 2, 3]
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(first_block=2), 'first_block must be 0 or 1'),
+    (dict(first_block=0, mode='span'), "option of mode 'layer'")])
+def test_pm_knob_refuses_a_layout_it_cannot_build(options, message):
+    from mmseg_pm.compression.registry import ModelShape, method_spec
+    spec = method_spec('pm')
+    with pytest.raises(ValueError, match=message):
+        spec.knob_compression(8, ModelShape(64, 4, None), **options)
 
 
 def test_calibrate_knob_finds_the_nearest_value_either_direction():
