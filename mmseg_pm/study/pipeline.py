@@ -32,10 +32,11 @@ from mmseg_pm.apis.scoring import token_scores_from_config
 from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.compression import search_structures
 from mmseg_pm.datasets import make_synthetic_ade
+from mmseg_pm.visualization import record_source_maps
 from .settings import StudySettings
 from .report import (best_per_budget, format_markdown, format_table,
                      format_windows_markdown, plot_study)
-from .windows import window_stats
+from .windows import image_window_stats, window_stats
 
 PROXY_NOTE = ('A small proxy, not ADE20K: synthetic ADE20K-format scenes and '
               'a tiny Segmenter trained from scratch on CPU; the numbers '
@@ -400,13 +401,22 @@ def row_segmentor(row: dict, checkpoint: str):
     return init_segmentor(row['config'], checkpoint, row_options(row))
 
 
-def merge_windows(row: dict):
+def merge_windows(row: dict, base: Config):
     """Window statistics of a row's structures (as searched, before
-    fine-tuning), None for a method without structures."""
+    fine-tuning), None for a method without structures; content-aware
+    windows: as the validation images formed them."""
     if not METHODS[row['method']].spec.structures:
         return None
-    model = row_segmentor(row, row['compressed'])
-    return window_stats(model.backbone.structures())
+    model = row_segmentor(row, row['compressed']).eval()
+    backbone = model.backbone
+    structures = backbone.structures()
+    if not backbone.reducer.per_image_merges:
+        return window_stats(structures)
+    inputs = torch.cat(validation_inputs(base, model))
+    sources = record_source_maps(backbone, inputs)
+    return image_window_stats(
+        structures, [sources[first] for first, _ in backbone.reducer.units],
+        backbone.reducer.num_prefix)
 
 
 def summary_lines(dense: dict, rows: list, settings) -> list:
@@ -561,7 +571,7 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
                      images_per_s=speed['dense'])
     for row in rows:
         row['images_per_s'] = speed[row['name']]
-        row['windows'] = merge_windows(row)
+        row['windows'] = merge_windows(row, base)
     total_s = time.perf_counter() - start
     note = setup_note(data, base, settings, stages, total_s)
     summary = summary_lines(dense, rows, settings)
@@ -589,9 +599,10 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
     write_atomic(out / 'table.md', '\n'.join([
         '# Token compression at matched GFLOPs (synthetic proxy)', '',
         format_markdown([dense_row] + rows), *[f'- {s}' for s in summary],
-        '', f'Merge windows of the static structures ({grid}x{grid} = '
-        f'{grid * grid} tokens; how far merged tokens sit from their '
-        'centre):', '',
+        '', f'Merge windows ({grid}x{grid} = {grid * grid} tokens; how far '
+        'merged tokens sit from their centre; content-aware rows: the '
+        'windows the validation images formed, over all images and '
+        'units):', '',
         format_windows_markdown(rows),
         '', note, '', '![mIoU against GFLOPs](miou_vs_gflops.png)', '']))
     print()

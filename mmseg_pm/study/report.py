@@ -42,17 +42,21 @@ def format_markdown(rows: Sequence[dict]) -> str:
 WINDOW_COLUMNS = ('method', 'budget',
                   'mean token-to-centre distance (tokens)',
                   'largest window (tokens)',
-                  '3x3 neighbourhoods without a centre')
+                  '3x3 neighbourhoods without a centre',
+                  'tokens outside their static window')
 
 
 def format_windows_markdown(rows: Sequence[dict]) -> str:
-    """The merge windows of the static (Prune-and-Merge family) rows."""
+    """The merge windows of the Prune-and-Merge family's rows (those with
+    content-aware windows: as the validation images formed them)."""
     lines = [(r['method'], f'{100 * r["budget"]:.0f}%',
               f'{r["windows"]["mean_distance"]:.2f}',
               str(r['windows']['max_window']),
-              f'{100 * r["windows"]["empty_3x3"]:.1f}%')
+              f'{100 * r["windows"]["empty_3x3"]:.1f}%',
+              f'{100 * r["windows"]["moved"]:.1f}%'
+              if 'moved' in r['windows'] else '-')
              for r in rows if r.get('windows')]
-    return markdown_table(WINDOW_COLUMNS, lines, (1, 2, 3, 4)) + '\n'
+    return markdown_table(WINDOW_COLUMNS, lines, (1, 2, 3, 4, 5)) + '\n'
 
 
 def best_per_budget(rows: Sequence[dict], key: str = 'miou_after',

@@ -15,6 +15,7 @@ from mmseg_pm.study import (CalibrationError, compression_for,
 from mmseg_pm.apis.inference import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
 from mmseg_pm.study import StudySettings, pipeline
+from mmseg_pm.study.windows import image_window_stats
 from mmseg_pm.utils import count_flops
 
 
@@ -38,6 +39,24 @@ def test_window_stats_measure_distance_to_the_centre():
                                          empty_3x3=0.0)
     corner = build_structure((6, 6), torch.tensor([0]))
     assert empty_neighbourhoods(corner) == 15 / 16  # only the (0, 0) window
+
+
+def test_image_windows_are_measured_as_each_image_formed_them():
+    # 1 x 4 grid, centres 0 and 3: static windows {0, 1} and {2, 3}
+    s = build_structure((1, 4), torch.tensor([0, 3]), rule='nearest')
+    assert s.group.tolist() == [0, 0, 1, 1]
+    # sources: class token in slot 0, windows in slots 1 and 2
+    static = torch.tensor([[0, 1, 1, 2, 2]])
+    moved = torch.tensor([[0, 1, 2, 2, 2],    # token 1 joined centre 3
+                          [0, 1, 1, 1, 2]])   # token 2 joined centre 0
+    same = image_window_stats([s], [static])
+    assert same == dict(window_stats([s]), moved=0.0)
+    got = image_window_stats([s], [moved])
+    assert got['moved'] == 2 / 8 and got['max_window'] == 3
+    # distances: image 1: 0, 2, 1, 0; image 2: 0, 1, 2, 0
+    assert got['mean_distance'] == 6 / 8
+    with pytest.raises(ValueError, match='2 source maps for 1 structures'):
+        image_window_stats([s], [static, static])
 
 
 def tiny_args(tmp_path, **kw):
