@@ -277,7 +277,8 @@ def draw_token_map(ax, image: Optional[np.ndarray], token_map: TokenMap,
                    zorder=3)
     if title is None:
         title = ': '.join(t for t in (token_map.label, token_map.title) if t)
-    ax.set_title(title, fontsize=9)
+    # a panel is about 40 characters wide at this size: wrap, never clip
+    ax.set_title(textwrap.fill(title, 40), fontsize=9)
 
 
 def draw_scores(ax, scores: Tensor, grid: Tuple[int, int],
