@@ -90,11 +90,11 @@ def test_every_other_layer_takes_the_config_classes_defaults():
     for name in ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate'):
         wrong += disagreements('a study variant', {name: bare.option(name)},
                                truth)
-    # the study variant named the default is the default
-    [default] = [m for m in METHODS.values()
-                 if m.method == DEFAULT_METHOD and not m.options
-                 and m.ranking is None]
-    assert 'the default' in default.label
+    # the study variant named the default takes every config default; its
+    # one option is the layout (every block compressed)
+    [default] = [m for m in METHODS.values() if 'the default' in m.label]
+    assert default.method == DEFAULT_METHOD and default.ranking is None
+    assert default.options == {'first_block': 0}
     # the prune tool's compression options: the config's, no default
     parsed = prune_tool.build_parser().parse_args(['c.py', 'w.pth', '--out',
                                                    'o.pth'])
