@@ -16,9 +16,10 @@ from mmseg_pm.compression.registry import peer_specs
 # What tools/study.py runs unless told otherwise: the authors' Prune and
 # Merge, the default (every block compressed), the same with block 0 dense
 # with static and with content-aware windows, the best other placement of
-# the 2026-12-01 study (lattice), and every other registered method. The other PM variants (span mode, the other rules and
-# placements) stay selectable with --methods; docs/study.md keeps their
-# measured tables.
+# the 2026-12-01 study (lattice), and every other registered method. The
+# other PM variants (span mode, the other rules and placements,
+# proportional attention) stay selectable with --methods; docs/study.md
+# keeps their measured tables.
 DEFAULT_METHODS = ('pm-row', 'res-random', 'res-content', 'res-content-all',
                    'res-lattice') + \
     tuple(s.name for s in peer_specs())
