@@ -212,9 +212,8 @@ class TokenCompressor(nn.Module):
         group = self.group.cpu()
         weight = self.merge_weight.detach().cpu().clone()
         weight[group < 0] = 0
-        return CompressionStructure(self.grid_size, group,
-                                    torch.nonzero(self.is_centre.cpu()).flatten(),
-                                    weight)
+        centre = torch.nonzero(self.is_centre.cpu()).flatten()
+        return CompressionStructure(self.grid_size, group, centre, weight)
 
     def _refresh(self) -> None:
         """The derived buffers and tables of the current structure."""
