@@ -401,10 +401,11 @@ def row_segmentor(row: dict, checkpoint: str):
     return init_segmentor(row['config'], checkpoint, row_options(row))
 
 
-def merge_windows(row: dict, base: Config):
+def merge_windows(row: dict, images) -> Optional[dict]:
     """Window statistics of a row's structures (as searched, before
     fine-tuning), None for a method without structures; content-aware
-    windows: as the validation images formed them."""
+    windows: as the validation images formed them (``images(model)``: the
+    validation images as one batch through the model's preprocessor)."""
     if not METHODS[row['method']].spec.structures:
         return None
     model = row_segmentor(row, row['compressed']).eval()
@@ -412,8 +413,7 @@ def merge_windows(row: dict, base: Config):
     structures = backbone.structures()
     if not backbone.reducer.per_image_merges:
         return window_stats(structures)
-    inputs = torch.cat(validation_inputs(base, model))
-    sources = record_source_maps(backbone, inputs)
+    sources = record_source_maps(backbone, images(model))
     return image_window_stats(
         structures, [sources[first] for first, _ in backbone.reducer.units],
         backbone.reducer.num_prefix)
@@ -569,9 +569,16 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
                      gflops=dense['flops'] / 1e9, fraction=1.0,
                      miou_before=dense['miou'], miou_after=None,
                      images_per_s=speed['dense'])
+    loaded = []  # the validation images, read once for every row
+
+    def validation_batch(model):
+        if not loaded:
+            loaded.append(torch.cat(validation_inputs(base, model)))
+        return loaded[0]
+
     for row in rows:
         row['images_per_s'] = speed[row['name']]
-        row['windows'] = merge_windows(row, base)
+        row['windows'] = merge_windows(row, validation_batch)
     total_s = time.perf_counter() - start
     note = setup_note(data, base, settings, stages, total_s)
     summary = summary_lines(dense, rows, settings)

@@ -29,20 +29,14 @@ def empty_neighbourhoods(structure: CompressionStructure,
 def window_stats(structures: Sequence[CompressionStructure]) -> dict:
     """How far merged tokens travel, over all units: the mean grid distance
     from a token to its centre, the largest window and the share of 3x3
-    neighbourhoods without a centre (pruned tokens left out)."""
-    distances, holes, largest = [], [], 0
-    for s in structures:
-        h, w = s.grid
-        kept = torch.nonzero(~s.pruned).flatten()
-        centre = s.centre[s.group[kept]]
-        dy = (kept // w - centre // w).float()
-        dx = (kept % w - centre % w).float()
-        distances.append(float(torch.sqrt(dy ** 2 + dx ** 2).mean()))
-        holes.append(empty_neighbourhoods(s))
-        largest = max(largest, int(s.tokens_per_group().max()))
-    return dict(mean_distance=sum(distances) / len(distances),
-                max_window=largest,
-                empty_3x3=sum(holes) / len(holes))
+    neighbourhoods without a centre (pruned tokens left out): the static
+    windows, as :func:`image_window_stats` of one image that formed
+    exactly them."""
+    # the structure's group is a source map without prefix (pruned < 0)
+    stats = image_window_stats(structures, [s.group[None] for s in structures],
+                               num_prefix=0)
+    del stats['moved']  # 0 by construction
+    return stats
 
 
 def image_window_stats(structures: Sequence[CompressionStructure],
