@@ -6,16 +6,17 @@ static structure; only which window a merged token (kept, not a centre)
 joins follows the image. Centres stay in their own window and pruned
 tokens are in none, so only the M merged tokens are assigned.
 
-What it costs, and why it is computed this way (docs/content_windows.md): the
-similarity needs only the pairs (merged token, one of its distinct
+What it costs, and why it is computed this way (docs/content_windows.md):
+the similarity needs only the pairs (merged token, one of its distinct
 candidate windows), about 5-6 per token. Eager runs on the CPU compute
 exactly those dot products with one sampled sparse-dense product
 (:func:`pair_dots`, SDDMM: nothing materialised; 0.7-1.3 % of a ViT-S
-block at batch 8, 1.3-2.6 % at batch 1), every other run (ONNX export, ``torch.compile``, other devices)
-with a loop over the candidate slots (:func:`slot_similarity`: one gather,
-product and sum per slot, which Inductor fuses). Both give the same
-assignment: the candidate of largest cosine, ties to the earlier candidate
-of the k x k scan, which starts with the token's own window.
+block at batch 8, 1.3-2.6 % at batch 1), every other run (ONNX export,
+``torch.compile``, other devices) with a loop over the candidate slots
+(:func:`slot_similarity`: one gather, product and sum per slot, which
+Inductor fuses). Both give the same assignment: the candidate of largest
+cosine, ties to the earlier candidate of the k x k scan, which starts with
+the token's own window.
 """
 from __future__ import annotations
 

@@ -167,9 +167,10 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
 # the compression settings a knob value may be given with
 KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
 # ... and, written out only where a variant sets it (every other variant's
-# dict stays as it was; first_block picks the layers)
-EXTRA_KNOB_OPTIONS = ('neighbourhood', 'proportional_attention',
-                      'first_block')
+# dict stays as it was)
+EXTRA_KNOB_OPTIONS = ('neighbourhood', 'proportional_attention')
+# ... and the one that picks the compressed layers (pm_layers)
+LAYOUT_OPTIONS = ('first_block', )
 
 
 def pm_layers(num_layers: int, first_block: int = 1) -> List[int]:
@@ -198,11 +199,11 @@ def _knob_range(shape: ModelShape) -> Tuple[int, int]:
 
 
 def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
-    unknown = sorted(set(options) - set(KNOB_OPTIONS + EXTRA_KNOB_OPTIONS))
+    known = KNOB_OPTIONS + EXTRA_KNOB_OPTIONS + LAYOUT_OPTIONS
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(f'unknown Prune-and-Merge knob options {unknown}; '
-                         'expected some of '
-                         f'{KNOB_OPTIONS + EXTRA_KNOB_OPTIONS}')
+                         f'expected some of {known}')
     config = method_spec(SPEC.name).config
     o = {k: options[k] if k in options else config_default(config, k)
          for k in KNOB_OPTIONS}
@@ -214,13 +215,11 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
         units = dict(spans=span_units(shape.num_layers))
     else:
         units = dict(layers=pm_layers(shape.num_layers, first_block))
-    # first_block says which layers; the others are compression settings
-    extra = {k: options[k] for k in EXTRA_KNOB_OPTIONS
-             if k in options and k != 'first_block'}
     return dict(mode=o['mode'], **units,
                 keep_rate=keep_rate_for(knob, shape.num_tokens),
                 prune_rate=o['prune_rate'], rule=o['rule'],
-                reconstruct=o['reconstruct'], assign=o['assign'], **extra)
+                reconstruct=o['reconstruct'], assign=o['assign'],
+                **{k: options[k] for k in EXTRA_KNOB_OPTIONS if k in options})
 
 
 def _knob_text(knob: int, shape: ModelShape) -> str:

@@ -363,7 +363,7 @@ class TokenCompressor(nn.Module):
             sizes = weight_with_prefix(self._window_sizes, num_prefix)[None]
         else:
             kept = weight_with_prefix(self._kept, num_prefix)
-            sizes = slot_totals(kept.expand_as(context.slots).contiguous(),
+            sizes = slot_totals(kept.expand_as(context.slots),
                                 per_image_rows(context.slots, slot_count),
                                 slot_count)
         return sizes.clamp_min(1).log().to(dtype)[:, None, None, :]
