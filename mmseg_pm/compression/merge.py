@@ -38,17 +38,16 @@ def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
     tokens included), the dense formulation's (K x N) and (N x K)
     products; gathers and scales are element-wise (not counted).
     Content-aware windows (``similarity_pairs`` > 0: the (token, candidate
-    window) pairs of the unit) add 2 C per pair, the window totals (and,
-    pinv, squared weights) summed per image, and, dense, products with the
-    prefix tokens' rows and columns."""
+    window) pairs of the unit) add 2 C per pair, the window totals (or,
+    pinv, squared weights) summed per image as one more channel, and,
+    dense, products with the prefix tokens' rows and columns."""
     n, c = num_tokens, embed_dims
     if similarity_pairs:
         similarity = 2 * similarity_pairs * c
         if impl == 'dense':
             slots, tokens = num_prefix + num_groups, num_prefix + n
             return similarity + 2 * slots * tokens * c * (1 + reconstructs)
-        sums = 1 if reconstruct == 'residual' else 2
-        return similarity + 2 * (num_prefix + n) * (c + sums)
+        return similarity + 2 * (num_prefix + n) * (c + 1)
     if impl == 'sparse':
         return 2 * (num_prefix + n) * c
     return 2 * num_groups * n * c * (1 + reconstructs)

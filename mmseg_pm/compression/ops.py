@@ -19,6 +19,13 @@ import torch
 from torch import Tensor
 
 
+def autocast_off(device_type: str) -> torch.autocast:
+    """Autocast off on ``device_type``: what runs inside computes in the
+    dtype of its operands (which tokens merge must not hinge on bf16/fp16
+    rounding)."""
+    return torch.autocast(device_type, enabled=False)
+
+
 def batched_rows(index: Tensor, batch: int, rows: int) -> Tensor:
     """``index`` repeated for each of ``batch`` stacked blocks of ``rows``
     rows, as indices into the flattened (batch * rows, C) tensor.

@@ -16,27 +16,40 @@ its structure's window.
 
 Three formulations of the same arithmetic, chosen once per forward by
 :meth:`TokenCompressor.merge` and carried to its reconstruct:
-``'sparse'`` (segment sums and gathers: eager and compiled runs),
+``'sparse'`` (one segment sum and one gather: eager and compiled runs),
 ``'export'`` (a sparse unit being exported to ONNX: gathers only, no index
 written twice, see :mod:`.ops`) and ``'dense'`` (the authors' explicit
 matrices, per image for content-aware windows: the reference, asked for
 with ``impl='dense'``).
+
+The sparse unit is built for the regime where every op is a kernel launch
+(a GPU at small batch; docs/benchmark.md counts them): what depends only
+on the structure (every token's row in the merged tensor, the
+assignment's candidate tables) is computed once per batch size and kept
+(:class:`UnitPlan`); so are, while no gradient is asked for, the weights
+with the prefix tokens' in front (the cache follows the parameters'
+version counters). What is left per forward is what the image decides:
+residual with static windows, six kernels (a weighted segment sum:
+multiply, zeros, index_add; the update, its gather and one fused
+multiply-add); content-aware windows add the assignment
+(:func:`~.content.assign_rows`, nine) and the per-image means (three). No
+host synchronisation: one graph under ``torch.compile``, capturable in a
+CUDA graph.
 """
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .content import (CandidateTables, MemberTables, candidate_tables,
-                      candidate_windows, content_assignment, pair_pattern,
-                      possible_members, tabled_assignment_sums)
-from .ops import (assignment_matrices, batched_rows, gather_scale,
-                  merge_matrix, merge_tokens, per_image_rows,
-                  reconstruct_matrix, segment_sum, slot_totals,
-                  tabled_segment_sum, weight_with_prefix, window_tables,
-                  with_prefix)
+from .content import (AssignmentPlan, CandidateTables, MemberTables,
+                      assign_rows, assignment_plan, candidate_tables,
+                      candidate_windows, possible_members,
+                      tabled_assignment_sums)
+from .ops import (assignment_matrices, merge_matrix, reconstruct_matrix,
+                  tabled_segment_sum, window_tables, with_prefix)
 from .structure import (CompressionStructure, mean_merge_weights,
                         reconstruct_weights)
 
@@ -52,15 +65,28 @@ DEFAULT_NEIGHBOURHOOD = 3
 
 class UnitContext(NamedTuple):
     """What a reconstruct needs from its merge: the formulation chosen, the
-    unit's input and its merged form (residual) or the pruned tokens
-    (pinv); content-aware windows: the (B, P + N) merged token of every
-    token in each image and, pinv, each window's sum of squared weights."""
+    unit's input, its merged form (residual; None: pinv), the (B * T,) row
+    of every token in the flattened (B * (P + K), C) merged tensor (sparse
+    and export) and, content-aware windows, the (B, T) slot of every token
+    (dense and export) and, pinv, each window's sum of squared weights
+    (B * (P + K),)."""
     formulation: str
-    inputs: Optional[Tensor]
+    inputs: Tensor
     merged: Optional[Tensor]
-    pruned: Optional[Tensor]
+    rows: Optional[Tensor] = None
     slots: Optional[Tensor] = None
     squares: Optional[Tensor] = None
+
+
+class UnitPlan(NamedTuple):
+    """What a sparse unit's forward needs of its structure for B images of
+    T = P + N tokens merged into S = P + K slots: every token's row in the
+    flattened (B * S, C) merged tensor under the static windows (pruned
+    tokens: window 0's, with weight 0), the (B, 1) first row of each
+    image, and, content-aware windows, the assignment's plan."""
+    rows: Tensor  # (B * T,)
+    offsets: Tensor  # (B, 1): b * S
+    assignment: Optional[AssignmentPlan]
 
 
 def _normal_tensors():
@@ -124,7 +150,7 @@ class TokenCompressor(nn.Module):
     closed form per image). ``num_prefix`` leading tokens (the class token)
     are windows of their own (weight 1). The sparse path keeps them inside
     its one segment sum and one gather and sends pruned tokens to window 0
-    with weight 0; its row indices are cached per input shape.
+    with weight 0; its rows are planned once per batch size.
     """
 
     def __init__(self,
@@ -162,14 +188,13 @@ class TokenCompressor(nn.Module):
         self.register_buffer('_index', torch.zeros(n, dtype=torch.long),
                              persistent=False)
         self.register_buffer('_kept', torch.zeros(n), persistent=False)
-        self.register_buffer('_pruned', torch.zeros(0, dtype=torch.long),
-                             persistent=False)
         self._windows: Optional[Tuple[List[Tensor], Tensor]] = None
         self._candidates: Optional[CandidateTables] = None
         self._members: Optional[MemberTables] = None
         self.num_groups = 0
         self.has_pruned = False
-        self._rows: Dict[tuple, tuple] = {}
+        self._plans: Dict[tuple, UnitPlan] = {}
+        self._weights: Dict[tuple, Tuple[Tensor, Tensor]] = {}
         self.set_structure(structure)
 
     @property
@@ -181,7 +206,7 @@ class TokenCompressor(nn.Module):
         """(token, candidate window) similarities per image and forward."""
         if self.assign != 'content':
             return 0
-        return self._candidates.num_pairs + self.num_groups  # + norms
+        return self._candidates.num_pairs
 
     def set_structure(self, structure: CompressionStructure) -> None:
         """Install ``structure`` and its initial weights: M~ and R~ = 1
@@ -224,7 +249,6 @@ class TokenCompressor(nn.Module):
             # Pruned tokens go to window 0 with weight 0 in the segment sum.
             self._index.copy_(self.group.clamp(min=0))
             self._kept.copy_(kept.float())
-            self._pruned = torch.nonzero(~kept).flatten()
             self._windows = window_tables(self.group)
             centre = torch.nonzero(self.is_centre).flatten()
             self._candidates = candidate_tables(
@@ -236,7 +260,8 @@ class TokenCompressor(nn.Module):
             self._window_sizes = self._kept.new_zeros(
                 self.num_groups).index_add_(0, self.group[kept],
                                             self._kept[kept])
-        self._rows.clear()
+        self._plans.clear()
+        self._weights.clear()
         # Fail now rather than on the first forward.
         self.structure()
 
@@ -255,51 +280,48 @@ class TokenCompressor(nn.Module):
             return 'dense'
         return 'export' if torch.compiler.is_exporting() else 'sparse'
 
-    def _cached(self, key: tuple, make):
-        """Index tensors per input shape, made as normal tensors; not
-        cached while compiling (they become graph constants)."""
-        compiling = torch.compiler.is_compiling()
-        cached = None if compiling else self._rows.get(key)
-        if cached is not None:
-            return cached
+    def _plan(self, batch: int, num_prefix: int, device) -> UnitPlan:
+        """The :class:`UnitPlan` for ``batch`` images, made once as normal
+        tensors; while compiling, read from the cache but never stored
+        (a graph's tensors are its own)."""
+        key = (batch, num_prefix, device)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
         with _normal_tensors():
-            value = make()
-        if not compiling:
-            if len(self._rows) >= 16:  # a few batch sizes are ever in use
-                self._rows.clear()
-            self._rows[key] = value
-        return value
-
-    def _batched_indices(self, batch: int, num_prefix: int
-                         ) -> Tuple[Tensor, Tensor]:
-        """Rows in the flattened (B * tokens, C) tensors: the merged row of
-        every token (merge scatters into it, reconstruct gathers from it),
-        and the rows of the pruned tokens."""
-        def make():
-            index = with_prefix(self._index, num_prefix)
-            return (batched_rows(index, batch, num_prefix + self.num_groups),
-                    batched_rows(self._pruned + num_prefix, batch,
-                                 index.numel()))
-        return self._cached(('static', batch, num_prefix,
-                             self._index.device), make)
-
-    def _pair_pattern(self, x: Tensor, num_prefix: int):
-        """The CSR pattern of the similarity pairs, or None where the
-        assignment loops over candidate slots (not eager on the CPU)."""
-        if x.device.type != 'cpu' or torch.compiler.is_compiling() or \
-                torch.compiler.is_exporting():
-            return None
-        batch = x.shape[0]
-        return self._cached(('pairs', batch, num_prefix, x.device), lambda: (
-            pair_pattern(self._candidates, num_prefix, self.group.numel(),
-                         batch)))
+            slots = num_prefix + self.num_groups
+            offsets = torch.arange(batch, device=device)[:, None] * slots
+            rows = (offsets + with_prefix(self._index, num_prefix)).flatten()
+            plan = UnitPlan(rows, offsets, assignment_plan(
+                self._candidates, rows, offsets, num_prefix)
+                if self.assign == 'content' else None)
+        if not torch.compiler.is_compiling():
+            if len(self._plans) >= 16:  # a few batch sizes are ever in use
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     def _unit_weights(self, num_prefix: int, dtype: torch.dtype
                       ) -> Tuple[Tensor, Tensor]:
-        """Merge and reconstruct weights over prefix + patch tokens (zero
-        for pruned tokens): always the current weights."""
-        return tuple(weight_with_prefix(w * self._kept, num_prefix).to(dtype)
-                     for w in (self.merge_weight, self.reconstruct_weight))
+        """(T, 1) merge and reconstruct weights over prefix + patch tokens
+        (1 for the prefix, 0 for pruned tokens): the current weights.
+        Kept while no gradient is asked for and the parameters are
+        unchanged (their version counters), so inference does not rebuild
+        them every forward."""
+        weights = (self.merge_weight, self.reconstruct_weight)
+        fresh = torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and weights[0].requires_grad)
+        key = None if fresh else (num_prefix, dtype) + tuple(
+            (w._version, w.data_ptr()) for w in weights)
+        cached = self._weights.get(key)
+        if cached is not None:
+            return cached
+        value = tuple(F.pad(w * self._kept, (num_prefix, 0), value=1.0)
+                      .to(dtype)[:, None] for w in weights)
+        if key is not None:
+            self._weights.clear()
+            self._weights[key] = value
+        return value
 
     # ------------------------------------------------------------------
     def merge(self, x: Tensor, num_prefix: int = 0
@@ -311,27 +333,64 @@ class TokenCompressor(nn.Module):
         output.
         """
         formulation = self._formulation()
-        if self.assign == 'content':
-            return self._merge_content(x, num_prefix, formulation)
+        b, t, c = x.shape
+        plan = self._plan(b, num_prefix, x.device)
+        content = plan.assignment is not None
+        rows = assign_rows(x, plan.assignment) if content else plan.rows
+        slots = (rows.view(b, t) - plan.offsets) \
+            if content and formulation != 'sparse' else None
         if formulation == 'dense':
-            m = merge_matrix(self.group, self.merge_weight * self._kept,
-                             self.num_groups)
-            merged = torch.matmul(m.to(x.dtype), x[:, num_prefix:])
-            merged = torch.cat((x[:, :num_prefix], merged), dim=1)
-        elif formulation == 'export':
-            # pruned tokens are in no table: no mask needed on the weights
-            merged = tabled_segment_sum(x, self.merge_weight,
-                                        *self._windows, num_prefix)
+            return self._merge_dense(x, num_prefix, rows, slots)
+        slot_count = num_prefix + self.num_groups
+        weight, _ = self._unit_weights(num_prefix, x.dtype)
+        residual = self.reconstruct_mode == 'residual'
+        squares = None
+        if formulation == 'export':
+            if content:
+                merged, totals, squares = tabled_assignment_sums(
+                    x, slots[:, num_prefix:] - num_prefix, weight[num_prefix:,
+                                                                  0],
+                    self._members, num_prefix)
+                if residual:
+                    merged = merged / totals[..., None]
+                    squares = None
+                else:
+                    squares = squares.flatten()
+            else:
+                merged = tabled_segment_sum(
+                    x, self.merge_weight, *self._windows, num_prefix)
+        elif content:
+            merged, squares = self._window_means(x, rows, weight, slot_count,
+                                                 residual)
         else:
-            scatter, _ = self._batched_indices(x.shape[0], num_prefix)
-            weight, _ = self._unit_weights(num_prefix, x.dtype)
-            merged = segment_sum(x, None, weight,
-                                 num_prefix + self.num_groups, rows=scatter)
-        if self.reconstruct_mode == 'residual':
-            return merged, UnitContext(formulation, x, merged, None)
-        return merged, UnitContext(
-            formulation, None, None,
-            self._pruned_tokens(x, num_prefix, formulation))
+            merged = x.new_zeros(b * slot_count, c).index_add_(
+                0, rows, (x * weight).view(b * t, c)).view(b, slot_count, c)
+        return merged, UnitContext(formulation, x,
+                                   merged if residual else None, rows, slots,
+                                   squares)
+
+    @staticmethod
+    def _window_means(x: Tensor, rows: Tensor, weight: Tensor,
+                      slot_count: int, residual: bool
+                      ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Content-aware windows, sparse: the weighted means (residual) or
+        sums (pinv, with each window's squared-weight sum) of every image's
+        windows, by one segment sum over the tokens with their weight (or
+        its square) as one more channel. The sums are float32 in a
+        half-precision model (bfloat16 sums of many tokens lose their last
+        members), the merged tokens of ``x``'s dtype."""
+        b, t, c = x.shape
+        acc = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        weight = weight.to(acc.dtype)
+        extra = weight if residual else weight * weight
+        sums = acc.new_zeros(b * slot_count, c + 1).index_add_(
+            0, rows, torch.cat((acc * weight, extra.expand(b, t, 1)), -1)
+            .view(b * t, c + 1))
+        sums, totals = sums.split([c, 1], 1)
+        if residual:  # every window holds its centre: no total is zero
+            return (sums / totals).view(b, slot_count, c).to(x.dtype), None
+        return (sums.view(b, slot_count, c).to(x.dtype),
+                totals.view(-1).to(x.dtype))
 
     def reconstruct(self, y: Tensor, context: UnitContext,
                     num_prefix: int = 0) -> Tensor:
@@ -340,17 +399,25 @@ class TokenCompressor(nn.Module):
         Residual: ``x + R~ (y - M~ x)``; pinv: ``R y`` with the pruned tokens
         put back. ``context`` comes from :meth:`merge`.
         """
+        x = context.inputs
+        if context.formulation == 'dense':
+            return self._reconstruct_dense(y, context, num_prefix)
+        b, t, c = x.shape
+        _, spread = self._unit_weights(num_prefix, y.dtype)
         residual = self.reconstruct_mode == 'residual'
-        spread = self._spread_content if context.slots is not None \
-            else self._spread
-        out = spread(y - context.merged if residual else y, context,
-                     num_prefix)
-        if not residual:
-            return self._put_back_pruned(out, context, num_prefix)
-        if torch.is_grad_enabled() and (out.requires_grad
-                                        or context.inputs.requires_grad):
-            return context.inputs + out
-        return out.add_(context.inputs)  # out is fresh: safe in place
+        update = y - context.merged if residual else y
+        gathered = update.view(-1, c).index_select(0, context.rows)
+        gathered = gathered.view(b, t, c)
+        if context.squares is not None:  # pinv, content: R per image
+            tiny = torch.finfo(context.squares.dtype).tiny
+            spread = spread[None] / context.squares.clamp_min(tiny) \
+                .index_select(0, context.rows).view(b, t, 1)
+        if residual:
+            return torch.addcmul(x, gathered, spread)
+        if not self.has_pruned:
+            return gathered * spread
+        pruned = F.pad(1 - self._kept, (num_prefix, 0)).to(x.dtype)
+        return torch.addcmul(x * pruned[:, None], gathered, spread)
 
     def attention_bias(self, context: UnitContext, num_prefix: int,
                        dtype: torch.dtype) -> Tensor:
@@ -359,125 +426,85 @@ class TokenCompressor(nn.Module):
         a window of s identical tokens then weighs as its s tokens would;
         ToMe's size bias). Content-aware windows: this image's sizes."""
         slot_count = num_prefix + self.num_groups
-        if context.slots is None:
-            sizes = weight_with_prefix(self._window_sizes, num_prefix)[None]
+        if self.assign == 'static':
+            sizes = F.pad(self._window_sizes, (num_prefix, 0), value=1.0)
+            sizes = sizes[None]
         else:
-            kept = weight_with_prefix(self._kept, num_prefix)
-            sizes = slot_totals(kept.expand_as(context.slots),
-                                per_image_rows(context.slots, slot_count),
-                                slot_count)
+            b, t, _ = context.inputs.shape
+            kept = F.pad(self._kept, (num_prefix, 0), value=1.0)
+            sizes = kept.new_zeros(b * slot_count).index_add_(
+                0, context.rows, kept.expand(b, t).flatten())
+            sizes = sizes.view(b, slot_count)
         return sizes.clamp_min(1).log().to(dtype)[:, None, None, :]
 
-    def _put_back_pruned(self, x: Tensor, context: UnitContext,
-                         num_prefix: int) -> Tensor:
-        """pinv: the pruned tokens back into ``x`` (which is fresh)."""
-        if context.pruned is None:
-            return x
-        if context.formulation == 'dense':
-            x[:, num_prefix:] += context.pruned
-        else:
-            _, pruned = self._batched_indices(x.shape[0], num_prefix)
-            x.view(-1, x.shape[-1]).index_copy_(0, pruned, context.pruned)
-        return x
-
-    def _spread(self, y: Tensor, context: UnitContext,
-                num_prefix: int) -> Tensor:
-        """``R y`` of a static structure: every token gets its window's row
-        of ``y`` times its reconstruct weight (0 for pruned tokens); prefix
-        tokens keep theirs."""
-        if context.formulation == 'dense':
-            r = reconstruct_matrix(self.group,
-                                   self.reconstruct_weight * self._kept,
-                                   self.num_groups)
-            x = torch.matmul(r.to(y.dtype), y[:, num_prefix:])
-            return torch.cat((y[:, :num_prefix], x), dim=1)
-        gather, _ = self._batched_indices(y.shape[0], num_prefix)
-        _, weight = self._unit_weights(num_prefix, y.dtype)
-        return gather_scale(y, None, weight, rows=gather)
-
-    def _pruned_tokens(self, x: Tensor, num_prefix: int,
-                       formulation: str) -> Optional[Tensor]:
-        """The pinv shortcut: the pruned tokens (sparse: their rows; dense:
-        the patch tokens masked to them), None when nothing is pruned."""
-        if not self.has_pruned:
-            return None
-        if formulation == 'dense':
-            return x[:, num_prefix:] * (1 - self._kept).to(x.dtype)[:, None]
-        b, t, c = x.shape
-        _, pruned = self._batched_indices(b, num_prefix)
-        return x.reshape(b * t, c).index_select(0, pruned)
-
     # ------------------------------------------------------------------
-    # content-aware windows
-    def _merge_content(self, x: Tensor, num_prefix: int, formulation: str
-                       ) -> Tuple[Tensor, UnitContext]:
-        """Per image: the window of every merged token
-        (:func:`content_assignment`), then weighted means (residual) or
-        sums (pinv) of the tokens each window got."""
-        windows = content_assignment(x, self._candidates, num_prefix,
-                                     self._pair_pattern(x, num_prefix))
-        head = torch.arange(num_prefix, device=x.device)
-        slots = torch.cat((head.expand(x.shape[0], -1),
-                           windows + num_prefix), 1)
-        weight, _ = self._unit_weights(num_prefix, x.dtype)
-        slot_count = num_prefix + self.num_groups
+    # the dense formulation: the authors' explicit matrices (the reference)
+    def _merge_dense(self, x: Tensor, num_prefix: int, rows: Tensor,
+                     slots: Optional[Tensor]) -> Tuple[Tensor, UnitContext]:
+        """``M x`` with M a (K, N) matrix (static) or per image (B, P + K,
+        P + N) (content-aware; rows normalised, residual)."""
         residual = self.reconstruct_mode == 'residual'
+        weight = self.merge_weight * self._kept
         squares = None
-        if formulation == 'dense':
-            m = assignment_matrices(slots, weight, slot_count)
-            squares = (m * m).sum(-1)
+        if slots is None:
+            m = merge_matrix(self.group, weight, self.num_groups)
+            merged = torch.matmul(m.to(x.dtype), x[:, num_prefix:])
+            merged = torch.cat((x[:, :num_prefix], merged), dim=1)
+        else:
+            m = assignment_matrices(
+                slots, F.pad(weight, (num_prefix, 0), value=1.0),
+                num_prefix + self.num_groups)
             if residual:
                 m = m / m.sum(-1, keepdim=True)
+            else:
+                squares = (m * m).sum(-1)
             merged = torch.matmul(m, x)
-        elif formulation == 'export':
-            sums, totals, squares = tabled_assignment_sums(
-                x, windows, weight[num_prefix:], self._members, num_prefix)
-            merged = sums / totals.clamp_min(
-                torch.finfo(totals.dtype).tiny)[..., None] if residual \
-                else sums
-        else:
-            merged, totals = merge_tokens(x, slots, weight, slot_count)
-            if not residual:
-                merged = merged * totals[..., None]
-                squares = slot_totals((weight * weight).expand_as(slots),
-                                      per_image_rows(slots, slot_count),
-                                      slot_count)
-        if residual:
-            return merged, UnitContext(formulation, x, merged, None, slots)
-        return merged, UnitContext(
-            formulation, None, None,
-            self._pruned_tokens(x, num_prefix, formulation), slots, squares)
+        return merged, UnitContext('dense', x, merged if residual else None,
+                                   rows, slots, squares)
 
-    def _spread_content(self, y: Tensor, context: UnitContext,
-                        num_prefix: int) -> Tensor:
-        """``R y`` with the image's assignment: ``r_p y_{g(p)}`` (residual)
-        or ``r_p / sum_{i in g(p)} w_i^2 y_{g(p)}`` (pinv, the closed-form
-        pseudo-inverse per image). A gather, except ``'dense'``."""
-        b, slot_count, _ = y.shape
-        _, spread_weight = self._unit_weights(num_prefix, y.dtype)
-        scale = spread_weight.expand(b, -1)
-        if context.squares is not None:
-            tiny = torch.finfo(y.dtype).tiny
-            scale = scale / context.squares.clamp(min=tiny).gather(
-                1, context.slots)
-        if context.formulation == 'dense':
+    def _reconstruct_dense(self, y: Tensor, context: UnitContext,
+                           num_prefix: int) -> Tensor:
+        """``R y`` with explicit matrices: residual ``x + R~ (y - M~ x)``,
+        pinv ``R y`` plus the pruned tokens."""
+        x = context.inputs
+        residual = self.reconstruct_mode == 'residual'
+        update = y - context.merged if residual else y
+        weight = self.reconstruct_weight * self._kept
+        if context.slots is None:
+            r = reconstruct_matrix(self.group, weight, self.num_groups)
+            out = torch.matmul(r.to(y.dtype), update[:, num_prefix:])
+            out = torch.cat((update[:, :num_prefix], out), dim=1)
+        else:
+            scale = F.pad(weight, (num_prefix, 0), value=1.0).to(y.dtype)
+            scale = scale.expand(y.shape[0], -1)
+            if context.squares is not None:
+                tiny = torch.finfo(y.dtype).tiny
+                scale = scale / context.squares.clamp(min=tiny).gather(
+                    1, context.slots)
             one_hot = assignment_matrices(context.slots, y.new_ones(()),
-                                          slot_count)
-            return torch.matmul(one_hot.transpose(1, 2) * scale[..., None], y)
-        return gather_scale(y, None, scale,
-                            rows=per_image_rows(context.slots, slot_count))
+                                          update.shape[1])
+            out = torch.matmul(one_hot.transpose(1, 2) * scale[..., None],
+                               update)
+        if residual:
+            return x + out
+        pruned = (1 - self._kept).to(x.dtype)[:, None]
+        return torch.cat((out[:, :num_prefix],
+                          out[:, num_prefix:] + x[:, num_prefix:] * pruned),
+                         dim=1)
 
     def source(self, batch: int, num_prefix: int = 0,
                context: Optional[UnitContext] = None) -> Tensor:
         """(B, P + N) merged token of every original token (-1: pruned);
         content-aware: of this image (``context`` from :meth:`merge`)."""
-        if context is not None and context.slots is not None:
-            kept = weight_with_prefix(self._kept, num_prefix) > 0
-            return torch.where(kept, context.slots, -1)
-        patches = torch.where(self.group >= 0, self.group + num_prefix,
-                              self.group)
-        head = torch.arange(num_prefix, device=patches.device)
-        return torch.cat((head, patches)).expand(batch, -1)
+        kept = F.pad(self._kept, (num_prefix, 0), value=1.0) > 0
+        if context is not None and self.assign == 'content':
+            slots = context.slots
+            if slots is None:
+                plan = self._plan(batch, num_prefix, context.rows.device)
+                slots = context.rows.view(batch, -1) - plan.offsets
+            return torch.where(kept, slots, -1)
+        slots = with_prefix(self._index, num_prefix)
+        return torch.where(kept, slots, -1).expand(batch, -1)
 
     # ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -1,17 +1,46 @@
 """Content-aware assignment (pure tensor code): the candidate table, the
-per-image argmax against a loop, the sparse per-image merge and
-reconstruct against the dense per-image matrices, and k = 1 = static."""
+per-image argmax against the gather of every candidate, the sparse
+per-image merge and reconstruct against the dense per-image matrices, and
+k = 1 = static."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.compression.content import (candidate_windows,
-                                          content_assignment,
-                                          gather_every_candidate)
+from mmseg_pm.compression.content import assign_rows, candidate_windows
 from mmseg_pm.compression.unit import TokenCompressor
 from tests.helpers import pruned_structure
 
 GRID = (3, 5)
+
+
+def gather_every_candidate(x, centre, candidates):
+    """The oracle: (B, N) assignment of patch tokens ``x`` (B, N, C), every
+    token against the normalised centres of all its k * k candidates
+    gathered as one (B, N, k * k, C) tensor, and an argmax (ties to the
+    first candidate)."""
+    b, n, c = x.shape
+    centres = F.normalize(x.index_select(1, centre), dim=-1)
+    near = centres.index_select(1, candidates.flatten()).view(b, n, -1, c)
+    similarity = torch.matmul(near, x.unsqueeze(-1)).squeeze(-1)
+    choice = similarity.argmax(-1, keepdim=True)
+    return candidates.expand(b, -1, -1).gather(2, choice).squeeze(-1)
+
+
+def windows(comp, context, batch, num_prefix=1):
+    """(B, N) window of every patch token in a merge's ``context`` (pruned
+    tokens: window 0, where they sit with weight 0)."""
+    plan = comp._plan(batch, num_prefix, context.rows.device)
+    slots = context.rows.view(batch, -1) - plan.offsets
+    return slots[:, num_prefix:] - num_prefix
+
+
+def assignment(comp, x, num_prefix=1):
+    """(B, N) window of every patch token of ``x`` by the unit's plan."""
+    plan = comp._plan(x.shape[0], num_prefix, x.device)
+    rows = assign_rows(x, plan.assignment)
+    slots = rows.view(x.shape[0], -1) - plan.offsets
+    return slots[:, num_prefix:] - num_prefix
 
 
 def uniform(structure):
@@ -53,8 +82,7 @@ def test_assignment_is_the_most_similar_candidate_centre():
     comp = TokenCompressor(s, assign='content')
     x = torch.randn(3, 15, 8, dtype=torch.float64)
     table = candidate_windows(comp.group, comp.is_centre, s.grid, 3)
-    assign = content_assignment(torch.cat((x[:, :1], x), 1),
-                                comp._candidates, 1)
+    assign = assignment(comp.double(), torch.cat((x[:, :1], x), 1))
     for b in range(3):
         for p in range(15):
             best = max(set(table[p].tolist()), key=lambda k: float(
@@ -77,8 +105,10 @@ def run_unit(comp, x):
     merged, context = comp.merge(x, num_prefix=1)
     out = comp.reconstruct(merged.tanh(), context, num_prefix=1)
     (out * torch.linspace(-1, 1, x.shape[-1], dtype=x.dtype)).sum().backward()
+    slots = context.slots[:, 1:] - 1 if context.slots is not None \
+        else windows(comp, context, x.shape[0])
     return (out.detach(), x.grad, comp.merge_weight.grad,
-            comp.reconstruct_weight.grad, getattr(context, 'slots', None))
+            comp.reconstruct_weight.grad, slots)
 
 
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
@@ -104,11 +134,13 @@ def test_each_image_of_a_batch_is_merged_as_if_alone(reconstruct):
         for b in range(4):
             m, c = comp.merge(x[b:b + 1], 1)
             assert (merged[b] - m[0]).abs().max() <= 1e-6
-            assert torch.equal(context.slots[b], c.slots[0])
+            assert torch.equal(windows(comp, context, 4)[b],
+                               windows(comp, c, 1)[0])
             assert (batch[b] - comp.reconstruct(m * 2, c, 1)[0]
                     ).abs().max() <= 1e-6
     # windows follow the image: not every image has the same assignment
-    assert not all(torch.equal(context.slots[0], a) for a in context.slots)
+    every = windows(comp, context, 4)
+    assert not all(torch.equal(every[0], a) for a in every)
 
 
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
@@ -131,10 +163,10 @@ def test_a_lone_centre_keeps_its_own_token_and_pruned_tokens_pass():
     merged, context = comp.merge(x, 1)
     out = comp.reconstruct(merged + 1, context, 1)
     for b in range(2):
-        size = torch.bincount(context.slots[b][1:][s.group >= 0],
-                              minlength=1 + s.num_groups)
+        size = torch.bincount(windows(comp, context, 2)[b][s.group >= 0],
+                              minlength=s.num_groups)
         for k, c in enumerate(s.centre.tolist()):
-            if size[1 + k] == 1:
+            if size[k] == 1:
                 assert torch.allclose(merged[b, 1 + k], x[b, 1 + c])
     pruned = torch.cat((torch.tensor([False]), s.group < 0))
     assert torch.equal(out[:, pruned], x[:, pruned])
@@ -152,12 +184,9 @@ def random_unit(grid=(12, 16), keep=0.5, prune=0.1, seed=0):
 
 
 def assignments(comp, x, num_prefix=1):
-    """Both formulations: the sampled product (eager CPU) and the slot
-    loop (exported, compiled)."""
-    pattern = comp._pair_pattern(x, num_prefix)
-    assert pattern is not None
-    return (content_assignment(x, comp._candidates, num_prefix, pattern),
-            content_assignment(x, comp._candidates, num_prefix))
+    """The unit's assignment, batched and one image at a time."""
+    return (assignment(comp, x, num_prefix), torch.cat([
+        assignment(comp, x[b:b + 1], num_prefix) for b in range(x.shape[0])]))
 
 
 @pytest.mark.parametrize('seed', range(4))
@@ -219,7 +248,7 @@ def test_assignment_is_float32_in_a_bf16_model_and_under_autocast():
     with torch.no_grad():
         merged, context = bf16.merge(low, 1)
     assert merged.dtype == torch.bfloat16
-    assert torch.equal(context.slots[:, 1:] - 1, expected)
+    assert torch.equal(windows(bf16, context, 2), expected)
 
 
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
@@ -235,7 +264,7 @@ def test_exported_merge_equals_the_eager_one(reconstruct, monkeypatch):
         tabled, tabled_context = comp.merge(x, 1)
         assert tabled_context.formulation == 'export'
         exported = comp.reconstruct(tabled * 2, tabled_context, 1)
-    assert torch.equal(context.slots, tabled_context.slots)
+    assert torch.equal(context.rows, tabled_context.rows)
     assert (merged - tabled).abs().max() <= 1e-5
     assert (eager - exported).abs().max() <= 1e-5
 

@@ -127,11 +127,13 @@ def test_source_map_is_each_images_assignment():
 
 
 def similarity_pairs(structure, k):
-    """(merged token, distinct window among its kept k x k neighbours and
-    its own) pairs, counted by a loop over the grid."""
+    """(merged token, candidate window) pairs the batched product computes:
+    every merged token times the largest number of distinct windows among
+    any merged token's kept k x k neighbours and its own, counted by a loop
+    over the grid."""
     h, w = structure.grid
     centre = set(structure.centre.tolist())
-    pairs = 0
+    widths = []
     for p in range(h * w):
         if structure.group[p] < 0 or p in centre:
             continue
@@ -140,8 +142,8 @@ def similarity_pairs(structure, k):
                 for yy in range(y - k // 2, y + k // 2 + 1)
                 for xx in range(x - k // 2, x + k // 2 + 1)
                 if 0 <= yy < h and 0 <= xx < w}
-        pairs += len((near - {-1}) | {int(structure.group[p])})
-    return pairs
+        widths.append(len((near - {-1}) | {int(structure.group[p])}))
+    return len(widths) * max(widths)
 
 
 @pytest.mark.parametrize('reconstruct', ['residual', 'pinv'])
