@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from mmseg_pm.export import export_failure, export_module
 
 EAGER, ONNX, COMPILE = 'eager', 'onnxruntime', 'torch.compile'
-BACKENDS = {'eager': EAGER, 'onnx': ONNX, 'compile': COMPILE}
+# torch.compile(mode='reduce-overhead'): the compiled graph captured in a
+# CUDA graph and replayed (one launch per forward; CUDA devices only)
+CUDA_GRAPH = 'CUDA graph'
+BACKENDS = {'eager': EAGER, 'onnx': ONNX, 'compile': COMPILE,
+            'cudagraph': CUDA_GRAPH}
+# torch.compile's mode of each compiled backend
+COMPILE_MODES = {COMPILE: None, CUDA_GRAPH: 'reduce-overhead'}
 # graphs per compiled function before dynamo gives up and runs eager: one
 # per (row, batch size) share the backbone's forward code
 RECOMPILE_LIMIT = 64
@@ -81,13 +87,15 @@ def max_abs_diff(torch_out, onnx_out) -> float:
                for t, o in zip(torch_out, onnx_out))
 
 
-def compile_module(module: nn.Module) -> nn.Module:
+def compile_module(module: nn.Module, mode: Optional[str] = None
+                   ) -> nn.Module:
     """``torch.compile`` with static shapes (a recompile per new shape, none
-    for new data of a shape seen)."""
+    for new data of a shape seen) in ``mode`` (None: Inductor's default;
+    'reduce-overhead': replayed as a CUDA graph)."""
     import torch._dynamo
     limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
-    return torch.compile(module, dynamic=False)
+    return torch.compile(module, dynamic=False, mode=mode)
 
 
 def compiled_graphs() -> int:

@@ -76,12 +76,12 @@ def clocked(segmentor: nn.Module, clocks: Clocks) -> Iterator[None]:
             patch(module, 'merge', 'merge')
             patch(module, 'reconstruct', 'reconstruct')
     patch(segmentor.decode_head, 'forward', 'decode head')
-    assignment = unit_module.content_assignment
-    unit_module.content_assignment = clocks.wrap('assignment', assignment)
+    assignment = unit_module.assign_rows
+    unit_module.assign_rows = clocks.wrap('assignment', assignment)
     try:
         yield
     finally:
-        unit_module.content_assignment = assignment
+        unit_module.assign_rows = assignment
         for owner, name, before in reversed(patched):
             if before is None:
                 delattr(owner, name)
@@ -149,8 +149,7 @@ def assignment_costs(grid=(32, 32), embed_dims: int = 384,
     from timm.models.vision_transformer import Block
 
     from mmseg_pm.apis.timing import time_interleaved
-    from mmseg_pm.compression.content import (content_assignment,
-                                              gather_every_candidate)
+    from mmseg_pm.compression.content import assign_rows
     from mmseg_pm.compression.search import place_centres
     from mmseg_pm.compression.structure import build_structure
 
@@ -163,20 +162,13 @@ def assignment_costs(grid=(32, 32), embed_dims: int = 384,
                                seed=seed).sort().values
         unit = TokenCompressor(build_structure(grid, centre, [], None))
         table = unit._candidates
-        candidates = unit_module.candidate_windows(
-            unit.group, unit.is_centre, grid, unit.neighbourhood)
         for batch in batch_sizes:
             g = torch.Generator().manual_seed(seed)
             x = torch.randn(batch, 1 + n, embed_dims, generator=g)
             merged = torch.randn(batch, 1 + k, embed_dims, generator=g)
-            pattern = unit._pair_pattern(x, 1)
-            calls = {
-                'gather of every candidate': lambda: gather_every_candidate(
-                    x[:, 1:], table.centre, candidates),
-                'slot loop': lambda: content_assignment(x, table, 1),
-                'pair product': lambda: content_assignment(x, table, 1,
-                                                           pattern),
-                'block': lambda: block(merged)}
+            plan = unit._plan(batch, 1, x.device).assignment
+            calls = {'assignment': lambda: assign_rows(x, plan),
+                     'block': lambda: block(merged)}
             with torch.inference_mode():
                 seconds = time_interleaved(calls, warmup, repeats)
             ms = {name: 1e3 * statistics.median(t)

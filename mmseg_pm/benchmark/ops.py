@@ -70,6 +70,13 @@ def count_ops(call: Callable[[], object]) -> OpCounter:
     return counter
 
 
+def forward_ops(step: Callable[[], object]) -> Dict[str, object]:
+    """:func:`summary` of one inference ``step`` after a first call (which
+    plans what a model keeps per input shape)."""
+    step()
+    return summary(count_ops(step))
+
+
 def top_ops(counter: OpCounter, n: int = 8) -> Tuple[Tuple[str, int], ...]:
     """The ``n`` most frequent ops that launch a kernel."""
     return tuple(counter.kernels.most_common(n))

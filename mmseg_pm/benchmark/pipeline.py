@@ -34,7 +34,9 @@ import torch
 
 from mmseg_pm.apis.timing import summarise, time_interleaved
 
-from .backends import (COMPILE, EAGER, ONNX, compile_module, compiled_graphs,
+from .ops import forward_ops
+from .backends import (COMPILE, COMPILE_MODES, CUDA_GRAPH, EAGER, ONNX,
+                       compile_module, compiled_graphs,
                        first_calls, max_abs_diff, onnx_session, onnx_step,
                        try_export)
 from .measure import (analytic_backbone_flops, counted_flops,
@@ -183,17 +185,20 @@ def export_rows(rows, modules, part: str, settings, onnx_dir: Path,
     return out
 
 
-def compile_rows(rows, modules, settings) -> list:
-    """torch.compile rows for the eager ``rows`` of ``--compile-variants``:
-    (row, compiled module) pairs."""
+def compile_rows(rows, modules, settings, backend: str = COMPILE) -> list:
+    """Compiled rows (``backend``: torch.compile, or its CUDA-graph mode)
+    for the eager ``rows`` of ``--compile-variants``: (row, compiled
+    module) pairs."""
     out = []
     for row, module in zip(rows, modules):
         if module is None or row['variant'] not in settings.compile_variants:
             continue
-        compiled_row = dict(copy.deepcopy(row), backend=COMPILE,
-                            label=row['label'] + ' [torch.compile]',
+        compiled_row = dict(copy.deepcopy(row), backend=backend,
+                            label=row['label'] + f' [{backend}]',
                             memory=None, timing={}, compile={})
-        out.append((compiled_row, compile_module(module)))
+        compiled_row.pop('ops', None)
+        out.append((compiled_row, compile_module(module,
+                                                 COMPILE_MODES[backend])))
     return out
 
 
@@ -264,6 +269,12 @@ def measure_part(part: str, config_arg: str, specs, models, hw, settings,
                 else analytic / 1e9
             row['backbone_flops_deviation_pct'] = None \
                 if analytic is None else 100 * (backbone / analytic - 1)
+            if module is not None and dtype == dtypes[0]:
+                row['ops'] = forward_ops(inference_step(module, one, device,
+                                                        dtype))
+                reducer = getattr(seg.backbone, 'reducer', None)
+                row['ops']['units'] = 0 if reducer is None \
+                    else len(reducer.merging_blocks())
             eager.append((row, module))
         onnx, compiled = [], []
         if 'onnx' in settings.backends:
@@ -275,6 +286,14 @@ def measure_part(part: str, config_arg: str, specs, models, hw, settings,
                                    settings, onnx_dir, failures)
         if 'compile' in settings.backends:
             compiled = compile_rows([r for r, _ in eager], modules, settings)
+        if 'cudagraph' in settings.backends:
+            if not device.startswith('cuda'):
+                notes.append('CUDA-graph rows (torch.compile mode='
+                             f"'reduce-overhead'): CUDA only, none on "
+                             f'{device}')
+            else:
+                compiled += compile_rows([r for r, _ in eager], modules,
+                                         settings, CUDA_GRAPH)
         for batch in settings.batch_sizes:
             log(f'  {part} {dtype} batch {batch}')
             notes += time_batch(batch, hw, eager, onnx, compiled, settings,

@@ -6,7 +6,7 @@ from typing import Dict, Sequence, Tuple
 
 from mmseg_pm.compression.registry import method_specs
 
-from .backends import COMPILE, EAGER, ONNX
+from .backends import COMPILE, CUDA_GRAPH, EAGER, ONNX
 from .tables import summary_part
 
 
@@ -15,7 +15,7 @@ from .tables import summary_part
 VARIANT_MARKERS = {'mmseg': 's', 'off': '*', 'pm-pinv': 'D',
                    'pm-matrix': 'P', 'pm-static': 'o', 'config': 'X',
                    **{s.name: s.marker for s in method_specs()}}
-BACKEND_LINES = {EAGER: '-', ONNX: '--', COMPILE: ':'}
+BACKEND_LINES = {EAGER: '-', ONNX: '--', COMPILE: ':', CUDA_GRAPH: '-.'}
 
 
 def plot_series(rows: Sequence[dict], batch) -> Dict[Tuple[str, str], list]:

@@ -220,6 +220,33 @@ PROFILE_HEAD = ['model', 'part', 'row', 'batch',
                 'top operators by self time (share of the call)']
 
 
+def ops_lines(rows: Sequence[dict]) -> List[list]:
+    """Aten ops of one batch-1 forward per eager row: all, those that
+    launch a kernel (not views), host synchronisations, and per merging
+    unit the launches over the same model's compression-off row."""
+    off = {(r['model'], r['part']): r['ops']['launches'] for r in rows
+           if r.get('ops') and r['variant'] == 'off'}
+    lines = []
+    for row in rows:
+        ops = row.get('ops')
+        if not ops:
+            continue
+        base = off.get((row['model'], row['part']))
+        per_unit = '-' if not ops['units'] or base is None else \
+            f"{(ops['launches'] - base) / ops['units']:.1f}"
+        ratio = '-' if not base else f"{ops['launches'] / base:.2f}"
+        lines.append([row['model'], row['part'], row['label'],
+                      str(ops['ops']), str(ops['launches']), ratio,
+                      str(ops['units']), per_unit, str(ops['syncs']),
+                      ', '.join(f'{k} {v}' for k, v in ops['top'].items())])
+    return lines
+
+
+OPS_HEAD = ['model', 'part', 'row', 'aten ops', 'kernel launches',
+            'launches vs off', 'merging units', 'launches per unit (over off)',
+            'host syncs', 'most launched']
+
+
 def scale_lines(rows: Sequence[dict]) -> List[list]:
     lines = []
     for row in rows:
@@ -319,6 +346,9 @@ def sections(results: dict) -> List[Tuple[str, List[str], List[list]]]:
             ('ONNX export', EXPORT_HEAD, export_lines(rows)),
             ('Where the time goes (PyTorch rows)', PROFILE_HEAD,
              profile_lines(rows)),
+            ('Ops per forward (PyTorch eager, batch 1: on a GPU about one '
+             'kernel launch per op that is not a view)', OPS_HEAD,
+             ops_lines(rows)),
             ('Cost against input size (backbone, batch 1)', SCALE_HEAD,
              scale_lines(results.get('scale') or [])),
             ('Scaling with the model (segmentor, batch 1, fp32, PyTorch '

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from .backends import COMPILE, EAGER, ONNX
+from .backends import COMPILE, CUDA_GRAPH, EAGER, ONNX
 from mmseg_pm.compression.registry import method_spec
 
 from .variants import PEER_VARIANTS, REFERENCE
@@ -100,7 +100,7 @@ def check_targets(rows: Sequence[dict]) -> List[dict]:
                 for batch, eff in (r or {}).get('efficiency', {}).items():
                     add(f'efficiency vs {ref} ({backend})', eff,
                         MIN_EFFICIENCY, row, batch)
-        if backend == COMPILE:
+        if backend in (COMPILE, CUDA_GRAPH):
             for batch, c in row.get('compile', {}).items():
                 add('graphs compiled on new data of the same shape',
                     c['recompiles_same_shape'], 0, row, batch, op='<=')

@@ -69,11 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help='largest relative GFLOPs miss of a peer against its '
                    'PM row; a peer that cannot get closer is reported as '
                    'a row that cannot reach it')
-    p.add_argument('--backends', nargs='*', choices=['onnx', 'compile'],
+    p.add_argument('--backends', nargs='*',
+                   choices=['onnx', 'compile', 'cudagraph'],
                    default=list(d['backends']),
                    help='besides PyTorch (eager): rows exported to ONNX and '
                    'run by onnxruntime (CPU execution provider, same thread '
-                   'count), and torch.compile rows; none: eager only')
+                   "count), torch.compile rows, and torch.compile mode="
+                   "'reduce-overhead' rows (replayed as CUDA graphs; CUDA "
+                   'devices only); none: eager only')
     p.add_argument('--onnx-variants', nargs='+', choices=VARIANTS,
                    default=list(d['onnx_variants']),
                    help='rows exported to ONNX (those that fail say why)')
