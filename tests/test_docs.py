@@ -1,5 +1,9 @@
 """The docs point at things that exist: every relative link of README.md and
-docs/*.md resolves, and every code name they cite exists.
+docs/*.md resolves, and every code name they cite exists. The README stays
+short (at most :data:`README_LINES` lines) and points at docs/README.md,
+whose numbered reading order lists every other page of docs/ once; the
+backbone's docstring names every option of the default method's config;
+benchmarks/ holds results, not code.
 
 The rules, read from the markdown text (nothing is imported):
 
@@ -168,3 +172,45 @@ def missing_names(doc: Path) -> list:
 def test_every_cited_code_name_exists(doc):
     missing = missing_names(doc)
     assert not missing, f'{doc.relative_to(ROOT)}: {missing}'
+
+
+# --------------------------------------------------------- docs as a whole
+README_LINES = 180
+READING_ORDER = re.compile(r'^\d+\. \[`?([\w.]+\.md)`?\]\(\1\)', re.M)
+
+
+def test_the_readme_is_short_and_points_at_the_reading_order():
+    readme = (ROOT / 'README.md').read_text()
+    assert len(readme.splitlines()) <= README_LINES
+    assert 'docs/README.md' in links(ROOT / 'README.md')
+
+
+def test_the_reading_order_lists_every_docs_page_once():
+    listed = READING_ORDER.findall((ROOT / 'docs' / 'README.md').read_text())
+    pages = sorted(p.name for p in (ROOT / 'docs').glob('*.md')
+                   if p.name != 'README.md')
+    assert len(listed) == len(set(listed)), listed
+    assert sorted(listed) == pages
+
+
+def test_the_backbone_docstring_names_every_option_of_the_default_method():
+    """PMVisionTransformer's ``compression`` argument: every field of the
+    default method's config class (``units`` is written ``layers`` or
+    ``spans``)."""
+    import dataclasses
+
+    from mmseg_pm.compression import PMConfig
+    from mmseg_pm.models import PMVisionTransformer
+
+    doc = PMVisionTransformer.__doc__
+    options = [f.name for f in dataclasses.fields(PMConfig)
+               if f.name != 'units'] + ['layers', 'spans']
+    assert [o for o in options if f'{o}=' not in doc
+            and f'``{o}``' not in doc] == []
+
+
+def test_benchmarks_hold_results_not_code():
+    """Results are data: a script that made some belongs to a tool (or to
+    git history), not next to them."""
+    assert sorted(p.relative_to(ROOT).as_posix()
+                  for p in (ROOT / 'benchmarks').rglob('*.py')) == []

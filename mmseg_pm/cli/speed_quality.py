@@ -1,7 +1,7 @@
 """The speed-quality plane: the quality study's mIoU of every method
 against its measured speed-up at the same fraction of the GFLOPs.
 
-Example (the committed plane, README)::
+Example (the committed plane, docs/results.md)::
 
     python tools/speed_quality.py \\
         --study benchmarks/study/results.json benchmarks/study_mpm/results.json \\

@@ -2,7 +2,7 @@
 score arithmetic, every reducer and the method registry
 (:mod:`.registry`: one description per method).
 
-Only torch (and tqdm) is imported here, never mmseg or mmengine
+Only torch is imported here, never mmseg or mmengine
 (tests/compression/test_purity.py checks it), so it can be used and tested
 on its own.
 """

@@ -6,7 +6,7 @@ tome.py, mstm.py, algm.py, hourglass.py, mpm.py) and is registered with its conf
 asks the registry (:func:`method_spec`, :func:`method_names`) instead of
 naming a method: the config parser, the study and benchmark knobs, the
 visualiser, the export tool, checkpoint messages
-(tests/compression/test_registry.py holds that no other code names one).
+(tests/test_methods.py holds that no other code names one).
 
 Adding a method therefore touches its own module (reducer, knob, spec), its
 config class and its registration line.

@@ -6,6 +6,7 @@ returns what it writes to ``results.json``; the method definitions and the
 pure pieces are in :mod:`mmseg_pm.study`."""
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -34,8 +35,8 @@ from mmseg_pm.compression import search_structures
 from mmseg_pm.datasets import make_synthetic_ade
 from mmseg_pm.visualization import record_source_maps
 from .settings import StudySettings
-from .report import (best_per_budget, format_markdown, format_table,
-                     format_windows_markdown, plot_study)
+from .report import (best_per_budget, dense_row, format_markdown,
+                     format_table, format_windows_markdown, plot_study)
 from .windows import image_window_stats, window_stats
 
 PROXY_NOTE = ('A small proxy, not ADE20K: synthetic ADE20K-format scenes and '
@@ -157,6 +158,43 @@ def cached(path: Path, stamp: dict, compute, fresh: bool):
     return value, dict(record, reused=False)
 
 
+def settings_key(value) -> str:
+    """A stable hash of a JSON-able value (key order does not count)."""
+    text = json.dumps(value, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_shape(base: Config, settings):
+    """(patch tokens, blocks, channels) of the study's model."""
+    n = (settings.img_size // base.model.backbone.patch_size) ** 2
+    return n, settings.num_layers, base.model.backbone.embed_dims
+
+
+def structure_ranking(variant) -> str:
+    """How a variant with structures shares centres among its units."""
+    return variant.ranking or default_ranking(variant.option('mode'))
+
+
+def variant_settings(method: str, base: Config, settings) -> dict:
+    """What a variant's row is computed from besides the study's settings:
+    the backbone's ``compression=`` at every value of its knob, each as the
+    method's config class reads it (every default it leaves out written
+    out), and for a method with structures where their centres go. A cached
+    row is reused only while these are the same (:func:`run_study`)."""
+    n, layers, width = model_shape(base, settings)
+    variant = METHODS[method]
+    low, high = knob_range(method, n, layers, width)
+    compression = [dataclasses.asdict(variant.spec.config.from_dict(
+        compression_for(method, knob, layers, n, settings.prune_rate,
+                        embed_dims=width), layers))
+        for knob in range(low, high + 1)]
+    described = dict(method=variant.method, compression=compression)
+    if variant.spec.structures:
+        described.update(placement=variant.placement,
+                         ranking=structure_ranking(variant))
+    return described
+
+
 # ---------------------------------------------------------------- models
 def load_dense(model, state: dict) -> None:
     """Dense weights into a compressed model; only its reducer's own
@@ -192,13 +230,10 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
              dense_flops: int, scores, settings):
     """The method's model at the knob whose GFLOPs are nearest
     ``budget * dense_flops``; returns (model, config, knob, flops)."""
-    n = (settings.img_size // base.model.backbone.patch_size) ** 2
+    n, layers, width = model_shape(base, settings)
     grid = (int(n ** 0.5), ) * 2
-    layers = settings.num_layers
     variant = METHODS[method]
     spec = variant.spec
-
-    width = base.model.backbone.embed_dims
 
     def config_at(knob):
         return compressed_config(base, compression_for(
@@ -209,8 +244,7 @@ def compress(method: str, budget: float, base: Config, dense_state: dict,
             compression_for(method, knob, layers, n, settings.prune_rate),
             layers)
         return search_structures(scores, config, grid,
-                                 variant.ranking or default_ranking(
-                                     variant.option('mode')),
+                                 structure_ranking(variant),
                                  variant.placement, settings.seed)
 
     inputs = None
@@ -310,12 +344,10 @@ def run_variant(method: str, budget: float, base: Config, dense: dict,
     save_checkpoint_atomic(dict(state_dict={
         k: v.detach().cpu() for k, v in model.state_dict().items()}),
         str(compressed))
-    n = (settings.img_size // base.model.backbone.patch_size) ** 2
     spread = {} if METHODS[method].spec.fixed_shapes else \
         flops_spread(model, base)
     before = evaluate(config, str(compressed), work, f'test {name}')
-    setting = knob_text(method, knob, n, settings.num_layers,
-                        base.model.backbone.embed_dims)
+    setting = knob_text(method, knob, *model_shape(base, settings))
     if spread:
         setting += (f'; GFLOPs per image {spread["flops_min"] / 1e9:.4f}-'
                     f'{spread["flops_max"] / 1e9:.4f}')
@@ -333,10 +365,6 @@ def finetune_variant(row: dict, dense: dict, settings) -> dict:
     name = variant_name(row['method'], row['budget'])
     work = Path(row['config']).parent
     cfg = Config.fromfile(row['config'])
-    options = row_options(row)
-    if options:  # a row cached before its config named the assignment
-        cfg.merge_from_dict(options)
-        write_config(cfg, row['config'])
     student = distill_config(cfg, dense['model'], dense['checkpoint'],
                              row['compressed'], settings.finetune_iters)
     finetuned = train(student, work / 'finetune', f'distill {name}')
@@ -386,19 +414,9 @@ def measure_speed(dense: dict, rows: list, settings, base=None) -> dict:
                              repeats=settings.speed_repeats)
 
 
-def row_options(row: dict):
-    """Config options a row's config needs, None if none. Rows cached
-    before content-aware windows name no assignment in their config (whose
-    default is now 'content'): they ran their method's ('static')."""
-    variant = METHODS[row['method']]
-    if variant.spec.structures and 'assign' not in row['compression']:
-        return {'model.backbone.compression.assign': variant.option('assign')}
-    return None
-
-
 def row_segmentor(row: dict, checkpoint: str):
     """A row's model with ``checkpoint``."""
-    return init_segmentor(row['config'], checkpoint, row_options(row))
+    return init_segmentor(row['config'], checkpoint)
 
 
 def merge_windows(row: dict, images) -> Optional[dict]:
@@ -533,7 +551,11 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
         name = variant_name(method, budget)
         print(f'  ({i}/{len(variants)}) {METHODS[method].label} at '
               f'{100 * budget:.0f}% of the dense GFLOPs')
-        variant_stamp = dict(stamp, method=method, budget=budget)
+        # a changed variant (its compression at any knob, its centres)
+        # computes its row again
+        variant_stamp = dict(stamp, method=method, budget=budget,
+                             variant=settings_key(variant_settings(
+                                 method, base, settings)))
         try:
             row, record = cached(
                 work / 'variants' / name / 'result.json', variant_stamp,
@@ -565,10 +587,9 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
     stages.append(dict(stage='images/s', reused=False,
                        seconds=time.perf_counter() - measure_start,
                        load_average=load['end']))
-    dense_row = dict(method='dense', budget=None, setting='no compression',
-                     gflops=dense['flops'] / 1e9, fraction=1.0,
-                     miou_before=dense['miou'], miou_after=None,
-                     images_per_s=speed['dense'])
+    dense_result = dict(miou=dense['miou'], gflops=dense['flops'] / 1e9,
+                        images_per_s=speed['dense'],
+                        checkpoint=dense['checkpoint'])
     loaded = []  # the validation images, read once for every row
 
     def validation_batch(model):
@@ -582,7 +603,8 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
     total_s = time.perf_counter() - start
     note = setup_note(data, base, settings, stages, total_s)
     summary = summary_lines(dense, rows, settings)
-    table = format_table([dense_row] + rows)
+    table_rows = [dense_row(dense_result)] + rows
+    table = format_table(table_rows)
     grid = settings.img_size // base.model.backbone.patch_size
     plot = out / 'miou_vs_gflops.png'
     plot_study(rows, dict(gflops=dense['flops'] / 1e9, miou=dense['miou']),
@@ -592,11 +614,10 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
                f'{settings.num_layers}-block Segmenter, '
                f'{settings.finetune_iters}-iteration distillation; see '
                'table.md.')
-    result = dict(note=note, summary=summary, dense=dict(
-        miou=dense['miou'], gflops=dense['flops'] / 1e9,
-        images_per_s=speed['dense'], checkpoint=dense['checkpoint']),
-        rows=rows, skipped=skipped, settings=dict(dataclasses.asdict(settings),
-                               threads=torch.get_num_threads()),
+    result = dict(
+        note=note, summary=summary, dense=dense_result, rows=rows,
+        skipped=skipped, settings=dict(dataclasses.asdict(settings),
+                                       threads=torch.get_num_threads()),
         load_average=load,
         machine=dict(cpu_count=os.cpu_count(), platform=platform.platform(),
                      torch=torch.__version__),
@@ -605,7 +626,7 @@ def run_study(settings: Optional[StudySettings] = None, **changes) -> dict:
                       json.dumps(result, indent=2, default=str) + '\n')
     write_atomic(out / 'table.md', '\n'.join([
         '# Token compression at matched GFLOPs (synthetic proxy)', '',
-        format_markdown([dense_row] + rows), *[f'- {s}' for s in summary],
+        format_markdown(table_rows), *[f'- {s}' for s in summary],
         '', f'Merge windows ({grid}x{grid} = {grid * grid} tokens; how far '
         'merged tokens sit from their centre; content-aware rows: the '
         'windows the validation images formed, over all images and '

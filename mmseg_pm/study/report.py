@@ -30,6 +30,15 @@ def _cells(row: dict) -> Tuple[str, ...]:
 _RIGHT = (1, 3, 4, 5, 6, 7)
 
 
+def dense_row(dense: dict) -> dict:
+    """The table's dense row from the ``dense`` entry of results.json
+    (``miou``, ``gflops``, ``images_per_s``)."""
+    return dict(method='dense', budget=None, setting='no compression',
+                gflops=dense['gflops'], fraction=1.0,
+                miou_before=dense['miou'], miou_after=None,
+                images_per_s=dense['images_per_s'])
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """Plain-text table (dense row first, then one per method and budget)."""
     return text_table(COLUMNS, [_cells(r) for r in rows], _RIGHT)

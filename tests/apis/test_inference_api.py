@@ -131,3 +131,30 @@ def test_mmseg_inference_model_takes_our_model(config, tmp_path):
     b = inference_model(theirs, image)
     assert torch.equal(a.pred_sem_seg.data, b.pred_sem_seg.data)
     assert torch.allclose(a.seg_logits.data, b.seg_logits.data, atol=1e-5)
+
+
+@pytest.mark.parametrize('method', ['tome', 'mstm', 'algm', 'hourglass',
+                                    'mpm'])
+def test_a_dense_checkpoint_with_each_method(method):
+    """docs/peers.md, "A dense checkpoint": the methods without weights of
+    their own evaluate a dense checkpoint as it is; MSTM's coarse branch is
+    not in it, so evaluation refuses it naming the two weights, fine-tuning
+    (``require='most'``) starts the branch at zero, and without the branch
+    it loads as it is."""
+    config = str(CONFIGS / f'synthetic/{method}-segmenter_vit-tiny_mask_'
+                 'synthetic-ade-64x64.py')
+    dense = dict(state_dict=init_segmentor(str(DENSE_TINY)).state_dict())
+    if method != 'mstm':
+        init_segmentor(config, dense)
+        return
+    coarse = ['backbone.token_merger.coarse.weight',
+              'backbone.token_merger.coarse.bias']
+    with pytest.raises(UsageError) as info:
+        init_segmentor(config, dense)
+    assert f'2 weights of the config\'s model are not in the checkpoint ' \
+        f'(e.g. {coarse})' in str(info.value)
+    model = init_segmentor(config, dense, require='most')
+    weights = model.state_dict()
+    assert all(not weights[k].any() for k in coarse)
+    init_segmentor(config, dense, cfg_options={
+        'model.backbone.compression.coarse': False})

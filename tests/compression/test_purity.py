@@ -1,5 +1,5 @@
 """mmseg_pm.compression is pure: importing it (or any one of its modules)
-pulls in torch (and tqdm), never mmseg, mmengine or mmcv."""
+pulls in torch, never mmseg, mmengine or mmcv."""
 import json
 import os
 import pkgutil

@@ -2,6 +2,7 @@
 tiny model, merge-window statistics, and one method end to end
 (tools/study.py) with two iterations. The knobs themselves:
 tests/apis/test_knobs.py."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from mmseg_pm.compression import build_structure
-from mmseg_pm.study import (CalibrationError, compression_for,
+from mmseg_pm.study import (METHODS, CalibrationError, compression_for,
                             empty_neighbourhoods, window_stats)
 from mmseg_pm.apis.inference import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
@@ -116,6 +117,41 @@ def test_algm_calibrates_on_its_mean_over_the_validation_images(
                           dense_flops, None, args)
 
 
+def test_a_cached_row_is_keyed_by_its_variants_settings(tmp_path,
+                                                       monkeypatch):
+    """The key changes with anything that defines a variant (its options,
+    its centres' placement and ranking, its compression at any knob) and
+    with nothing else; it does not hang on the order of dict keys."""
+    args = tiny_args(tmp_path)
+    base = pipeline.study_config(args)
+
+    def key(method):
+        return pipeline.settings_key(
+            pipeline.variant_settings(method, base, args))
+
+    assert key('res-content') == key('res-content')
+    assert pipeline.settings_key(dict(a=1, b=[2, 3])) == \
+        pipeline.settings_key(dict(b=[2, 3], a=1))
+    # the same compression at every knob, other centres
+    assert pipeline.variant_settings('pm-row', base, args)['compression'] \
+        == pipeline.variant_settings('random', base, args)['compression']
+    assert key('pm-row') != key('random')  # placement
+    assert key('res-content') != key('res-content-even')  # ranking
+    keys = {m: key(m) for m in ('res-content', 'tome', 'mstm', 'hourglass',
+                                'algm', 'mpm')}
+    assert len(set(keys.values())) == len(keys)
+    # a default written out is the same setting; another value is not
+    variant = METHODS['res-content']
+    assert 'neighbourhood' not in variant.options
+    monkeypatch.setitem(METHODS, 'res-content', dataclasses.replace(
+        variant, options=dict(variant.options,
+                              neighbourhood=variant.option('neighbourhood'))))
+    assert key('res-content') == keys['res-content']
+    monkeypatch.setitem(METHODS, 'res-content', dataclasses.replace(
+        variant, options=dict(variant.options, neighbourhood=5)))
+    assert key('res-content') != keys['res-content']
+
+
 @pytest.mark.slow  # a whole study run
 def test_one_method_end_to_end(tmp_path, monkeypatch):
     """From Python with keyword arguments, then the command line with the
@@ -164,6 +200,18 @@ def test_one_method_end_to_end(tmp_path, monkeypatch):
     assert third['rows'][0]['miou_before'] == row['miou_before']
     reused = {s['stage']: s['reused'] for s in third['stages']}
     assert reused['pm-row_80'] and not reused['pm-row_80 + FT']
+
+    # the variant's settings changed under the same name: its row is
+    # computed again, not read from the cache
+    variant = METHODS['pm-row']
+    monkeypatch.setitem(METHODS, 'pm-row', dataclasses.replace(
+        variant, options=dict(variant.options, rule='nearest')))
+    fourth = study_cli.main(argv)
+    reused = {s['stage']: s['reused'] for s in fourth['stages']}
+    assert reused['dense'] and reused['scores']
+    assert not reused['pm-row_80'] and not reused['pm-row_80 + FT']
+    assert fourth['rows'][0]['compression']['rule'] == 'nearest'
+    assert Path(row['compressed']).stat().st_mtime_ns != compressed
 
 
 def test_hourglass_path_is_ordered_and_counted_as_modelled(tmp_path):

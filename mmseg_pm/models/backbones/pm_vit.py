@@ -211,16 +211,23 @@ class PMVisionTransformer(BaseModule):
         compression (dict | None): None for the dense model, else
             ``dict(mode='layer', layers=[...])`` or
             ``dict(mode='span', spans=[(first, last), ...])`` with optional
-            ``keep_rate`` (0.7), ``prune_rate`` (0.0), ``rule`` ('row' or
-            'nearest'), ``reconstruct`` ('residual': each token keeps its
-            value and gets its window's update; 'pinv': the authors'
-            pseudo-inverse), ``impl`` ('sparse' or 'dense') and
-            ``trainable`` (True: merge/reconstruct weights are learnt). Until a structure
-            is installed (``set_structures`` or a checkpoint), every unit uses
-            centres on a regular lattice with ``keep_rate`` of the tokens and
-            no pruning. The structures are built for the grid of ``img_size``.
-            ``method=`` another registered method selects its reducer
-            instead, with that method's keys (any input size); see
+            keys (defaults first): ``keep_rate`` (0.7), ``prune_rate``
+            (0.0), ``rule`` ('row' or 'nearest': the static windows),
+            ``assign`` ('content': each image's tokens join the most
+            similar centre among the windows of their ``neighbourhood`` x
+            ``neighbourhood`` tokens; 'static': the rule's windows),
+            ``neighbourhood`` (3, odd), ``reconstruct`` ('residual': each
+            token keeps its value and gets its window's update; 'pinv':
+            the authors' pseudo-inverse), ``proportional_attention``
+            (False; True: log window sizes on the merged tokens' attention
+            logits), ``impl`` ('sparse' or 'dense') and ``trainable``
+            (True: merge/reconstruct weights are learnt). Until a
+            structure is installed (``set_structures`` or a checkpoint),
+            every unit uses centres on a regular lattice with
+            ``keep_rate`` of the tokens and no pruning. The structures are
+            built for the grid of ``img_size``. ``method=`` another
+            registered method selects its reducer instead, with that
+            method's keys (any input size); see
             mmseg_pm/compression/config.py.
     """
 
