@@ -142,8 +142,8 @@ def assignment_costs(grid=(32, 32), embed_dims: int = 384,
                      batch_sizes: Sequence[int] = (1, 8), warmup: int = 2,
                      repeats: int = 10, seed: int = 0) -> List[dict]:
     """Milliseconds of the content-aware assignment of one unit (random
-    centres, as ``tools/prune.py`` places them; random tokens) by each
-    formulation, and of one ViT block (timm's, ``embed_dims / 64`` heads)
+    centres, as ``tools/prune.py`` places them; random tokens) and of one
+    ViT block (timm's, ``embed_dims / 64`` heads)
     on the unit's K + 1 tokens, taking turns: the assignment's share of
     its unit."""
     from timm.models.vision_transformer import Block
@@ -265,7 +265,6 @@ def render_parts(results: dict) -> str:
         '## The whole segmentor', '', breakdown_table(rows, keys), '',
         '## The assignment of one unit against one block on its tokens', '',
         'The same threads, random centres (as tools/prune.py places '
-        'them), random tokens; the gather of every candidate is the first '
-        'formulation (before 2026-12-06), the slot loop what is exported '
-        'and compiled, the pair product what eager CPU runs use.', '',
+        'them), random tokens; the assignment as every run computes it '
+        '(assign_rows).', '',
         assignment_table(results['assignment']), ''])

@@ -71,9 +71,12 @@ def count_ops(call: Callable[[], object]) -> OpCounter:
 
 
 def forward_ops(step: Callable[[], object]) -> Dict[str, object]:
-    """:func:`summary` of one inference ``step`` after a first call (which
-    plans what a model keeps per input shape)."""
-    step()
+    """:func:`summary` of one ``step`` (a forward) under ``no_grad``, after
+    a first call (which plans what a model keeps per input shape). Not
+    under ``inference_mode``: there the dispatcher hands over ops before
+    their decomposition (``linear``, ``dropout``), not the kernels run."""
+    with torch.no_grad():
+        step()
     return summary(count_ops(step))
 
 

@@ -270,8 +270,7 @@ def measure_part(part: str, config_arg: str, specs, models, hw, settings,
             row['backbone_flops_deviation_pct'] = None \
                 if analytic is None else 100 * (backbone / analytic - 1)
             if module is not None and dtype == dtypes[0]:
-                row['ops'] = forward_ops(inference_step(module, one, device,
-                                                        dtype))
+                row['ops'] = forward_ops(lambda: module(one))
                 reducer = getattr(seg.backbone, 'reducer', None)
                 row['ops']['units'] = 0 if reducer is None \
                     else len(reducer.merging_blocks())

@@ -16,7 +16,7 @@ in :mod:`.content`, the low-level operations in :mod:`.ops`.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -82,9 +82,36 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
         self.units = [(int(a), int(b)) for a, b in units]
         self.unit_last = dict(self.units)  # first block -> last block
         self.num_prefix = num_prefix
+        # grid -> first block -> unit derived for that grid (not saved)
+        self.__dict__['_derived'] = {}
 
     def compressor(self, first: int) -> TokenCompressor:
         return self[str(first)]
+
+    def compressors(self, grid: Tuple[int, int]) -> Dict[int, TokenCompressor]:
+        """Every unit's compressor for a ``grid`` of patch tokens: its own
+        on the grid its structures were made for; on any other, units whose
+        structures the same rule makes for that grid
+        (:func:`~.search.derive_structure`), made once per grid and kept
+        (not saved: they follow the saved ones). Their weights are the
+        new structures' initial ones (fine-tuned weights belong to their
+        grid's tokens)."""
+        grid = (int(grid[0]), int(grid[1]))
+        first_unit = self.compressor(self.units[0][0])
+        if grid == first_unit.grid_size:
+            return {a: self.compressor(a) for a, _ in self.units}
+        derived = self._derived.get(grid)
+        if derived is None:
+            from .search import derive_structure
+            derived = {}
+            for first, _ in self.units:
+                own = self.compressor(first)
+                unit = TokenCompressor(
+                    derive_structure(own.structure(), grid), own.impl, False,
+                    own.reconstruct_mode, own.assign, own.neighbourhood)
+                derived[first] = unit.to(own.merge_weight)
+            self._derived[grid] = derived
+        return derived
 
     def structures(self) -> List[CompressionStructure]:
         """The structure of every unit, in block order."""
@@ -99,14 +126,26 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
                              f'{self.units}')
         for (first, _), structure in zip(self.units, structures):
             self.compressor(first).set_structure(structure)
+        self._derived.clear()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._derived.clear()  # the loaded structures make them anew
+
+    def _apply(self, fn, *args, **kwargs):
+        self._derived.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------ forward
     def start(self, x: Tensor, hw: Tuple[int, int]):
-        return None  # (last block, compressor, context, bias) inside a unit
+        # the units for this grid, and (last block, compressor, context,
+        # bias) while inside one
+        return self.compressors(hw), None
 
     def run_block(self, i: int, block: nn.Module, x: Tensor, state):
+        units, inside = state
         if i in self.unit_last:
-            compressor = self.compressor(i)
+            compressor = units[i]
             batch = x.shape[0]
             x, context = compressor.merge(x, self.num_prefix)
             if self.trace_source:  # the source map is only built on request
@@ -115,18 +154,20 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
             bias = compressor.attention_bias(
                 context, self.num_prefix, x.dtype) \
                 if self.proportional_attention else None
-            state = (self.unit_last[i], compressor, context, bias)
-        x = block(x) if state is None or state[3] is None else \
-            block(x, state[3])
-        if state is not None and i == state[0]:
-            _, compressor, context, _ = state
-            return compressor.reconstruct(x, context, self.num_prefix), None
-        return x, state
+            inside = (self.unit_last[i], compressor, context, bias)
+        x = block(x) if inside is None or inside[3] is None else \
+            block(x, inside[3])
+        if inside is not None and i == inside[0]:
+            _, compressor, context, _ = inside
+            return compressor.reconstruct(x, context,
+                                          self.num_prefix), (units, None)
+        return x, (units, inside)
 
     def full_grid(self, i: int, x: Tensor, state) -> Tensor:
-        if state is None:
+        _, inside = state
+        if inside is None:
             return x
-        _, compressor, context, _ = state
+        _, compressor, context, _ = inside
         return compressor.reconstruct(x, context, self.num_prefix)
 
     # ------------------------------------------------------------ questions

@@ -1,5 +1,5 @@
 """Multi-Scale And Token Mergence (MSTM; Bian et al., arXiv 2306.04897),
-as this project reads its abstract (no code was released; docs/mstm_tome.md).
+as this project reads its abstract (no code was released; docs/peers.md).
 
 At each pruning block, between its attention and its MLP:
 

@@ -39,11 +39,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+import torch.nn.functional as F
+
 from .config import PMConfig
-from .structure import CompressionStructure, build_structure
+from .structure import (PLACEMENTS, CompressionStructure, StructureRecipe,
+                        build_structure)
 
 RANKINGS = ('global', 'layer')
-PLACEMENTS = ('score', 'spread', 'lattice', 'random')
 # The project's default placement: the best of the four in the quality
 # study (benchmarks/study/table.md; docs/residual.md): at 70 % and 50 % of
 # the dense GFLOPs, before and after fine-tuning.
@@ -231,8 +233,36 @@ def search_structures(scores: Tensor,
             centres = place_centres(per_unit[u], centres.numel(), grid,
                                     prune[u], placement, seed + u)
         structures.append(build_structure(grid, centres, prune[u],
-                                          per_unit[u], config.rule))
+                                          per_unit[u], config.rule,
+                                          placement, seed + u))
     return structures
+
+
+def derive_structure(structure: CompressionStructure,
+                     grid: Tuple[int, int]) -> CompressionStructure:
+    """The structure the same rule makes on another ``grid``: the recipe's
+    scores resampled to it (bilinear), the same fractions of centres and
+    pruned tokens (the lowest scores pruned), its placement (a random one
+    drawn again on the new grid with the same seed) and assignment rule.
+    A structure without a recipe (converted from the authors' code) is
+    taken as a lattice of its centre count."""
+    h, w = structure.grid
+    gh, gw = int(grid[0]), int(grid[1])
+    recipe = structure.recipe or StructureRecipe(
+        'lattice', 0, torch.ones(h * w))
+    n = gh * gw
+    ratio = n / structure.num_tokens
+    keep = min(n, max(1, round(structure.num_groups * ratio)))
+    prune = min(n - keep, round(structure.num_pruned * ratio))
+    scores = F.interpolate(recipe.scores.view(1, 1, h, w), size=(gh, gw),
+                           mode='bilinear', align_corners=False)
+    scores = scores.flatten().clamp_min(0)
+    pruned = torch.zeros(n, dtype=torch.bool)
+    pruned[torch.sort(scores, stable=True).indices[:prune]] = True
+    centres = place_centres(scores, keep, (gh, gw), pruned,
+                            recipe.placement, recipe.seed)
+    return build_structure((gh, gw), centres, pruned, scores, recipe.rule,
+                           recipe.placement, recipe.seed)
 
 
 def layer_token_counts(structures: Sequence[CompressionStructure],

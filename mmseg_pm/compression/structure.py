@@ -30,6 +30,33 @@ from torch import Tensor
 ASSIGN_RULES = ('row', 'nearest')
 # the authors' rule, the default of every layer (PMConfig.rule too)
 DEFAULT_RULE = 'row'
+# where a unit's centres go (compression/search.py says how each works)
+PLACEMENTS = ('score', 'spread', 'lattice', 'random')
+
+
+@dataclass(frozen=True, eq=False)
+class StructureRecipe:
+    """How a structure was made, so that the same rule can make one for
+    another grid (:func:`mmseg_pm.compression.search.derive_structure`):
+    its ``placement`` of centres (with its ``seed``), the (N,) token
+    ``scores`` that ranked and weighted them, and its assignment
+    ``rule``."""
+
+    placement: str
+    seed: int
+    scores: Tensor
+    rule: str = DEFAULT_RULE
+
+    def __post_init__(self):
+        object.__setattr__(self, 'seed', int(self.seed))
+        object.__setattr__(self, 'scores',
+                           self.scores.detach().float().cpu().flatten())
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f'placement must be one of {PLACEMENTS}, got '
+                             f'{self.placement!r}')
+        if self.rule not in ASSIGN_RULES:
+            raise ValueError(f'rule must be one of {ASSIGN_RULES}, got '
+                             f'{self.rule!r}')
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +67,8 @@ class CompressionStructure:
     group: Tensor
     centre: Tensor
     weight: Tensor
+    # how it was made (None: unknown, e.g. converted from the authors')
+    recipe: Optional[StructureRecipe] = None
 
     def __post_init__(self):
         object.__setattr__(self, 'grid', (int(self.grid[0]), int(self.grid[1])))
@@ -98,6 +127,10 @@ class CompressionStructure:
             raise ValueError('weights must be finite')
         if torch.any(self.weight[self.pruned] != 0):
             raise ValueError('pruned tokens must have weight 0')
+        if self.recipe is not None and self.recipe.scores.shape != (n, ):
+            raise ValueError(f'recipe scores must have shape ({n},) for grid '
+                             f'{self.grid}, got '
+                             f'{tuple(self.recipe.scores.shape)}')
 
     def merge_matrix(self) -> Tensor:
         """Dense (K, N) merge matrix, the authors' formulation."""
@@ -195,7 +228,9 @@ def build_structure(grid: Tuple[int, int],
                     centre: Tensor,
                     pruned: Optional[Tensor] = None,
                     scores: Optional[Tensor] = None,
-                    rule: str = DEFAULT_RULE) -> CompressionStructure:
+                    rule: str = DEFAULT_RULE,
+                    placement: Optional[str] = None,
+                    seed: int = 0) -> CompressionStructure:
     """Assign every non-pruned token to a centre and weight it.
 
     Args:
@@ -207,6 +242,9 @@ def build_structure(grid: Tuple[int, int],
             ``None`` gives every merged token weight 1. A window whose centre
             scores 0 falls back to weight 1 for its members.
         rule: 'row' (the authors' rule) or 'nearest' (2-D nearest centre).
+        placement, seed: how ``centre`` was placed (recorded as the
+            structure's :class:`StructureRecipe`, with ``scores``; None:
+            not recorded).
     """
     h, w = int(grid[0]), int(grid[1])
     n = h * w
@@ -244,7 +282,9 @@ def build_structure(grid: Tuple[int, int],
         weight = torch.where(centre_score > 0, ratio, torch.ones_like(ratio))
     weight[centre_sorted] = 1.0
     weight[pruned_mask] = 0.0
-    return CompressionStructure((h, w), group, centre_sorted, weight)
+    recipe = None if placement is None else StructureRecipe(
+        placement, seed, torch.ones(n) if scores is None else scores, rule)
+    return CompressionStructure((h, w), group, centre_sorted, weight, recipe)
 
 
 def lattice_centres(grid: Tuple[int, int], keep_rate: float) -> Tensor:
@@ -267,4 +307,5 @@ def lattice_structure(grid: Tuple[int, int],
                       keep_rate: float,
                       rule: str = DEFAULT_RULE) -> CompressionStructure:
     """The deterministic built-in structure: lattice centres, no pruning."""
-    return build_structure(grid, lattice_centres(grid, keep_rate), rule=rule)
+    return build_structure(grid, lattice_centres(grid, keep_rate), rule=rule,
+                           placement='lattice')

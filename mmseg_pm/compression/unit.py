@@ -50,7 +50,8 @@ from .content import (AssignmentPlan, CandidateTables, MemberTables,
                       tabled_assignment_sums)
 from .ops import (assignment_matrices, merge_matrix, reconstruct_matrix,
                   tabled_segment_sum, window_tables, with_prefix)
-from .structure import (CompressionStructure, mean_merge_weights,
+from .structure import (ASSIGN_RULES, PLACEMENTS, CompressionStructure,
+                        StructureRecipe, mean_merge_weights,
                         reconstruct_weights)
 
 IMPLS = ('sparse', 'dense')
@@ -111,6 +112,13 @@ def check_saved_unit(state_dict: dict, prefix: str, grid: Tuple[int, int],
             f'{int(saved[0])}x{int(saved[1])} token grid but this model '
             f'uses {grid[0]}x{grid[1]}; set the backbone img_size to the '
             'size the structure was built for (grid x patch_size)')
+    # written before structures kept their recipe: taken as a lattice
+    n = int(saved[0]) * int(saved[1])
+    state_dict.setdefault(prefix + 'recipe_scores', torch.ones(n))
+    state_dict.setdefault(prefix + 'recipe_seed', torch.tensor(0))
+    state_dict.setdefault(prefix + 'recipe_placement',
+                          torch.tensor(PLACEMENTS.index('lattice')))
+    state_dict.setdefault(prefix + 'recipe_rule', torch.tensor(0))
     residual = state_dict.setdefault(prefix + 'residual', torch.tensor(False))
     content = state_dict.setdefault(prefix + 'content', torch.tensor(False))
     saved_assign = 'content' if bool(content) else 'static'
@@ -180,6 +188,12 @@ class TokenCompressor(nn.Module):
         self.register_buffer('residual',
                              torch.tensor(reconstruct == 'residual'))
         self.register_buffer('content', torch.tensor(assign == 'content'))
+        # how the structure was made (StructureRecipe): another grid's
+        # structure is made by the same rule
+        self.register_buffer('recipe_scores', torch.ones(n))
+        self.register_buffer('recipe_seed', torch.tensor(0))
+        self.register_buffer('recipe_placement', torch.tensor(0))
+        self.register_buffer('recipe_rule', torch.tensor(0))
         self.merge_weight = nn.Parameter(torch.zeros(n),
                                          requires_grad=trainable)
         self.reconstruct_weight = nn.Parameter(torch.zeros(n),
@@ -224,7 +238,13 @@ class TokenCompressor(nn.Module):
             reconstruct = (group >= 0).float()
         else:
             merge, reconstruct = weight, reconstruct_weights(group, weight, k)
+        recipe = structure.recipe or StructureRecipe(
+            'lattice', 0, torch.ones(structure.num_tokens))
         with torch.no_grad():
+            self.recipe_scores.copy_(recipe.scores)
+            self.recipe_seed.fill_(recipe.seed)
+            self.recipe_placement.fill_(PLACEMENTS.index(recipe.placement))
+            self.recipe_rule.fill_(ASSIGN_RULES.index(recipe.rule))
             self.group.copy_(group)
             self.is_centre.zero_()
             self.is_centre[structure.centre] = True
@@ -238,7 +258,11 @@ class TokenCompressor(nn.Module):
         weight = self.merge_weight.detach().cpu().clone()
         weight[group < 0] = 0
         centre = torch.nonzero(self.is_centre.cpu()).flatten()
-        return CompressionStructure(self.grid_size, group, centre, weight)
+        recipe = StructureRecipe(PLACEMENTS[int(self.recipe_placement)],
+                                 int(self.recipe_seed), self.recipe_scores,
+                                 ASSIGN_RULES[int(self.recipe_rule)])
+        return CompressionStructure(self.grid_size, group, centre, weight,
+                                    recipe)
 
     def _refresh(self) -> None:
         """The derived buffers and tables of the current structure."""
@@ -283,9 +307,11 @@ class TokenCompressor(nn.Module):
     def _plan(self, batch: int, num_prefix: int, device) -> UnitPlan:
         """The :class:`UnitPlan` for ``batch`` images, made once as normal
         tensors; while compiling, read from the cache but never stored
-        (a graph's tensors are its own)."""
+        (a graph's tensors are its own), and made afresh for a symbolic
+        batch size (an export with a free batch dimension: a cache lookup
+        would fix it)."""
         key = (batch, num_prefix, device)
-        plan = self._plans.get(key)
+        plan = self._plans.get(key) if isinstance(batch, int) else None
         if plan is not None:
             return plan
         with _normal_tensors():
@@ -295,7 +321,7 @@ class TokenCompressor(nn.Module):
             plan = UnitPlan(rows, offsets, assignment_plan(
                 self._candidates, rows, offsets, num_prefix)
                 if self.assign == 'content' else None)
-        if not torch.compiler.is_compiling():
+        if isinstance(batch, int) and not torch.compiler.is_compiling():
             if len(self._plans) >= 16:  # a few batch sizes are ever in use
                 self._plans.clear()
             self._plans[key] = plan

@@ -44,7 +44,6 @@ def test_wrong_types_are_usage_errors(call, message):
     (torch.zeros(0, 3, 64, 64), 'empty batch'),
     (torch.zeros(1, 3, 64, 64, dtype=torch.float64), 'weights are '
      'torch.float32'),
-    (torch.zeros(1, 3, 128, 128), 'larger than the 8x8 grid'),
 ])
 def test_backbone_names_bad_inputs(inputs, message):
     model = init_segmentor(str(PM_TINY))

@@ -178,7 +178,7 @@ def test_checkpoint_for_other_units_or_grid_is_refused(tmp_path):
         bigger.load_state_dict(model.state_dict(), strict=False)
 
 
-def test_smaller_grid_is_padded_and_cropped_larger_is_refused():
+def test_smaller_grid_is_padded_and_cropped_larger_gets_its_own():
     model = randomise(tiny_pm(compression=dict(mode='layer', layers=[0, 1]),
                               out_indices=(1, 3)))
     small = torch.randn(1, 3, 40, 60)  # 3x4 tokens (corner-padded), grid 3x5
@@ -188,9 +188,23 @@ def test_smaller_grid_is_padded_and_cropped_larger_is_refused():
     for o, r in zip(outs, ref):
         assert o.shape == (1, 32, 3, 4)
         assert torch.equal(o, r[..., :3, :4])
-    with pytest.raises(ValueError, match=r'4x5 token grid, larger than the '
-                       r'3x5 grid.*slide'):
-        model(torch.randn(1, 3, 64, 80))
+    big = torch.randn(2, 3, 64, 80)  # 4x5 tokens, larger than 3x5
+    saved = list(model.state_dict())
+    with torch.no_grad():
+        outs = model(big)
+    assert [o.shape for o in outs] == [(2, 32, 4, 5)] * 2
+    reducer = model.reducer
+    derived = reducer.compressors((4, 5))
+    assert sorted(derived) == [0, 1]
+    for first, unit in derived.items():
+        own = reducer.compressor(first)
+        assert unit.grid_size == (4, 5)
+        assert round(own.num_groups * 20 / 15) == unit.num_groups
+    with torch.no_grad():
+        again = model(big)
+    assert reducer.compressors((4, 5)) is derived  # one build per grid
+    assert all(torch.equal(a, b) for a, b in zip(outs, again))
+    assert list(model.state_dict()) == saved  # derived units are not saved
 
 
 def test_gradients_reach_merge_and_reconstruct_weights():

@@ -486,9 +486,11 @@ class PMVisionTransformer(BaseModule):
         return token_grid(size, self.patch_size, self.patch_pad)
 
     def _check_grid(self, inputs: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        """Pad inputs whose token grid is smaller than the structures' grid;
-        refuse larger ones. Returns the (maybe padded) inputs and the grid
-        the outputs are cropped back to."""
+        """Pad inputs whose token grid fits inside the structures' grid up
+        to it (the structures made for it run); a larger one runs on
+        structures the same rule makes for its own grid (the reducer's
+        ``compressors``, made once per grid). Returns the (maybe padded)
+        inputs and the grid the outputs are cropped back to."""
         p = self.patch_size
         grid = self.token_grid(inputs.shape[-2:])
         reducer = self.reducer
@@ -497,13 +499,7 @@ class PMVisionTransformer(BaseModule):
             return inputs, grid
         gh, gw = self.grid_size
         if grid[0] > gh or grid[1] > gw:
-            raise UsageError(
-                f'input {tuple(inputs.shape[-2:])} gives a {grid[0]}x{grid[1]}'
-                f' token grid, larger than the {gh}x{gw} grid the compression '
-                f'structures were built for (img_size={self.img_size}); use '
-                f"slide inference with crop_size <= {self.img_size} "
-                "(test_cfg=dict(mode='slide', ...)) or rebuild the structures "
-                'for the larger img_size')
+            return inputs, grid
         pad = (0, gw * p - inputs.shape[-1], 0, gh * p - inputs.shape[-2])
         return F.pad(inputs, pad), grid
 
