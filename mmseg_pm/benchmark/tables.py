@@ -274,23 +274,26 @@ def scaling_lines(rows: Sequence[dict]) -> List[list]:
     lines = []
     for row in rows:
         t = row['timing'].get(1)
-        r = row.get('vs_mmseg') or {}
+        cells = []
+        for ref in ('vs_mmseg', 'vs_off'):
+            r = row.get(ref) or {}
+            cells += [_fmt(r.get('flops_ratio'), '.3f'),
+                      _fmt(r.get('speedup', {}).get(1), '.3f'),
+                      _fmt(r.get('efficiency', {}).get(1), '.3f')]
         lines.append([row['model'], f"{row['input_hw'][0]}x"
                       f"{row['input_hw'][1]}", row['label'],
                       _token_range(row['tokens_per_layer'] or []),
                       _fmt(row['gflops'], '.4g'),
                       _fmt(t and t['latency_ms'], '.1f'),
-                      _fmt(t and t['images_per_s'], '.3f'),
-                      _fmt(r.get('flops_ratio'), '.3f'),
-                      _fmt(r.get('speedup', {}).get(1), '.3f'),
-                      _fmt(r.get('efficiency', {}).get(1), '.3f'),
+                      _fmt(t and t['images_per_s'], '.3f'), *cells,
                       str(row.get('repeats', '-'))])
     return lines
 
 
 SCALING_HEAD = ['model', 'input', 'row', 'tokens', 'GFLOPs', 'b1 ms',
                 'b1 img/s', 'FLOPs ratio vs mmseg', 'speed-up vs mmseg',
-                'efficiency vs mmseg', 'repeats']
+                'efficiency vs mmseg', 'FLOPs ratio vs off',
+                'speed-up vs off', 'efficiency vs off', 'repeats']
 
 
 def check_lines(checks: Sequence[dict]) -> List[list]:

@@ -268,36 +268,40 @@ def test_command_line_refuses_a_missing_gpu_clearly(tmp_path):
 
 
 def test_scaling_rows_compare_dense_pm_and_peers_per_model(tmp_path):
-    """--scaling alone: per model mmseg's dense row, PM keep 0.7 and the
-    peers at its GFLOPs, batch 1, eager, whole segmentor, with the
-    efficiency column; a model over --scaling-large-gflops gets its own
-    repeat count and no peers."""
+    """--scaling alone: per model mmseg's dense row, this project's with
+    compression off, PM keep 0.7 and the peers at its GFLOPs, batch 1,
+    eager, whole segmentor, with the efficiency against both dense rows; a
+    model over --scaling-large-gflops gets its own repeat count and no
+    peers."""
     dense_tiny = str(ROOT / 'configs/synthetic/segmenter_vit-tiny_mask_'
                      'synthetic-ade-64x64.py')
     res = main(['--scaling', '--scaling-configs', dense_tiny,
                 '--scaling-peers', 'tome', '--repeats', '2', '--warmup',
                 '0', '--out-dir', str(tmp_path), '--name', 'scaling'])
     rows = {r['label']: r for r in res['scaling']}
-    assert set(rows) == {'mmseg VisionTransformer', 'PM keep 0.7',
-                         'ToMe at PM keep 0.7 GFLOPs'}
+    assert set(rows) == {'mmseg VisionTransformer', 'PM, compression off',
+                         'PM keep 0.7', 'ToMe at PM keep 0.7 GFLOPs'}
     assert res['rows'] == [] and not (tmp_path / 'scaling.png').exists()
     pm, tome = rows['PM keep 0.7'], rows['ToMe at PM keep 0.7 GFLOPs']
     for row in rows.values():
         assert row['part'] == 'segmentor' and row['backend'] == 'eager'
         assert list(row['timing']) == [1] and row['repeats'] == 2
     assert pm['vs_mmseg']['flops_ratio'] < 1
-    assert pm['vs_mmseg']['efficiency'][1] == pytest.approx(
-        pm['vs_mmseg']['speedup'][1] * pm['vs_mmseg']['flops_ratio'])
+    for ref in ('vs_mmseg', 'vs_off'):
+        assert pm[ref]['efficiency'][1] == pytest.approx(
+            pm[ref]['speedup'][1] * pm[ref]['flops_ratio'])
     assert tome['vs_pm']['flops_ratio'] == pytest.approx(1, abs=0.02)
     md = (tmp_path / 'scaling.md').read_text()
     assert '## Scaling with the model' in md and 'efficiency vs mmseg' in md
+    assert 'efficiency vs off' in md
     large = main(['--scaling', '--scaling-configs', dense_tiny,
                   '--scaling-large-gflops', '0.001',
                   '--scaling-large-repeats', '1', '--repeats', '2',
                   '--warmup', '0', '--out-dir', str(tmp_path), '--name',
                   'large'])
     assert {(r['label'], r['repeats']) for r in large['scaling']} == {
-        ('mmseg VisionTransformer', 1), ('PM keep 0.7', 1)}
+        ('mmseg VisionTransformer', 1), ('PM, compression off', 1),
+        ('PM keep 0.7', 1)}
     assert any('1 timed calls per row, no peers' in n
                for n in large['notes'])
 
