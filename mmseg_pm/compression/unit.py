@@ -182,6 +182,7 @@ class TokenCompressor(nn.Module):
         # graphs); loading refuses checkpoints of the other mode.
         self.reconstruct_mode = reconstruct
         n = structure.num_tokens
+        self._grid = structure.grid
         self.register_buffer('grid', torch.tensor(structure.grid))
         self.register_buffer('group', torch.zeros(n, dtype=torch.long))
         self.register_buffer('is_centre', torch.zeros(n, dtype=torch.bool))
@@ -213,7 +214,9 @@ class TokenCompressor(nn.Module):
 
     @property
     def grid_size(self) -> Tuple[int, int]:
-        return int(self.grid[0]), int(self.grid[1])
+        """(H, W) of the structure, read from the buffer when the structure
+        changes (reading it in a forward would wait for the device)."""
+        return self._grid
 
     @property
     def num_similarity_pairs(self) -> int:
@@ -266,6 +269,7 @@ class TokenCompressor(nn.Module):
 
     def _refresh(self) -> None:
         """The derived buffers and tables of the current structure."""
+        self._grid = (int(self.grid[0]), int(self.grid[1]))
         self.num_groups = int(self.is_centre.sum())
         kept = self.group >= 0
         self.has_pruned = not bool(kept.all())
