@@ -10,11 +10,15 @@ Everything that depends only on the structure (each merged token's D
 distinct candidate windows, their rows in the merged tensor, which tokens
 to read) is an :class:`AssignmentPlan`, built once per unit, batch size
 and prefix length. What depends on the image is :func:`assign_rows`: one
-gather of the tokens it reads, the centres normalised (three), one gather
-of each merged token's candidate centres, one batched product, an argmax,
-the winners' rows looked up and written into the static rows -- nine
-kernels whatever the structure, with no host synchronisation (one graph under
+gather of the centres, their normalisation (three), the similarity of
+every (merged token, candidate window) pair, an argmax, the winners' rows
+looked up and written into the static rows -- eight kernels whatever the
+structure, with no host synchronisation (one graph under
 ``torch.compile``, capturable in a CUDA graph, exported as it is). The
+similarities are one sampled sparse-dense product over the planned pairs
+on the CPU in eager mode (nothing gathered: where the arithmetic sets the
+time), and elsewhere a gather of the candidates' centres and one batched
+product (ops the compilers and exporters know; one kernel more). The
 candidate of largest cosine wins, ties to the earlier candidate of the
 k x k scan, which starts with the token's own window (a row with fewer
 than D distinct windows is padded with its own window, which an argmax
@@ -22,11 +26,12 @@ never prefers to the first column).
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Tuple
+import warnings
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from .ops import autocast_off, member_tables
 
@@ -106,12 +111,14 @@ class AssignmentPlan(NamedTuple):
     """The structure-only part of a unit's assignment for a batch of B
     images of T = P + N tokens (P prefix tokens), merged into S = P + K
     slots: indices into the flattened (B * T) tokens and (B * S, C)
-    merged tensor."""
+    merged tensor, and, on the CPU, the pairs as a sparse pattern."""
     rows: Tensor  # (B * T,) every token's row under the static windows
     read: Tensor  # (M + K,) tokens of x read: the merged ones, the centres
+    centres: Tensor  # (K,) the centres' tokens in x
     choices: Tensor  # (M * D,) candidate windows of every merged token
     choice_rows: Tensor  # (B * M, D) their rows
     free: Tensor  # (B * M,) position of every merged token in (B * T)
+    pairs: Optional[Tensor]  # (B, T, K) CSR: merged token -> its D windows
 
 
 def assignment_plan(tables: CandidateTables, rows: Tensor, offsets: Tensor,
@@ -121,13 +128,50 @@ def assignment_plan(tables: CandidateTables, rows: Tensor, offsets: Tensor,
     b = offsets.shape[0]
     tokens = rows.numel() // b
     free = tables.free + num_prefix
+    centres = tables.centre + num_prefix
     first_token = torch.arange(b, device=rows.device)[:, None] * tokens
+    pairs = None
+    if rows.device.type == 'cpu' and not _tracing():
+        pairs = pair_pattern(tables, tokens, num_prefix, b)
     return AssignmentPlan(
-        rows, torch.cat((free, tables.centre + num_prefix)),
-        tables.choices.flatten(),
+        rows, torch.cat((free, centres)), centres, tables.choices.flatten(),
         (offsets[:, :, None] + num_prefix + tables.choices[None]).flatten(
             0, 1),
-        (first_token + free).flatten())
+        (first_token + free).flatten(), pairs)
+
+
+def _tracing() -> bool:
+    """Compiled or exported: graphs hold no sparse tensors."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def pair_pattern(tables: CandidateTables, tokens: int, num_prefix: int,
+                 batch: int) -> Tensor:
+    """(B, T, K) sparse CSR pattern of the (merged token, candidate window)
+    pairs: each merged token's row holds its D candidate windows in slot
+    order (padding repeats its own window), so the values of a sampled
+    product over it come out as the (M, D) table of every image. Its
+    values are never read (the product's beta is 0)."""
+    m, d = tables.choices.shape
+    k = tables.centre.numel()
+    count = torch.zeros(tokens, dtype=torch.long, device=tables.free.device)
+    count[tables.free + num_prefix] = d
+    crow = torch.cat((count.new_zeros(1), torch.cumsum(count, 0)))
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter('ignore')
+        return torch.sparse_csr_tensor(
+            crow.expand(batch, -1).contiguous(),
+            tables.choices.flatten().expand(batch, -1).contiguous(),
+            torch.zeros(batch, m * d), size=(batch, tokens, k),
+            check_invariants=False)
+
+
+@register_flop_formula(torch.ops.aten.sparse_sampled_addmm, get_raw=True)
+def _sampled_addmm_flops(pattern, mat1, mat2, *args, out_val=None,
+                         **kwargs) -> int:
+    """One multiply-add per channel and sampled entry (FlopCounterMode
+    knows no formula for it: its entries are not in the shapes)."""
+    return 2 * pattern.values().numel() * mat1.shape[-1]
 
 
 def assign_rows(x: Tensor, plan: AssignmentPlan) -> Tensor:
@@ -136,21 +180,35 @@ def assign_rows(x: Tensor, plan: AssignmentPlan) -> Tensor:
     candidate whose centre is most similar by cosine, every other token
     its static row. Float32 with autocast off whatever the model's dtype;
     not differentiable (an argmax). The token's own norm is the same for
-    all its candidates: only the centres are normalised."""
+    all its candidates: only the centres are normalised.
+
+    The (B * M, D) similarities: eager on the CPU, one sampled product
+    over the planned pairs (nothing gathered); elsewhere (compiled,
+    exported, other devices) a gather of every merged token's candidate
+    centres and one batched product."""
     b, _, c = x.shape
     bm, d = plan.choice_rows.shape
     m = bm // b
     if m == 0:
         return plan.rows
+    sampled = not _tracing() and plan.pairs is not None
     with autocast_off(x.device.type):
         x = x.detach().float() if x.requires_grad else x.float()
-        tokens, centres = x.index_select(1, plan.read).split(
-            [m, plan.read.numel() - m], 1)
+        if sampled:
+            centres = x.index_select(1, plan.centres)
+        else:
+            tokens, centres = x.index_select(1, plan.read).split(
+                [m, plan.centres.numel()], 1)
         centres = centres / torch.linalg.vector_norm(
             centres, dim=-1, keepdim=True).clamp_min(1e-12)
-        candidates = centres.index_select(1, plan.choices)
-        dots = torch.bmm(candidates.view(bm, d, c), tokens.reshape(bm, c, 1))
-    chosen = plan.choice_rows.gather(1, dots.argmax(1))
+        if sampled:
+            dots = torch.sparse.sampled_addmm(
+                plan.pairs, x, centres.transpose(1, 2), beta=0.0).values()
+        else:
+            candidates = centres.index_select(1, plan.choices)
+            dots = torch.bmm(candidates.view(bm, d, c),
+                             tokens.reshape(bm, c, 1))
+    chosen = plan.choice_rows.gather(1, dots.view(bm, d).argmax(1, True))
     return plan.rows.scatter(0, plan.free, chosen.view(bm))
 
 
