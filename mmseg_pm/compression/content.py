@@ -10,10 +10,9 @@ Everything that depends only on the structure (each merged token's D
 distinct candidate windows, their rows in the merged tensor, which tokens
 to read) is an :class:`AssignmentPlan`, built once per unit, batch size
 and prefix length. What depends on the image is :func:`assign_rows`: one
-gather of the centres, their normalisation (three), the similarity of
-every (merged token, candidate window) pair, an argmax, the winners' rows
-looked up and written into the static rows -- eight kernels whatever the
-structure, with no host synchronisation (one graph under
+the similarity of every (merged token, candidate window) pair (five with
+the centres' norms), an argmax, the winners' rows looked up and written
+into the static rows -- eight kernels whatever the structure, with no host synchronisation (one graph under
 ``torch.compile``, capturable in a CUDA graph, exported as it is). The
 similarities are one sampled sparse-dense product over the planned pairs
 on the CPU in eager mode (nothing gathered: where the arithmetic sets the
@@ -114,11 +113,11 @@ class AssignmentPlan(NamedTuple):
     merged tensor, and, on the CPU, the pairs as a sparse pattern."""
     rows: Tensor  # (B * T,) every token's row under the static windows
     read: Tensor  # (M + K,) tokens of x read: the merged ones, the centres
-    centres: Tensor  # (K,) the centres' tokens in x
     choices: Tensor  # (M * D,) candidate windows of every merged token
     choice_rows: Tensor  # (B * M, D) their rows
     free: Tensor  # (B * M,) position of every merged token in (B * T)
-    pairs: Optional[Tensor]  # (B, T, K) CSR: merged token -> its D windows
+    columns: Tensor  # (M * D,) the centre token of every candidate slot
+    pairs: Optional[Tensor]  # (B, T, T) CSR: merged token -> D centres
 
 
 def assignment_plan(tables: CandidateTables, rows: Tensor, offsets: Tensor,
@@ -134,10 +133,11 @@ def assignment_plan(tables: CandidateTables, rows: Tensor, offsets: Tensor,
     if rows.device.type == 'cpu' and not _tracing():
         pairs = pair_pattern(tables, tokens, num_prefix, b)
     return AssignmentPlan(
-        rows, torch.cat((free, centres)), centres, tables.choices.flatten(),
+        rows, torch.cat((free, centres)), tables.choices.flatten(),
         (offsets[:, :, None] + num_prefix + tables.choices[None]).flatten(
             0, 1),
-        (first_token + free).flatten(), pairs)
+        (first_token + free).flatten(), centres[tables.choices.flatten()],
+        pairs)
 
 
 def _tracing() -> bool:
@@ -147,13 +147,14 @@ def _tracing() -> bool:
 
 def pair_pattern(tables: CandidateTables, tokens: int, num_prefix: int,
                  batch: int) -> Tensor:
-    """(B, T, K) sparse CSR pattern of the (merged token, candidate window)
-    pairs: each merged token's row holds its D candidate windows in slot
-    order (padding repeats its own window), so the values of a sampled
-    product over it come out as the (M, D) table of every image. Its
-    values are never read (the product's beta is 0)."""
+    """(B, T, T) sparse CSR pattern of the (merged token, candidate centre)
+    pairs over the T tokens: each merged token's row holds the centre
+    tokens of its D candidate windows in slot order (padding repeats its
+    own window's), so the values of a sampled product over it come out as
+    the (M, D) table of every image. Its values are never read (the
+    product's beta is 0)."""
     m, d = tables.choices.shape
-    k = tables.centre.numel()
+    columns = tables.centre[tables.choices.flatten()] + num_prefix
     count = torch.zeros(tokens, dtype=torch.long, device=tables.free.device)
     count[tables.free + num_prefix] = d
     crow = torch.cat((count.new_zeros(1), torch.cumsum(count, 0)))
@@ -161,8 +162,8 @@ def pair_pattern(tables: CandidateTables, tokens: int, num_prefix: int,
         warnings.simplefilter('ignore')
         return torch.sparse_csr_tensor(
             crow.expand(batch, -1).contiguous(),
-            tables.choices.flatten().expand(batch, -1).contiguous(),
-            torch.zeros(batch, m * d), size=(batch, tokens, k),
+            columns.expand(batch, -1).contiguous(),
+            torch.zeros(batch, m * d), size=(batch, tokens, tokens),
             check_invariants=False)
 
 
@@ -183,9 +184,10 @@ def assign_rows(x: Tensor, plan: AssignmentPlan) -> Tensor:
     all its candidates: only the centres are normalised.
 
     The (B * M, D) similarities: eager on the CPU, one sampled product
-    over the planned pairs (nothing gathered); elsewhere (compiled,
-    exported, other devices) a gather of every merged token's candidate
-    centres and one batched product."""
+    over the planned pairs divided by the centres' norms (nothing
+    gathered but the norms); elsewhere (compiled, exported, other devices)
+    a gather of every merged token's candidate centres, normalised, and
+    one batched product."""
     b, _, c = x.shape
     bm, d = plan.choice_rows.shape
     m = bm // b
@@ -195,16 +197,15 @@ def assign_rows(x: Tensor, plan: AssignmentPlan) -> Tensor:
     with autocast_off(x.device.type):
         x = x.detach().float() if x.requires_grad else x.float()
         if sampled:
-            centres = x.index_select(1, plan.centres)
+            norms = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)
+            dots = torch.sparse.sampled_addmm(
+                plan.pairs, x, x.transpose(1, 2), beta=0.0).values()
+            dots = dots / norms.index_select(1, plan.columns)
         else:
             tokens, centres = x.index_select(1, plan.read).split(
-                [m, plan.centres.numel()], 1)
-        centres = centres / torch.linalg.vector_norm(
-            centres, dim=-1, keepdim=True).clamp_min(1e-12)
-        if sampled:
-            dots = torch.sparse.sampled_addmm(
-                plan.pairs, x, centres.transpose(1, 2), beta=0.0).values()
-        else:
+                [m, plan.read.numel() - m], 1)
+            centres = centres / torch.linalg.vector_norm(
+                centres, dim=-1, keepdim=True).clamp_min(1e-12)
             candidates = centres.index_select(1, plan.choices)
             dots = torch.bmm(candidates.view(bm, d, c),
                              tokens.reshape(bm, c, 1))

@@ -35,10 +35,14 @@ def windows(comp, context, batch, num_prefix=1):
     return slots[:, num_prefix:] - num_prefix
 
 
-def assignment(comp, x, num_prefix=1):
-    """(B, N) window of every patch token of ``x`` by the unit's plan."""
+def assignment(comp, x, num_prefix=1, gathered=False):
+    """(B, N) window of every patch token of ``x`` by the unit's plan: the
+    sampled product over its pairs (eager CPU) or, ``gathered``, the
+    gather and batched product (compiled, exported, other devices)."""
     plan = comp._plan(x.shape[0], num_prefix, x.device)
-    rows = assign_rows(x, plan.assignment)
+    assert plan.assignment.pairs is not None  # planned on the CPU
+    rows = assign_rows(x, plan.assignment._replace(pairs=None) if gathered
+                       else plan.assignment)
     slots = rows.view(x.shape[0], -1) - plan.offsets
     return slots[:, num_prefix:] - num_prefix
 
@@ -184,9 +188,12 @@ def random_unit(grid=(12, 16), keep=0.5, prune=0.1, seed=0):
 
 
 def assignments(comp, x, num_prefix=1):
-    """The unit's assignment, batched and one image at a time."""
-    return (assignment(comp, x, num_prefix), torch.cat([
-        assignment(comp, x[b:b + 1], num_prefix) for b in range(x.shape[0])]))
+    """The unit's assignment by both formulations, and one image at a
+    time."""
+    return (assignment(comp, x, num_prefix),
+            assignment(comp, x, num_prefix, gathered=True),
+            torch.cat([assignment(comp, x[b:b + 1], num_prefix)
+                       for b in range(x.shape[0])]))
 
 
 @pytest.mark.parametrize('seed', range(4))
