@@ -9,15 +9,16 @@ tokens are in none, so only the M merged tokens are assigned.
 Everything that depends only on the structure (each merged token's D
 distinct candidate windows, their rows in the merged tensor, which tokens
 to read) is an :class:`AssignmentPlan`, built once per unit, batch size
-and prefix length. What depends on the image is :func:`assign_rows`: one
-the similarity of every (merged token, candidate window) pair (five with
-the centres' norms), an argmax, the winners' rows looked up and written
-into the static rows -- eight kernels whatever the structure, with no host synchronisation (one graph under
-``torch.compile``, capturable in a CUDA graph, exported as it is). The
-similarities are one sampled sparse-dense product over the planned pairs
-on the CPU in eager mode (nothing gathered: where the arithmetic sets the
-time), and elsewhere a gather of the candidates' centres and one batched
-product (ops the compilers and exporters know; one kernel more). The
+and prefix length. What depends on the image is :func:`assign_rows`: the
+similarity of every (merged token, candidate window) pair (four kernels
+with the centres' normalisation), an argmax, the winners' rows looked up
+and written into the static rows -- seven kernels whatever the structure,
+with no host synchronisation (one graph under ``torch.compile``,
+capturable in a CUDA graph, exported as it is). The similarities are one
+sampled sparse-dense product over the planned pairs on the CPU in eager
+mode (nothing gathered: where the arithmetic sets the time), and
+elsewhere a gather of the candidates' centres and one batched product
+(ops the compilers and exporters know; two kernels more). The
 candidate of largest cosine wins, ties to the earlier candidate of the
 k x k scan, which starts with the token's own window (a row with fewer
 than D distinct windows is padded with its own window, which an argmax
@@ -116,7 +117,6 @@ class AssignmentPlan(NamedTuple):
     choices: Tensor  # (M * D,) candidate windows of every merged token
     choice_rows: Tensor  # (B * M, D) their rows
     free: Tensor  # (B * M,) position of every merged token in (B * T)
-    columns: Tensor  # (M * D,) the centre token of every candidate slot
     pairs: Optional[Tensor]  # (B, T, T) CSR: merged token -> D centres
 
 
@@ -136,8 +136,7 @@ def assignment_plan(tables: CandidateTables, rows: Tensor, offsets: Tensor,
         rows, torch.cat((free, centres)), tables.choices.flatten(),
         (offsets[:, :, None] + num_prefix + tables.choices[None]).flatten(
             0, 1),
-        (first_token + free).flatten(), centres[tables.choices.flatten()],
-        pairs)
+        (first_token + free).flatten(), pairs)
 
 
 def _tracing() -> bool:
@@ -183,11 +182,11 @@ def assign_rows(x: Tensor, plan: AssignmentPlan) -> Tensor:
     not differentiable (an argmax). The token's own norm is the same for
     all its candidates: only the centres are normalised.
 
-    The (B * M, D) similarities: eager on the CPU, one sampled product
-    over the planned pairs divided by the centres' norms (nothing
-    gathered but the norms); elsewhere (compiled, exported, other devices)
-    a gather of every merged token's candidate centres, normalised, and
-    one batched product."""
+    The (B * M, D) similarities: eager on the CPU, one sampled product of
+    the tokens with the normalised tokens over the planned pairs (nothing
+    gathered); elsewhere (compiled, exported, other devices) a gather of
+    every merged token's candidate centres, normalised, and one batched
+    product."""
     b, _, c = x.shape
     bm, d = plan.choice_rows.shape
     m = bm // b
@@ -197,10 +196,10 @@ def assign_rows(x: Tensor, plan: AssignmentPlan) -> Tensor:
     with autocast_off(x.device.type):
         x = x.detach().float() if x.requires_grad else x.float()
         if sampled:
-            norms = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)
+            unit = x / torch.linalg.vector_norm(
+                x, dim=-1, keepdim=True).clamp_min(1e-12)
             dots = torch.sparse.sampled_addmm(
-                plan.pairs, x, x.transpose(1, 2), beta=0.0).values()
-            dots = dots / norms.index_select(1, plan.columns)
+                plan.pairs, x, unit.transpose(1, 2), beta=0.0).values()
         else:
             tokens, centres = x.index_select(1, plan.read).split(
                 [m, plan.read.numel() - m], 1)

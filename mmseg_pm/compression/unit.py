@@ -412,10 +412,13 @@ class TokenCompressor(nn.Module):
         b, t, c = x.shape
         acc = x if x.dtype in (torch.float32, torch.float64) else x.float()
         weight = weight.to(acc.dtype)
-        extra = weight if residual else weight * weight
+        if residual:  # the weight itself as the last channel
+            weighted = F.pad(acc, (0, 1), value=1.0) * weight
+        else:  # its square
+            weighted = torch.cat((acc * weight,
+                                  (weight * weight).expand(b, t, 1)), -1)
         sums = acc.new_zeros(b * slot_count, c + 1).index_add_(
-            0, rows, torch.cat((acc * weight, extra.expand(b, t, 1)), -1)
-            .view(b * t, c + 1))
+            0, rows, weighted.view(b * t, c + 1))
         sums, totals = sums.split([c, 1], 1)
         if residual:  # every window holds its centre: no total is zero
             return (sums / totals).view(b, slot_count, c).to(x.dtype), None
