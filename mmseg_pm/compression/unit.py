@@ -32,7 +32,8 @@ version counters). What is left per forward is what the image decides:
 residual with static windows, six kernels (a weighted segment sum:
 multiply, zeros, index_add; the update, its gather and one fused
 multiply-add); content-aware windows add the assignment
-(:func:`~.content.assign_rows`, nine) and the per-image means (three). No
+(:func:`~.content.assign_rows`, seven on the CPU) and the per-image
+means (two: the weight as one more channel, a divide). No
 host synchronisation: one graph under ``torch.compile``, capturable in a
 CUDA graph.
 """
