@@ -135,6 +135,21 @@ def _compressed_backbones(node, path: str):
             yield from _compressed_backbones(value, f'{path}.{i}')
 
 
+def check_takes_compression(kind, path: str) -> None:
+    """A module given ``compression=`` must be this project's backbone (a
+    type mmseg does not know is left to mmseg's own message)."""
+    from mmseg.registry import MODELS
+
+    module = kind if isinstance(kind, type) else MODELS.get(kind) \
+        if isinstance(kind, str) else None
+    if module is None or issubclass(module, PMVisionTransformer):
+        return
+    raise UsageError(
+        f'{path} is type={getattr(module, "__name__", kind)!r}, which takes '
+        f"no compression=; set {path}.type='PMVisionTransformer' (the same "
+        'arguments, with token compression) or leave compression out')
+
+
 def check_compression(cfg: Config) -> None:
     """Every backbone's ``compression=`` parsed and its reducer built for
     the backbone's token grid, as the backbone's constructor does: a bad
@@ -144,6 +159,7 @@ def check_compression(cfg: Config) -> None:
     defaults = {name: p.default for name, p in inspect.signature(
         PMVisionTransformer.__init__).parameters.items()}
     for path, backbone in _compressed_backbones(cfg.get('model'), 'model'):
+        check_takes_compression(backbone.get('type'), path)
         args = dict(defaults, **{k: v for k, v in backbone.items()
                                  if k in defaults})
         try:
