@@ -5,7 +5,6 @@ one-line usage error. Everything a tool does after parsing is a call into
 :mod:`mmseg_pm.apis`."""
 import argparse
 import dataclasses
-import errno
 import os
 import re
 import signal
@@ -18,6 +17,7 @@ import torch
 from mmengine.config import DictAction
 
 from mmseg_pm.apis import UsageError, end_distributed
+from mmseg_pm.utils.outputs import DISK_FULL
 
 
 # ---------------------------------------------------------------- arguments
@@ -178,9 +178,6 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def exit_interrupted(err: KeyboardInterrupt, prog: str) -> None:

@@ -259,6 +259,14 @@ class PMConfig:
                              self.assign, self.neighbourhood,
                              self.proportional_attention)
 
+    def structure_settings(self) -> dict:
+        """The settings a structure search reads and a loaded structure
+        stands in for (its centres, pruned tokens and windows fix them):
+        tools/prune.py records them, and a checkpoint made with others is
+        refused rather than running with the config's values ignored."""
+        return dict(keep_rate=self.keep_rate, prune_rate=self.prune_rate,
+                    rule=self.rule)
+
     @property
     def layers(self) -> List[int]:
         """Every block that runs on compressed tokens."""
