@@ -97,7 +97,7 @@ def check_cfg_option(cfg: Config, key: str, value) -> None:
 
 def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
     """Read the config and apply command-line overrides (checked first);
-    the model's ``compression=`` is checked on the result; the Runner's
+    the model is checked on the result (:func:`check_model`); the Runner's
     files are written by the project's atomic, rank-0 writers
     (:func:`mmseg_pm.engine.use_project_writers`)."""
     cfg = read_config(path)
@@ -117,7 +117,7 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
         raise UsageError(f'config {path} defines no model=dict(type=..., '
                          '...); start from a config in configs/ (e.g. '
                          "_base_ = ['configs/segmenter/...py'])")
-    check_compression(cfg)
+    check_model(cfg)
     use_project_writers(cfg)
     return cfg
 
@@ -176,6 +176,43 @@ def check_compression(cfg: Config) -> None:
                 f'{path}.compression is invalid: {err} (fix the config, or '
                 f'override it with --cfg-options {path}.compression.KEY='
                 'VALUE)') from err
+
+
+def _positive_pair(value) -> bool:
+    """(H, W) of positive integers (mmseg unpacks a crop size and a stride
+    into two)."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0
+        for v in value)
+
+
+def check_slide_settings(test_cfg, path: str = 'model.test_cfg') -> None:
+    """Slide inference's crop_size and stride: positive sizes, and a stride
+    no larger than the crop (mmseg divides by the stride, and windows
+    further apart than a crop leave pixels without a prediction)."""
+    if not isinstance(test_cfg, dict) or test_cfg.get('mode') != 'slide':
+        return
+    for key in ('crop_size', 'stride'):
+        value = test_cfg.get(key)
+        if not _positive_pair(value):
+            raise UsageError(
+                f'{path}.{key}={value!r}: slide inference needs a {key} of '
+                'two positive integers (H, W); set it with --cfg-options '
+                f'{path}.{key}="(H,W)"')
+    crop, stride = test_cfg['crop_size'], test_cfg['stride']
+    if stride[0] > crop[0] or stride[1] > crop[1]:
+        raise UsageError(
+            f'{path}.stride={tuple(stride)} is larger than crop_size='
+            f'{tuple(crop)}: the windows would leave pixels without a '
+            f'prediction; use a stride of at most {tuple(crop)} (e.g. 2/3 of'
+            ' the crop)')
+
+
+def check_model(cfg: Config) -> None:
+    """What is checked of a model config before it is built: every
+    backbone's ``compression=`` and the slide inference settings."""
+    check_compression(cfg)
+    check_slide_settings(cfg.model.get('test_cfg'))
 
 
 def scaled_schedule(schedulers: list, from_iters: int, to_iters: int

@@ -17,7 +17,7 @@ import torch
 from mmengine.config import DictAction
 
 from mmseg_pm.apis import UsageError, end_distributed
-from mmseg_pm.utils.outputs import DISK_FULL
+from mmseg_pm.utils.outputs import DISK_FULL, OutputWriteError
 
 
 # ---------------------------------------------------------------- arguments
@@ -217,6 +217,8 @@ def run_cli(parser: argparse.ArgumentParser, main, argv=None):
             result = main(args)
         completed = True
         return result
+    except OutputWriteError as err:  # a full disk, whatever the writer
+        parser.exit(1, f'{parser.prog}: error: {err}\n')
     except UsageError as err:
         parser.error(str(err))
     except KeyboardInterrupt as err:
