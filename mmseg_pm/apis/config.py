@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mmengine.config import Config
 from mmengine.runner import Runner
-from mmseg.registry import RUNNERS
+from mmseg.registry import MODELS, RUNNERS
 
 import mmseg_pm.models  # noqa: F401  (the modules and the mmseg:: scope)
 from mmseg_pm.compression.config import build_reducer, parse_compression
@@ -138,8 +138,6 @@ def _compressed_backbones(node, path: str):
 def check_takes_compression(kind, path: str) -> None:
     """A module given ``compression=`` must be this project's backbone (a
     type mmseg does not know is left to mmseg's own message)."""
-    from mmseg.registry import MODELS
-
     module = kind if isinstance(kind, type) else MODELS.get(kind) \
         if isinstance(kind, str) else None
     if module is None or issubclass(module, PMVisionTransformer):

@@ -306,27 +306,54 @@ def _is_empty(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
-def _foreign_entry(root: Path) -> Optional[Path]:
-    """The first entry under ``root`` this module did not write (None if
-    every one is part of a data set of its layout): the manifest, the
-    split folders and their ``ADE_*`` images and annotations, nothing else
-    (no link, no other file, no hidden folder such as .git)."""
+def _layout(root: Path) -> dict:
+    """Folder -> the names this module writes in it (a set, or a pattern
+    of the images' or annotations' names)."""
     layout = {root: {MANIFEST_NAME, 'images', 'annotations'}}
     for split, tag in _SPLITS:
         for folder, suffix in zip(_split_dirs(root, split), ('.jpg', '.png')):
             layout.setdefault(folder.parent, set()).add(split)
             layout[folder] = re.compile(rf'ADE_{tag}_\d{{8}}\{suffix}')
+    return layout
+
+
+def _written_here(layout: dict, entry: Path, is_dir: bool) -> bool:
+    """Whether ``entry`` is one this module writes (a folder of the layout,
+    or a file named as its folder's files are; never a link)."""
+    allowed = layout.get(entry.parent, set())
+    named = allowed.fullmatch(entry.name) if isinstance(allowed, re.Pattern) \
+        else entry.name in allowed
+    return bool(named) and not entry.is_symlink() and \
+        is_dir == (entry in layout)
+
+
+def _foreign_entry(root: Path) -> Optional[Path]:
+    """The first entry under ``root`` this module did not write (None if
+    every one is part of a data set of its layout): the manifest, the
+    split folders and their ``ADE_*`` images and annotations, nothing else
+    (no link, no other file, no hidden folder such as .git)."""
+    layout = _layout(root)
     for folder, dirs, files in os.walk(root):
-        folder = Path(folder)
-        allowed = layout.get(folder, set())
         for name in sorted(dirs + files):
-            entry = folder / name
-            known = allowed.fullmatch(name) if isinstance(allowed, re.Pattern) \
-                else name in allowed
-            if entry.is_symlink() or not known or \
-                    (name in dirs) != (entry in layout):
+            entry = Path(folder) / name
+            if not _written_here(layout, entry, name in dirs):
                 return entry
     return None
+
+
+def _remove_written(root: Path) -> None:
+    """Delete a data set entry by entry: the files of its layout and the
+    folders that leaves empty. Whatever else appeared since it was checked
+    stays (with the folders that hold it)."""
+    layout = _layout(root)
+    for folder, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            if _written_here(layout, Path(folder) / name, False):
+                os.unlink(Path(folder) / name)
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: not ours to remove
+            pass
 
 
 def _check_ours(root: Path) -> None:
@@ -348,14 +375,19 @@ def _check_ours(root: Path) -> None:
 
 
 def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; the old ``dst`` is dropped only afterwards."""
+    """Move ``src`` to ``dst``; the old ``dst`` (a data set this module
+    wrote) is dropped only afterwards, file by file."""
     if not dst.exists() and not dst.is_symlink():
         os.rename(src, dst)
         return
     trash = Path(tempfile.mkdtemp(prefix=f'.{dst.name}.old-', dir=dst.parent))
     os.rename(dst, trash / dst.name)
     os.rename(src, dst)
-    shutil.rmtree(trash)
+    _remove_written(trash / dst.name)
+    try:
+        trash.rmdir()
+    except OSError:  # something appeared in the old data set: kept there
+        pass
 
 
 def _check_args(num_train: int, num_val: int, size: Sequence[int],

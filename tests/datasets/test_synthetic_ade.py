@@ -287,3 +287,17 @@ def test_cli_overwrite_never_deletes_a_repository(tmp_path, capsys,
     assert sorted(p.name for p in repo.iterdir()) == ['.git',
                                                       'uncommitted.py']
     assert [p.name for p in tmp_path.iterdir()] == ['repo']
+
+
+def test_removal_takes_only_what_it_wrote(tmp_path):
+    """The old data set is deleted file by file: a file that appears after
+    the check (here: put there just before) stays, with its folders."""
+    from mmseg_pm.datasets.synthetic_ade import _remove_written
+    root = tmp_path / 'ade'
+    _make(root)
+    late = root / 'annotations' / 'training' / 'late.txt'
+    late.write_text('mine')
+    _remove_written(root)
+    assert [p for p in tmp_path.rglob('*') if p.is_file()] == [late]
+    assert late.read_text() == 'mine'
+    assert sorted(p.name for p in root.iterdir()) == ['annotations']
