@@ -109,6 +109,18 @@ def _index_list(value, name: str) -> list:
     return list(value)
 
 
+def _check_within_grid(name: str, size: Tuple[int, int],
+                       grid: Tuple[int, int], img_size, nothing: str,
+                       hint: str) -> None:
+    """Refuse an (h, w) setting larger than the model's token grid: on
+    that grid it would do ``nothing``."""
+    if size[0] > grid[0] or size[1] > grid[1]:
+        raise UsageError(
+            f'{name}={tuple(size)} is larger than the {grid[0]}x{grid[1]} '
+            f'token grid of img_size={img_size}: {nothing}; use at most '
+            f'{grid[0]}x{grid[1]} {hint}')
+
+
 def _per_layer(value, layers: List[int], name: str) -> list:
     """A scalar for every layer, or one value per layer (in given order)."""
     if isinstance(value, (list, tuple)):
@@ -441,12 +453,9 @@ class HourglassConfig:
                       with_cls_token: bool, img_size) -> Hourglass:
         # as many clusters as tokens is allowed: the dense model, as
         # keep_rate=1 is for Prune and Merge
-        if self.clusters[0] > grid[0] or self.clusters[1] > grid[1]:
-            raise UsageError(
-                f'clusters={self.clusters} is finer than the {grid[0]}x'
-                f'{grid[1]} token grid of img_size={img_size}: the extra '
-                'clusters hold no token, so it would cluster nothing; use at '
-                f'most {grid[0]}x{grid[1]} clusters (fewer to save FLOPs)')
+        _check_within_grid('clusters', self.clusters, grid, img_size,
+                           'the extra clusters hold no token, so it would '
+                           'cluster nothing', 'clusters (fewer save FLOPs)')
         return Hourglass(self.alpha, self.clusters, self.iters, self.window,
                          self.temperature, self.k, self.recon_temperature,
                          self.relative, self.norm, with_cls_token)
@@ -515,12 +524,9 @@ class ALGMConfig:
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
                       with_cls_token: bool, img_size) -> ALGM:
-        if self.window[0] > grid[0] or self.window[1] > grid[1]:
-            raise UsageError(
-                f'window={self.window} is larger than the {grid[0]}x'
-                f'{grid[1]} token grid of img_size={img_size}: no window '
-                'fits, so no token would merge locally; use a window of at '
-                f'most {grid[0]}x{grid[1]} (the authors\' is (2, 2))')
+        _check_within_grid('window', self.window, grid, img_size,
+                           'no window fits, so no token would merge '
+                           "locally", "(the authors' window is (2, 2))")
         return ALGM(self.local_layer, self.global_layer, self.threshold,
                     self.window, with_cls_token, self.proportional_attention)
 

@@ -31,14 +31,6 @@ ANY_SIZE_PM = pytest.mark.xfail(strict=True,
                                 reason='any-size PM: in progress on main')
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def compression(method):
     """The method's ``compression=`` at the middle of its knob (None:
     dense)."""

@@ -447,7 +447,7 @@ def test_a_compression_without_blocks_says_what_is_missing(
      r'window=\(16, 16\) is larger than the 8x8 token grid of '
      r'img_size=\(64, 64\)'),
     ("dict(method='hourglass', alpha=1, clusters=(20, 20))",
-     r'clusters=\(20, 20\) is finer than the 8x8 token grid of '
+     r'clusters=\(20, 20\) is larger than the 8x8 token grid of '
      r'img_size=\(64, 64\)'),
 ])
 def test_settings_that_would_do_nothing_are_refused_by_the_tools(
