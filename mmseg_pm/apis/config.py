@@ -14,7 +14,8 @@ from mmseg.registry import MODELS, RUNNERS
 import mmseg_pm.models  # noqa: F401  (the modules and the mmseg:: scope)
 from mmseg_pm.compression.config import build_reducer, parse_compression
 from mmseg_pm.engine import use_project_writers
-from mmseg_pm.models.backbones.pm_vit import PMVisionTransformer, token_grid
+from mmseg_pm.models.backbones.pm_vit import (PMVisionTransformer,
+                                              image_size, token_grid)
 from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.utils.outputs import atomic_output, check_output_dir, is_url
 
@@ -163,9 +164,7 @@ def check_compression(cfg: Config) -> None:
         try:
             parsed = parse_compression(dict(backbone['compression']),
                                        args['num_layers'])
-            size = args['img_size']
-            size = (size, size) if isinstance(size, int) else tuple(size) * (
-                2 if len(size) == 1 else 1)
+            size = image_size(args['img_size'])
             build_reducer(parsed, token_grid(size, args['patch_size'],
                                              args['patch_pad']),
                           args['embed_dims'], args['with_cls_token'], size)
