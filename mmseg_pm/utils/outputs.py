@@ -18,7 +18,7 @@ A new output (written without ``--force``: ``replace=False``) is created
 exclusively: of two runs writing the same new file, the second to finish
 is refused instead of replacing the first one's. A write that fails for
 lack of space (torch's writer raises ``RuntimeError``, not ``OSError``)
-is one :class:`OutputError` naming the file and the fix.
+is one :class:`OutputWriteError` naming the file and the fix.
 """
 from __future__ import annotations
 
@@ -263,20 +263,35 @@ def _out_of_room(path: Path, err: BaseException) -> OutputWriteError:
         'free space or choose another location')
 
 
+def _create(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist
+    (``FileExistsError`` otherwise): a hard link, which fails on an
+    existing name atomically; where the file system has none, the name is
+    claimed by an exclusive create and then replaced."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT file systems)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def _move_into_place(tmp: Path, path: Path, replace: bool) -> None:
     """Rename ``tmp`` to ``path``; with ``replace=False`` only if ``path``
-    does not exist (a hard link fails on an existing name, atomically)."""
+    does not exist."""
     if replace:
         os.replace(tmp, path)
         return
     try:
-        os.link(tmp, path)
+        _create(tmp, path)
     except FileExistsError:
         raise OutputError(
             f'{path} was written by another run while this one worked; it '
             'is kept and this run\'s result is not: pass --force to '
             'overwrite, or choose another name') from None
-    os.unlink(tmp)
 
 
 @contextmanager

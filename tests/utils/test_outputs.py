@@ -182,6 +182,17 @@ def test_the_second_writer_of_a_new_output_is_refused(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['model.pth']
 
 
+def test_without_hard_links_a_new_output_is_still_exclusive(
+        tmp_path, monkeypatch):
+    """Where the file system has no hard links, the name is claimed by an
+    exclusive create: the same outcome."""
+    def no_links(*args):
+        raise PermissionError(1, 'Operation not permitted')
+
+    monkeypatch.setattr(os, 'link', no_links)
+    test_the_second_writer_of_a_new_output_is_refused(tmp_path)
+
+
 def _write_when_told(path, started, go, results):
     """A second process: opens the output, says so, waits, finishes."""
     try:
