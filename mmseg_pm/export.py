@@ -99,14 +99,16 @@ def export_onnx(segmentor: nn.Module,
                 shape: Tuple[int, int],
                 batch_size: int = 1,
                 opset: int = DEFAULT_OPSET,
-                upsample: bool = False) -> Path:
+                upsample: bool = False,
+                replace: bool = True) -> Path:
     """Export ``segmentor`` (eval mode) for ``(batch_size, 3, *shape)``
     inputs to ``out``, atomically (the output rule of
     :mod:`mmseg_pm.utils.outputs`): nothing appears under ``out`` unless the
-    export completes."""
+    export completes (``replace=False``: nor if another run wrote it
+    meanwhile)."""
     module = TensorForward(segmentor, upsample).eval()
     return export_module(module, torch.zeros(batch_size, 3, *shape), out,
-                         opset, output_names=['logits'])
+                         opset, output_names=['logits'], replace=replace)
 
 
 def check_fixed_shapes(module: nn.Module) -> None:
@@ -135,7 +137,8 @@ def export_module(module: nn.Module,
                   out: str,
                   opset: int = DEFAULT_OPSET,
                   dynamic_batch: bool = False,
-                  output_names: Optional[Sequence[str]] = None) -> Path:
+                  output_names: Optional[Sequence[str]] = None,
+                  replace: bool = True) -> Path:
     """Export ``module(example)`` (one image tensor in) to ``out``,
     atomically (see :func:`export_onnx`); ``dynamic_batch`` leaves the batch
     dimension free (everything else keeps ``example``'s shape)."""
@@ -147,7 +150,7 @@ def export_module(module: nn.Module,
     if dynamic_batch:
         from torch.export import Dim
         dynamic = {'inputs': {0: Dim('batch', min=1, max=1024)}}
-    with atomic_output(out) as final_tmp:
+    with atomic_output(out, replace) as final_tmp:
         # the exporter names a weights side file after the model file, so
         # it writes under the final name inside a temporary folder
         tmp_dir = Path(tempfile.mkdtemp(prefix=f'.{out.name}.',

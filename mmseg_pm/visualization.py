@@ -536,11 +536,13 @@ def load_image(path, model):
 def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
                       layers: Optional[Sequence[int]] = None,
                       scores_file: Optional[str] = None,
-                      score_iters: int = 4, dpi: int = 150):
+                      score_iters: int = 4, dpi: int = 150,
+                      replace: bool = True):
     """The picture of tools/visualize_tokens.py: one panel per block of
     ``layers`` (default: the first blocks where tokens merge) with its
     merge windows over ``image``, the token scores under them; written to
-    ``out`` (atomically). Returns (token maps, note, path written)."""
+    ``out`` (atomically; ``replace=False``: refused if another run wrote it
+    meanwhile). Returns (token maps, note, path written)."""
     from mmseg_pm.apis import UsageError, load_checkpoint_file, save_figure
 
     backbone = model.backbone
@@ -565,4 +567,4 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
         note += f' | {reducer.spec.picture_note}'
     title = f'{reducer.spec.label if reducer else "dense"}: {Path(image).name}'
     fig = plot_token_maps(picture, token_maps, per_layer, note, title)
-    return token_maps, note, save_figure(fig, out, dpi=dpi)
+    return token_maps, note, save_figure(fig, out, replace, dpi=dpi)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from mmengine.config import Config
 from mmengine.runner import Runner
-from mmseg.registry import RUNNERS
+from mmseg.registry import MODELS, RUNNERS
 
 import mmseg_pm.models  # noqa: F401  (the modules and the mmseg:: scope)
 from mmseg_pm.compression.config import build_reducer, parse_compression
 from mmseg_pm.engine import use_project_writers
-from mmseg_pm.models.backbones.pm_vit import PMVisionTransformer, token_grid
+from mmseg_pm.models.backbones.pm_vit import (PMVisionTransformer,
+                                              image_size, token_grid)
 from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.utils.outputs import atomic_output, check_output_dir, is_url
 
@@ -97,7 +98,7 @@ def check_cfg_option(cfg: Config, key: str, value) -> None:
 
 def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
     """Read the config and apply command-line overrides (checked first);
-    the model's ``compression=`` is checked on the result; the Runner's
+    the model is checked on the result (:func:`check_model`); the Runner's
     files are written by the project's atomic, rank-0 writers
     (:func:`mmseg_pm.engine.use_project_writers`)."""
     cfg = read_config(path)
@@ -117,7 +118,7 @@ def load_config(path: str, cfg_options, launcher: str = 'none') -> Config:
         raise UsageError(f'config {path} defines no model=dict(type=..., '
                          '...); start from a config in configs/ (e.g. '
                          "_base_ = ['configs/segmenter/...py'])")
-    check_compression(cfg)
+    check_model(cfg)
     use_project_writers(cfg)
     return cfg
 
@@ -135,6 +136,19 @@ def _compressed_backbones(node, path: str):
             yield from _compressed_backbones(value, f'{path}.{i}')
 
 
+def check_takes_compression(kind, path: str) -> None:
+    """A module given ``compression=`` must be this project's backbone (a
+    type mmseg does not know is left to mmseg's own message)."""
+    module = kind if isinstance(kind, type) else MODELS.get(kind) \
+        if isinstance(kind, str) else None
+    if module is None or issubclass(module, PMVisionTransformer):
+        return
+    raise UsageError(
+        f'{path} is type={getattr(module, "__name__", kind)!r}, which takes '
+        f"no compression=; set {path}.type='PMVisionTransformer' (the same "
+        'arguments, with token compression) or leave compression out')
+
+
 def check_compression(cfg: Config) -> None:
     """Every backbone's ``compression=`` parsed and its reducer built for
     the backbone's token grid, as the backbone's constructor does: a bad
@@ -144,14 +158,13 @@ def check_compression(cfg: Config) -> None:
     defaults = {name: p.default for name, p in inspect.signature(
         PMVisionTransformer.__init__).parameters.items()}
     for path, backbone in _compressed_backbones(cfg.get('model'), 'model'):
+        check_takes_compression(backbone.get('type'), path)
         args = dict(defaults, **{k: v for k, v in backbone.items()
                                  if k in defaults})
         try:
             parsed = parse_compression(dict(backbone['compression']),
                                        args['num_layers'])
-            size = args['img_size']
-            size = (size, size) if isinstance(size, int) else tuple(size) * (
-                2 if len(size) == 1 else 1)
+            size = image_size(args['img_size'])
             build_reducer(parsed, token_grid(size, args['patch_size'],
                                              args['patch_pad']),
                           args['embed_dims'], args['with_cls_token'], size)
@@ -160,6 +173,43 @@ def check_compression(cfg: Config) -> None:
                 f'{path}.compression is invalid: {err} (fix the config, or '
                 f'override it with --cfg-options {path}.compression.KEY='
                 'VALUE)') from err
+
+
+def _positive_pair(value) -> bool:
+    """(H, W) of positive integers (mmseg unpacks a crop size and a stride
+    into two)."""
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0
+        for v in value)
+
+
+def check_slide_settings(test_cfg, path: str = 'model.test_cfg') -> None:
+    """Slide inference's crop_size and stride: positive sizes, and a stride
+    no larger than the crop (mmseg divides by the stride, and windows
+    further apart than a crop leave pixels without a prediction)."""
+    if not isinstance(test_cfg, dict) or test_cfg.get('mode') != 'slide':
+        return
+    for key in ('crop_size', 'stride'):
+        value = test_cfg.get(key)
+        if not _positive_pair(value):
+            raise UsageError(
+                f'{path}.{key}={value!r}: slide inference needs a {key} of '
+                'two positive integers (H, W); set it with --cfg-options '
+                f'{path}.{key}="(H,W)"')
+    crop, stride = test_cfg['crop_size'], test_cfg['stride']
+    if stride[0] > crop[0] or stride[1] > crop[1]:
+        raise UsageError(
+            f'{path}.stride={tuple(stride)} is larger than crop_size='
+            f'{tuple(crop)}: the windows would leave pixels without a '
+            f'prediction; use a stride of at most {tuple(crop)} (e.g. 2/3 of'
+            ' the crop)')
+
+
+def check_model(cfg: Config) -> None:
+    """What is checked of a model config before it is built: every
+    backbone's ``compression=`` and the slide inference settings."""
+    check_compression(cfg)
+    check_slide_settings(cfg.model.get('test_cfg'))
 
 
 def scaled_schedule(schedulers: list, from_iters: int, to_iters: int

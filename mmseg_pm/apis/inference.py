@@ -11,7 +11,7 @@ from torch import nn
 from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.utils.checkpoint import local_checkpoint
 
-from .config import check_compression, load_config
+from .config import check_model, load_config
 from .errors import UsageError
 
 
@@ -22,7 +22,7 @@ def build_segmentor(cfg: Config) -> nn.Module:
     import mmseg_pm.models  # noqa: F401  (registers modules)
     from mmseg.registry import MODELS
 
-    check_compression(cfg)
+    check_model(cfg)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model_cfg = cfg.model.copy()
     model_cfg.pop('pretrained', None)

@@ -120,9 +120,7 @@ def prune_segmentor(cfg: Config, checkpoint: str,
         seed=seed,
         compression=dict(mode=compression.mode,
                          units=[list(u) for u in compression.units],
-                         keep_rate=compression.keep_rate,
-                         prune_rate=compression.prune_rate,
-                         rule=compression.rule,
+                         **compression.structure_settings(),
                          reconstruct=compression.reconstruct,
                          assign=compression.assign,
                          neighbourhood=compression.neighbourhood),
@@ -134,14 +132,17 @@ def prune_segmentor(cfg: Config, checkpoint: str,
 
 
 def save_pruned(model, summary: dict, out: str,
-                dataset_meta: Optional[dict] = None) -> None:
+                dataset_meta: Optional[dict] = None,
+                replace: bool = True) -> None:
     """The compressed checkpoint (weights with their structures, the prune
-    summary in ``meta``), written atomically."""
+    summary in ``meta``), written atomically (``replace=False``: refused
+    if another run wrote ``out`` meanwhile)."""
     meta = dict(prune_and_merge=summary)
     if dataset_meta is not None:
         meta['dataset_meta'] = dataset_meta
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint_atomic(dict(meta=meta, state_dict=state_dict), out)
+    save_checkpoint_atomic(dict(meta=meta, state_dict=state_dict), out,
+                           replace)
 
 
 def format_prune_table(summary: dict) -> str:

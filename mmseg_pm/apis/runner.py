@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from mmseg_pm.utils.checkpoint import local_checkpoint
 
-from .checkpoint import check_runner_checkpoint
+from .checkpoint import check_runner_checkpoint, runner_checkpoint
 from .config import (build_runner, check_runner_inputs, load_config,
                      resolve_work_dir)
 from .distributed import (ACCELERATORS, check_launcher_environment,
@@ -93,11 +93,23 @@ def train_config(config: str, work_dir: Optional[str] = None,
         enable_amp(cfg, device)
     if resume:
         cfg.resume = True
+        check_resumable(cfg)
     validating = cfg.get('val_cfg') and cfg.get('val_dataloader')
     check_runner_inputs(cfg, config, ['train_dataloader'] +
                         (['val_dataloader'] if validating else []))
     setup_runner_launcher(cfg)
     return cfg
+
+
+def check_resumable(cfg: Config) -> None:
+    """``--resume`` without ``load_from`` needs a run to continue in the
+    work dir (mmengine would otherwise train from iteration 0 and say it
+    only in its log)."""
+    if runner_checkpoint(cfg) is None:
+        raise UsageError(
+            f'--resume: the work dir {cfg.work_dir} holds no run to resume '
+            '(no last_checkpoint file); check --work-dir, or drop --resume '
+            'to train from iteration 0')
 
 
 def enable_visualization(cfg: Config, show: bool, show_dir,

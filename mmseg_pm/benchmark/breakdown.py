@@ -23,10 +23,12 @@ from torch import Tensor, nn
 
 import mmseg_pm.compression.unit as unit_module
 from mmseg_pm.compression.unit import TokenCompressor
+from mmseg_pm.utils.errors import UsageError
 
 from .machine import machine_info
 from .pipeline import image_size
-from .variants import REFERENCE, build_family, expand_specs
+from .variants import (REFERENCE, build_family, expand_specs, load_config,
+                       pm_compression)
 
 PARTS = ('blocks in units', 'other blocks', 'merge', 'assignment',
          'reconstruct', 'decode head', 'other')
@@ -199,17 +201,34 @@ def assignment_table(rows: Sequence[dict]) -> str:
 PARTS_ROWS = {'off': 'dense', REFERENCE: 'content', 'pm-static': 'static'}
 
 
+def check_parts_config(config: str, keep_rates: Sequence[float],
+                       cfg_options: Optional[dict] = None) -> None:
+    """Something to break down: a dense or Prune-and-Merge config (the
+    parts timed are Prune and Merge's) and a keep rate below 1."""
+    backbone = load_config(config, cfg_options).model.backbone
+    own = backbone.get('compression')
+    if own is not None and pm_compression(backbone) is None:
+        raise UsageError(
+            f'{config} compresses with method={own.get("method")!r}, but '
+            "the parts timed here are Prune and Merge's (merge, assignment,"
+            ' reconstruct): give a Prune-and-Merge or dense config, and time'
+            f' this one whole with tools/benchmark.py {config} --variants '
+            'config')
+    if not any(rate < 1 for rate in keep_rates):
+        raise UsageError(f'--keep-rates {" ".join(map(str, keep_rates))}: '
+                         'a keep rate of 1 compresses nothing; give rates '
+                         'below 1 (e.g. 0.7 0.5)')
+
+
 def parts_models(config: str, keep_rates: Sequence[float],
                  cfg_options: Optional[dict] = None) -> Dict[str, nn.Module]:
     """The config's segmentor dense (compression off), and at every keep
     rate with content-aware (the default) and with static windows: the
     benchmark's rows of them (:func:`~.variants.expand_specs`, centres on
     the built-in lattice), random weights shared by all, eval mode."""
-    specs, notes = expand_specs(config, None, tuple(PARTS_ROWS), keep_rates,
-                                cfg_options)
-    if not any(spec.keep_rate for spec in specs):
-        raise ValueError(f'{config}: nothing to compress: '
-                         + ('; '.join(notes) or 'no keep rate below 1'))
+    check_parts_config(config, keep_rates, cfg_options)
+    specs, _ = expand_specs(config, None, tuple(PARTS_ROWS), keep_rates,
+                            cfg_options)
     return {PARTS_ROWS[spec.variant] + (f' keep {spec.keep_rate}'
                                         if spec.keep_rate else ''):
             model.eval() for spec, model in zip(specs, build_family(

@@ -37,11 +37,12 @@ def result_paths(out_dir: Path, name: str,
 
 
 def write_results(results: dict, out_dir: Path, name: str,
-                  plot: bool = True) -> Dict[str, Path]:
-    """Write ``name``.json / .md / .png under ``out_dir`` (atomically)."""
+                  plot: bool = True, replace: bool = True) -> Dict[str, Path]:
+    """Write ``name``.json / .md / .png under ``out_dir`` (atomically;
+    ``replace=False``: refused where another run wrote one meanwhile)."""
     paths = result_paths(out_dir, name, plot)
-    write_atomic(paths['json'], render_json(results))
-    write_atomic(paths['md'], render_markdown(results))
+    write_atomic(paths['json'], render_json(results), replace)
+    write_atomic(paths['md'], render_markdown(results), replace)
     if plot:
-        write_atomic(paths['png'], render_plot(results))
+        write_atomic(paths['png'], render_plot(results), replace)
     return paths

@@ -5,7 +5,6 @@ one-line usage error. Everything a tool does after parsing is a call into
 :mod:`mmseg_pm.apis`."""
 import argparse
 import dataclasses
-import errno
 import os
 import re
 import signal
@@ -18,6 +17,7 @@ import torch
 from mmengine.config import DictAction
 
 from mmseg_pm.apis import UsageError, end_distributed
+from mmseg_pm.utils.outputs import DISK_FULL, OutputWriteError
 
 
 # ---------------------------------------------------------------- arguments
@@ -180,9 +180,6 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
 def exit_interrupted(err: KeyboardInterrupt, prog: str) -> None:
     """One line and the shell's status for the signal: 143 after SIGTERM,
     130 after Ctrl-C."""
@@ -220,6 +217,8 @@ def run_cli(parser: argparse.ArgumentParser, main, argv=None):
             result = main(args)
         completed = True
         return result
+    except OutputWriteError as err:  # a full disk, whatever the writer
+        parser.exit(1, f'{parser.prog}: error: {err}\n')
     except UsageError as err:
         parser.error(str(err))
     except KeyboardInterrupt as err:

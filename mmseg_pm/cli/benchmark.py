@@ -184,7 +184,7 @@ def benchmark(args) -> dict:
     print(render_text(results))
     paths = write_results(results, Path(args.out_dir),
                           args.name or default_name(args),
-                          plot=wants_plot(args))
+                          plot=wants_plot(args), replace=args.force)
     print('\nwrote ' + ', '.join(str(p) for p in paths.values()))
     return results
 

@@ -56,8 +56,8 @@ def benchmark_parts(args) -> dict:
                             args.warmup, args.repeats, args.cfg_options)
     report = render_parts(results)
     print(report)
-    write_atomic(paths[0], json.dumps(results, indent=1) + '\n')
-    write_atomic(paths[1], report)
+    write_atomic(paths[0], json.dumps(results, indent=1) + '\n', args.force)
+    write_atomic(paths[1], report, args.force)
     print('wrote ' + ', '.join(str(p) for p in paths))
     return results
 

@@ -78,6 +78,21 @@ def input_shape(model, shape):
     return tuple(int(s) for s in size)
 
 
+def check_takes_shape(model, shape) -> None:
+    """The model runs on a (1, 3, H, W) input of ``shape`` (a refusal is
+    named before the exporter buries it in its own errors)."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *shape), mode='tensor')
+    except UsageError as err:
+        why = str(err).split('; ')[0]  # the model's advice is for inference
+        size = getattr(getattr(model, 'backbone', None), 'img_size', None)
+        fix = f' (its img_size: --shape {size[0]} {size[1]})' if size else ''
+        raise SystemExit(f'error: --shape {shape[0]} {shape[1]}: the model '
+                         f'cannot run on this input: {why}; export at a size '
+                         f'it takes{fix}')
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
@@ -90,11 +105,14 @@ def main(argv=None) -> dict:
     except UsageError as err:
         raise SystemExit(f'error: {err}')
     shape = input_shape(model, args.shape)
+    check_takes_shape(model, shape)
     method = compression_method(model)
     start = time.perf_counter()
     try:
         export_onnx(model, out, shape, args.batch_size, args.opset,
-                    args.upsample)
+                    args.upsample, replace=args.force)
+    except UsageError as err:  # the output, a method that cannot export
+        raise SystemExit(f'error: {err}')
     except Exception as err:  # the exporter's errors have many types
         raise SystemExit(f'error: ONNX export of the {method} model failed: '
                          f'{export_failure(err)}{export_hint(model)}')

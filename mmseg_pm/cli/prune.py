@@ -34,6 +34,7 @@ from mmseg_pm.cli import (CfgOptionsAction, add_launcher_arguments,
 from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
                                   RANKINGS, RECONSTRUCTS, PMConfig)
 from mmseg_pm.compression.registry import config_default
+from mmseg_pm.compression.scoring import check_depth_lambda
 from mmseg_pm.compression.structure import ASSIGN_RULES
 
 
@@ -120,6 +121,8 @@ def run(args) -> dict:
                        keep_rate=args.keep_rate, prune_rate=args.prune_rate,
                        rule=args.rule, reconstruct=args.reconstruct,
                        assign=args.assign, neighbourhood=args.neighbourhood)
+    check_depth_lambda(cfg.model.backbone.get('num_layers', 12),
+                       args.depth_lambda)  # before the model is loaded
     check_prune_paths(cfg, args.config, args.checkpoint, args.out,
                       args.force)  # every option is checked before any work
     rank, _ = init_distributed(args.launcher)
@@ -128,7 +131,7 @@ def run(args) -> dict:
         args.depth_lambda, args.seed, args.device)
     summary['config'] = str(args.config)
     if rank == 0:  # every rank holds the same model; one writes it
-        save_pruned(model, summary, args.out, dataset_meta)
+        save_pruned(model, summary, args.out, dataset_meta, args.force)
         print(format_prune_table(summary))
         print(f'wrote {args.out}; evaluate: python tools/test.py '
               f'{shlex.quote(str(args.config))} {shlex.quote(str(args.out))}')

@@ -50,11 +50,11 @@ def main(argv=None):
             state_dict, grid=tuple(args.grid) if args.grid else None,
             derive_reconstruct=args.derive_reconstruct,
             drop_dist_token=args.drop_dist_token)
+        meta = dict(converted_from=str(args.src), format='segmenter',
+                    compression=compression, notes=notes)
+        save_converted(converted, args.dst, meta=meta, replace=args.force)
     except UsageError as err:  # ConversionError, checkpoint, output
         sys.exit(f'error: {err}')
-    meta = dict(converted_from=str(args.src), format='segmenter',
-                compression=compression, notes=notes)
-    save_converted(converted, args.dst, meta=meta)
     print_conversion(converted, notes, args.dst)
     return compression
 

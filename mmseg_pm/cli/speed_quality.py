@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.benchmark.plane import (plane_plot, plane_points, plane_table,
                                       verdict)
-from mmseg_pm.cli import run_cli
+from mmseg_pm.cli import float_in, run_cli
 from mmseg_pm.utils.outputs import write_atomic
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--benchmark', required=True,
                    help='the .json of a tools/benchmark.py run whose PM '
                    "rows sit at the study's budgets")
-    p.add_argument('--max-gap', type=float, default=0.05,
+    p.add_argument('--max-gap', type=float_in(0), default=0.05,
                    help='largest difference of GFLOPs fractions between a '
                    'study row and its benchmark row')
     p.add_argument('--out-dir', default='benchmarks')
@@ -45,11 +45,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_json(path: str, what: str) -> dict:
+# what each input must hold: (flag, its results, top-level keys, row keys)
+STUDY = ('--study', 'results.json of tools/study.py', ('dense', 'rows'),
+         ('method', 'budget', 'fraction', 'miou_before', 'miou_after'))
+BENCHMARK = ('--benchmark', '.json of tools/benchmark.py',
+             ('machine', 'rows'),
+             ('variant', 'backend', 'part', 'keep_rate', 'gflops'))
+
+
+def read_json(path: str, what: tuple) -> dict:
+    """The results in ``path``, checked to be the kind ``what`` describes
+    (a study's and a benchmark's files are easily swapped)."""
+    flag, kind, keys, row_keys = what
     try:
-        return json.loads(Path(path).read_text())
+        results = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise UsageError(f'cannot read the {what} results {path!r}: {err}')
+        raise UsageError(f'cannot read {flag} {path!r}: {err}')
+    if not isinstance(results, dict):
+        results = {}
+    missing = [k for k in keys if k not in results]
+    if not missing:
+        rows = results['rows'] if isinstance(results['rows'], list) else [0]
+        missing = sorted({f'rows[].{k}' for row in rows for k in row_keys
+                          if not isinstance(row, dict) or k not in row})
+    if missing:
+        raise UsageError(f'{flag} {path} is not the {kind}: it lacks '
+                         f'{missing}; give {flag} the {kind} (were the two '
+                         'inputs swapped?)')
+    return results
 
 
 def speed_quality(args) -> dict:
@@ -57,12 +80,12 @@ def speed_quality(args) -> dict:
     paths = [check_output_file(Path(args.out_dir) / f'{args.name}{suffix}',
                                inputs, args.force, '--name', kind)
              for suffix, kind in (('.md', 'markdown'), ('.png', 'picture'))]
-    studies = [read_json(p, 'study') for p in args.study]
+    studies = [read_json(p, STUDY) for p in args.study]
+    benchmark = read_json(args.benchmark, BENCHMARK)
     rows = {}
     for study in studies:
         for row in study['rows']:
             rows[(row['method'], row['budget'])] = row
-    benchmark = read_json(args.benchmark, 'benchmark')
     points = plane_points(list(rows.values()), benchmark, args.max_gap)
     if not points:
         raise UsageError('no study row has a benchmark row of the same '
@@ -83,8 +106,8 @@ def speed_quality(args) -> dict:
         '', plane_table(points, dense), '', *verdict(points), '',
         f'![plane]({args.name}.png)', ''])
     print(report)
-    write_atomic(paths[0], report)
-    write_atomic(paths[1], plane_plot(points, dense))
+    write_atomic(paths[0], report, args.force)
+    write_atomic(paths[1], plane_plot(points, dense), args.force)
     print('wrote ' + ', '.join(str(p) for p in paths))
     return dict(points=points)
 

@@ -39,11 +39,12 @@ def main(argv=None):
         check_destination(args.src, args.dst, args.force)
         state_dict = unwrap_state_dict(load_weights_file(args.src), args.key)
         converted, notes = convert_timm_vit(state_dict, args.drop_dist_token)
+        save_converted(converted, args.dst,
+                       meta=dict(converted_from=str(args.src),
+                                 format='timm_vit', notes=notes),
+                       replace=args.force)
     except UsageError as err:  # ConversionError, checkpoint, output
         sys.exit(f'error: {err}')
-    save_converted(converted, args.dst,
-                   meta=dict(converted_from=str(args.src), format='timm_vit',
-                             notes=notes))
     print_conversion(converted, notes, args.dst)
 
 

@@ -81,7 +81,7 @@ def draw(args):
     model = init_segmentor(cfg, args.checkpoint)
     token_maps, note, out = draw_model_tokens(
         cfg, model, args.checkpoint, args.image, args.out, args.layers,
-        args.scores, args.score_iters, args.dpi)
+        args.scores, args.score_iters, args.dpi, args.force)
     for token_map in token_maps:
         print(f'{token_map.label}: {token_map.title}')
     print(note)

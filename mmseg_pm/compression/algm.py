@@ -256,8 +256,9 @@ def algm_layers(num_layers: int) -> Tuple[int, int]:
 
 
 def _knob_range(shape: ModelShape) -> Tuple[int, int]:
-    # tau from -1 (every window merges) to 1.01 (none)
-    return -1000, 1010
+    # tau from -1 (every window merges) to 1 (only windows of parallel
+    # tokens: in practice none); the config refuses a tau outside
+    return -1000, 1000
 
 
 def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:

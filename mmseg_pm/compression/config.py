@@ -6,13 +6,22 @@ the registration of every method.
 registered here with its description (``@register(SPEC)``, the spec
 declared next to the reducer), and :func:`parse_compression` reads any
 registered method's dict through its class.
+
+Every setting is checked here, where it is parsed, and a bad one is a
+:class:`~mmseg_pm.utils.errors.UsageError` naming the fix: numbers must be
+finite and in their range, and a setting that would do nothing on the
+model's token grid (a window or a cluster grid larger than it) is refused
+with the grid named when the reducer is built for it.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import (ClassVar, Dict, List, Optional, Protocol, Sequence,
                     Tuple)
+
+from mmseg_pm.utils.errors import UsageError
 
 from . import algm, hourglass, merge, mpm, mstm, tome
 from .algm import ALGM
@@ -35,7 +44,7 @@ MODES = ('layer', 'span')
 def _check_keys(cfg: dict, known: set, method: str) -> None:
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise ValueError(f'unknown compression keys {unknown} for '
+        raise UsageError(f'unknown compression keys {unknown} for '
                          f'method={method!r}; expected some of '
                          f'{sorted(known)}')
 
@@ -47,29 +56,33 @@ def _is_int(value) -> bool:
 def _block_index(value, name: str) -> int:
     """A block index: an integer (1.7 is not block 1)."""
     if not _is_int(value):
-        raise ValueError(f'{name} must hold integer block indices, got '
+        raise UsageError(f'{name} must hold integer block indices, got '
                          f'{value!r} ({type(value).__name__})')
     return int(value)
 
 
 def _check_number(value, name: str) -> float:
-    """A real number (not a flag, not text)."""
+    """A finite real number (not a flag, not text, not NaN or infinite:
+    every comparison with NaN is False, so a NaN setting would silently
+    switch its step off)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f'{name} must be a number, got {value!r} '
+        raise UsageError(f'{name} must be a number, got {value!r} '
                          f'({type(value).__name__})')
+    if not math.isfinite(value):
+        raise UsageError(f'{name} must be a finite number, got {value!r}')
     return float(value)
 
 
 def _check_flag(value, name: str) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f'{name} must be True or False, got {value!r}')
+        raise UsageError(f'{name} must be True or False, got {value!r}')
     return value
 
 
 def _check_span(span) -> Tuple[int, int]:
     """A span: two block indices (first, last)."""
     if not isinstance(span, (list, tuple)) or len(span) != 2:
-        raise ValueError('spans must be (first, last) pairs of block '
+        raise UsageError('spans must be (first, last) pairs of block '
                          f'indices, got {span!r}')
     return (_block_index(span[0], 'spans'), _block_index(span[1], 'spans'))
 
@@ -78,29 +91,41 @@ def _check_layers(layers: Sequence[int], num_layers: int,
                   name: str) -> List[int]:
     """Sorted, distinct block indices inside 0..num_layers-1."""
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f'{name} must be a non-empty list of block indices, '
+        raise UsageError(f'{name} must be a non-empty list of block indices, '
                          f'got {layers!r}')
     layers = [_block_index(i, name) for i in layers]
     if len(set(layers)) != len(layers):
-        raise ValueError(f'{name} lists a block twice: {layers}')
+        raise UsageError(f'{name} lists a block twice: {layers}')
     outside = [i for i in layers if not 0 <= i < num_layers]
     if outside:
-        raise ValueError(f'{name} {outside} are outside blocks '
+        raise UsageError(f'{name} {outside} are outside blocks '
                          f'0..{num_layers - 1}')
     return sorted(layers)
 
 
 def _index_list(value, name: str) -> list:
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f'{name} must be a list, got {value!r}')
+        raise UsageError(f'{name} must be a list, got {value!r}')
     return list(value)
+
+
+def _check_within_grid(name: str, size: Tuple[int, int],
+                       grid: Tuple[int, int], img_size, nothing: str,
+                       hint: str) -> None:
+    """Refuse an (h, w) setting larger than the model's token grid: on
+    that grid it would do ``nothing``."""
+    if size[0] > grid[0] or size[1] > grid[1]:
+        raise UsageError(
+            f'{name}={tuple(size)} is larger than the {grid[0]}x{grid[1]} '
+            f'token grid of img_size={img_size}: {nothing}; use at most '
+            f'{grid[0]}x{grid[1]} {hint}')
 
 
 def _per_layer(value, layers: List[int], name: str) -> list:
     """A scalar for every layer, or one value per layer (in given order)."""
     if isinstance(value, (list, tuple)):
         if len(value) != len(layers):
-            raise ValueError(f'{name} has {len(value)} entries for '
+            raise UsageError(f'{name} has {len(value)} entries for '
                              f'{len(layers)} layers {layers}; give one per '
                              'layer or a single value')
         return list(value)
@@ -144,7 +169,7 @@ class PMConfig:
         cfg = dict(cfg)
         method = cfg.pop('method', DEFAULT_METHOD)
         if method != cls.method:
-            raise ValueError(
+            raise UsageError(
                 f"compression method={method!r} is not Prune-and-Merge: it "
                 'has no static structures (tools/prune.py and '
                 "set_structures apply to method='pm' only); parse any "
@@ -155,34 +180,41 @@ class PMConfig:
         _check_keys(cfg, known, 'pm')
         mode = cfg.pop('mode', 'layer')
         if mode not in MODES:
-            raise ValueError(f'compression mode must be one of {MODES}, '
+            raise UsageError(f'compression mode must be one of {MODES}, '
                              f'got {mode!r}')
         layers = cfg.pop('layers', None)
         spans = cfg.pop('spans', None)
+        if layers is None and spans is None:
+            given = f'sets {sorted(cfg)} but ' if cfg else ''
+            raise UsageError(
+                f'compression {given}names no blocks to compress: Prune and '
+                'Merge needs layers=[...] (block indices, e.g. layers=[1, 2, '
+                "3]) or mode='span' with spans=[(first, last), ...]; for the "
+                'dense model leave compression=None')
         if mode == 'layer':
             if spans is not None or layers is None:
-                raise ValueError("compression mode 'layer' takes layers=[...] "
+                raise UsageError("compression mode 'layer' takes layers=[...] "
                                  '(block indices), not spans')
             units = [(_block_index(i, 'layers'), ) * 2
                      for i in _index_list(layers, 'layers')]
         else:
             if layers is not None or spans is None:
-                raise ValueError("compression mode 'span' takes "
+                raise UsageError("compression mode 'span' takes "
                                  'spans=[(first, last), ...], not layers')
             units = [_check_span(span) for span in _index_list(spans,
                                                                'spans')]
         if not units:
-            raise ValueError('compression lists no layers; use '
+            raise UsageError('compression lists no layers; use '
                              'compression=None for the dense model')
         units.sort()
         for first, last in units:
             if not 0 <= first <= last < num_layers:
-                raise ValueError(
+                raise UsageError(
                     f'compressed unit {(first, last)} is outside blocks '
                     f'0..{num_layers - 1} (or has first > last)')
         for (_, last), (first, _) in zip(units, units[1:]):
             if first <= last:
-                raise ValueError(f'compressed layers/spans overlap: {units}')
+                raise UsageError(f'compressed layers/spans overlap: {units}')
         for key in ('keep_rate', 'prune_rate'):
             if key in cfg:
                 cfg[key] = _check_number(cfg[key], key)
@@ -195,23 +227,23 @@ class PMConfig:
 
     def validate(self) -> None:
         if not 0 < self.keep_rate <= 1:
-            raise ValueError(f'keep_rate must be in (0, 1], got '
+            raise UsageError(f'keep_rate must be in (0, 1], got '
                              f'{self.keep_rate}')
         if not 0 <= self.prune_rate < 1:
-            raise ValueError(f'prune_rate must be in [0, 1), got '
+            raise UsageError(f'prune_rate must be in [0, 1), got '
                              f'{self.prune_rate}')
         if self.keep_rate + self.prune_rate > 1:
-            raise ValueError(
+            raise UsageError(
                 f'keep_rate + prune_rate = {self.keep_rate + self.prune_rate}'
                 ' > 1: the kept and pruned fractions of the tokens cannot '
                 'overlap; lower one of them')
         if self.rule not in ASSIGN_RULES:
-            raise ValueError(f'rule must be one of {ASSIGN_RULES}, got '
+            raise UsageError(f'rule must be one of {ASSIGN_RULES}, got '
                              f'{self.rule!r}')
         if self.impl not in IMPLS:
-            raise ValueError(f'impl must be one of {IMPLS}, got {self.impl!r}')
+            raise UsageError(f'impl must be one of {IMPLS}, got {self.impl!r}')
         if self.assign not in ASSIGNS:
-            raise ValueError(
+            raise UsageError(
                 f'assign must be one of {ASSIGNS}, got {self.assign!r} '
                 "('content': per image, each token joins the most similar "
                 "centre near it; 'static': the structure's windows, for "
@@ -219,11 +251,11 @@ class PMConfig:
         if (isinstance(self.neighbourhood, bool)
                 or not isinstance(self.neighbourhood, int)
                 or self.neighbourhood < 1 or self.neighbourhood % 2 == 0):
-            raise ValueError(
+            raise UsageError(
                 'neighbourhood must be an odd int >= 1 (the k x k tokens '
                 f'whose windows a token may join), got {self.neighbourhood!r}')
         if self.reconstruct not in RECONSTRUCTS:
-            raise ValueError(
+            raise UsageError(
                 f'reconstruct must be one of {RECONSTRUCTS}, got '
                 f"{self.reconstruct!r} ('residual': every token keeps its "
                 "value and gets its window's update, the project default; "
@@ -238,6 +270,14 @@ class PMConfig:
                              self.impl, self.trainable, self.reconstruct,
                              self.assign, self.neighbourhood,
                              self.proportional_attention)
+
+    def structure_settings(self) -> dict:
+        """The settings a structure search reads and a loaded structure
+        stands in for (its centres, pruned tokens and windows fix them):
+        tools/prune.py records them, and a checkpoint made with others is
+        refused rather than running with the config's values ignored."""
+        return dict(keep_rate=self.keep_rate, prune_rate=self.prune_rate,
+                    rule=self.rule)
 
     @property
     def layers(self) -> List[int]:
@@ -268,14 +308,14 @@ class MSTMConfig:
         _check_keys(cfg, {'method', 'prune_layers', 'keep_rate', 'coarse'},
                     'mstm')
         if 'prune_layers' not in cfg:
-            raise ValueError("method='mstm' needs prune_layers=[...] (the "
+            raise UsageError("method='mstm' needs prune_layers=[...] (the "
                              'blocks that merge tokens), e.g. [2, 5, 8]')
         given = cfg['prune_layers']
         layers = _check_layers(given, num_layers, 'prune_layers')
         rates = _per_layer(cfg.get('keep_rate', 0.7), list(given), 'keep_rate')
         for rate in rates:
             if not 0 < _check_number(rate, 'keep_rate') <= 1:
-                raise ValueError(f'keep_rate must be in (0, 1], got {rate}')
+                raise UsageError(f'keep_rate must be in (0, 1], got {rate}')
         keep_rates = {int(i): float(r) for i, r in zip(given, rates)}
         coarse = _check_flag(cfg.get('coarse', True), 'coarse')
         return cls(keep_rates={i: keep_rates[i] for i in layers},
@@ -284,7 +324,7 @@ class MSTMConfig:
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
                       with_cls_token: bool, img_size) -> MSTM:
         if not with_cls_token:
-            raise ValueError(
+            raise UsageError(
                 "compression method='mstm' ranks tokens by the class "
                 "token's attention and needs with_cls_token=True; use "
                 "method='tome' or 'pm' for a model without a class token")
@@ -310,14 +350,14 @@ class ToMeConfig:
         cfg = dict(cfg)
         _check_keys(cfg, {'method', 'layers', 'r'}, 'tome')
         if 'r' not in cfg:
-            raise ValueError("method='tome' needs r= (tokens merged per "
+            raise UsageError("method='tome' needs r= (tokens merged per "
                              'block: an int, or a list with one per layer)')
         given = cfg.get('layers', list(range(num_layers)))
         layers = _check_layers(given, num_layers, 'layers')
         rs = _per_layer(cfg['r'], list(given), 'r')
         for r in rs:
             if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-                raise ValueError(f'r must be a non-negative int, got {r!r}')
+                raise UsageError(f'r must be a non-negative int, got {r!r}')
         merges = dict(zip((int(i) for i in given), rs))
         return cls(merges={i: merges[i] for i in layers})
 
@@ -331,7 +371,7 @@ class ToMeConfig:
 
 def _positive_int(value, name: str) -> int:
     if not _is_int(value) or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        raise UsageError(f'{name} must be a positive integer, got {value!r}')
     return int(value)
 
 
@@ -376,41 +416,46 @@ class HourglassConfig:
         _check_keys(cfg, known, 'hourglass')
         cfg.pop('method')
         if 'alpha' not in cfg or 'clusters' not in cfg:
-            raise ValueError(
+            raise UsageError(
                 "method='hourglass' needs alpha= (the first block that runs "
                 'on the clusters, 0-based) and clusters= (h, w) (or one int '
                 'for a square grid), e.g. alpha=10, clusters=(28, 28)')
         alpha = _block_index(cfg.pop('alpha'), 'alpha')
         if not 0 <= alpha < num_layers:
-            raise ValueError(f'alpha={alpha} is outside blocks '
+            raise UsageError(f'alpha={alpha} is outside blocks '
                              f'0..{num_layers - 1}')
         clusters = cfg.pop('clusters')
         if _is_int(clusters):
             clusters = (clusters, clusters)
         if not isinstance(clusters, (list, tuple)) or len(clusters) != 2:
-            raise ValueError('clusters must be (h, w) or one int, got '
+            raise UsageError('clusters must be (h, w) or one int, got '
                              f'{clusters!r}')
         clusters = tuple(_positive_int(v, 'clusters') for v in clusters)
         for key in ('iters', 'window', 'k'):
             if key in cfg:
                 cfg[key] = _positive_int(cfg[key], key)
         if cfg.get('window', 5) % 2 == 0:
-            raise ValueError(f"window must be odd (a window of cells centred "
+            raise UsageError(f"window must be odd (a window of cells centred "
                              f"on the token's own cell), got {cfg['window']}")
         for key in ('temperature', 'recon_temperature'):
             if key in cfg and _check_number(cfg[key], key) <= 0:
-                raise ValueError(f'{key} must be > 0, got {cfg[key]}')
+                raise UsageError(f'{key} must be > 0, got {cfg[key]}')
             if key in cfg:
                 cfg[key] = float(cfg[key])
         if 'relative' in cfg:
             _check_flag(cfg['relative'], 'relative')
         if cfg.get('norm', 'sum') not in NORMS:
-            raise ValueError(f'norm must be one of {NORMS}, got '
+            raise UsageError(f'norm must be one of {NORMS}, got '
                              f"{cfg['norm']!r}")
         return cls(alpha=alpha, clusters=clusters, **cfg)
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
                       with_cls_token: bool, img_size) -> Hourglass:
+        # as many clusters as tokens is allowed: the dense model, as
+        # keep_rate=1 is for Prune and Merge
+        _check_within_grid('clusters', self.clusters, grid, img_size,
+                           'the extra clusters hold no token, so it would '
+                           'cluster nothing', 'clusters (fewer save FLOPs)')
         return Hourglass(self.alpha, self.clusters, self.iters, self.window,
                          self.temperature, self.k, self.recon_temperature,
                          self.relative, self.norm, with_cls_token)
@@ -450,20 +495,25 @@ class ALGMConfig:
             glob = _block_index(glob, 'global_layer')
         for name, block in (('local_layer', local), ('global_layer', glob)):
             if block is not None and not 0 <= block < num_layers:
-                raise ValueError(f'{name}={block} is outside blocks '
+                raise UsageError(f'{name}={block} is outside blocks '
                                  f'0..{num_layers - 1}')
         if glob is not None and glob <= local:
-            raise ValueError(
+            raise UsageError(
                 f'global_layer={glob} must come after local_layer={local}: '
                 'the local merge cuts the full token grid into windows')
         threshold = _check_number(cfg.get('threshold', 0.88), 'threshold')
+        if not -1 <= threshold <= 1:
+            raise UsageError(
+                f'threshold must be in [-1, 1], got {threshold}: it is '
+                "compared with a window's mean cosine similarity, which lies "
+                'there (at -1 every window merges, above 1 none would)')
         window = cfg.get('window', (2, 2))
         if _is_int(window):
             window = (window, window)
         if not isinstance(window, (list, tuple)) or len(window) != 2 or \
                 not all(_is_int(w) and w >= 1 for w in window) or \
                 window[0] * window[1] < 2:
-            raise ValueError('window must be a positive int or an (h, w) '
+            raise UsageError('window must be a positive int or an (h, w) '
                              'pair of them covering at least 2 tokens, got '
                              f'{window!r}')
         prop = _check_flag(cfg.get('proportional_attention', False),
@@ -474,6 +524,9 @@ class ALGMConfig:
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
                       with_cls_token: bool, img_size) -> ALGM:
+        _check_within_grid('window', self.window, grid, img_size,
+                           'no window fits, so no token would merge '
+                           "locally", "(the authors' window is (2, 2))")
         return ALGM(self.local_layer, self.global_layer, self.threshold,
                     self.window, with_cls_token, self.proportional_attention)
 
@@ -497,7 +550,7 @@ class MPMConfig:
         cfg = dict(cfg)
         _check_keys(cfg, {'method', 'layers'}, 'mpm')
         if 'layers' not in cfg and max(MPM_LAYERS) >= num_layers:
-            raise ValueError(
+            raise UsageError(
                 f"method='mpm' merges before blocks {MPM_LAYERS} by default "
                 f'but the backbone has {num_layers} blocks '
                 f'(0..{num_layers - 1}); give layers=[...] inside them')

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mmseg_pm.utils.errors import UsageError
+
 
 def attention_scores(probs: Tensor, grad: Tensor, num_prefix: int) -> Tensor:
     """|v_j| of one layer and one batch for every patch key j.
@@ -36,8 +38,8 @@ def check_depth_lambda(num_layers: int, depth_lambda: float) -> None:
     """Refuse a depth weight ``1 - depth_lambda * l`` that is not positive
     for every one of ``num_layers`` layers (before a scoring pass, not
     after it)."""
-    if depth_lambda < 0 or depth_lambda * (num_layers - 1) >= 1:
-        raise ValueError(
+    if not depth_lambda >= 0 or depth_lambda * (num_layers - 1) >= 1:
+        raise UsageError(
             f'depth_lambda={depth_lambda} gives a non-positive depth weight '
             f'1 - lambda*l for some of the {num_layers} layers; use 0 <= '
             f'lambda < {1 / max(num_layers - 1, 1):.4g} (authors: 0 for '

@@ -79,10 +79,11 @@ def check_destination(src: str, dst: str, force: bool = False) -> None:
 
 
 def save_converted(state_dict: Dict[str, Tensor], dst: str,
-                   meta: Optional[dict] = None) -> None:
+                   meta: Optional[dict] = None, replace: bool = True) -> None:
     """Write ``dict(meta=..., state_dict=...)`` atomically (contiguous CPU
-    tensors, so the file does not keep views of larger storages)."""
+    tensors, so the file does not keep views of larger storages;
+    ``replace=False``: refused if another run wrote ``dst`` meanwhile)."""
     state_dict = {k: v.detach().cpu().contiguous().clone()
                   for k, v in state_dict.items()}
     save_checkpoint_atomic(dict(meta=dict(meta or {}), state_dict=state_dict),
-                           dst)
+                           dst, replace)

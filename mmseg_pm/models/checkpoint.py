@@ -5,8 +5,11 @@ loading it: a checkpoint that leaves most of the model's weights missing is
 not a checkpoint of this model; one with Prune-and-Merge structures for a
 model that has none (or for other blocks) would silently evaluate another
 function; NaN/Inf weights are a diverged run. All three are refused with
-the fix in the message. A checkpoint without structures for a compressed
-model keeps the built-in lattice structures (the backbone says so).
+the fix in the message. Structures searched with another keep_rate,
+prune_rate or rule than the config's (tools/prune.py records them) run in
+place of the config's values, and a warning line says so. A checkpoint
+without structures for a compressed model keeps the built-in lattice
+structures (the backbone says so).
 Reading the file itself is :mod:`mmseg_pm.utils.checkpoint`.
 """
 from __future__ import annotations
@@ -49,12 +52,39 @@ def _warn(message: str) -> None:
     print_log(message, logger='current', level=logging.WARNING)
 
 
-def _pruned_with(checkpoint: dict) -> str:
-    """' (tools/prune.py made it from CONFIG)' when its meta says so."""
+def _prune_summary(checkpoint: dict) -> dict:
+    """What tools/prune.py recorded in the checkpoint's meta ({} if
+    nothing)."""
     meta = checkpoint.get('meta')
     summary = meta.get('prune_and_merge') if isinstance(meta, dict) else None
-    config = summary.get('config') if isinstance(summary, dict) else None
+    return summary if isinstance(summary, dict) else {}
+
+
+def _pruned_with(checkpoint: dict) -> str:
+    """' (tools/prune.py made it from CONFIG)' when its meta says so."""
+    config = _prune_summary(checkpoint).get('config')
     return f' ({config})' if config else ''
+
+
+def note_structure_settings(model, checkpoint: dict, source: str) -> None:
+    """Say in one line when the checkpoint's structures were searched with
+    other settings (keep_rate, prune_rate, rule) than the config's: the
+    structures run, and the config's values do nothing (tools/prune.py's
+    overrides, e.g. ``--keep-rate``, are then tested with the plain
+    config)."""
+    recorded = _prune_summary(checkpoint).get('compression')
+    config = getattr(getattr(model, 'backbone', model), 'compression', None)
+    if not isinstance(recorded, dict) or \
+            not hasattr(config, 'structure_settings'):
+        return
+    ours = config.structure_settings()
+    differ = [k for k, v in ours.items() if k in recorded and recorded[k] != v]
+    if differ:
+        theirs = ', '.join(f'{k}={recorded[k]!r}' for k in differ)
+        mine = ', '.join(f'{k}={ours[k]!r}' for k in differ)
+        _warn(f'{source} holds structures searched with {theirs}; they run '
+              f"in place of the config's {mine}, which change nothing here "
+              '(prune again to compress otherwise)')
 
 
 def check_structures_used(model_keys, state_keys, source: str,
@@ -170,6 +200,7 @@ def load_checkpoint_into(model: nn.Module,
         state_dict.update({k: v for k, v in own.items() if is_structure_key(k)})
     else:
         check_structures_used(own, state_dict, source, checkpoint, model)
+        note_structure_settings(model, checkpoint, source)
     merger = [k for k in state_dict if k.startswith(MERGER_PREFIXES)]
     if merger and not any(k.startswith(MERGER_PREFIXES) for k in own):
         raise CheckpointError(

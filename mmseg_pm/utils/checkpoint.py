@@ -192,8 +192,10 @@ def check_finite(state_dict: Dict[str, Tensor], source: str) -> None:
 
 
 def save_checkpoint_atomic(checkpoint: dict,
-                           path: Union[str, os.PathLike]) -> None:
+                           path: Union[str, os.PathLike],
+                           replace: bool = True) -> None:
     """``torch.save`` through :func:`mmseg_pm.utils.outputs.atomic_output`
-    (temporary sibling, renamed when complete, umask permissions)."""
-    with atomic_output(path) as tmp:
+    (temporary sibling, renamed when complete, umask permissions;
+    ``replace=False``: created only if no other run wrote ``path``)."""
+    with atomic_output(path, replace) as tmp:
         torch.save(checkpoint, tmp)

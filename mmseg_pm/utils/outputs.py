@@ -13,9 +13,16 @@ host and the writing process (``.NAME.HOST.PID.RANDOM.tmpSUFFIX``): one left
 by a process killed outright (SIGKILL, power loss) is removed by the next
 successful write of the same output on that host. Files get the user's
 normal permissions (``0666 & ~umask``), not mkstemp's private 0600.
+
+A new output (written without ``--force``: ``replace=False``) is created
+exclusively: of two runs writing the same new file, the second to finish
+is refused instead of replacing the first one's. A write that fails for
+lack of space (torch's writer raises ``RuntimeError``, not ``OSError``)
+is one :class:`OutputWriteError` naming the file and the fix.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -33,6 +40,17 @@ Inputs = Union[Mapping[str, Optional[PathLike]], Iterable[PathLike], None]
 
 class OutputError(UsageError):
     """An output path that would destroy an input or cannot be written."""
+
+
+class OutputWriteError(OutputError, OSError):
+    """Writing an output failed for lack of room (a full disk, a quota, a
+    file-size limit): an ``OSError`` too, whatever the writer raised."""
+
+
+# what a full disk, a quota or a file-size limit raise
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# torch.save reports a failed write as a RuntimeError of its zip writer
+TORCH_WRITE_FAILED = ('PytorchStreamWriter failed', 'inline_container')
 
 
 # What a tool writes -> the suffixes its file may have (the first one is
@@ -228,14 +246,65 @@ def stale_temp_files(path: PathLike) -> List[Path]:
     return stale
 
 
+def is_out_of_room(err: BaseException) -> bool:
+    """Whether ``err`` is a write that failed for lack of room: an
+    ``OSError`` of :data:`DISK_FULL`, or torch's writer failing."""
+    if isinstance(err, OSError):
+        return err.errno in DISK_FULL
+    return isinstance(err, RuntimeError) and any(
+        text in str(err) for text in TORCH_WRITE_FAILED)
+
+
+def _out_of_room(path: Path, err: BaseException) -> OutputWriteError:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror \
+        else 'the disk is full, over quota or over a file-size limit'
+    return OutputWriteError(
+        f'cannot write {path}: {reason}; no partly written output is left: '
+        'free space or choose another location')
+
+
+def _create(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` only if ``path`` does not exist
+    (``FileExistsError`` otherwise): a hard link, which fails on an
+    existing name atomically; where the file system has none, the name is
+    claimed by an exclusive create and then replaced."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT file systems)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def _move_into_place(tmp: Path, path: Path, replace: bool) -> None:
+    """Rename ``tmp`` to ``path``; with ``replace=False`` only if ``path``
+    does not exist."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        _create(tmp, path)
+    except FileExistsError:
+        raise OutputError(
+            f'{path} was written by another run while this one worked; it '
+            'is kept and this run\'s result is not: pass --force to '
+            'overwrite, or choose another name') from None
+
+
 @contextmanager
-def atomic_output(path: PathLike) -> Iterator[Path]:
+def atomic_output(path: PathLike, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same suffix, so writers
     that pick a format by suffix work); when the block ends normally it
     gets the umask's permissions and is renamed to ``path``, and temporary
     files of ``path`` left by killed processes are removed. On any error
     or Ctrl-C the temporary file, and the folders made for it, are removed
-    and ``path`` is untouched."""
+    and ``path`` is untouched. ``replace=False``: ``path`` must not exist
+    when the block ends (:class:`OutputError` if another run wrote it
+    meanwhile). A write that failed for lack of room is an
+    :class:`OutputWriteError`."""
     path = Path(path).expanduser()
     created = _make_parents(path.parent)
     tmp = None
@@ -246,9 +315,14 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
                                     dir=path.parent)
         os.close(fd)
         tmp = Path(name)
-        yield tmp
+        try:
+            yield tmp
+        except (OSError, RuntimeError) as err:
+            if is_out_of_room(err) and not isinstance(err, OutputError):
+                raise _out_of_room(path, err) from err
+            raise
         os.chmod(tmp, umask_mode())  # mkstemp makes it private (0600)
-        os.replace(tmp, path)
+        _move_into_place(tmp, path, replace)
         tmp = None
         for stale in stale_temp_files(path):
             try:
@@ -266,9 +340,10 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
+def write_atomic(path: PathLike, data: Union[str, bytes],
+                 replace: bool = True) -> Path:
     """Write text or bytes to ``path`` through :func:`atomic_output`."""
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replace) as tmp:
         if isinstance(data, str):
             tmp.write_text(data)
         else:
@@ -276,11 +351,34 @@ def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: PathLike, **savefig_kwargs) -> Path:
+# the most pixels a picture may have (400 MB as RGBA): far beyond any
+# screen or print, and what a small machine can still render
+MAX_PIXELS = 100_000_000
+
+
+def check_figure_pixels(fig, dpi: float) -> None:
+    """Refuse a ``dpi`` that makes ``fig`` too large to render (matplotlib
+    would run out of memory or refuse it with a traceback)."""
+    width, height = fig.get_size_inches()
+    pixels = width * dpi * height * dpi
+    if pixels > MAX_PIXELS:
+        most = int((MAX_PIXELS / (width * height)) ** 0.5)
+        raise OutputError(
+            f'dpi={dpi:g} makes the {width:.1f}x{height:.1f}-inch picture '
+            f'{width * dpi:.0f}x{height * dpi:.0f} pixels, more than the '
+            f'{MAX_PIXELS:,} a picture may have; use dpi <= {most}')
+
+
+def save_figure(fig, path: PathLike, replace: bool = True,
+                **savefig_kwargs) -> Path:
     """``fig.savefig`` through :func:`atomic_output` (format from the
-    suffix of ``path``, PNG without one)."""
+    suffix of ``path``, PNG without one), refused before rendering if it
+    would have more than :data:`MAX_PIXELS`."""
     savefig_kwargs.setdefault('format',
                               Path(path).suffix[1:].lower() or 'png')
-    with atomic_output(path) as tmp:
+    dpi = savefig_kwargs.get('dpi')
+    check_figure_pixels(fig, dpi if isinstance(dpi, (int, float))
+                        else fig.dpi)  # None or 'figure': the figure's
+    with atomic_output(path, replace) as tmp:
         fig.savefig(tmp, **savefig_kwargs)
     return Path(path)

@@ -168,9 +168,43 @@ def test_refuses_to_overwrite(tmp_path):
     assert str(root) in str(err.value)
     assert (root / 'keep.txt').exists()
 
-    _make(root, overwrite=True)
-    assert not (root / 'keep.txt').exists()
-    assert (root / MANIFEST_NAME).exists()
+
+def test_overwrite_replaces_only_a_data_set_it_wrote(tmp_path):
+    """--overwrite replaces a data set this module wrote (its manifest is
+    the marker); a folder without the marker is never deleted."""
+    root = tmp_path / 'ade'
+    _make(root)
+    assert _make(root, seed=7, overwrite=True)['seed'] == 7
+    assert json.loads((root / MANIFEST_NAME).read_text())['seed'] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ['ade']  # no temp left
+
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'keep.txt').write_text('precious')
+    with pytest.raises(FileExistsError, match='not a data set written by '
+                       'make_synthetic_ade.*choose a new or empty ROOT'):
+        _make(other, overwrite=True)
+    assert (other / 'keep.txt').read_text() == 'precious'
+
+
+@pytest.mark.parametrize('stray,named', [
+    ('notes.txt', 'notes.txt'), ('images/training/x.jpg', None),
+    ('annotations/validation/mine.png', None), ('.git/HEAD', '.git')])
+def test_a_data_set_holding_anything_else_is_not_overwritten(tmp_path,
+                                                              stray, named):
+    root = tmp_path / 'ade'
+    _make(root)
+    path = root / stray
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('mine')
+    before = sorted(str(p.relative_to(root)) for p in root.rglob('*'))
+    with pytest.raises(FileExistsError, match=f'also holds '
+                       f'{root / (named or stray)}, which.*move that out or '
+                       'choose a new or empty ROOT'):
+        _make(root, seed=5, overwrite=True)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob('*')) == \
+        before
+    assert path.read_text() == 'mine'
     assert [p.name for p in tmp_path.iterdir()] == ['ade']  # no temp left
 
 
@@ -229,3 +263,41 @@ def test_cli(tmp_path, capsys):
     assert cli.main(args)['reused']
     with pytest.raises(SystemExit, match='--overwrite'):
         cli.main(args[:1] + ['--seed', '4'])
+
+
+def test_cli_overwrite_never_deletes_a_repository(tmp_path, capsys,
+                                                   monkeypatch):
+    """``make_synthetic_ade.py . --overwrite`` run in a repository: the
+    repository (.git, an uncommitted file) survives, one line names the
+    fix, nothing is written."""
+    repo = tmp_path / 'repo'
+    (repo / '.git' / 'objects').mkdir(parents=True)
+    (repo / '.git' / 'HEAD').write_text('ref: refs/heads/main\n')
+    (repo / 'uncommitted.py').write_text('print(1)\n')
+    before = {p: p.read_bytes() for p in repo.rglob('*') if p.is_file()}
+    monkeypatch.chdir(repo)
+    with pytest.raises(SystemExit) as err:
+        _load_cli().main(['.', '--num-train', '1', '--num-val', '1',
+                          '--size', '16', '16', '--overwrite'])
+    message = str(err.value.code)
+    assert message.count('\n') == 0 and 'choose a new or empty ROOT' in \
+        message
+    assert {p: p.read_bytes() for p in repo.rglob('*') if p.is_file()} == \
+        before
+    assert sorted(p.name for p in repo.iterdir()) == ['.git',
+                                                      'uncommitted.py']
+    assert [p.name for p in tmp_path.iterdir()] == ['repo']
+
+
+def test_removal_takes_only_what_it_wrote(tmp_path):
+    """The old data set is deleted file by file: a file that appears after
+    the check (here: put there just before) stays, with its folders."""
+    from mmseg_pm.datasets.synthetic_ade import _remove_written
+    root = tmp_path / 'ade'
+    _make(root)
+    late = root / 'annotations' / 'training' / 'late.txt'
+    late.write_text('mine')
+    _remove_written(root)
+    assert [p for p in tmp_path.rglob('*') if p.is_file()] == [late]
+    assert late.read_text() == 'mine'
+    assert sorted(p.name for p in root.iterdir()) == ['annotations']

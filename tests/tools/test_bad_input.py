@@ -13,7 +13,8 @@ import torch
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import cli_module as tool
-from tests.helpers import DENSE_TINY, refused, shrunk_world, snapshot
+from tests.helpers import (DENSE_TINY, SHRUNK_DATA, refused,
+                           shrunk_config_text, shrunk_world, snapshot)
 
 
 @pytest.fixture(scope='module')
@@ -327,3 +328,254 @@ def test_counts_of_benchmark_and_data_generator(tmp_path, capsys):
                   [tmp_path / 'data', '--num-train', '0'], capsys)
     assert 'argument --num-train: must be >= 1, got 0' in err
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------ issue 30
+def one_line(message) -> str:
+    """The tool's error: one line (besides argparse's usage and progress
+    bars), no traceback."""
+    errors = [ln for ln in str(message).splitlines() if 'error:' in ln]
+    assert len(errors) == 1 and 'Traceback' not in message, message
+    return errors[0]
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('stride', '(0,0)', r'stride=\(0, 0\): slide inference needs a stride of'
+     r' two positive integers'),
+    ('crop_size', '(-64,64)', r'crop_size=\(-64, 64\): slide inference '
+     'needs a crop_size of two positive integers'),
+    ('stride', '(96,96)', r'stride=\(96, 96\) is larger than '
+     r'crop_size=\(64, 64\): the windows would leave pixels without a '
+     'prediction'),
+])
+def test_bad_slide_settings_are_one_line(world, unchanged, tmp_path, key,
+                                         value, message, capsys):
+    import re
+    err = refused(tool('test'), [
+        world['dense_cfg'], world['dense'], '--work-dir', tmp_path,
+        '--cfg-options', f'model.test_cfg.{key}={value}'], capsys)
+    assert re.search(message, one_line(err)), err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_impossible_picture_size_is_one_line(world, unchanged, tmp_path,
+                                                capsys):
+    err = refused(tool('visualize_tokens'), [
+        world['pm_cfg'], world['pruned'], world['image'], '--out',
+        tmp_path / 'tokens.png', '--score-iters', '0', '--dpi', '20000'],
+        capsys)
+    assert 'pixels, more than the 100,000,000 a picture may have; use ' \
+        'dpi <= ' in one_line(err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_report_inputs_of_the_wrong_kind_are_named(tmp_path, capsys):
+    from tests.helpers import ROOT
+    study = ROOT / 'benchmarks/study/results.json'
+    bench = ROOT / 'benchmarks/plane_vit-s_512_cpu.json'
+    for argv, message in (
+            (['--study', bench, '--benchmark', bench],
+             f"--study {bench} is not the results.json of tools/study.py: "
+             "it lacks ['dense']"),
+            (['--study', study, '--benchmark', study],
+             f'--benchmark {study} is not the .json of tools/benchmark.py')):
+        err = refused(tool('speed_quality'),
+                      argv + ['--out-dir', tmp_path], capsys)
+        assert message in one_line(err) and 'were the two inputs swapped?' \
+            in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_benchmark_parts_names_a_tool_and_options_that_exist(
+        world, tmp_path, capsys):
+    """A ToMe config: the parts timed are Prune and Merge's; the message
+    names a command that takes this config, and that command parses."""
+    config = tmp_path / 'tome.py'
+    config.write_text(shrunk_config_text("dict(method='tome', r=2)", 150))
+    err = one_line(refused(tool('benchmark_parts'), [
+        config, '--out-dir', tmp_path / 'out'], capsys))
+    assert "compresses with method='tome'" in err
+    command = err.split('time this one whole with tools/benchmark.py ')[1]
+    args = tool('benchmark').build_parser().parse_args(command.split())
+    assert args.variants == ['config'] and args.configs == [str(config)]
+    assert not (tmp_path / 'out').exists()
+
+
+def test_prune_checks_the_depth_weight_before_loading(world, unchanged,
+                                                      tmp_path, capsys):
+    """The checkpoint is unrelated: it would be refused once loaded."""
+    err = one_line(refused(tool('prune'), [
+        world['pm_cfg'], world['unrelated'], '--out', tmp_path / 'x.pth',
+        '--depth-lambda', '1.0', '--iters', '1', '--device', 'cpu'], capsys))
+    assert 'depth_lambda=1.0 gives a non-positive depth weight' in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_with_nothing_to_resume_stops(world, unchanged, tmp_path,
+                                             capsys):
+    work = tmp_path / 'mistyped'
+    err = one_line(refused(tool('train'), [
+        world['dense_cfg'], '--work-dir', work, '--resume'], capsys))
+    assert f'--resume: the work dir {work} holds no run to resume' in err
+    assert not work.exists()
+
+
+def test_a_compression_without_blocks_says_what_is_missing(
+        world, unchanged, tmp_path, capsys):
+    """The dense config given only a keep rate: its backbone takes no
+    compression; ours needs the blocks to compress."""
+    base = ['--work-dir', tmp_path, '--cfg-options',
+            'model.backbone.compression.keep_rate=0.5']
+    err = one_line(refused(tool('test'), [world['dense_cfg'], world['dense'],
+                                          *base], capsys))
+    assert "model.backbone is type='VisionTransformer', which takes no " \
+        "compression=; set model.backbone.type='PMVisionTransformer'" in err
+    err = one_line(refused(tool('test'), [
+        world['dense_cfg'], world['dense'], *base,
+        'model.backbone.type=PMVisionTransformer'], capsys))
+    assert "compression sets ['keep_rate'] but names no blocks to compress:"\
+        ' Prune and Merge needs layers=[...]' in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('compression,message', [
+    ("dict(method='hourglass', alpha=1, clusters=2, temperature=nan)",
+     'temperature must be a finite number, got nan'),
+    ("dict(method='algm', threshold=1.5, global_layer=1)",
+     r'threshold must be in \[-1, 1\], got 1.5'),
+    ("dict(method='algm', window=(16, 16), global_layer=1)",
+     r'window=\(16, 16\) is larger than the 8x8 token grid of '
+     r'img_size=\(64, 64\)'),
+    ("dict(method='hourglass', alpha=1, clusters=(20, 20))",
+     r'clusters=\(20, 20\) is larger than the 8x8 token grid of '
+     r'img_size=\(64, 64\)'),
+])
+def test_settings_that_would_do_nothing_are_refused_by_the_tools(
+        world, unchanged, tmp_path, compression, message, capsys):
+    import re
+    config = tmp_path / 'config.py'
+    config.write_text("nan = float('nan')\n" + shrunk_config_text(
+        compression, 150) + SHRUNK_DATA.format(data=world['root']))
+    err = one_line(refused(tool('test'), [config, world['dense'],
+                                          '--work-dir', tmp_path / 'w'],
+                           capsys))
+    assert re.search('model.backbone.compression is invalid: ' + message,
+                     err), err
+    assert not (tmp_path / 'w').exists()
+
+
+def test_a_full_disk_while_pruning_is_one_line(world, unchanged, tmp_path):
+    """tools/prune.py where files cannot grow past 50 kB (the checkpoint
+    is 240 kB): torch's writer fails with a RuntimeError; the tool says so
+    in one line, status 1, and leaves no file."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    from tests.utils.test_outputs import limited_file_size
+
+    out = tmp_path / 'out'
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/prune.py'), str(world['pm_cfg']),
+         str(world['dense']), '--out', str(out / 'pruned.pth'), '--iters',
+         '1', '--device', 'cpu'], cwd=tmp_path, capture_output=True,
+        text=True, timeout=600, preexec_fn=limited_file_size,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1'))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'prune.py: error: cannot write {out / "pruned.pth"}: the disk is '
+        'full, over quota or over a file-size limit; no partly written '
+        'output is left: free space or choose another location')
+    assert 'Traceback' not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_two_prunes_writing_the_same_new_out(world, unchanged, tmp_path,
+                                             monkeypatch, capsys):
+    """Another run writes --out while this one scores: this one is
+    refused, the other's file is kept (the last rename does not win)."""
+    from mmseg_pm.cli import prune as prune_cli
+
+    out = tmp_path / 'pruned.pth'
+    search = prune_cli.prune_segmentor
+
+    def other_run_finishes_first(*args, **kwargs):
+        result = search(*args, **kwargs)
+        out.write_bytes(b'the other run')
+        return result
+
+    monkeypatch.setattr(prune_cli, 'prune_segmentor',
+                        other_run_finishes_first)
+    err = one_line(refused(prune_cli, [
+        world['pm_cfg'], world['dense'], '--out', out, '--iters', '1',
+        '--device', 'cpu'], capsys))
+    assert f'{out} was written by another run while this one worked; it is '\
+        "kept and this run's result is not" in err
+    assert out.read_bytes() == b'the other run'
+    assert [p.name for p in tmp_path.iterdir()] == ['pruned.pth']
+
+
+LARGER = [str(a) for a in ('--shape', 128, 128)]
+
+
+def test_export_at_a_larger_shape_than_the_grid(world, unchanged, tmp_path):
+    """Prune and Merge runs any input size: a 128 x 128 graph of a 64 x 64
+    model (its structures made for 16 x 16 tokens by the same rule)."""
+    out = tmp_path / 'model.onnx'
+    report = tool('export_onnx').main([
+        str(world['pm_cfg']), str(world['pruned']), '--out', str(out),
+        *LARGER])
+    assert report['shape'] == (128, 128) and out.is_file()
+
+
+def bad_annotation(path):
+    """A label of 200 (class 199 of 150 after reduce_zero_label) in one
+    pixel of the annotation at ``path``."""
+    import numpy as np
+    from PIL import Image
+    labels = np.array(Image.open(path))
+    labels[3, 5] = 200
+    Image.fromarray(labels).save(path)
+
+
+def test_a_bad_validation_annotation_outside_a_sample_is_named(
+        world, tmp_path, capsys):
+    """40 validation images; the bad one is one a sample of 32 spread over
+    them (what was checked before) skips: the mIoU would drop it."""
+    from mmseg_pm.datasets import make_synthetic_ade
+    data = make_synthetic_ade(tmp_path / 'data', num_train=1, num_val=40,
+                              size=(16, 16), seed=2, progress=False)
+    sampled = {round(i * 39 / 31) for i in range(32)}
+    index = min(set(range(40)) - sampled)
+    annotations = sorted(Path(data['validation_ann_dir']).iterdir())
+    bad_annotation(annotations[index])
+    err = one_line(refused(tool('test'), [
+        world['dense_cfg'], world['dense'], '--work-dir', tmp_path / 'w',
+        '--cfg-options', f'test_dataloader.dataset.data_root={data["root"]}'],
+        capsys))
+    assert f'the annotation {annotations[index]} holds the label 200, ' \
+        'class index 199, but there are 150 classes' in err
+    assert "fix the annotation, or the config's num_classes" in err
+    assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('name', ['train', 'prune'])
+def test_a_bad_training_annotation_is_named_before_any_work(
+        world, tmp_path, name, capsys):
+    from mmseg_pm.datasets import make_synthetic_ade
+    data = make_synthetic_ade(tmp_path / 'data', num_train=6, num_val=1,
+                              size=(64, 64), seed=2, progress=False)
+    annotation = sorted(Path(data['training_ann_dir']).iterdir())[4]
+    bad_annotation(annotation)
+    options = ['--cfg-options'] + [
+        f'{s}_dataloader.dataset.data_root={data["root"]}'
+        for s in ('train', 'val')]
+    argv = dict(
+        train=[world['dense_cfg'], '--work-dir', tmp_path / 'w', *options],
+        prune=[world['pm_cfg'], world['dense'], '--out', tmp_path / 'w.pth',
+               '--iters', '1', '--device', 'cpu', *options])[name]
+    err = one_line(refused(tool(name), argv, capsys))
+    assert f'train_dataloader: the annotation {annotation} holds the label ' \
+        '200, class index 199' in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['data']

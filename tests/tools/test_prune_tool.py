@@ -7,6 +7,7 @@ import torch
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis.config import build_runner
 from mmseg_pm.apis.runner import evaluation_config
+from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.compression import (DEFAULT_PLACEMENT, PMConfig,
                                   search_structures)
 from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY
@@ -97,6 +98,12 @@ def test_prune_then_test_then_distill(dense, capsys):
     installed = runner.model.backbone.structures()
     assert [s.num_groups for s in installed] == \
         [s.num_groups for s in expected]
+    # the config's own keep_rate is not what runs, and loading says so
+    capsys.readouterr()
+    load_checkpoint_into(runner.model, str(out))
+    assert (f'{out} holds structures searched with keep_rate=0.4, '
+            "prune_rate=0.1; they run in place of the config's "
+            'keep_rate=0.5, prune_rate=0.0') in ''.join(capsys.readouterr())
 
     # a few iterations of distillation fine-tuning from it
     tool('train').main([

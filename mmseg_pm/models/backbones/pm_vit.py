@@ -16,6 +16,7 @@ inside a block runs it in two halves (``attention_residual`` then
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from contextlib import contextmanager
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -34,7 +35,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.utils import _pair
 
-from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.errors import (UsageAssertionError, UsageError,
+                                   UsageTypeError)
 from mmseg_pm.compression.config import build_reducer, parse_compression
 from mmseg_pm.compression.reducer import STRUCTURES_NAME, TokenReducer
 from mmseg_pm.compression.structure import CompressionStructure
@@ -50,6 +52,53 @@ def token_grid(size, patch_size: int, patch_pad) -> Tuple[int, int]:
     pad = _pair(patch_pad)
     return ((size[0] + 2 * pad[0] - p) // p + 1,
             (size[1] + 2 * pad[1] - p) // p + 1)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def image_size(img_size) -> Tuple[int, int]:
+    """``img_size`` as (H, W): one int, or a tuple or list of one or two
+    (mmseg asserts the length and fails with TypeError on other types)."""
+    if _is_int(img_size):
+        img_size = (img_size, )
+    if not isinstance(img_size, (tuple, list)):
+        raise UsageTypeError(f'img_size must be an int or an (H, W) tuple, '
+                             f'got {img_size!r} ({type(img_size).__name__})')
+    if len(img_size) not in (1, 2):
+        raise UsageAssertionError(f'img_size must have 1 or 2 entries (H, '
+                                  f'W), got {len(img_size)}: {img_size!r}')
+    if not all(_is_int(s) and s >= 1 for s in img_size):
+        raise UsageTypeError(f'img_size must hold positive integers, got '
+                             f'{img_size!r}')
+    return _pair(int(img_size[0])) if len(img_size) == 1 else \
+        (int(img_size[0]), int(img_size[1]))
+
+
+def check_pretrained(pretrained, init_cfg) -> None:
+    """mmseg's rule, in its order: ``pretrained`` (a path, deprecated) and
+    ``init_cfg`` exclude each other; ``pretrained`` is a str or None."""
+    if init_cfg and pretrained:
+        raise UsageAssertionError(
+            'init_cfg and pretrained cannot be set at the same time; keep '
+            "init_cfg=dict(type='Pretrained', checkpoint=PATH) alone")
+    if pretrained is not None and not isinstance(pretrained, str):
+        raise UsageTypeError(
+            f'pretrained must be a checkpoint path (str) or None, got '
+            f'{pretrained!r}; better: init_cfg=dict(type=\'Pretrained\', '
+            'checkpoint=PATH)')
+
+
+def block_indices(out_indices, num_layers: int) -> List[int]:
+    """``out_indices`` (an int, -1 for the last block, or a list or tuple,
+    negative entries counted from the end) as block indices."""
+    if _is_int(out_indices):
+        out_indices = [out_indices]
+    elif not isinstance(out_indices, (list, tuple)):
+        raise UsageTypeError(f'out_indices must be an int, list or tuple of '
+                             f'block indices, got {out_indices!r}')
+    return [num_layers + i if i < 0 else i for i in out_indices]
 
 
 class DropPath(nn.Module):
@@ -97,9 +146,10 @@ class Attention(nn.Module):
     def __init__(self, embed_dims: int, num_heads: int, attn_drop: float = 0.,
                  proj_drop: float = 0., qkv_bias: bool = True):
         super().__init__()
-        if embed_dims % num_heads:
-            raise ValueError(f'embed_dims={embed_dims} is not divisible by '
-                             f'num_heads={num_heads}')
+        if embed_dims % num_heads:  # torch's MultiheadAttention asserts
+            raise UsageAssertionError(
+                f'embed_dims={embed_dims} is not divisible by num_heads='
+                f'{num_heads}; pick num_heads dividing embed_dims')
         self.num_heads = num_heads
         self.attn = QKVProjection(embed_dims, bias=qkv_bias)
         self.attn_drop = attn_drop
@@ -134,15 +184,25 @@ class Attention(nn.Module):
 
 
 class FFN(nn.Module):
-    """Two-layer MLP named like mmcv's FFN (``layers.0.0``, ``layers.1``)."""
+    """MLP of ``num_fcs`` linear layers, laid out and named like mmcv's FFN
+    (``layers.0.0`` ... ``layers.{num_fcs - 1}``), so its checkpoints
+    load."""
 
     def __init__(self, embed_dims: int, hidden_dims: int, act_cfg: dict,
-                 drop: float = 0.):
+                 drop: float = 0., num_fcs: int = 2):
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Sequential(nn.Linear(embed_dims, hidden_dims),
-                          build_activation_layer(act_cfg), nn.Dropout(drop)),
-            nn.Linear(hidden_dims, embed_dims), nn.Dropout(drop))
+        if not _is_int(num_fcs) or num_fcs < 2:  # mmcv's FFN asserts
+            raise UsageAssertionError(
+                f'num_fcs must be an integer >= 2 (linear layers of each '
+                f'MLP), got {num_fcs!r}')
+        widths = [embed_dims] + [hidden_dims] * (num_fcs - 1)
+        hidden = [nn.Sequential(nn.Linear(a, b),
+                                build_activation_layer(act_cfg),
+                                nn.Dropout(drop))
+                  for a, b in zip(widths, widths[1:])]
+        self.layers = nn.Sequential(*hidden, nn.Linear(hidden_dims,
+                                                       embed_dims),
+                                    nn.Dropout(drop))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
@@ -161,13 +221,14 @@ class TransformerBlock(nn.Module):
                  drop_rate: float = 0., attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0., qkv_bias: bool = True,
                  act_cfg: dict = dict(type='GELU'),
-                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False):
+                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False,
+                 num_fcs: int = 2):
         super().__init__()
         self.ln1 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.attn = Attention(embed_dims, num_heads, attn_drop_rate,
                               drop_rate, qkv_bias)
         self.ln2 = build_norm_layer(norm_cfg, embed_dims)[1]
-        self.ffn = FFN(embed_dims, hidden_dims, act_cfg, drop_rate)
+        self.ffn = FFN(embed_dims, hidden_dims, act_cfg, drop_rate, num_fcs)
         self.drop_path = DropPath(drop_path_rate)
         self.with_cp = with_cp
 
@@ -263,28 +324,16 @@ class PMVisionTransformer(BaseModule):
                  pretrained=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        if isinstance(img_size, int):
-            img_size = _pair(img_size)
-        elif isinstance(img_size, (tuple, list)):
-            img_size = tuple(img_size)
-            if len(img_size) == 1:
-                img_size = _pair(img_size[0])
-            if len(img_size) != 2:
-                raise ValueError(f'img_size must have 1 or 2 entries, got '
-                                 f'{img_size}')
+        img_size = image_size(img_size)
         if output_cls_token and not with_cls_token:
-            raise ValueError('output_cls_token=True needs with_cls_token=True')
-        if num_fcs != 2:
-            raise ValueError(f'only num_fcs=2 is supported, got {num_fcs}')
-        if init_cfg and pretrained:
-            raise ValueError('init_cfg and pretrained cannot be set at the '
-                             'same time')
+            raise UsageAssertionError(
+                'output_cls_token=True returns the class token, so it needs '
+                'with_cls_token=True; set both, or output_cls_token=False')
+        check_pretrained(pretrained, init_cfg)
         if isinstance(pretrained, str):
             warnings.warn('DeprecationWarning: pretrained is deprecated, '
                           'please use "init_cfg" instead')
             self.init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        elif pretrained is not None:
-            raise TypeError('pretrained must be a str or None')
 
         self.img_size = img_size
         self.patch_size = patch_size
@@ -321,17 +370,13 @@ class PMVisionTransformer(BaseModule):
         if pre_norm:
             self.ln_pre = build_norm_layer(norm_cfg, embed_dims)[1]
 
-        if isinstance(out_indices, int):
-            out_indices = [num_layers - 1 if out_indices == -1 else out_indices]
-        elif not isinstance(out_indices, (list, tuple)):
-            raise TypeError('out_indices must be type of int, list or tuple')
-        self.out_indices = [num_layers + i if i < 0 else i for i in out_indices]
+        self.out_indices = block_indices(out_indices, num_layers)
 
         dpr = torch.linspace(0, drop_path_rate, num_layers).tolist()
         self.layers = nn.ModuleList(
             TransformerBlock(embed_dims, num_heads, mlp_ratio * embed_dims,
                              drop_rate, attn_drop_rate, dpr[i], qkv_bias,
-                             act_cfg, norm_cfg, with_cp)
+                             act_cfg, norm_cfg, with_cp, num_fcs)
             for i in range(num_layers))
         self.mlp_ratio = mlp_ratio
         self.final_norm = final_norm
