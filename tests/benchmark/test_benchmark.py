@@ -58,7 +58,8 @@ def test_writes_json_markdown_and_png(results):
     for text in ('## Summary', 'mmseg VisionTransformer', 'PM keep 0.5',
                  'ToMe at PM keep 0.5 GFLOPs', 'MSTM at PM keep 0.5 GFLOPs',
                  'img/s vs PM at the same GFLOPs', '[onnxruntime]',
-                 'exports to ONNX', '## Where the time goes'):
+                 'exports to ONNX', '## Where the time goes',
+                 '## Ops per forward'):
         assert text in md
     assert (out / 'tiny.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert not list(out.glob('.*'))  # no temporary files left
@@ -193,6 +194,30 @@ def test_input_size_study_grows_with_the_grid(results):
 
 
 @pytest.mark.slow  # a cold Inductor compile
+@pytest.mark.slow  # the benchmark run of the results fixture
+def test_every_eager_row_counts_its_ops(results):
+    """Aten ops, kernel launches and host syncs of one batch-1 forward; the
+    default's unit launches at most 15 kernels over compression off (the
+    lean unit: docs/benchmark.md) and reads nothing on the host."""
+    res, _ = results
+    rows = rows_by_label(res)
+    off, pm = rows['PM, compression off']['ops'], rows['PM keep 0.5']['ops']
+    assert off['units'] == 0 and off['launches'] < off['ops']
+    assert pm['units'] >= 1 and pm['syncs'] == 0
+    assert 0 < (pm['launches'] - off['launches']) / pm['units'] <= 15
+    assert all(r.get('ops') is None for r in res['rows']
+               if r['backend'] != 'eager')
+
+
+def test_cuda_graph_rows_are_for_cuda_devices(tmp_path):
+    res = main([TINY, '--variants', 'off', 'pm', '--keep-rates', '0.5',
+                '--parts', 'backbone', '--batch-sizes', '1', '--warmup',
+                '0', '--repeats', '1', '--backends', 'cudagraph',
+                '--memory', 'none', '--no-plot', '--out-dir', str(tmp_path)])
+    assert {r['backend'] for r in res['rows']} == {'eager'}
+    assert any('CUDA only, none on cpu' in n for n in res['notes'])
+
+
 def test_compiled_rows_compile_once_per_shape(tmp_path):
     """torch.compile of PM: one graph for the batch shape, none more for
     new data of that shape; compile time apart. (Only the PM row is
