@@ -39,6 +39,7 @@ CUDA graph.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -347,8 +348,9 @@ class TokenCompressor(nn.Module):
         cached = self._weights.get(key)
         if cached is not None:
             return cached
-        value = tuple(F.pad(w * self._kept, (num_prefix, 0), value=1.0)
-                      .to(dtype)[:, None] for w in weights)
+        with _normal_tensors() if key is not None else nullcontext():
+            value = tuple(F.pad(w * self._kept, (num_prefix, 0), value=1.0)
+                          .to(dtype)[:, None] for w in weights)
         if key is not None:
             self._weights.clear()
             self._weights[key] = value

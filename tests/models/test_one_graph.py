@@ -56,3 +56,20 @@ def test_the_watch_sees_a_host_read():
     x = torch.randn(8)
     counter = count_ops(lambda: (x.sum().item(), torch.nonzero(x > 0)))
     assert set(counter.syncs) == {'_local_scalar_dense', 'nonzero'}
+
+
+@pytest.mark.parametrize('assign', ['content', 'static'])
+def test_what_inference_keeps_serves_training_afterwards(assign):
+    """The plans and weights kept by an inference_mode forward are normal
+    tensors: training with frozen unit weights (nothing recomputed) runs
+    backward through them."""
+    model = backbone(assign)
+    for unit in model.reducer.values():
+        unit.merge_weight.requires_grad_(False)
+        unit.reconstruct_weight.requires_grad_(False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        model(x)
+    model.train()
+    sum(o.square().mean() for o in model(x)).backward()
+    assert model.layers[0].ffn.layers[1].weight.grad.abs().sum() > 0
