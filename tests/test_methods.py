@@ -50,7 +50,7 @@ def study_variant(name: str) -> str:
 def test_every_method_through_every_tool(name, tmp_path, synthetic_ade,
                                          capsys):
     from mmseg_pm.apis.config import write_config
-    from mmseg_pm.apis.inference import build_segmentor, crop_flops
+    from mmseg_pm.apis import build_segmentor, crop_flops
     from mmseg_pm.benchmark.pipeline import run as run_benchmark
     from mmseg_pm.benchmark.variants import REFERENCE
     from mmseg_pm.compression.config import parse_compression

@@ -12,7 +12,7 @@ from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.utils.checkpoint import local_checkpoint
 
 from .config import check_model, load_config
-from .errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 
 
 def build_segmentor(cfg: Config) -> nn.Module:

@@ -17,7 +17,7 @@ from mmseg_pm.utils.outputs import check_not_input, check_output_file
 
 from .config import check_data_folders, load_config
 from .data import check_datasets
-from .errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 from .inference import build_segmentor, crop_flops
 from .scoring import token_scores_from_config
 

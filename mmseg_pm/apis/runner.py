@@ -21,7 +21,7 @@ from .config import (build_runner, check_runner_inputs, load_config,
                      resolve_work_dir)
 from .distributed import (ACCELERATORS, check_launcher_environment,
                           setup_runner_launcher)
-from .errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 
 
 class ProgressHook(Hook):

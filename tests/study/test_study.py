@@ -13,7 +13,7 @@ import torch
 from mmseg_pm.compression import build_structure
 from mmseg_pm.study import (METHODS, CalibrationError, compression_for,
                             empty_neighbourhoods, window_stats)
-from mmseg_pm.apis.inference import build_segmentor, crop_flops
+from mmseg_pm.apis import build_segmentor, crop_flops
 from mmseg_pm.cli import study as study_cli
 from mmseg_pm.study import StudySettings, pipeline
 from mmseg_pm.study.windows import image_window_stats
@@ -259,7 +259,7 @@ def test_command_line_defaults_are_the_settings_defaults(tmp_path):
     """One place for each default (the parser reads the dataclass), and
     the cache stamp of the defaults names the settings a cached variant of
     the committed study was computed with."""
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
     from mmseg_pm.cli import settings_from
     parsed = settings_from(StudySettings, study_cli.build_parser().parse_args(
         []))
