@@ -307,7 +307,7 @@ def validation_inputs(base: Config, model) -> list:
 def image_flops(model, inputs: list) -> list:
     """Counted FLOPs of the segmentor (encoder and decoder) on each input
     alone (batch 1)."""
-    from mmseg_pm.utils import count_flops
+    from mmseg_pm.utils.flops import count_flops
 
     model.eval()
     return [count_flops(model, x, mode='tensor') for x in inputs]
