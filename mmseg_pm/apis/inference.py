@@ -10,9 +10,9 @@ from torch import nn
 
 from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.utils.checkpoint import local_checkpoint
+from mmseg_pm.utils.errors import UsageError
 
 from .config import check_model, load_config
-from mmseg_pm.utils.errors import UsageError
 
 
 def build_segmentor(cfg: Config) -> nn.Module:

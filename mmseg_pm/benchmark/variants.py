@@ -236,7 +236,7 @@ def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
 def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None,
                     backbone_only: bool = False) -> nn.Module:
     """The segmentor of ``spec`` (or only its backbone): random weights,
-    eval mode, on the CPU (:func:`mmseg_pm.apis.inference.build_segmentor`
+    eval mode, on the CPU (:func:`mmseg_pm.apis.build_segmentor`
     on the config with the row's backbone)."""
     from mmseg_pm.apis import build_segmentor as build
     cfg = load_config(spec.config, cfg_options)
