@@ -1,6 +1,7 @@
 """The public surface: ``mmseg_pm.apis`` exports what a user calls, at most
-:data:`MAX_PUBLIC` names, and every name of the two lowest shared places,
-``mmseg_pm.apis`` and ``mmseg_pm.utils``, has one import path.
+:data:`MAX_PUBLIC` names, and every name of ``mmseg_pm.apis`` and of
+``mmseg_pm.utils`` (the shared pieces under every floor) has one import
+path.
 
 One path means: a function, class or constant defined in a module under
 ``mmseg_pm.apis`` or ``mmseg_pm.utils`` is imported from the module that
@@ -19,20 +20,12 @@ from pathlib import Path
 
 import mmseg_pm.apis as apis
 from mmseg_pm.utils.errors import UsageError
+from tests.helpers import ROOT, module_path
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_PUBLIC = 20
 # the floors whose names get one path each
 SHARED = ('mmseg_pm.apis', 'mmseg_pm.utils')
 PYTHON_BLOCK = re.compile(r'^```python\n(.*?)^```', re.M | re.S)
-
-
-def module_file(name: str):
-    path = ROOT.joinpath(*name.split('.'))
-    for candidate in (path.with_suffix('.py'), path / '__init__.py'):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def package_of(name: str, is_package: bool) -> str:
@@ -57,7 +50,7 @@ def imports_from(source: str, importer: str, is_package: bool,
         if module.split('.')[0] != 'mmseg_pm':
             continue
         for alias in node.names:
-            if module_file(f'{module}.{alias.name}') is None:
+            if module_path(f'{module}.{alias.name}') is None:
                 yield module, alias.name, alias.asname or alias.name
 
 
@@ -65,7 +58,7 @@ def imports_from(source: str, importer: str, is_package: bool,
 def origin(module: str, name: str) -> str:
     """The module that defines ``name`` as ``module`` sees it: ``module``
     itself unless a top-level import of ``module`` binds it."""
-    path = module_file(module)
+    path = module_path(module)
     if path is None:
         return module
     for source_module, imported, bound in imports_from(
@@ -136,7 +129,7 @@ def python_sources():
                    import_statements(block), '', False)
 
 
-def test_apis_exports_at_most_20_names_a_user_calls():
+def test_apis_exports_at_most_20_names_of_its_own_floor():
     names = apis.__all__
     assert len(names) <= MAX_PUBLIC, f'{len(names)} names: {names}'
     assert len(set(names)) == len(names), 'a name listed twice'
@@ -161,7 +154,7 @@ def test_apis_holds_its_exports_and_its_modules_only():
 def test_usage_error_has_one_import_path():
     assert UsageError.__module__ == 'mmseg_pm.utils.errors'
     assert not hasattr(apis, 'UsageError')
-    assert module_file('mmseg_pm.apis.errors') is None
+    assert module_path('mmseg_pm.apis.errors') is None
 
 
 def test_every_shared_name_is_imported_by_its_one_path():
