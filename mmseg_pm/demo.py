@@ -16,14 +16,14 @@ from typing import Optional, Tuple
 import torch
 from mmengine.config import Config
 
-from mmseg_pm.apis import UsageError, write_atomic
+from mmseg_pm.apis import (crop_flops, evaluation_config, init_segmentor,
+                           prune_config, prune_segmentor, save_pruned,
+                           train_config)
 from mmseg_pm.apis.config import (DENSE_CONFIG, DISTILL_CONFIG, PM_CONFIG,
-                                   load_config, scaled_schedule,
-                                   write_config)
-from mmseg_pm.apis.inference import crop_flops, crop_size, init_segmentor
-from mmseg_pm.apis.prune import (format_prune_table, prune_config,
-                                 prune_segmentor, save_pruned)
-from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
+                                  load_config, scaled_schedule, write_config)
+from mmseg_pm.apis.inference import crop_size
+from mmseg_pm.apis.prune import format_prune_table
+from mmseg_pm.apis.runner import run_quietly
 from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.benchmark.measure import tokens_per_layer
 from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
@@ -31,6 +31,8 @@ from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
 from mmseg_pm.compression.registry import config_default
 from mmseg_pm.compression.structure import ASSIGN_RULES, DEFAULT_RULE
 from mmseg_pm.datasets import make_synthetic_ade
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import write_atomic
 from mmseg_pm.utils.tables import markdown_table, text_table
 from mmseg_pm.visualization import draw_model_tokens
 

@@ -467,8 +467,8 @@ def find_scores(cfg, model, checkpoint: dict, scores_file=None,
     """(scores (L, N) or None, note for the figure): from ``scores_file``,
     else the checkpoint's meta, else computed on ``score_iters`` training
     batches of the config, else none."""
-    from mmseg_pm.apis import UsageError
-    from mmseg_pm.apis.checkpoint import load_weights_only
+    from mmseg_pm.utils.errors import UsageError
+    from mmseg_pm.utils.checkpoint import load_weights_only
 
     backbone = model.backbone
     shape = (len(backbone.layers),
@@ -503,7 +503,7 @@ def find_scores(cfg, model, checkpoint: dict, scores_file=None,
     if score_iters <= 0:
         return None, 'no token scores (none in the checkpoint; --scores or ' \
             '--score-iters N adds them)'
-    from mmseg_pm.apis.scoring import token_scores_from_config
+    from mmseg_pm.apis import token_scores_from_config
     try:
         scores = token_scores_from_config(model, cfg, score_iters,
                                           progress=False)
@@ -520,7 +520,7 @@ def load_image(path, model):
     image resized to the backbone's img_size."""
     import mmcv
 
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
 
     bgr = mmcv.imread(path)
     if bgr is None:
@@ -543,7 +543,9 @@ def draw_model_tokens(cfg, model, checkpoint: str, image: str, out: str,
     merge windows over ``image``, the token scores under them; written to
     ``out`` (atomically; ``replace=False``: refused if another run wrote it
     meanwhile). Returns (token maps, note, path written)."""
-    from mmseg_pm.apis import UsageError, load_checkpoint_file, save_figure
+    from mmseg_pm.utils.checkpoint import load_checkpoint_file
+    from mmseg_pm.utils.errors import UsageError
+    from mmseg_pm.utils.outputs import save_figure
 
     backbone = model.backbone
     if not hasattr(backbone, 'compressed_units'):

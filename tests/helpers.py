@@ -23,6 +23,16 @@ CONFIGS = ROOT / 'configs'
 DENSE_TINY = CONFIGS / 'synthetic/segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 PM_TINY = CONFIGS / 'synthetic/pm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501
 
+
+def module_path(dotted: str) -> Optional[Path]:
+    """The file of the repository's module ``dotted`` (``a.b``: ``a/b.py``
+    or ``a/b/__init__.py``), or None."""
+    path = ROOT.joinpath(*dotted.split('.'))
+    for candidate in (path.with_suffix('.py'), path / '__init__.py'):
+        if candidate.is_file():
+            return candidate
+    return None
+
 # ------------------------------------------------------------- backbone
 # A 4-block backbone on a non-square 3 x 5 token grid (48 x 80 px).
 TINY = dict(img_size=(48, 80), patch_size=16, embed_dims=32, num_layers=4,

@@ -106,7 +106,8 @@ def test_every_other_layer_takes_the_config_classes_defaults():
 
 def test_placement_and_ranking_have_one_default():
     from mmseg_pm.apis.knobs import Method
-    from mmseg_pm.apis.prune import default_ranking, prune_segmentor
+    from mmseg_pm.apis import prune_segmentor
+    from mmseg_pm.apis.prune import default_ranking
     from mmseg_pm.cli import prune as prune_tool
     from mmseg_pm.compression.search import (DEFAULT_PLACEMENT,
                                              place_centres,

@@ -59,7 +59,7 @@ def test_demo_runs_every_stage_and_writes_its_table(tmp_path, capsys,
 
 def test_command_line_defaults_are_the_settings_defaults():
     """One place for each default: the parser reads the dataclass."""
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
     from mmseg_pm.cli import settings_from
     from mmseg_pm.demo import DemoSettings
     parsed = settings_from(DemoSettings, demo_cli.build_parser().parse_args(

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import module_path
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / 'README.md'] + sorted((ROOT / 'docs').glob('*.md'))
 TOP = ('mmseg_pm/', 'tools/', 'configs/', 'tests/', 'docs/', 'benchmarks/')
@@ -75,12 +77,6 @@ def test_every_relative_link_resolves(doc):
 
 
 # ------------------------------------------------------------- code names
-def module_path(dotted: str):
-    path = ROOT.joinpath(*dotted.split('.'))
-    for candidate in (path.with_suffix('.py'), path / '__init__.py'):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 @lru_cache(maxsize=None)

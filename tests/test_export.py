@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
+from mmseg_pm.apis import init_segmentor
 from mmseg_pm.compression import build_structure
-from mmseg_pm.apis.inference import init_segmentor
 from mmseg_pm.export import onnx_parity, parity_inputs
 from tests.helpers import build_from_config, shrunk_config_text
 

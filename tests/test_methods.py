@@ -49,12 +49,13 @@ def study_variant(name: str) -> str:
 @pytest.mark.parametrize('name', method_names())
 def test_every_method_through_every_tool(name, tmp_path, synthetic_ade,
                                          capsys):
+    from mmseg_pm.apis import build_segmentor, crop_flops
     from mmseg_pm.apis.config import write_config
-    from mmseg_pm.apis.inference import build_segmentor, crop_flops
+    from mmseg_pm.apis.knobs import knob_text
     from mmseg_pm.benchmark.pipeline import run as run_benchmark
     from mmseg_pm.benchmark.variants import REFERENCE
     from mmseg_pm.compression.config import parse_compression
-    from mmseg_pm.study import knob_text, pipeline
+    from mmseg_pm.study import pipeline
 
     spec = method_spec(name)
     settings = study_settings(synthetic_ade)

@@ -1,16 +1,12 @@
-"""Checkpoints in the Runner's hands, and the checkpoint functions of the
-lower floors under the names ``mmseg_pm.apis`` has always exported: file
-reading and writing (:mod:`mmseg_pm.utils.checkpoint`) and loading into a
-model (:mod:`mmseg_pm.models.checkpoint`)."""
+"""Checkpoints in the Runner's hands: which one a Runner loads, checked
+against its model before mmengine loads it. Reading and writing checkpoint
+files is :mod:`mmseg_pm.utils.checkpoint`, loading one into a model
+:mod:`mmseg_pm.models.checkpoint`."""
 from __future__ import annotations
 
 from typing import Optional
 
 from mmseg_pm.models.checkpoint import load_checkpoint_into
-from mmseg_pm.utils.checkpoint import (  # noqa: F401  (re-exported)
-    CheckpointError, CheckpointNotFound, cached_download, check_finite,
-    checkpoint_state_dict, load_checkpoint_file, load_weights_only,
-    local_checkpoint, save_checkpoint_atomic)
 
 
 def runner_checkpoint(cfg) -> Optional[str]:

@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from .errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 
 # threads decoding pairs, and the seconds before a check shows its bar
 READERS = min(8, os.cpu_count() or 1)

@@ -31,7 +31,7 @@ from mmengine.dist import all_reduce, get_dist_info, init_dist, is_distributed
 from mmengine.logging import print_log
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 
 # Devices mmengine's AmpOptimWrapper and init_dist work with.
 ACCELERATORS = ('cuda', 'npu', 'mlu', 'musa')

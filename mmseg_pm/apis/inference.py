@@ -10,9 +10,9 @@ from torch import nn
 
 from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.utils.checkpoint import local_checkpoint
+from mmseg_pm.utils.errors import UsageError
 
 from .config import check_model, load_config
-from .errors import UsageError
 
 
 def build_segmentor(cfg: Config) -> nn.Module:
@@ -128,8 +128,8 @@ def crop_size(model: nn.Module):
 def crop_flops(model: nn.Module, device: Optional[str] = None) -> int:
     """FLOPs of one forward of the segmentor (encoder and decoder) on one
     crop of its backbone's ``img_size`` (no slide loop), as counted by
-    :func:`mmseg_pm.utils.count_flops` from what runs."""
-    from mmseg_pm.utils import count_flops
+    :func:`mmseg_pm.utils.flops.count_flops` from what runs."""
+    from mmseg_pm.utils.flops import count_flops
 
     size = getattr(getattr(model, 'backbone', None), 'img_size', None)
     if not isinstance(model, nn.Module) or size is None:

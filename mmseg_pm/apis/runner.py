@@ -15,13 +15,13 @@ from mmengine.logging import print_log
 from tqdm import tqdm
 
 from mmseg_pm.utils.checkpoint import local_checkpoint
+from mmseg_pm.utils.errors import UsageError
 
 from .checkpoint import check_runner_checkpoint, runner_checkpoint
 from .config import (build_runner, check_runner_inputs, load_config,
                      resolve_work_dir)
 from .distributed import (ACCELERATORS, check_launcher_environment,
                           setup_runner_launcher)
-from .errors import UsageError
 
 
 class ProgressHook(Hook):

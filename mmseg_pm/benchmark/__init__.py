@@ -7,14 +7,12 @@ onnxruntime and torch.compile, ``report`` turns rows into ratios, target
 checks and files, ``pipeline`` runs them all (its command line is
 :mod:`mmseg_pm.cli.benchmark`).
 """
-from mmseg_pm.apis.timing import time_interleaved
-
 from .measure import (analytic_backbone_flops, peak_memory_bytes,
                       tokens_per_layer)
 from .peers import calibrate_peer, calibrate_peers
 from .variants import ModelSpec, expand_specs, parse_config_arg
 
 __all__ = ['analytic_backbone_flops', 'peak_memory_bytes',
-           'time_interleaved', 'tokens_per_layer', 'calibrate_peer',
+           'tokens_per_layer', 'calibrate_peer',
            'calibrate_peers', 'ModelSpec', 'expand_specs',
            'parse_config_arg']

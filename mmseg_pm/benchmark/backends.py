@@ -120,7 +120,7 @@ def first_calls(step: Callable[[], object], again: Callable[[], object],
     cold Inductor cache) and the graphs it compiled, then the graphs
     compiled by a call on other data of the same shape (``again``; 0 for a
     static structure)."""
-    from .measure import synchronize
+    from mmseg_pm.apis.timing import synchronize
     before = compiled_graphs()
     with cold_cache():
         start = time.perf_counter()

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Dict
 
-from mmseg_pm.apis import write_atomic
+from mmseg_pm.utils.outputs import write_atomic
 
 from .plot import render_plot
 from .tables import render_markdown

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from mmseg_pm.apis.config import configs_dir
-from mmseg_pm.apis.errors import UsageError
+from mmseg_pm.utils.errors import UsageError
 
 from .measure import PARTS
 from .peers import DEFAULT_TOLERANCE

@@ -236,9 +236,9 @@ def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
 def build_segmentor(spec: ModelSpec, cfg_options: Optional[dict] = None,
                     backbone_only: bool = False) -> nn.Module:
     """The segmentor of ``spec`` (or only its backbone): random weights,
-    eval mode, on the CPU (:func:`mmseg_pm.apis.inference.build_segmentor`
+    eval mode, on the CPU (:func:`mmseg_pm.apis.build_segmentor`
     on the config with the row's backbone)."""
-    from mmseg_pm.apis.inference import build_segmentor as build
+    from mmseg_pm.apis import build_segmentor as build
     cfg = load_config(spec.config, cfg_options)
     cfg.model.backbone = backbone_config(spec, cfg.model.backbone)
     model = build(cfg)
@@ -256,8 +256,9 @@ def checkpoint_state(path: str, model: Optional[nn.Module] = None
     """The weights of a checkpoint, checked against ``model`` (a model of
     its config at its own img_size) when given: every weight must be in
     it (the rows pick their structures themselves)."""
-    from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
-                               load_checkpoint_into)
+    from mmseg_pm.models.checkpoint import load_checkpoint_into
+    from mmseg_pm.utils.checkpoint import (checkpoint_state_dict,
+                                           load_checkpoint_file)
     checkpoint = load_checkpoint_file(path)
     if model is not None:
         load_checkpoint_into(model, checkpoint, source=path,

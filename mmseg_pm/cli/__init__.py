@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import torch
 from mmengine.config import DictAction
 
-from mmseg_pm.apis import UsageError, end_distributed
+from mmseg_pm.apis import end_distributed
+from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.utils.outputs import DISK_FULL, OutputWriteError
 
 

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 # The CPU memory measurement uses torch's profiler; keep its log quiet.
 os.environ.setdefault('KINETO_LOG_LEVEL', '5')
 
-from mmseg_pm.apis import check_output_file  # noqa: E402
+from mmseg_pm.utils.outputs import check_output_file  # noqa: E402
 from mmseg_pm.benchmark.measure import DTYPES, PARTS  # noqa: E402
 from mmseg_pm.benchmark.pipeline import default_name, run  # noqa: E402
 from mmseg_pm.benchmark.report import result_paths, write_results  # noqa: E402,E501

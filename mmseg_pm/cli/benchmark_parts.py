@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mmseg_pm.apis import check_output_file
 from mmseg_pm.benchmark.breakdown import measure_parts, render_parts
 from mmseg_pm.cli import (CfgOptionsAction, float_in, int_at_least, run_cli,
                           set_process)
-from mmseg_pm.utils.outputs import write_atomic
+from mmseg_pm.utils.outputs import check_output_file, write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,12 +24,13 @@ import time
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
 import torch
 
-from mmseg_pm.apis import UsageError, check_output_file
-from mmseg_pm.apis.inference import init_segmentor
+from mmseg_pm.apis import init_segmentor
 from mmseg_pm.cli import CfgOptionsAction, int_at_least
 from mmseg_pm.export import (DEFAULT_OPSET, MIN_OPSET, check_opset,
                              compression_method, export_failure, export_hint,
                              export_onnx, onnx_parity, parity_inputs)
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import check_output_file
 
 PARITY_TOLERANCE = 1e-4
 

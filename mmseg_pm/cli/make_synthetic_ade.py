@@ -8,9 +8,9 @@ import argparse
 import sys
 
 
-from mmseg_pm.apis import check_output_dir
 from mmseg_pm.cli import int_at_least
 from mmseg_pm.datasets.synthetic_ade import make_synthetic_ade
+from mmseg_pm.utils.outputs import check_output_dir
 
 
 def parse_args(argv=None) -> argparse.Namespace:

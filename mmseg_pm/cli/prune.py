@@ -25,12 +25,12 @@ import shlex
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
 
-from mmseg_pm.apis.distributed import (check_launcher_environment,
-                                       init_distributed)
-from mmseg_pm.apis.prune import (check_prune_paths, format_prune_table,
-                                 prune_config, prune_segmentor, save_pruned)
-from mmseg_pm.cli import (CfgOptionsAction, add_launcher_arguments,
-                          float_in, int_at_least, run_cli)
+from mmseg_pm.apis import (init_distributed, prune_config, prune_segmentor,
+                           save_pruned)
+from mmseg_pm.apis.distributed import check_launcher_environment
+from mmseg_pm.apis.prune import check_prune_paths, format_prune_table
+from mmseg_pm.cli import (CfgOptionsAction, add_launcher_arguments, float_in,
+                          int_at_least, run_cli)
 from mmseg_pm.compression import (ASSIGNS, DEFAULT_PLACEMENT, PLACEMENTS,
                                   RANKINGS, RECONSTRUCTS, PMConfig)
 from mmseg_pm.compression.registry import config_default

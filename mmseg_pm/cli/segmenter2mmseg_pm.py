@@ -19,7 +19,7 @@ configs) and its patch embedding has a bias: the backbone config needs
 """
 import sys
 
-from mmseg_pm.apis import UsageError
+from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.cli import converter_parser, print_conversion
 from mmseg_pm.converters import (check_destination,
                                  convert_segmenter,

@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mmseg_pm.apis import UsageError, check_output_file
 from mmseg_pm.benchmark.plane import (plane_plot, plane_points, plane_table,
                                       verdict)
 from mmseg_pm.cli import float_in, run_cli
-from mmseg_pm.utils.outputs import write_atomic
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import check_output_file, write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ Example::
 import argparse
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
-from mmseg_pm.apis.runner import evaluate, evaluation_config
+from mmseg_pm.apis import evaluate, evaluation_config
 from mmseg_pm.cli import add_runner_arguments, float_in, run_cli
 
 CFG_EXAMPLE = 'test_dataloader.batch_size=2'

@@ -17,7 +17,7 @@ timm training (``state_dict``) containers are unwrapped.
 """
 import sys
 
-from mmseg_pm.apis import UsageError
+from mmseg_pm.utils.errors import UsageError
 from mmseg_pm.cli import converter_parser, print_conversion
 from mmseg_pm.converters import (check_destination,
                                  convert_timm_vit,

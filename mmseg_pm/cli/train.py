@@ -8,7 +8,7 @@ Example::
 import argparse
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
-from mmseg_pm.apis.runner import train, train_config
+from mmseg_pm.apis import train, train_config
 from mmseg_pm.cli import add_runner_arguments, run_cli
 
 CFG_EXAMPLE = 'train_cfg.max_iters=100'

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import mmseg_pm.models  # noqa: F401  (registers modules, the mmseg:: scope)
 
-from mmseg_pm.apis import UsageError, check_output_file
+from mmseg_pm.apis import init_segmentor
 from mmseg_pm.apis.config import load_config
-from mmseg_pm.apis.inference import init_segmentor
 from mmseg_pm.cli import CfgOptionsAction, int_at_least, run_cli
+from mmseg_pm.utils.errors import UsageError
+from mmseg_pm.utils.outputs import check_output_file
 from mmseg_pm.visualization import MAX_DEFAULT_LAYERS, draw_model_tokens
 
 

@@ -10,11 +10,6 @@ the benchmark); here: the study's defaults, the merge-window statistics
 (:mod:`.settings`) and the pipeline
 (:mod:`.pipeline`, imported on its own: it loads mmseg).
 """
-from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
-                                       check_within)
-from mmseg_pm.apis.knobs import (METHODS, Method, compression_for,
-                                 knob_range, knob_text)
-
 from .report import (COLUMNS, best_per_budget, format_markdown, format_table,
                      format_windows_markdown, plot_study)
 from .settings import DEFAULT_BUDGETS, DEFAULT_METHODS, StudySettings

@@ -18,21 +18,24 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from mmseg_pm.apis import (checkpoint_state_dict, load_checkpoint_file,
-                           load_checkpoint_into,
-                           save_checkpoint_atomic, write_atomic)
+from mmseg_pm.apis import (build_segmentor, crop_flops, evaluation_config,
+                           init_segmentor, token_scores_from_config,
+                           train_config)
 from mmseg_pm.apis.calibration import (CalibrationError, calibrate_knob,
                                        check_within)
 from mmseg_pm.apis.config import (DENSE_CONFIG, DISTILL_CONFIG,
                                   scaled_schedule, write_config)
-from mmseg_pm.apis.inference import build_segmentor, crop_flops, init_segmentor
-from mmseg_pm.apis.runner import run_quietly, evaluation_config, train_config
 from mmseg_pm.apis.knobs import METHODS, compression_for, knob_range, knob_text
 from mmseg_pm.apis.prune import default_ranking
-from mmseg_pm.apis.scoring import token_scores_from_config
+from mmseg_pm.apis.runner import run_quietly
 from mmseg_pm.apis.timing import images_per_second
 from mmseg_pm.compression import search_structures
 from mmseg_pm.datasets import make_synthetic_ade
+from mmseg_pm.models.checkpoint import load_checkpoint_into
+from mmseg_pm.utils.checkpoint import (checkpoint_state_dict,
+                                       load_checkpoint_file,
+                                       save_checkpoint_atomic)
+from mmseg_pm.utils.outputs import write_atomic
 from mmseg_pm.visualization import record_source_maps
 from .settings import StudySettings
 from .report import (best_per_budget, dense_row, format_markdown,
@@ -304,7 +307,7 @@ def validation_inputs(base: Config, model) -> list:
 def image_flops(model, inputs: list) -> list:
     """Counted FLOPs of the segmentor (encoder and decoder) on each input
     alone (batch 1)."""
-    from mmseg_pm.utils import count_flops
+    from mmseg_pm.utils.flops import count_flops
 
     model.eval()
     return [count_flops(model, x, mode='tensor') for x in inputs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence, Tuple
 
 from mmseg_pm.apis.knobs import METHODS
-from mmseg_pm.apis.outputs import save_figure
+from mmseg_pm.utils.outputs import save_figure
 from mmseg_pm.utils.tables import markdown_table, text_table
 
 

@@ -9,9 +9,9 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Tuple
 
-from mmseg_pm.apis.errors import UsageError
 from mmseg_pm.apis.knobs import METHODS
 from mmseg_pm.compression.registry import peer_specs
+from mmseg_pm.utils.errors import UsageError
 
 # What tools/study.py runs unless told otherwise: the authors' Prune and
 # Merge, the default (every block compressed), the same with block 0 dense

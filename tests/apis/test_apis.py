@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.apis import (CheckpointError, UsageError,
-                           load_checkpoint_file, load_checkpoint_into)
 from mmseg_pm.apis.config import check_cfg_option, read_config
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.models import PMVisionTransformer
+from mmseg_pm.models.checkpoint import load_checkpoint_into
+from mmseg_pm.utils.checkpoint import CheckpointError, load_checkpoint_file
+from mmseg_pm.utils.errors import UsageError
 
 KW = dict(img_size=32, patch_size=8, embed_dims=16, num_layers=3,
           num_heads=2)

@@ -18,11 +18,12 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.apis import RankBatchSampler, load_checkpoint_file
-from mmseg_pm.apis.distributed import export_slurm_environment
-from mmseg_pm.apis import UsageError
+from mmseg_pm.apis import evaluation_config
 from mmseg_pm.apis.config import build_runner
-from mmseg_pm.apis.runner import evaluation_config
+from mmseg_pm.apis.distributed import (RankBatchSampler,
+                                       export_slurm_environment)
+from mmseg_pm.utils.checkpoint import load_checkpoint_file
+from mmseg_pm.utils.errors import UsageError
 from tests.helpers import PM_TINY, ROOT, cli_module as load_tool
 from tests.helpers import data_options
 

@@ -10,10 +10,11 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
-from mmseg_pm.apis import (UsageError, crop_flops, init_segmentor,
-                           load_checkpoint_into)
+from mmseg_pm.apis import crop_flops, init_segmentor
 from mmseg_pm.apis.config import load_config
 from mmseg_pm.datasets.synthetic_ade import make_sample
+from mmseg_pm.models.checkpoint import load_checkpoint_into
+from mmseg_pm.utils.errors import UsageError
 from tests.helpers import CONFIGS, DENSE_TINY, PM_TINY
 
 TOME_TINY = CONFIGS / 'synthetic/tome-segmenter_vit-tiny_mask_synthetic-ade-64x64.py'  # noqa: E501

@@ -4,11 +4,11 @@ its defaults) give the same structures for the same inputs."""
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.apis import load_checkpoint_file, save_checkpoint_atomic
+from mmseg_pm.apis import build_segmentor, prune_config, prune_segmentor
 from mmseg_pm.apis.config import load_config
-from mmseg_pm.apis.inference import build_segmentor
-from mmseg_pm.apis.prune import prune_config, prune_segmentor
 from mmseg_pm.compression import search_structures
+from mmseg_pm.utils.checkpoint import (load_checkpoint_file,
+                                       save_checkpoint_atomic)
 from tests.helpers import DENSE_TINY, PM_TINY, cli_module, data_options
 
 

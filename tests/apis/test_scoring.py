@@ -8,7 +8,7 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.apis.scoring import token_scores
+from mmseg_pm.apis import token_scores
 from tests.helpers import segmentation_batches, tiny_segmentor_cfg
 
 IMG = (48, 80)  # 3 x 5 tokens of 16 px: a non-square grid

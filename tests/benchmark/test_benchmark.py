@@ -347,7 +347,7 @@ def test_scene_images_are_distinct_per_batch_element_and_repeatable():
 def test_benchmark_runs_from_python_with_keyword_settings(tmp_path):
     """The library entry point: typed settings by keyword, no Namespace,
     no files written (writing is the command line's)."""
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
     from mmseg_pm.benchmark.pipeline import run
     res = run(configs=[TINY], variants=['off', 'pm'], keep_rates=[0.5],
               parts=['backbone'], batch_sizes=[1], warmup=0, repeats=1,

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmseg_pm.apis import load_checkpoint_file
-from mmseg_pm.apis.outputs import stale_temp_files
+from mmseg_pm.utils.checkpoint import load_checkpoint_file
+from mmseg_pm.utils.outputs import stale_temp_files
 from tests.helpers import ROOT, cli_module as tool
 from tests.helpers import refused, shrunk_world, snapshot
 

@@ -313,7 +313,7 @@ def test_flops_count_the_blocks_on_their_tokens_and_the_merges():
 
 
 def test_onnx_export_refuses_input_dependent_shapes(tmp_path):
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
     from mmseg_pm.export import export_module
 
     model = tiny_pm(compression=dict(method='algm', global_layer=2))

@@ -152,7 +152,7 @@ def test_flops_count_the_assignment(impl, reconstruct):
     """count_flops sees 2 C per (merged token, candidate window) pair, the
     pairs whose similarity runs; the benchmark's formula agrees with it."""
     from mmseg_pm.benchmark import analytic_backbone_flops
-    from mmseg_pm.utils import count_flops
+    from mmseg_pm.utils.flops import count_flops
 
     x = torch.randn(1, 3, 48, 80)
     flops = {k: count_flops(compressed(impl=impl, reconstruct=reconstruct,

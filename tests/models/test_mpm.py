@@ -239,7 +239,7 @@ def test_ade20k_configs_take_the_authors_layers(arch):
 
 
 def test_onnx_export_refuses_input_dependent_shapes(tmp_path):
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
     from mmseg_pm.export import export_module
 
     model = tiny_pm(compression=dict(method='mpm', layers=(1, 2)))

@@ -122,7 +122,7 @@ def test_merge_flops_is_what_count_flops_counts(impl, reconstruct, assign):
     """Prune and Merge's formula, with an output inside a unit (one more
     reconstruct), against torch's counter: the FLOPs the model counts
     beyond its blocks' are the merges."""
-    from mmseg_pm.utils import count_flops, vit_flops
+    from mmseg_pm.utils.flops import count_flops, vit_flops
 
     compression = dict(COMPRESSION['pm'], impl=impl, reconstruct=reconstruct,
                        assign=assign)

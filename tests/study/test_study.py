@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmseg_pm.compression import build_structure
-from mmseg_pm.study import (METHODS, CalibrationError, compression_for,
-                            empty_neighbourhoods, window_stats)
-from mmseg_pm.apis.inference import build_segmentor, crop_flops
+from mmseg_pm.apis import build_segmentor, crop_flops
+from mmseg_pm.apis.calibration import CalibrationError
+from mmseg_pm.apis.knobs import METHODS, compression_for
 from mmseg_pm.cli import study as study_cli
-from mmseg_pm.study import StudySettings, pipeline
+from mmseg_pm.compression import build_structure
+from mmseg_pm.study import (StudySettings, empty_neighbourhoods, pipeline,
+                            window_stats)
 from mmseg_pm.study.windows import image_window_stats
-from mmseg_pm.utils import count_flops
+from mmseg_pm.utils.flops import count_flops
 
 
 
@@ -219,7 +220,7 @@ def test_hourglass_path_is_ordered_and_counted_as_modelled(tmp_path):
     cheaper at every step, and the counted FLOPs of a setting are the
     modelled ones (blocks, k-means, reconstruction) plus the dense rest."""
     from mmseg_pm.compression.hourglass import hourglass_flops, hourglass_path
-    from mmseg_pm.study import knob_text
+    from mmseg_pm.apis.knobs import knob_text
     path = hourglass_path(144, 8, 64)
     assert path[0] == (3, (12, 11)) and path[-1] == (1, (1, 1))
     costs = [hourglass_flops(a, h * w, 144, 8, 64) for a, (h, w) in path]
@@ -259,7 +260,7 @@ def test_command_line_defaults_are_the_settings_defaults(tmp_path):
     """One place for each default (the parser reads the dataclass), and
     the cache stamp of the defaults names the settings a cached variant of
     the committed study was computed with."""
-    from mmseg_pm.apis import UsageError
+    from mmseg_pm.utils.errors import UsageError
     from mmseg_pm.cli import settings_from
     parsed = settings_from(StudySettings, study_cli.build_parser().parse_args(
         []))

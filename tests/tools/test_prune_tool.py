@@ -6,7 +6,7 @@ import torch
 
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.apis.config import build_runner
-from mmseg_pm.apis.runner import evaluation_config
+from mmseg_pm.apis import evaluation_config
 from mmseg_pm.models.checkpoint import load_checkpoint_into
 from mmseg_pm.compression import (DEFAULT_PLACEMENT, PMConfig,
                                   search_structures)
