@@ -46,9 +46,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .ops import autocast_off, initial_source
 from .reducer import TokenReducer
 from .registry import MethodSpec, ModelShape, compressible_blocks, no_options
-from .tome import initial_source
 
 NORMS = ('sum', 'l2')
 
@@ -195,7 +195,7 @@ class Hourglass(nn.Module, TokenReducer):
         weights (B, N, K), hard assignment (B, N)); fp32 inside."""
         cells = self.cells_for(hw)
         device = x.device
-        with torch.autocast(device.type, enabled=False):
+        with autocast_off(device.type):
             f = x.float()
             mask = window_mask(hw, cells, self.window, device)
             scale = temperature_scale(f, self.relative)

@@ -39,11 +39,11 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .ops import merge_tokens
+from .ops import (cosine_similarity, gather_tokens, initial_source,
+                  merge_tokens)
 from .reducer import TokenReducer
 from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
                        compressible_blocks, no_options)
-from .tome import cosine_similarity, gather_tokens, initial_source
 
 DEFAULT_LAYERS = (2, 5)
 

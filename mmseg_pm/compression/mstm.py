@@ -28,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import merge_tokens
+from .ops import (autocast_off, cosine_similarity, gather_tokens,
+                  initial_source, key_metric, merge_tokens)
 from .reducer import TokenReducer
 from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
                        ModelShape, compressible_blocks, keep_rate_for,
                        no_options)
-from .tome import (cosine_similarity, full_precision, gather_tokens,
-                   initial_source, key_metric)
 
 
 def class_attention(q: Tensor, k: Tensor) -> Tensor:
@@ -42,8 +41,7 @@ def class_attention(q: Tensor, k: Tensor) -> Tensor:
     (B, heads, T, d) queries and keys -> (B, T - 1). Only the class row of
     the attention is computed, in float32 (it ranks the tokens: see
     :func:`cosine_similarity`)."""
-    cuda, cpu = full_precision()
-    with cuda, cpu:
+    with autocast_off(q.device.type):
         q, k = q[:, :, :1].float(), k.float()
         logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)
         return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]

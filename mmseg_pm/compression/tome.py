@@ -19,47 +19,13 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import merge_tokens
+from .ops import (cosine_similarity, gather_tokens, initial_source, key_metric,
+                  merge_tokens)
 from .reducer import TokenReducer
 from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
                        ModelShape, no_options)
-
-
-def key_metric(k: Tensor) -> Tensor:
-    """(B, heads, T, d) keys -> (B, T, d): what token similarity is
-    measured on (ToMe's choice: the keys averaged over heads)."""
-    return k.mean(dim=1)
-
-
-def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """Per image, ``x[b, index[b]]``: (B, T, C) and (B, M) -> (B, M, C)."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def full_precision():
-    """Autocast off (on every device type): what runs inside computes in the
-    dtype of its operands."""
-    return torch.autocast('cuda', enabled=False), torch.autocast(
-        'cpu', enabled=False)
-
-
-def initial_source(x: Tensor) -> Tensor:
-    """The source map before any merge: every token holds itself."""
-    b, t, _ = x.shape
-    return torch.arange(t, device=x.device).expand(b, t)
-
-
-def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """(..., M, d) x (..., N, d) -> (..., M, N) cosine similarities, in
-    fp32 with autocast off: which tokens merge must not hinge on bf16/fp16
-    rounding (the product is a matmul, so torch's FLOP counter counts it)."""
-    with torch.autocast(a.device.type, enabled=False):
-        a = F.normalize(a.float(), dim=-1)
-        b = F.normalize(b.float(), dim=-1)
-        return a @ b.transpose(-1, -2)
 
 
 def bipartite_scores(metric: Tensor, protect_first: bool = True,

@@ -7,7 +7,8 @@ from mmseg.registry import MODELS
 
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
-from mmseg_pm.compression.tome import bipartite_soft_matching, merge_tokens
+from mmseg_pm.compression.ops import merge_tokens
+from mmseg_pm.compression.tome import bipartite_soft_matching
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.models.backbones.pm_vit import Attention
 from tests.helpers import (CONFIGS, TINY,
