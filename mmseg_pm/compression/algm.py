@@ -31,16 +31,21 @@ The source map (tome.py) gives the full grid back at any depth.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass
+from typing import ClassVar, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
 from .ops import (cosine_similarity, gather_tokens, initial_source,
                   merge_tokens)
+from .config import (block_index, check_flag, check_keys, check_number,
+                     check_within_grid, is_int)
 from .reducer import TokenReducer
-from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
-                       compressible_blocks, no_options)
+from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
+                       compressible_blocks, no_options, register)
 from .tome import bipartite_assign, bipartite_scores
 
 
@@ -245,6 +250,75 @@ class ALGM(nn.Module, TokenReducer):
                 f'proportional_attention={self.proportional_attention}')
 
 
+@dataclass(frozen=True)
+class ALGMConfig:
+    """Adaptive Local-then-Global Merging (``method='algm'``; algm.py).
+
+    ``local_layer``: the block (0-based, like every ``layers`` key here;
+    the authors' "layer 1" is block 0) that merges each ``window`` cell of
+    the grid whose mean pairwise cosine similarity is >= ``threshold``.
+    ``global_layer``: the later block (authors' "layer 5" = block 4 for
+    ViT-T/S/B, "layer 7" = block 6 for ViT-L; None: no global merge) whose
+    bipartite matching merges every token scoring >= mean + std / layer.
+    ``proportional_attention``: the log-size attention bias (off: the
+    authors' attention ignores sizes).
+    """
+
+    method: ClassVar[str]  # set by register()
+    local_layer: int = 0
+    global_layer: Optional[int] = 4
+    threshold: float = 0.88
+    window: Tuple[int, int] = (2, 2)
+    proportional_attention: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'ALGMConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'local_layer', 'global_layer',
+                          'threshold', 'window', 'proportional_attention'},
+                    'algm')
+        local = block_index(cfg.get('local_layer', 0), 'local_layer')
+        glob = cfg.get('global_layer', 4)
+        if glob is not None:
+            glob = block_index(glob, 'global_layer')
+        for name, block in (('local_layer', local), ('global_layer', glob)):
+            if block is not None and not 0 <= block < num_layers:
+                raise UsageError(f'{name}={block} is outside blocks '
+                                 f'0..{num_layers - 1}')
+        if glob is not None and glob <= local:
+            raise UsageError(
+                f'global_layer={glob} must come after local_layer={local}: '
+                'the local merge cuts the full token grid into windows')
+        threshold = check_number(cfg.get('threshold', 0.88), 'threshold')
+        if not -1 <= threshold <= 1:
+            raise UsageError(
+                f'threshold must be in [-1, 1], got {threshold}: it is '
+                "compared with a window's mean cosine similarity, which lies "
+                'there (at -1 every window merges, above 1 none would)')
+        window = cfg.get('window', (2, 2))
+        if is_int(window):
+            window = (window, window)
+        if not isinstance(window, (list, tuple)) or len(window) != 2 or \
+                not all(is_int(w) and w >= 1 for w in window) or \
+                window[0] * window[1] < 2:
+            raise UsageError('window must be a positive int or an (h, w) '
+                             'pair of them covering at least 2 tokens, got '
+                             f'{window!r}')
+        prop = check_flag(cfg.get('proportional_attention', False),
+                           'proportional_attention')
+        return cls(local_layer=local, global_layer=glob, threshold=threshold,
+                   window=(int(window[0]), int(window[1])),
+                   proportional_attention=prop)
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> ALGM:
+        check_within_grid('window', self.window, grid, img_size,
+                           'no window fits, so no token would merge '
+                           "locally", "(the authors' window is (2, 2))")
+        return ALGM(self.local_layer, self.global_layer, self.threshold,
+                    self.window, with_cls_token, self.proportional_attention)
+
+
 # ---------------------------------------------------------------- knob
 def algm_layers(num_layers: int) -> Tuple[int, int]:
     """ALGM's local and global blocks (0-based): the first block, and the
@@ -285,4 +359,6 @@ SPEC = MethodSpec(
     no_export=("each image keeps its own number of tokens, so the blocks' "
                'shapes depend on the input'),
     marker='h',
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=ALGMConfig)
+register(SPEC)

@@ -8,7 +8,7 @@ global ranking shares them out among the layers; the placement moves
 centres, never their counts, so every placement has the same FLOPs). Its
 options are the compression settings a study variant changes (``mode``,
 ``rule``, ``reconstruct``, ``assign``, ``prune_rate``); each one left out
-takes :class:`~.config.PMConfig`'s default.
+takes :class:`PMConfig`'s default.
 
 The unit's arithmetic lives in :mod:`.unit`, the content-aware assignment
 in :mod:`.content`, the low-level operations in :mod:`.ops`.
@@ -16,17 +16,26 @@ in :mod:`.content`, the low-level operations in :mod:`.ops`.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
+from .config import (block_index, check_flag, check_keys, check_number,
+                     check_span, index_list)
 from .reducer import STRUCTURES_NAME, TokenReducer
 from .registry import (DEFAULT_METHOD, MethodSpec, ModelShape,
                        compressible_blocks, config_default, keep_rate_for,
-                       method_spec)
-from .structure import CompressionStructure
-from .unit import (DEFAULT_ASSIGN, DEFAULT_IMPL, DEFAULT_NEIGHBOURHOOD,
-                   DEFAULT_RECONSTRUCT, TokenCompressor)
+                       register)
+from .structure import (ASSIGN_RULES, DEFAULT_RULE, CompressionStructure,
+                        lattice_structure)
+from .unit import (ASSIGNS, DEFAULT_ASSIGN, DEFAULT_IMPL,
+                   DEFAULT_NEIGHBOURHOOD, DEFAULT_RECONSTRUCT, IMPLS,
+                   RECONSTRUCTS, TokenCompressor)
+
+MODES = ('layer', 'span')
 
 
 def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
@@ -203,6 +212,158 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
         return total
 
 
+@dataclass(frozen=True)
+class PMConfig:
+    """Which blocks are compressed and how.
+
+    mode 'layer': every block in ``layers`` merges its input, runs on the
+    centres and reconstructs its output. mode 'span': each ``(m, r)`` in
+    ``spans`` merges once before block m and reconstructs after block r.
+    ``units`` is the common form: a list of inclusive ``(first, last)``.
+    ``assign`` 'content' (default): per image, each token joins the most
+    similar centre among the windows of its ``neighbourhood`` x
+    ``neighbourhood`` tokens (docs/content_windows.md); 'static': the
+    structure's windows (checkpoints written before content-aware windows).
+    """
+
+    method: ClassVar[str]  # set by register()
+    mode: str = 'layer'
+    units: List[Tuple[int, int]] = field(default_factory=list)
+    keep_rate: float = 0.7
+    prune_rate: float = 0.0
+    rule: str = DEFAULT_RULE
+    impl: str = DEFAULT_IMPL
+    trainable: bool = True
+    reconstruct: str = DEFAULT_RECONSTRUCT
+    assign: str = DEFAULT_ASSIGN
+    neighbourhood: int = DEFAULT_NEIGHBOURHOOD
+    # log window sizes on the attention logits of the merged tokens
+    proportional_attention: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: Optional[dict],
+                  num_layers: int) -> Optional['PMConfig']:
+        if cfg is None:
+            return None
+        cfg = dict(cfg)
+        method = cfg.pop('method', DEFAULT_METHOD)
+        if method != cls.method:
+            raise UsageError(
+                f"compression method={method!r} is not Prune-and-Merge: it "
+                'has no static structures (tools/prune.py and '
+                "set_structures apply to method='pm' only); parse any "
+                'method with parse_compression()')
+        known = {'mode', 'layers', 'spans', 'keep_rate', 'prune_rate', 'rule',
+                 'impl', 'trainable', 'reconstruct', 'assign',
+                 'neighbourhood', 'proportional_attention'}
+        check_keys(cfg, known, 'pm')
+        mode = cfg.pop('mode', 'layer')
+        if mode not in MODES:
+            raise UsageError(f'compression mode must be one of {MODES}, '
+                             f'got {mode!r}')
+        layers = cfg.pop('layers', None)
+        spans = cfg.pop('spans', None)
+        if layers is None and spans is None:
+            given = f'sets {sorted(cfg)} but ' if cfg else ''
+            raise UsageError(
+                f'compression {given}names no blocks to compress: Prune and '
+                'Merge needs layers=[...] (block indices, e.g. layers=[1, 2, '
+                "3]) or mode='span' with spans=[(first, last), ...]; for the "
+                'dense model leave compression=None')
+        if mode == 'layer':
+            if spans is not None or layers is None:
+                raise UsageError("compression mode 'layer' takes layers=[...] "
+                                 '(block indices), not spans')
+            units = [(block_index(i, 'layers'), ) * 2
+                     for i in index_list(layers, 'layers')]
+        else:
+            if layers is not None or spans is None:
+                raise UsageError("compression mode 'span' takes "
+                                 'spans=[(first, last), ...], not layers')
+            units = [check_span(span) for span in index_list(spans,
+                                                               'spans')]
+        if not units:
+            raise UsageError('compression lists no layers; use '
+                             'compression=None for the dense model')
+        units.sort()
+        for first, last in units:
+            if not 0 <= first <= last < num_layers:
+                raise UsageError(
+                    f'compressed unit {(first, last)} is outside blocks '
+                    f'0..{num_layers - 1} (or has first > last)')
+        for (_, last), (first, _) in zip(units, units[1:]):
+            if first <= last:
+                raise UsageError(f'compressed layers/spans overlap: {units}')
+        for key in ('keep_rate', 'prune_rate'):
+            if key in cfg:
+                cfg[key] = check_number(cfg[key], key)
+        for flag in ('trainable', 'proportional_attention'):
+            if flag in cfg:
+                check_flag(cfg[flag], flag)
+        config = cls(mode=mode, units=units, **cfg)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0 < self.keep_rate <= 1:
+            raise UsageError(f'keep_rate must be in (0, 1], got '
+                             f'{self.keep_rate}')
+        if not 0 <= self.prune_rate < 1:
+            raise UsageError(f'prune_rate must be in [0, 1), got '
+                             f'{self.prune_rate}')
+        if self.keep_rate + self.prune_rate > 1:
+            raise UsageError(
+                f'keep_rate + prune_rate = {self.keep_rate + self.prune_rate}'
+                ' > 1: the kept and pruned fractions of the tokens cannot '
+                'overlap; lower one of them')
+        if self.rule not in ASSIGN_RULES:
+            raise UsageError(f'rule must be one of {ASSIGN_RULES}, got '
+                             f'{self.rule!r}')
+        if self.impl not in IMPLS:
+            raise UsageError(f'impl must be one of {IMPLS}, got {self.impl!r}')
+        if self.assign not in ASSIGNS:
+            raise UsageError(
+                f'assign must be one of {ASSIGNS}, got {self.assign!r} '
+                "('content': per image, each token joins the most similar "
+                "centre near it; 'static': the structure's windows, for "
+                'checkpoints made before content-aware windows)')
+        if (isinstance(self.neighbourhood, bool)
+                or not isinstance(self.neighbourhood, int)
+                or self.neighbourhood < 1 or self.neighbourhood % 2 == 0):
+            raise UsageError(
+                'neighbourhood must be an odd int >= 1 (the k x k tokens '
+                f'whose windows a token may join), got {self.neighbourhood!r}')
+        if self.reconstruct not in RECONSTRUCTS:
+            raise UsageError(
+                f'reconstruct must be one of {RECONSTRUCTS}, got '
+                f"{self.reconstruct!r} ('residual': every token keeps its "
+                "value and gets its window's update, the project default; "
+                "'pinv': the authors' pseudo-inverse, for their checkpoints)")
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> PruneAndMerge:
+        """Its reducer, every unit on centres on a regular lattice with
+        keep_rate of the tokens (until structures are installed)."""
+        default = lattice_structure(grid, self.keep_rate, self.rule)
+        return PruneAndMerge(self.units, default, int(with_cls_token),
+                             self.impl, self.trainable, self.reconstruct,
+                             self.assign, self.neighbourhood,
+                             self.proportional_attention)
+
+    def structure_settings(self) -> dict:
+        """The settings a structure search reads and a loaded structure
+        stands in for (its centres, pruned tokens and windows fix them):
+        tools/prune.py records them, and a checkpoint made with others is
+        refused rather than running with the config's values ignored."""
+        return dict(keep_rate=self.keep_rate, prune_rate=self.prune_rate,
+                    rule=self.rule)
+
+    @property
+    def layers(self) -> List[int]:
+        """Every block that runs on compressed tokens."""
+        return [i for a, b in self.units for i in range(a, b + 1)]
+
+
 # ---------------------------------------------------------------- knob
 # the compression settings a knob value may be given with
 KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
@@ -244,8 +405,7 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
     if unknown:
         raise ValueError(f'unknown Prune-and-Merge knob options {unknown}; '
                          f'expected some of {known}')
-    config = method_spec(SPEC.name).config
-    o = {k: options[k] if k in options else config_default(config, k)
+    o = {k: options[k] if k in options else config_default(PMConfig, k)
          for k in KNOB_OPTIONS}
     first_block = options.get('first_block', 1)
     if o['mode'] == 'span':
@@ -278,4 +438,6 @@ SPEC = MethodSpec(
     fixed_shapes=True, per_image_merges=True, exports=True, structures=True,
     marker='o',
     picture_note='content-aware windows: centres fixed, windows of this '
-                 'image')
+                 'image',
+    config=PMConfig)
+register(SPEC)

@@ -34,16 +34,20 @@ pair must not hinge on bf16/fp16 rounding.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import ClassVar, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
 from .ops import (cosine_similarity, gather_tokens, initial_source,
                   merge_tokens)
+from .config import check_keys, check_layers
 from .reducer import TokenReducer
-from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
-                       compressible_blocks, no_options)
+from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
+                       compressible_blocks, no_options, register)
 
 DEFAULT_LAYERS = (2, 5)
 
@@ -216,6 +220,37 @@ class MPM(nn.Module, TokenReducer):
         return f'layers={self.layers}, class_token={self.class_token}'
 
 
+@dataclass(frozen=True)
+class MPMConfig:
+    """Mutual Pair Merging (``method='mpm'``; mpm.py), training-free.
+
+    ``layers``: the blocks (0-based) before which the mutual nearest-
+    neighbour pairs of the patch tokens become their means; the authors'
+    default (2, 5), before the 3rd and the 6th block, on every backbone.
+    There is no other setting (no keep rate, no threshold).
+    """
+
+    method: ClassVar[str]  # set by register()
+    layers: Tuple[int, ...] = DEFAULT_LAYERS
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'MPMConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'layers'}, 'mpm')
+        if 'layers' not in cfg and max(DEFAULT_LAYERS) >= num_layers:
+            raise UsageError(
+                f"method='mpm' merges before blocks {DEFAULT_LAYERS} by default "
+                f'but the backbone has {num_layers} blocks '
+                f'(0..{num_layers - 1}); give layers=[...] inside them')
+        layers = check_layers(cfg.get('layers', DEFAULT_LAYERS), num_layers,
+                               'layers')
+        return cls(layers=tuple(layers))
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> MPM:
+        return MPM(self.layers, class_token=with_cls_token)
+
+
 # ---------------------------------------------------------------- knob
 AUTHORS_STRIDE = 3  # the default (2, 5): a second insertion 3 blocks later
 
@@ -258,4 +293,6 @@ SPEC = MethodSpec(
     no_export=("each image keeps its own number of tokens, so the blocks' "
                'shapes depend on the input'),
     marker='P', discrete=True,
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=MPMConfig)
+register(SPEC)

@@ -22,18 +22,23 @@ grid back at any depth.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
 from .ops import (autocast_off, cosine_similarity, gather_tokens,
                   initial_source, key_metric, merge_tokens)
+from .config import (check_flag, check_keys, check_layers, check_number,
+                     per_layer)
 from .reducer import TokenReducer
-from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
-                       ModelShape, compressible_blocks, keep_rate_for,
-                       no_options)
+from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
+                       SOURCE_MAP_NOTE, compressible_blocks, keep_rate_for,
+                       no_options, register)
 
 
 def class_attention(q: Tensor, k: Tensor) -> Tensor:
@@ -203,6 +208,55 @@ class MSTM(nn.Module, TokenReducer):
         return f'keep_rates={self.keep_rates}'
 
 
+@dataclass(frozen=True)
+class MSTMConfig:
+    """Multi-Scale And Token Mergence (``method='mstm'``).
+
+    At each block of ``prune_layers`` the top ``keep_rate`` of the current
+    patch tokens (by class-token attention) stay; every other token is merged
+    into its most similar kept token. ``keep_rates`` maps each pruning block
+    to its rate (``keep_rate`` may be one float or one per pruning layer).
+    ``coarse``: fuse the zero-initialised 2x2 coarse branch into the tokens
+    before the first pruning layer.
+    """
+
+    method: ClassVar[str]  # set by register()
+    keep_rates: Dict[int, float] = field(default_factory=dict)
+    coarse: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'MSTMConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'prune_layers', 'keep_rate', 'coarse'},
+                    'mstm')
+        if 'prune_layers' not in cfg:
+            raise UsageError("method='mstm' needs prune_layers=[...] (the "
+                             'blocks that merge tokens), e.g. [2, 5, 8]')
+        given = cfg['prune_layers']
+        layers = check_layers(given, num_layers, 'prune_layers')
+        rates = per_layer(cfg.get('keep_rate', 0.7), list(given), 'keep_rate')
+        for rate in rates:
+            if not 0 < check_number(rate, 'keep_rate') <= 1:
+                raise UsageError(f'keep_rate must be in (0, 1], got {rate}')
+        keep_rates = {int(i): float(r) for i, r in zip(given, rates)}
+        coarse = check_flag(cfg.get('coarse', True), 'coarse')
+        return cls(keep_rates={i: keep_rates[i] for i in layers},
+                   coarse=coarse)
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> MSTM:
+        if not with_cls_token:
+            raise UsageError(
+                "compression method='mstm' ranks tokens by the class "
+                "token's attention and needs with_cls_token=True; use "
+                "method='tome' or 'pm' for a model without a class token")
+        return MSTM(embed_dims, self.keep_rates, self.coarse)
+
+    @property
+    def prune_layers(self) -> List[int]:
+        return list(self.keep_rates)
+
+
 # ---------------------------------------------------------------- knob
 def mstm_layers(num_layers: int) -> List[int]:
     """MSTM's pruning blocks: every other block from block 1, at most three
@@ -235,4 +289,6 @@ SPEC = MethodSpec(
     exports=False,
     no_export=SORTS_PER_IMAGE,
     marker='^',
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=MSTMConfig)
+register(SPEC)

@@ -26,9 +26,9 @@ Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.algm.ALGM`,
 :class:`mmseg_pm.compression.mpm.MPM`; every registered method
 (:func:`mmseg_pm.compression.registry.method_names`). A new method
-implements this mixin on an ``nn.Module``, declares its
-:class:`~.registry.MethodSpec` next to it and registers it with its config
-class (mmseg_pm/compression/config.py).
+implements this mixin on an ``nn.Module`` and declares its config class
+and its :class:`~.registry.MethodSpec` next to it in one module, which
+registers the spec and which the package's ``__init__`` imports.
 """
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
 """One description per compression method, and the registry of them.
 
-Every method declares a :class:`MethodSpec` next to its reducer (merge.py,
-tome.py, mstm.py, algm.py, hourglass.py, mpm.py) and is registered with its config class in config.py
-(``@register(SPEC)`` on the class). Everything outside ``compression/``
+Every method module (merge.py, mstm.py, tome.py, hourglass.py, algm.py,
+mpm.py) declares its reducer, its config class and its :class:`MethodSpec`
+and registers the spec (``register(SPEC)``); the package's ``__init__``
+imports every method module, so every method is registered before anything
+asks. This module imports none of them. Everything outside ``compression/``
 asks the registry (:func:`method_spec`, :func:`method_names`) instead of
 naming a method: the config parser, the study and benchmark knobs, the
 visualiser, the export tool, checkpoint messages
 (tests/test_methods.py holds that no other code names one).
 
-Adding a method therefore touches its own module (reducer, knob, spec), its
-config class and its registration line.
+Adding a method therefore means one module (reducer, config class, knob,
+spec, ``register(SPEC)``) and its line in the package's ``__init__``.
 
 Two flags say how a method's merges relate to the image:
 
@@ -61,7 +63,7 @@ class MethodSpec:
 
     ``name``: the ``compression=dict(method=name)`` key; ``label``: its name
     in tables, plots and pictures; ``config``: its config class (parses the
-    dict, builds the reducer; set by :func:`register`).
+    dict, builds the reducer).
 
     The knob: one integer whose FLOPs are monotone in it, what the study
     and the benchmark calibrate to a budget. ``knob`` says in words what it
@@ -123,23 +125,27 @@ class MethodSpec:
 _METHODS: Dict[str, MethodSpec] = {}
 
 
-def register(spec: MethodSpec):
-    """Class decorator for a method's config class: registers ``spec`` with
-    it (the class gets ``method = spec.name``)."""
+def register(spec: MethodSpec) -> MethodSpec:
+    """Register ``spec`` as it is (its config class gets ``method =
+    spec.name``); a second spec under the same name is refused."""
+    if spec.config is None:
+        raise ValueError(f'{spec.name}: a method is registered with its '
+                         'config class (MethodSpec.config)')
+    if spec.name in _METHODS and _METHODS[spec.name] is not spec:
+        raise ValueError(f'compression method {spec.name!r} is '
+                         'registered twice')
+    spec.config.method = spec.name
+    _METHODS[spec.name] = spec
+    return spec
 
-    def decorate(config: type) -> type:
-        if spec.name in _METHODS and _METHODS[spec.name].config is not config:
-            raise ValueError(f'compression method {spec.name!r} is '
-                             'registered twice')
-        config.method = spec.name
-        _METHODS[spec.name] = dataclasses.replace(spec, config=config)
-        return config
 
-    return decorate
+def unregister(name: str) -> None:
+    """Forget method ``name`` (a test's own method, once the test is
+    done)."""
+    del _METHODS[name]
 
 
 def _registered() -> Dict[str, MethodSpec]:
-    from . import config  # noqa: F401  (registers every method)
     return _METHODS
 
 
@@ -192,7 +198,7 @@ def no_options(name: str, options: dict) -> None:
                          f'{sorted(options)}')
 
 
-__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'register',
+__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'register', 'unregister',
            'method_names', 'method_specs', 'method_spec', 'peer_specs',
            'compressible_blocks', 'keep_rate_for', 'no_options',
            'config_default']

@@ -16,16 +16,20 @@ class token never merged. Token sizes then enter every later attention as a
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
 from .ops import (cosine_similarity, gather_tokens, initial_source, key_metric,
                   merge_tokens)
+from .config import check_keys, check_layers, per_layer
 from .reducer import TokenReducer
-from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
-                       ModelShape, no_options)
+from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
+                       SOURCE_MAP_NOTE, no_options, register)
 
 
 def bipartite_scores(metric: Tensor, protect_first: bool = True,
@@ -198,6 +202,39 @@ class ToMe(nn.Module, TokenReducer):
         return f'merges={self.merges}, class_token={self.class_token}'
 
 
+@dataclass(frozen=True)
+class ToMeConfig:
+    """Token Merging (``method='tome'``): ``merges`` maps each block of
+    ``layers`` (default: every block) to the number ``r`` of tokens it
+    merges away (``r`` may be one int or one per layer)."""
+
+    method: ClassVar[str]  # set by register()
+    merges: Dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'ToMeConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'layers', 'r'}, 'tome')
+        if 'r' not in cfg:
+            raise UsageError("method='tome' needs r= (tokens merged per "
+                             'block: an int, or a list with one per layer)')
+        given = cfg.get('layers', list(range(num_layers)))
+        layers = check_layers(given, num_layers, 'layers')
+        rs = per_layer(cfg['r'], list(given), 'r')
+        for r in rs:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+                raise UsageError(f'r must be a non-negative int, got {r!r}')
+        merges = dict(zip((int(i) for i in given), rs))
+        return cls(merges={i: merges[i] for i in layers})
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      with_cls_token: bool, img_size) -> ToMe:
+        check_tome_merges(self.merges, grid[0] * grid[1] + int(with_cls_token),
+                          with_cls_token,
+                          f' (the tokens of img_size={img_size})')
+        return ToMe(self.merges, class_token=with_cls_token)
+
+
 # ---------------------------------------------------------------- knob
 def tome_schedule(total_merges: int, num_layers: int) -> List[int]:
     """``r`` per block for ``total_merges`` spread evenly, front-loaded."""
@@ -239,4 +276,6 @@ SPEC = MethodSpec(
     exports=False,
     no_export=SORTS_PER_IMAGE,
     marker='v',
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=ToMeConfig)
+register(SPEC)

@@ -8,8 +8,8 @@ from mmengine.config import Config
 from mmseg.models.backbones import VisionTransformer
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.compression.config import MPMConfig, parse_compression
-from mmseg_pm.compression.mpm import MPM
+from mmseg_pm.compression.config import parse_compression
+from mmseg_pm.compression.mpm import MPM, MPMConfig
 from mmseg_pm.models import PMVisionTransformer
 from tests.compression.test_mpm import (reference_full_grid,
                                         reference_insertion)

@@ -5,7 +5,7 @@ content-aware windows alike; without them it does not."""
 import pytest
 import torch
 
-from mmseg_pm.compression.config import PMConfig
+from mmseg_pm.compression.merge import PMConfig
 from mmseg_pm.compression.merge import PruneAndMerge
 from mmseg_pm.compression.structure import build_structure
 from mmseg_pm.models.backbones.pm_vit import TransformerBlock

@@ -288,8 +288,8 @@ class PMVisionTransformer(BaseModule):
             ``keep_rate`` of the tokens and no pruning. The structures are
             built for the grid of ``img_size``. ``method=`` another
             registered method selects its reducer instead, with that
-            method's keys (any input size); see
-            mmseg_pm/compression/config.py.
+            method's keys (any input size); see each method's config
+            class in its module of mmseg_pm/compression/.
     """
 
     def __init__(self,
