@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from mmseg_pm.utils.errors import UsageError
 
 from .ops import (cosine_similarity, gather_tokens, initial_source,
-                  merge_tokens)
+                  merge_tokens, padding_bias)
 from .config import (block_index, check_flag, check_keys, check_number,
                      check_within_grid, is_int)
 from .reducer import TokenReducer
@@ -124,6 +124,12 @@ def adaptive_merge_count(best: Tensor, edges: Tensor, layer: int) -> Tensor:
     return (edges & (best >= threshold[:, None])).sum(dim=1)
 
 
+def real_tokens(size: Optional[Tensor]) -> Optional[Tensor]:
+    """(B, T) False at padding, which has size 0 (None: no sizes yet, no
+    padding)."""
+    return None if size is None else size > 0
+
+
 class ALGMState(NamedTuple):
     source: Tensor  # (B, T0): current token of every original token
     size: Optional[Tensor]  # (B, T) original tokens per token, 0: padding
@@ -136,8 +142,8 @@ class ALGM(nn.Module, TokenReducer):
     No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that
-    interface); :attr:`last_counts` says what each image of the last
-    forward pass kept.
+    interface); with ``trace_counts`` set, :attr:`last_counts` says what
+    each image of the last forward pass kept.
     """
 
     method = 'algm'
@@ -153,10 +159,8 @@ class ALGM(nn.Module, TokenReducer):
         self.window = tuple(window)
         self.class_token = class_token
         self.proportional_attention = proportional_attention
-        self._counts: List[Tensor] = []
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ALGMState:
-        self._counts = []
         return ALGMState(initial_source(x), None, tuple(hw))
 
     def attention_bias(self, size: Optional[Tensor]) -> Optional[Tensor]:
@@ -168,8 +172,7 @@ class ALGM(nn.Module, TokenReducer):
             return size.log()[:, None, None, :]
         if bool((size > 0).all()):
             return None
-        zero = size.new_zeros(())
-        return torch.where(size > 0, zero, -torch.inf)[:, None, None, :]
+        return padding_bias(size > 0, size.dtype)
 
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
                   state: ALGMState) -> Tuple[Tensor, ALGMState]:
@@ -179,7 +182,7 @@ class ALGM(nn.Module, TokenReducer):
         if not merges:
             self.record_source(i, state.source)
             out = layer(x, bias)
-            self._record_counts(state.size, out)
+            self.record_counts(i, out, real_tokens(state.size))
             return out, state
         x, _, _ = layer.attention_residual(x, bias)
         size = state.size if state.size is not None else x.new_ones(
@@ -196,7 +199,7 @@ class ALGM(nn.Module, TokenReducer):
         self.record_source(i, source)
         state = state._replace(source=source, size=size)
         out = layer.mlp_residual(x)
-        self._record_counts(size, out)
+        self.record_counts(i, out, real_tokens(size))
         return out, state
 
     def local_assign(self, x: Tensor, hw: Tuple[int, int]
@@ -219,17 +222,6 @@ class ALGM(nn.Module, TokenReducer):
         edges = torch.isfinite(best)
         r = adaptive_merge_count(best, edges, layer)
         return bipartite_assign(best, match, r, valid.sum(dim=1), x.shape[1])
-
-    def _record_counts(self, size: Optional[Tensor], out: Tensor) -> None:
-        counts = torch.full(out.shape[:1], out.shape[1], device=out.device) \
-            if size is None else (size > 0).sum(dim=1)
-        self._counts.append(counts.detach())
-
-    @property
-    def last_counts(self) -> Optional[Tensor]:
-        """(B, blocks run) tokens every image kept after each block of the
-        last forward pass (class token included), None before one."""
-        return torch.stack(self._counts, dim=1) if self._counts else None
 
     def full_grid(self, i: int, x: Tensor, state: ALGMState) -> Tensor:
         """(B, T, C) current tokens -> (B, T0, C), one per original token."""

@@ -259,16 +259,6 @@ class Hourglass(nn.Module, TokenReducer):
                 f'relative={self.relative}, norm={self.norm!r}')
 
 
-def hourglass_flops_overhead(num_patches: int, num_clusters: int,
-                             embed_dims: int, iters: int) -> int:
-    """FLOPs of Hourglass's own matrix products per image (pooling, each
-    iteration's distances and update, the reconstruction weights'
-    distances), not counting the per-output reconstruction product
-    (2 * N * K * C each). A cross-check for the counted FLOPs."""
-    nkc = 2 * num_patches * num_clusters * embed_dims
-    return nkc * (1 + 2 * iters + 1)
-
-
 @dataclass(frozen=True)
 class HourglassConfig:
     """Expedite's Hourglass (``method='hourglass'``, training-free): the

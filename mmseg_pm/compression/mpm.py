@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from mmseg_pm.utils.errors import UsageError
 
 from .ops import (cosine_similarity, gather_tokens, initial_source,
-                  merge_tokens)
+                  merge_tokens, padding_bias)
 from .config import check_keys, check_layers
 from .reducer import TokenReducer
 from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
@@ -135,8 +135,8 @@ class MPM(nn.Module, TokenReducer):
     No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that
-    interface); :attr:`last_counts` says what each image of the last
-    forward pass kept.
+    interface); with ``trace_counts`` set, :attr:`last_counts` says what
+    each image of the last forward pass kept.
     """
 
     method = 'mpm'
@@ -146,21 +146,9 @@ class MPM(nn.Module, TokenReducer):
         super().__init__()
         self.layers = tuple(sorted(int(i) for i in layers))
         self.class_token = class_token
-        self._counts: List[Tensor] = []
-        self._input_tokens = 0
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> MPMState:
-        self._counts, self._input_tokens = [], x.shape[1]
         return MPMState(initial_source(x), None)
-
-    @staticmethod
-    def attention_bias(x: Tensor, valid: Optional[Tensor]
-                       ) -> Optional[Tensor]:
-        """(B, 1, 1, T): -inf at padded keys, 0 elsewhere (None: none)."""
-        if valid is None:
-            return None
-        zero = x.new_zeros(())
-        return torch.where(valid, zero, -torch.inf)[:, None, None, :]
 
     def merge(self, x: Tensor, state: MPMState) -> Tuple[Tensor, MPMState]:
         """One insertion: (B, T, C) tokens -> the merged tokens (padded to
@@ -190,24 +178,13 @@ class MPM(nn.Module, TokenReducer):
         if i in self.layers:
             x, state = self.merge(x, state)
         self.record_source(i, state.source)
-        out = layer(x, self.attention_bias(x, state.valid))
-        self._record_counts(state.valid, out)
+        out = layer(x, padding_bias(state.valid, x.dtype))
+        self.record_counts(i, out, state.valid)
         return out, state
 
     def full_grid(self, i: int, x: Tensor, state: MPMState) -> Tensor:
         """(B, T, C) current tokens -> (B, T0, C), one per original token."""
         return gather_tokens(x, state.source)
-
-    def _record_counts(self, valid: Optional[Tensor], out: Tensor) -> None:
-        counts = torch.full(out.shape[:1], out.shape[1], device=out.device) \
-            if valid is None else valid.sum(dim=1)
-        self._counts.append(counts.detach())
-
-    @property
-    def last_counts(self) -> Optional[Tensor]:
-        """(B, blocks run) tokens every image kept in each block of the
-        last forward pass (class token included), None before one."""
-        return torch.stack(self._counts, dim=1) if self._counts else None
 
     # ------------------------------------------------------------ questions
     def merging_blocks(self) -> List[int]:

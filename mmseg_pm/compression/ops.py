@@ -54,6 +54,16 @@ def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
         return a @ b.transpose(-1, -2)
 
 
+def padding_bias(valid: Optional[Tensor], dtype: torch.dtype
+                 ) -> Optional[Tensor]:
+    """(B, 1, 1, T) attention bias of a padded batch: -inf at the keys
+    where ``valid`` (B, T) is False, 0 elsewhere (None: no padding)."""
+    if valid is None:
+        return None
+    zero = torch.zeros((), dtype=dtype, device=valid.device)
+    return torch.where(valid, zero, -torch.inf)[:, None, None, :]
+
+
 def batched_rows(index: Tensor, batch: int, rows: int) -> Tensor:
     """``index`` repeated for each of ``batch`` stacked blocks of ``rows``
     rows, as indices into the flattened (batch * rows, C) tensor.

@@ -17,7 +17,9 @@ depends on the image), its static structures if it has any (:attr:`units`,
 :meth:`structures`, :meth:`set_structures`), the name its weights have in
 checkpoints (:attr:`state_dict_name`), and, opted in with
 ``trace_source = True``, which current token holds each original position
-after every block (:attr:`sources`, like ToMe's ``trace_source``).
+after every block (:attr:`sources`, like ToMe's ``trace_source``), with
+``trace_counts = True`` how many tokens each image kept in every block
+(:attr:`last_counts`).
 
 Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
@@ -35,6 +37,7 @@ from __future__ import annotations
 from typing import (Any, Dict, List, Optional, Protocol, Sequence, Tuple,
                     runtime_checkable)
 
+import torch
 from torch import Tensor
 
 from .registry import MethodSpec, method_spec, method_specs
@@ -77,6 +80,7 @@ class TokenReducer:
     state_dict_name: str = MERGER_NAME
     bypass: bool = False
     trace_source: bool = False
+    trace_counts: bool = False
     # (first, last) blocks of each unit with a static structure
     units: Sequence[Tuple[int, int]] = ()
 
@@ -140,7 +144,7 @@ class TokenReducer:
         a method without :attr:`fixed_shapes` the most each block can run
         on: without an image nothing is known to be merged, so
         ``num_tokens`` everywhere (what images really kept is measured,
-        e.g. ALGM's and MPM's ``last_counts``)."""
+        e.g. ALGM's and MPM's :attr:`last_counts`)."""
         if not self.fixed_shapes:
             return [num_tokens] * num_layers
         raise NotImplementedError
@@ -177,3 +181,29 @@ class TokenReducer:
     def record_source(self, i: int, source: Tensor) -> None:
         if self.trace_source:
             self.sources[i] = source.detach()
+
+    @property
+    def counts(self) -> Dict[int, Tensor]:
+        """Block -> (B,) tokens every image kept in it (prefix tokens
+        included), recorded by the last forward pass while
+        ``trace_counts`` is True: what a padded batch really ran on."""
+        return self.__dict__.setdefault('_counts', {})
+
+    @property
+    def last_counts(self) -> Optional[Tensor]:
+        """(B, blocks) the :attr:`counts` in block order, None before a
+        traced forward pass."""
+        counts = self.counts
+        return torch.stack([counts[i] for i in sorted(counts)], dim=1) \
+            if counts else None
+
+    def record_counts(self, i: int, x: Tensor,
+                      valid: Optional[Tensor]) -> None:
+        """Record block ``i``'s tokens ``x`` (B, T, C) per image
+        (``valid`` (B, T) False at padding; None: none), only while
+        ``trace_counts`` is set (a count per block would put a graph break
+        into every compiled forward)."""
+        if self.trace_counts:
+            self.counts[i] = (torch.full(x.shape[:1], x.shape[1],
+                                         device=x.device)
+                              if valid is None else valid.sum(dim=1)).detach()

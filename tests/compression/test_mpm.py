@@ -161,7 +161,7 @@ def test_successive_insertions_equal_the_authors_rule(seed):
     cls = torch.randn(1, 8)
     x = torch.cat((cls, patches))[None]
     reducer = MPM(layers)
-    reducer.trace_source = True
+    reducer.trace_source = reducer.trace_counts = True
     state = reducer.start(x, (5, 6))
     tokens, groups = list(patches), [[i] for i in range(n)]
     uneven, counts = False, []

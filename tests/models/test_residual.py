@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.compression import (PMConfig, TokenCompressor,
+from mmseg_pm.compression import (PMConfig, TokenCompressor, merge_matrix,
                                   build_structure, grid_cells,
                                   mean_merge_weights, place_centres,
                                   search_structures)
@@ -80,7 +80,7 @@ def test_residual_unit_formula_by_hand(mode):
                 s = model.token_compressors[str(i)].structure()
                 m = torch.zeros(1 + s.num_groups, 16)
                 m[0, 0] = 1  # the class token is its own window
-                m[1:, 1:] = s.merge_matrix()
+                m[1:, 1:] = merge_matrix(s.group, s.weight, s.num_groups)
                 r = m.T.bool().float()  # R~ = 1 on M's support
                 unit = (units[i], current, m @ current, r)
                 y = unit[2]
