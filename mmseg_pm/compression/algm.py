@@ -39,11 +39,11 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import (cosine_similarity, gather_tokens, initial_source,
-                  merge_tokens, padding_bias)
+from .ops import (cosine_similarity, initial_source, merge_tokens,
+                  padding_bias)
 from .config import (block_index, check_flag, check_keys, check_number,
                      check_within_grid, is_int)
-from .reducer import TokenReducer
+from .reducer import SourceMapReducer
 from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
                        compressible_blocks, no_options, register)
 from .tome import bipartite_assign, bipartite_scores
@@ -136,7 +136,7 @@ class ALGMState(NamedTuple):
     hw: Tuple[int, int]
 
 
-class ALGM(nn.Module, TokenReducer):
+class ALGM(nn.Module, SourceMapReducer):
     """ALGM in the backbone: a local merge at ``local_block`` and a global
     merge at ``global_block`` (None: none), both 0-based block indices.
     No parameters.
@@ -222,10 +222,6 @@ class ALGM(nn.Module, TokenReducer):
         edges = torch.isfinite(best)
         r = adaptive_merge_count(best, edges, layer)
         return bipartite_assign(best, match, r, valid.sum(dim=1), x.shape[1])
-
-    def full_grid(self, i: int, x: Tensor, state: ALGMState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
 
     # ------------------------------------------------------------ questions
     def merging_blocks(self) -> List[int]:

@@ -42,10 +42,10 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import (cosine_similarity, gather_tokens, initial_source,
-                  merge_tokens, padding_bias)
+from .ops import (cosine_similarity, initial_source, merge_tokens,
+                  padding_bias)
 from .config import check_keys, check_layers
-from .reducer import TokenReducer
+from .reducer import SourceMapReducer
 from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
                        compressible_blocks, no_options, register)
 
@@ -129,7 +129,7 @@ class MPMState(NamedTuple):
     valid: Optional[Tensor]  # (B, T) False at padding; None: no padding
 
 
-class MPM(nn.Module, TokenReducer):
+class MPM(nn.Module, SourceMapReducer):
     """MPM in the backbone: before every block of ``layers`` (0-based), the
     mutual nearest-neighbour pairs of the patch tokens become their means.
     No parameters.
@@ -181,10 +181,6 @@ class MPM(nn.Module, TokenReducer):
         out = layer(x, padding_bias(state.valid, x.dtype))
         self.record_counts(i, out, state.valid)
         return out, state
-
-    def full_grid(self, i: int, x: Tensor, state: MPMState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
 
     # ------------------------------------------------------------ questions
     def merging_blocks(self) -> List[int]:

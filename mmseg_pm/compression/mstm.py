@@ -35,7 +35,7 @@ from .ops import (autocast_off, cosine_similarity, gather_tokens,
                   initial_source, key_metric, merge_tokens)
 from .config import (check_flag, check_keys, check_layers, check_number,
                      per_layer)
-from .reducer import TokenReducer
+from .reducer import SourceMapReducer
 from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
                        SOURCE_MAP_NOTE, compressible_blocks, keep_rate_for,
                        no_options, register)
@@ -121,7 +121,7 @@ class MSTMState(NamedTuple):
     coarse: Optional[Tensor]  # (B, H*W, C) coarse tokens until fused
 
 
-class MSTM(nn.Module, TokenReducer):
+class MSTM(nn.Module, SourceMapReducer):
     """MSTM in the backbone. ``keep_rates`` maps each pruning block to the
     fraction of the current patch tokens it keeps as crucial tokens.
     Needs the class token (its attention is the importance).
@@ -183,10 +183,6 @@ class MSTM(nn.Module, TokenReducer):
         source = assign.gather(1, state.source)
         self.record_source(i, source)
         return layer.mlp_residual(x), state._replace(source=source)
-
-    def full_grid(self, i: int, x: Tensor, state: MSTMState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
 
     def merging_blocks(self) -> List[int]:
         return list(self.keep_rates)

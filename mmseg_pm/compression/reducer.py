@@ -21,7 +21,8 @@ after every block (:attr:`sources`, like ToMe's ``trace_source``), with
 ``trace_counts = True`` how many tokens each image kept in every block
 (:attr:`last_counts`).
 
-Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
+Implementations (those with a source map through :class:`SourceMapReducer`):
+:class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
 :class:`mmseg_pm.compression.tome.ToMe`,
 :class:`mmseg_pm.compression.hourglass.Hourglass`,
@@ -40,6 +41,7 @@ from typing import (Any, Dict, List, Optional, Protocol, Sequence, Tuple,
 import torch
 from torch import Tensor
 
+from .ops import gather_tokens
 from .registry import MethodSpec, method_spec, method_specs
 
 # The names the backbone registers a reducer under (its state_dict_name),
@@ -207,3 +209,13 @@ class TokenReducer:
             self.counts[i] = (torch.full(x.shape[:1], x.shape[1],
                                          device=x.device)
                               if valid is None else valid.sum(dim=1)).detach()
+
+
+class SourceMapReducer(TokenReducer):
+    """A reducer whose state carries the source map (``state.source``,
+    (B, T0): the current token of every original one): its full grid is
+    one gather (ToMe, MSTM, ALGM, MPM)."""
+
+    def full_grid(self, i: int, x: Tensor, state: Any) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
+        return gather_tokens(x, state.source)

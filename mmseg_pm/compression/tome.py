@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import (cosine_similarity, gather_tokens, initial_source, key_metric,
-                  merge_tokens)
+from .ops import cosine_similarity, initial_source, key_metric, merge_tokens
 from .config import check_keys, check_layers, per_layer
-from .reducer import TokenReducer
+from .reducer import SourceMapReducer
 from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
                        SOURCE_MAP_NOTE, no_options, register)
 
@@ -139,7 +138,7 @@ class ToMeState(NamedTuple):
     size: Optional[Tensor]  # (B, T) original tokens per current token
 
 
-class ToMe(nn.Module, TokenReducer):
+class ToMe(nn.Module, SourceMapReducer):
     """ToMe in the backbone: the blocks of ``merges`` merge ``r`` tokens each
     between their attention and their MLP; every block after a merge uses
     proportional attention. No parameters.
@@ -176,10 +175,6 @@ class ToMe(nn.Module, TokenReducer):
         source = assign.gather(1, state.source)
         self.record_source(i, source)
         return layer.mlp_residual(x), ToMeState(source, size)
-
-    def full_grid(self, i: int, x: Tensor, state: ToMeState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
 
     def merging_blocks(self) -> List[int]:
         return [i for i, r in self.merges.items() if r > 0]
