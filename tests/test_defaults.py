@@ -43,7 +43,7 @@ def reducer_class(spec):
     lo, hi = spec.knob_range(shape)
     config = spec.config.from_dict(
         spec.knob_compression(max(lo, (lo + hi) // 2, 1), shape), 4)
-    return type(config.build_reducer((8, 8), 32, True, (64, 64)))
+    return type(config.build_reducer((8, 8), 32, 1, (64, 64)))
 
 
 def test_every_reducer_defaults_to_its_config_class():

@@ -150,14 +150,14 @@ class ALGM(nn.Module, SourceMapReducer):
 
     def __init__(self, local_block: int = 0, global_block: Optional[int] = 4,
                  threshold: float = 0.88, window: Tuple[int, int] = (2, 2),
-                 class_token: bool = True,
+                 num_prefix: int = 1,
                  proportional_attention: bool = False):
         super().__init__()
         self.local_block = local_block
         self.global_block = global_block
         self.threshold = threshold
         self.window = tuple(window)
-        self.class_token = class_token
+        self.num_prefix = num_prefix
         self.proportional_attention = proportional_attention
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ALGMState:
@@ -204,7 +204,7 @@ class ALGM(nn.Module, SourceMapReducer):
 
     def local_assign(self, x: Tensor, hw: Tuple[int, int]
                      ) -> Tuple[Tensor, Tensor]:
-        prefix = int(self.class_token)
+        prefix = self.num_prefix
         num_patches = x.shape[1] - prefix
         if num_patches != hw[0] * hw[1]:
             raise ValueError(
@@ -218,7 +218,7 @@ class ALGM(nn.Module, SourceMapReducer):
 
     def global_assign(self, x: Tensor, valid: Tensor, layer: int
                       ) -> Tuple[Tensor, Tensor]:
-        best, match = bipartite_scores(x, self.class_token, valid)
+        best, match = bipartite_scores(x, self.num_prefix, valid)
         edges = torch.isfinite(best)
         r = adaptive_merge_count(best, edges, layer)
         return bipartite_assign(best, match, r, valid.sum(dim=1), x.shape[1])
@@ -299,12 +299,12 @@ class ALGMConfig:
                    proportional_attention=prop)
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> ALGM:
+                      num_prefix: int, img_size) -> ALGM:
         check_within_grid('window', self.window, grid, img_size,
                            'no window fits, so no token would merge '
                            "locally", "(the authors' window is (2, 2))")
         return ALGM(self.local_layer, self.global_layer, self.threshold,
-                    self.window, with_cls_token, self.proportional_attention)
+                    self.window, num_prefix, self.proportional_attention)
 
 
 # ---------------------------------------------------------------- knob

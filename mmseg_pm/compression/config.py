@@ -132,9 +132,9 @@ class AnyCompressionConfig(Protocol):
         """The validated config of a ``compression=`` dict."""
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> TokenReducer:
-        """Its reducer for a backbone with this grid, width and class
-        token."""
+                      num_prefix: int, img_size) -> TokenReducer:
+        """Its reducer for a backbone with this grid, width and
+        ``num_prefix`` tokens before the patch tokens (the class token)."""
 
 
 def parse_compression(cfg: Optional[dict],
@@ -152,8 +152,9 @@ def build_reducer(config: Optional[AnyCompressionConfig],
                   with_cls_token: bool = True,
                   img_size=None) -> Optional[TokenReducer]:
     """The token reducer of a parsed ``compression=`` (None: dense), for a
-    backbone with this token grid, width and class token."""
+    backbone with this token grid, width and class token (the backbone's
+    ``with_cls_token``: inside compression/, ``num_prefix`` tokens)."""
     if config is None:
         return None
-    return config.build_reducer(tuple(grid), embed_dims, with_cls_token,
+    return config.build_reducer(tuple(grid), embed_dims, int(with_cls_token),
                                 img_size)

@@ -171,7 +171,7 @@ class Hourglass(nn.Module, TokenReducer):
                  window: int = 5, temperature: float = 50.0,
                  k: int = 20, recon_temperature: float = 50.0,
                  relative: bool = True, norm: str = 'sum',
-                 class_token: bool = True):
+                 num_prefix: int = 1):
         super().__init__()
         self.alpha = alpha
         self.cells = tuple(cells)
@@ -182,7 +182,7 @@ class Hourglass(nn.Module, TokenReducer):
         self.recon_temperature = recon_temperature
         self.relative = relative
         self.norm = norm
-        self.class_token = class_token
+        self.num_prefix = num_prefix
 
     def cells_for(self, hw: Tuple[int, int]) -> Tuple[int, int]:
         """The cluster grid for a token grid: ``cells``, no finer than it."""
@@ -218,7 +218,7 @@ class Hourglass(nn.Module, TokenReducer):
                   state: HourglassState) -> Tuple[Tensor, HourglassState]:
         """Block ``i``; the clustering runs just before block ``alpha``."""
         if i == self.alpha and self.reduces(state.hw):
-            prefix = int(self.class_token)
+            prefix = self.num_prefix
             c, weight, labels = self.cluster(x[:, prefix:], state.hw)
             x = torch.cat((x[:, :prefix], c), dim=1)
             source = state.source
@@ -233,7 +233,7 @@ class Hourglass(nn.Module, TokenReducer):
         every patch token its weighted mix of the clusters."""
         if state.weight is None:
             return x
-        prefix = int(self.class_token)
+        prefix = self.num_prefix
         patches = state.weight.to(x.dtype) @ x[:, prefix:]
         return torch.cat((x[:, :prefix], patches), dim=1)
 
@@ -247,7 +247,7 @@ class Hourglass(nn.Module, TokenReducer):
         """Tokens each block runs on, class token included, for
         ``num_tokens`` input tokens of a square-ish grid (the count after
         clustering is h*w + the class token when that is fewer)."""
-        prefix = int(self.class_token)
+        prefix = self.num_prefix
         clustered = min(num_tokens, self.cells[0] * self.cells[1] + prefix)
         return [num_tokens if i < self.alpha else clustered
                 for i in range(num_layers)]
@@ -333,7 +333,7 @@ class HourglassConfig:
         return cls(alpha=alpha, clusters=clusters, **cfg)
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> Hourglass:
+                      num_prefix: int, img_size) -> Hourglass:
         # as many clusters as tokens is allowed: the dense model, as
         # keep_rate=1 is for Prune and Merge
         check_within_grid('clusters', self.clusters, grid, img_size,
@@ -341,7 +341,7 @@ class HourglassConfig:
                            'cluster nothing', 'clusters (fewer save FLOPs)')
         return Hourglass(self.alpha, self.clusters, self.iters, self.window,
                          self.temperature, self.k, self.recon_temperature,
-                         self.relative, self.norm, with_cls_token)
+                         self.relative, self.norm, num_prefix)
 
 
 # ---------------------------------------------------------------- knob

@@ -341,11 +341,11 @@ class PMConfig:
                 "'pinv': the authors' pseudo-inverse, for their checkpoints)")
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> PruneAndMerge:
+                      num_prefix: int, img_size) -> PruneAndMerge:
         """Its reducer, every unit on centres on a regular lattice with
         keep_rate of the tokens (until structures are installed)."""
         default = lattice_structure(grid, self.keep_rate, self.rule)
-        return PruneAndMerge(self.units, default, int(with_cls_token),
+        return PruneAndMerge(self.units, default, num_prefix,
                              self.impl, self.trainable, self.reconstruct,
                              self.assign, self.neighbourhood,
                              self.proportional_attention)

@@ -142,10 +142,10 @@ class MPM(nn.Module, SourceMapReducer):
     method = 'mpm'
 
     def __init__(self, layers: Sequence[int] = DEFAULT_LAYERS,
-                 class_token: bool = True):
+                 num_prefix: int = 1):
         super().__init__()
         self.layers = tuple(sorted(int(i) for i in layers))
-        self.class_token = class_token
+        self.num_prefix = num_prefix
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> MPMState:
         return MPMState(initial_source(x), None)
@@ -153,7 +153,7 @@ class MPM(nn.Module, SourceMapReducer):
     def merge(self, x: Tensor, state: MPMState) -> Tuple[Tensor, MPMState]:
         """One insertion: (B, T, C) tokens -> the merged tokens (padded to
         the batch's largest image) and the new state."""
-        prefix = int(self.class_token)
+        prefix = self.num_prefix
         patches = x[:, prefix:]
         valid = None if state.valid is None else state.valid[:, prefix:]
         partner = mutual_partners(patches, valid)
@@ -190,7 +190,7 @@ class MPM(nn.Module, SourceMapReducer):
         return list(range(self.layers[0], num_layers)) if self.layers else []
 
     def extra_repr(self) -> str:
-        return f'layers={self.layers}, class_token={self.class_token}'
+        return f'layers={self.layers}, num_prefix={self.num_prefix}'
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,8 @@ class MPMConfig:
         return cls(layers=tuple(layers))
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> MPM:
-        return MPM(self.layers, class_token=with_cls_token)
+                      num_prefix: int, img_size) -> MPM:
+        return MPM(self.layers, num_prefix)
 
 
 # ---------------------------------------------------------------- knob

@@ -130,6 +130,7 @@ class MSTM(nn.Module, SourceMapReducer):
     """
 
     method = 'mstm'
+    num_prefix = 1  # the class token, whose attention ranks the tokens
 
     def __init__(self, embed_dims: int, keep_rates: Dict[int, float],
                  coarse: bool = True):
@@ -141,14 +142,16 @@ class MSTM(nn.Module, SourceMapReducer):
         self.coarse = CoarseBranch(embed_dims) if coarse else None
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> MSTMState:
-        coarse = None if self.coarse is None else self.coarse(x[:, 1:], hw)
+        p = self.num_prefix
+        coarse = None if self.coarse is None else self.coarse(x[:, p:], hw)
         return MSTMState(initial_source(x), coarse)
 
     def fuse_coarse(self, i: int, x: Tensor,
                     state: MSTMState) -> Tuple[Tensor, MSTMState]:
         """The coarse tokens added before the first pruning block."""
         if i == self.fuse_layer and state.coarse is not None:
-            x = torch.cat((x[:, :1], x[:, 1:] + state.coarse), dim=1)
+            p = self.num_prefix
+            x = torch.cat((x[:, :p], x[:, p:] + state.coarse), dim=1)
             state = state._replace(coarse=None)
         return x, state
 
@@ -164,7 +167,8 @@ class MSTM(nn.Module, SourceMapReducer):
         """Block ``i`` on ``x``: fuses the coarse tokens before the first
         pruning block; merges at pruning blocks."""
         x, state = self.fuse_coarse(i, x, state)
-        num_patches = x.shape[1] - 1
+        p = self.num_prefix
+        num_patches = x.shape[1] - p
         num_keep = num_patches
         if i in self.keep_rates:
             num_keep = num_crucial(num_patches, self.keep_rates[i])
@@ -173,13 +177,13 @@ class MSTM(nn.Module, SourceMapReducer):
             return layer(x), state
         x, q, k = layer.attention_residual(x)
         importance = class_attention(q, k)
-        patch_slots = crucial_token_matching(key_metric(k)[:, 1:], importance,
+        patch_slots = crucial_token_matching(key_metric(k)[:, p:], importance,
                                              num_keep)
-        assign = F.pad(patch_slots + 1, (1, 0))  # class token: slot 0
+        assign = F.pad(patch_slots + p, (p, 0))  # class token: slot 0
         # an underflowed softmax must not leave a group with zero weight
         importance = importance.clamp_min(torch.finfo(importance.dtype).tiny)
-        weight = F.pad(importance, (1, 0), value=1.0)
-        x, _ = merge_tokens(x, assign, weight, num_keep + 1)
+        weight = F.pad(importance, (p, 0), value=1.0)
+        x, _ = merge_tokens(x, assign, weight, num_keep + p)
         source = assign.gather(1, state.source)
         self.record_source(i, source)
         return layer.mlp_residual(x), state._replace(source=source)
@@ -193,11 +197,11 @@ class MSTM(nn.Module, SourceMapReducer):
     def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
         """Tokens each block outputs (its MLP runs on them), class token
         included, for ``num_tokens`` input tokens."""
-        counts, num_patches = [], num_tokens - 1
+        counts, num_patches = [], num_tokens - self.num_prefix
         for i in range(num_layers):
             if i in self.keep_rates:
                 num_patches = num_crucial(num_patches, self.keep_rates[i])
-            counts.append(num_patches + 1)
+            counts.append(num_patches + self.num_prefix)
         return counts
 
     def extra_repr(self) -> str:
@@ -240,8 +244,8 @@ class MSTMConfig:
                    coarse=coarse)
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> MSTM:
-        if not with_cls_token:
+                      num_prefix: int, img_size) -> MSTM:
+        if num_prefix != MSTM.num_prefix:
             raise UsageError(
                 "compression method='mstm' ranks tokens by the class "
                 "token's attention and needs with_cls_token=True; use "

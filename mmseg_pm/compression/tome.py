@@ -31,19 +31,20 @@ from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
                        SOURCE_MAP_NOTE, no_options, register)
 
 
-def bipartite_scores(metric: Tensor, protect_first: bool = True,
+def bipartite_scores(metric: Tensor, num_prefix: int = 1,
                      valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """ToMe's edges: tokens 0, 2, 4, ... form set A and 1, 3, 5, ... set B;
     each A token's best edge goes to its most similar B token (cosine).
 
     ``metric`` (B, T, d); ``valid`` (B, T) False at padding (a batch whose
     images hold different numbers of tokens): padding has no edge (-inf)
-    and is never an edge's end. ``protect_first`` gives token 0 (the class
-    token) no edge. Returns the best score and its B index, (B, |A|) each.
+    and is never an edge's end. A prefix token (``num_prefix`` 0 or 1: the
+    class token, token 0) has no edge. Returns the best score and its B
+    index, (B, |A|) each.
     """
     with torch.no_grad():
         scores = cosine_similarity(metric[:, ::2], metric[:, 1::2])
-        if protect_first:
+        if num_prefix:
             scores[:, 0] = -torch.inf
         if valid is not None:
             scores = scores.masked_fill(~valid[:, None, 1::2], -torch.inf)
@@ -88,43 +89,43 @@ def bipartite_assign(best: Tensor, match: Tensor, r: Tensor,
 
 
 def bipartite_soft_matching(metric: Tensor, r: int,
-                            protect_first: bool = True) -> Tuple[Tensor, int]:
+                            num_prefix: int = 1) -> Tuple[Tensor, int]:
     """ToMe's matching: the slot of each token after merging ``r`` of them
     (the ``r`` A tokens with the most similar edges, see
     :func:`bipartite_scores` and :func:`bipartite_assign`) in every image.
     Returns (assign (B, T), number of slots T - r)."""
     b, t, _ = metric.shape
-    best, match = bipartite_scores(metric, protect_first)
+    best, match = bipartite_scores(metric, num_prefix)
     full = torch.full((b, ), t, device=metric.device)
     assign, _ = bipartite_assign(best, match, torch.full_like(full, r), full,
                                  t)
     return assign, t - r
 
 
-def tome_merges(num_tokens: int, r: int, protect_first: bool) -> int:
+def tome_merges(num_tokens: int, r: int, num_prefix: int) -> int:
     """``r`` capped at what bipartite matching can merge: half the
     mergeable tokens (ToMe's cap)."""
-    return max(0, min(r, (num_tokens - int(protect_first)) // 2))
+    return max(0, min(r, (num_tokens - num_prefix) // 2))
 
 
 def capped_merges(rs: List[int], num_tokens: int,
-                  protect_first: bool = True) -> List[int]:
+                  num_prefix: int = 1) -> List[int]:
     """The ``r`` each consecutive block really merges (see
     :func:`tome_merges`) for ``num_tokens`` input tokens."""
     capped = []
     for r in rs:
-        capped.append(tome_merges(num_tokens, r, protect_first))
+        capped.append(tome_merges(num_tokens, r, num_prefix))
         num_tokens -= capped[-1]
     return capped
 
 
 def check_tome_merges(merges: Dict[int, int], num_tokens: int,
-                      protect_first: bool, where: str = '') -> None:
+                      num_prefix: int, where: str = '') -> None:
     """Refuse an ``r`` larger than what bipartite matching can merge in its
     block (half the mergeable tokens the block has, after the merges of
     the blocks before it), for ``num_tokens`` input tokens."""
     for block in sorted(merges):
-        cap = tome_merges(num_tokens, num_tokens, protect_first)
+        cap = tome_merges(num_tokens, num_tokens, num_prefix)
         if merges[block] > cap:
             raise ValueError(
                 f'ToMe r={merges[block]} at block {block}: the block has '
@@ -148,10 +149,10 @@ class ToMe(nn.Module, SourceMapReducer):
 
     method = 'tome'
 
-    def __init__(self, merges: Dict[int, int], class_token: bool = True):
+    def __init__(self, merges: Dict[int, int], num_prefix: int = 1):
         super().__init__()
         self.merges = dict(sorted(merges.items()))
-        self.class_token = class_token
+        self.num_prefix = num_prefix
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ToMeState:
         return ToMeState(initial_source(x), None)
@@ -162,13 +163,13 @@ class ToMe(nn.Module, SourceMapReducer):
         bias = None
         if state.size is not None:  # proportional attention
             bias = state.size.log()[:, None, None, :]
-        r = tome_merges(x.shape[1], self.merges.get(i, 0), self.class_token)
+        r = tome_merges(x.shape[1], self.merges.get(i, 0), self.num_prefix)
         if r == 0:
             self.record_source(i, state.source)
             return layer(x, bias), state
         x, _, k = layer.attention_residual(x, bias)
         assign, num_slots = bipartite_soft_matching(key_metric(k), r,
-                                                    self.class_token)
+                                                    self.num_prefix)
         size = state.size if state.size is not None else x.new_ones(
             x.shape[:2])
         x, size = merge_tokens(x, assign, size, num_slots)
@@ -189,12 +190,12 @@ class ToMe(nn.Module, SourceMapReducer):
         counts = []
         for i in range(num_layers):
             num_tokens -= tome_merges(num_tokens, self.merges.get(i, 0),
-                                      self.class_token)
+                                      self.num_prefix)
             counts.append(num_tokens)
         return counts
 
     def extra_repr(self) -> str:
-        return f'merges={self.merges}, class_token={self.class_token}'
+        return f'merges={self.merges}, num_prefix={self.num_prefix}'
 
 
 @dataclass(frozen=True)
@@ -223,11 +224,10 @@ class ToMeConfig:
         return cls(merges={i: merges[i] for i in layers})
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
-                      with_cls_token: bool, img_size) -> ToMe:
-        check_tome_merges(self.merges, grid[0] * grid[1] + int(with_cls_token),
-                          with_cls_token,
-                          f' (the tokens of img_size={img_size})')
-        return ToMe(self.merges, class_token=with_cls_token)
+                      num_prefix: int, img_size) -> ToMe:
+        check_tome_merges(self.merges, grid[0] * grid[1] + num_prefix,
+                          num_prefix, f' (the tokens of img_size={img_size})')
+        return ToMe(self.merges, num_prefix)
 
 
 # ---------------------------------------------------------------- knob

@@ -237,7 +237,7 @@ def test_ade20k_configs_take_the_authors_layers(arch):
     parsed = parse_compression(b.compression, b.num_layers)
     assert parsed.layers == (2, 5)
     reducer = parsed.build_reducer((size // 16, size // 16), b.embed_dims,
-                                   True, b.img_size)
+                                   1, b.img_size)
     assert isinstance(reducer, MPM) and reducer.merging_blocks() == [2, 5]
     assert reducer.blocks(b.num_layers) == list(range(2, b.num_layers))
 

@@ -60,7 +60,7 @@ def test_bipartite_matching_on_a_hand_made_example():
     assert torch.allclose(merged[0, 4], (2 * x[0, 2] + x[0, 5]) / 3)
     assert torch.equal(merged[0, [0, 1, 3]], x[0, [0, 6, 3]])
     # without protection the class token merges into its twin, token 3
-    assign, _ = bipartite_soft_matching(metric, r=1, protect_first=False)
+    assign, _ = bipartite_soft_matching(metric, r=1, num_prefix=0)
     assert assign[0, 0] == assign[0, 3]
 
 
