@@ -137,8 +137,8 @@ class ALGMState(NamedTuple):
 
 
 class ALGM(nn.Module, SourceMapReducer):
-    """ALGM in the backbone: a local merge at ``local_block`` and a global
-    merge at ``global_block`` (None: none), both 0-based block indices.
+    """ALGM in the backbone: a local merge at ``local_layer`` and a global
+    merge at ``global_layer`` (None: none), both 0-based block indices.
     No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that
@@ -148,13 +148,13 @@ class ALGM(nn.Module, SourceMapReducer):
 
     method = 'algm'
 
-    def __init__(self, local_block: int = 0, global_block: Optional[int] = 4,
+    def __init__(self, local_layer: int = 0, global_layer: Optional[int] = 4,
                  threshold: float = 0.88, window: Tuple[int, int] = (2, 2),
                  num_prefix: int = 1,
                  proportional_attention: bool = False):
         super().__init__()
-        self.local_block = local_block
-        self.global_block = global_block
+        self.local_layer = local_layer
+        self.global_layer = global_layer
         self.threshold = threshold
         self.window = tuple(window)
         self.num_prefix = num_prefix
@@ -178,7 +178,7 @@ class ALGM(nn.Module, SourceMapReducer):
                   state: ALGMState) -> Tuple[Tensor, ALGMState]:
         """Block ``i`` on ``x`` (merging at the two blocks)."""
         bias = self.attention_bias(state.size)
-        merges = i in (self.local_block, self.global_block)
+        merges = i in (self.local_layer, self.global_layer)
         if not merges:
             self.record_source(i, state.source)
             out = layer(x, bias)
@@ -187,7 +187,7 @@ class ALGM(nn.Module, SourceMapReducer):
         x, _, _ = layer.attention_residual(x, bias)
         size = state.size if state.size is not None else x.new_ones(
             x.shape[:2])
-        if i == self.local_block:
+        if i == self.local_layer:
             assign, slots = self.local_assign(x, state.hw)
             num_slots = int(slots.max())
         else:
@@ -208,7 +208,7 @@ class ALGM(nn.Module, SourceMapReducer):
         num_patches = x.shape[1] - prefix
         if num_patches != hw[0] * hw[1]:
             raise ValueError(
-                f'ALGM local merge at block {self.local_block} needs the full '
+                f'ALGM local merge at block {self.local_layer} needs the full '
                 f'{hw[0]}x{hw[1]} grid but the block has {num_patches} patch '
                 'tokens; put the local merge before the global one')
         windows = grid_windows(hw, self.window, x.device)
@@ -225,15 +225,15 @@ class ALGM(nn.Module, SourceMapReducer):
 
     # ------------------------------------------------------------ questions
     def merging_blocks(self) -> List[int]:
-        return [i for i in (self.local_block, self.global_block)
+        return [i for i in (self.local_layer, self.global_layer)
                 if i is not None]
 
     def blocks(self, num_layers: int) -> List[int]:
-        return list(range(self.local_block, num_layers))
+        return list(range(self.local_layer, num_layers))
 
     def extra_repr(self) -> str:
-        return (f'local_block={self.local_block}, '
-                f'global_block={self.global_block}, '
+        return (f'local_layer={self.local_layer}, '
+                f'global_layer={self.global_layer}, '
                 f'threshold={self.threshold}, window={self.window}, '
                 f'proportional_attention={self.proportional_attention}')
 

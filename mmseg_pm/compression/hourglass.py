@@ -158,7 +158,7 @@ class HourglassState(NamedTuple):
 
 class Hourglass(nn.Module, TokenReducer):
     """Hourglass in the backbone: clusters before block ``alpha`` into
-    ``cells`` = (h, w) clusters, reconstructs the full grid at every output
+    ``clusters`` = (h, w) clusters, reconstructs the full grid at every output
     after. No parameters. With as many clusters as tokens (or more) it is
     the dense model.
 
@@ -167,14 +167,14 @@ class Hourglass(nn.Module, TokenReducer):
 
     method = 'hourglass'
 
-    def __init__(self, alpha: int, cells: Tuple[int, int], iters: int = 5,
+    def __init__(self, alpha: int, clusters: Tuple[int, int], iters: int = 5,
                  window: int = 5, temperature: float = 50.0,
                  k: int = 20, recon_temperature: float = 50.0,
                  relative: bool = True, norm: str = 'sum',
                  num_prefix: int = 1):
         super().__init__()
         self.alpha = alpha
-        self.cells = tuple(cells)
+        self.clusters = tuple(clusters)
         self.iters = iters
         self.window = window
         self.temperature = temperature
@@ -184,12 +184,13 @@ class Hourglass(nn.Module, TokenReducer):
         self.norm = norm
         self.num_prefix = num_prefix
 
-    def cells_for(self, hw: Tuple[int, int]) -> Tuple[int, int]:
-        """The cluster grid for a token grid: ``cells``, no finer than it."""
-        return (min(self.cells[0], hw[0]), min(self.cells[1], hw[1]))
+    def clusters_for(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+        """The cluster grid for a token grid: ``clusters``, no finer than
+        it."""
+        return (min(self.clusters[0], hw[0]), min(self.clusters[1], hw[1]))
 
     def reduces(self, hw: Tuple[int, int]) -> bool:
-        cells = self.cells_for(hw)
+        cells = self.clusters_for(hw)
         return cells[0] * cells[1] < hw[0] * hw[1]
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> HourglassState:
@@ -199,7 +200,7 @@ class Hourglass(nn.Module, TokenReducer):
                 ) -> Tuple[Tensor, Tensor, Tensor]:
         """Patch tokens -> (clusters (B, K, C) in x's dtype, reconstruction
         weights (B, N, K), hard assignment (B, N)); fp32 inside."""
-        cells = self.cells_for(hw)
+        cells = self.clusters_for(hw)
         device = x.device
         with autocast_off(device.type):
             f = x.float()
@@ -248,12 +249,13 @@ class Hourglass(nn.Module, TokenReducer):
         ``num_tokens`` input tokens of a square-ish grid (the count after
         clustering is h*w + the class token when that is fewer)."""
         prefix = self.num_prefix
-        clustered = min(num_tokens, self.cells[0] * self.cells[1] + prefix)
+        clustered = min(num_tokens, self.clusters[0] * self.clusters[1] + prefix)
         return [num_tokens if i < self.alpha else clustered
                 for i in range(num_layers)]
 
     def extra_repr(self) -> str:
-        return (f'alpha={self.alpha}, cells={self.cells}, iters={self.iters}, '
+        return (f'alpha={self.alpha}, clusters={self.clusters}, '
+                f'iters={self.iters}, '
                 f'window={self.window}, temperature={self.temperature}, '
                 f'k={self.k}, recon_temperature={self.recon_temperature}, '
                 f'relative={self.relative}, norm={self.norm!r}')

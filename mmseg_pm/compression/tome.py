@@ -140,8 +140,8 @@ class ToMeState(NamedTuple):
 
 
 class ToMe(nn.Module, SourceMapReducer):
-    """ToMe in the backbone: the blocks of ``merges`` merge ``r`` tokens each
-    between their attention and their MLP; every block after a merge uses
+    """ToMe in the backbone: each block of ``r`` merges ``r[block]`` tokens
+    between its attention and its MLP; every block after a merge uses
     proportional attention. No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that interface).
@@ -149,9 +149,9 @@ class ToMe(nn.Module, SourceMapReducer):
 
     method = 'tome'
 
-    def __init__(self, merges: Dict[int, int], num_prefix: int = 1):
+    def __init__(self, r: Dict[int, int], num_prefix: int = 1):
         super().__init__()
-        self.merges = dict(sorted(merges.items()))
+        self.r = dict(sorted(r.items()))
         self.num_prefix = num_prefix
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ToMeState:
@@ -163,7 +163,7 @@ class ToMe(nn.Module, SourceMapReducer):
         bias = None
         if state.size is not None:  # proportional attention
             bias = state.size.log()[:, None, None, :]
-        r = tome_merges(x.shape[1], self.merges.get(i, 0), self.num_prefix)
+        r = tome_merges(x.shape[1], self.r.get(i, 0), self.num_prefix)
         if r == 0:
             self.record_source(i, state.source)
             return layer(x, bias), state
@@ -178,7 +178,7 @@ class ToMe(nn.Module, SourceMapReducer):
         return layer.mlp_residual(x), ToMeState(source, size)
 
     def merging_blocks(self) -> List[int]:
-        return [i for i, r in self.merges.items() if r > 0]
+        return [i for i, r in self.r.items() if r > 0]
 
     def blocks(self, num_layers: int) -> List[int]:
         merging = self.merging_blocks()
@@ -189,23 +189,23 @@ class ToMe(nn.Module, SourceMapReducer):
         included, for ``num_tokens`` input tokens."""
         counts = []
         for i in range(num_layers):
-            num_tokens -= tome_merges(num_tokens, self.merges.get(i, 0),
+            num_tokens -= tome_merges(num_tokens, self.r.get(i, 0),
                                       self.num_prefix)
             counts.append(num_tokens)
         return counts
 
     def extra_repr(self) -> str:
-        return f'merges={self.merges}, num_prefix={self.num_prefix}'
+        return f'r={self.r}, num_prefix={self.num_prefix}'
 
 
 @dataclass(frozen=True)
 class ToMeConfig:
-    """Token Merging (``method='tome'``): ``merges`` maps each block of
-    ``layers`` (default: every block) to the number ``r`` of tokens it
-    merges away (``r`` may be one int or one per layer)."""
+    """Token Merging (``method='tome'``): ``r`` maps each block of
+    ``layers`` (default: every block) to the number of tokens it merges
+    away (the key ``r`` may be one int or one per layer)."""
 
     method: ClassVar[str]  # set by register()
-    merges: Dict[int, int] = field(default_factory=dict)
+    r: Dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, cfg: dict, num_layers: int) -> 'ToMeConfig':
@@ -221,13 +221,13 @@ class ToMeConfig:
             if isinstance(r, bool) or not isinstance(r, int) or r < 0:
                 raise UsageError(f'r must be a non-negative int, got {r!r}')
         merges = dict(zip((int(i) for i in given), rs))
-        return cls(merges={i: merges[i] for i in layers})
+        return cls(r={i: merges[i] for i in layers})
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
                       num_prefix: int, img_size) -> ToMe:
-        check_tome_merges(self.merges, grid[0] * grid[1] + num_prefix,
+        check_tome_merges(self.r, grid[0] * grid[1] + num_prefix,
                           num_prefix, f' (the tokens of img_size={img_size})')
-        return ToMe(self.merges, num_prefix)
+        return ToMe(self.r, num_prefix)
 
 
 # ---------------------------------------------------------------- knob

@@ -26,10 +26,10 @@ def tome_from(dense, compression, **kwargs):
 
 
 def test_config_errors():
-    assert parse_compression(dict(method='tome', r=8), 4).merges == \
+    assert parse_compression(dict(method='tome', r=8), 4).r == \
         {0: 8, 1: 8, 2: 8, 3: 8}
     assert parse_compression(dict(method='tome', layers=[3, 1], r=[2, 5]),
-                             4).merges == {1: 5, 3: 2}
+                             4).r == {1: 5, 3: 2}
     for bad, match in [
         (dict(method='tome', layers=[1]), 'needs r='),
         (dict(method='tome', r=-1), 'non-negative int'),
@@ -180,4 +180,4 @@ def test_configs_build_and_run():
     name = 'tome-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py'
     cfg = Config.fromfile(CONFIGS / 'segmenter' / name)
     parsed = parse_compression(cfg.model.backbone.compression, 12)
-    assert parsed.method == 'tome' and set(parsed.merges.values()) == {48}
+    assert parsed.method == 'tome' and set(parsed.r.values()) == {48}
