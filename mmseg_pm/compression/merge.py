@@ -31,9 +31,8 @@ from .registry import (DEFAULT_METHOD, MethodSpec, ModelShape,
                        register)
 from .structure import (ASSIGN_RULES, DEFAULT_RULE, CompressionStructure,
                         lattice_structure)
-from .unit import (ASSIGNS, DEFAULT_ASSIGN, DEFAULT_IMPL,
-                   DEFAULT_NEIGHBOURHOOD, DEFAULT_RECONSTRUCT, IMPLS,
-                   RECONSTRUCTS, TokenCompressor)
+from .unit import (DEFAULT_ASSIGN, DEFAULT_IMPL, DEFAULT_NEIGHBOURHOOD,
+                   DEFAULT_RECONSTRUCT, TokenCompressor, check_unit_settings)
 
 MODES = ('layer', 'span')
 
@@ -319,26 +318,8 @@ class PMConfig:
         if self.rule not in ASSIGN_RULES:
             raise UsageError(f'rule must be one of {ASSIGN_RULES}, got '
                              f'{self.rule!r}')
-        if self.impl not in IMPLS:
-            raise UsageError(f'impl must be one of {IMPLS}, got {self.impl!r}')
-        if self.assign not in ASSIGNS:
-            raise UsageError(
-                f'assign must be one of {ASSIGNS}, got {self.assign!r} '
-                "('content': per image, each token joins the most similar "
-                "centre near it; 'static': the structure's windows, for "
-                'checkpoints made before content-aware windows)')
-        if (isinstance(self.neighbourhood, bool)
-                or not isinstance(self.neighbourhood, int)
-                or self.neighbourhood < 1 or self.neighbourhood % 2 == 0):
-            raise UsageError(
-                'neighbourhood must be an odd int >= 1 (the k x k tokens '
-                f'whose windows a token may join), got {self.neighbourhood!r}')
-        if self.reconstruct not in RECONSTRUCTS:
-            raise UsageError(
-                f'reconstruct must be one of {RECONSTRUCTS}, got '
-                f"{self.reconstruct!r} ('residual': every token keeps its "
-                "value and gets its window's update, the project default; "
-                "'pinv': the authors' pseudo-inverse, for their checkpoints)")
+        check_unit_settings(self.impl, self.reconstruct, self.assign,
+                            self.neighbourhood)
 
     def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
                       num_prefix: int, img_size) -> PruneAndMerge:

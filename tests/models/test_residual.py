@@ -197,6 +197,19 @@ def test_unknown_reconstruct_is_refused_naming_the_choices(value):
                                  reconstruct=value))
 
 
+@pytest.mark.parametrize('setting, match', [
+    (dict(reconstruct='inverse'), 'reconstruct must be one of'),
+    (dict(impl='fast'), 'impl must be one of'),
+    (dict(neighbourhood=2), 'neighbourhood must be an odd int')])
+def test_a_unit_built_directly_is_refused_as_its_config_is(setting, match):
+    """One check for a unit's settings: the same message whether they come
+    through the config or straight to the unit."""
+    with pytest.raises(ValueError, match=match):
+        TokenCompressor(pruned_structure(), **setting)
+    with pytest.raises(ValueError, match=match):
+        tiny_pm(compression=dict(mode='layer', layers=[1], **setting))
+
+
 # ---------------------------------------------------------------- placement
 @pytest.mark.parametrize('grid', [(12, 12), (3, 5), (7, 20), (1, 9)])
 def test_grid_cells_tile_the_grid_into_exactly_count_cells(grid):
