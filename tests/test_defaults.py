@@ -69,7 +69,7 @@ def test_every_reducer_defaults_to_its_config_class():
 
 def test_every_other_layer_takes_the_config_classes_defaults():
     from mmseg_pm.apis.knobs import METHODS, Method
-    from mmseg_pm.benchmark.variants import PM_VARIANTS, REFERENCE
+    from mmseg_pm.benchmark.variants import REFERENCE, reference_variants
     from mmseg_pm.cli import prune as prune_tool
     from mmseg_pm.compression.structure import (build_structure,
                                                 lattice_structure)
@@ -85,7 +85,7 @@ def test_every_other_layer_takes_the_config_classes_defaults():
             if k not in ('keep_rate', 'prune_rate')}
     wrong += disagreements('DemoSettings', demo, truth)
     wrong += disagreements(f'benchmark row {REFERENCE!r}',
-                           PM_VARIANTS[REFERENCE], truth)
+                           reference_variants()[REFERENCE], truth)
     bare = Method('bare', 'bare', DEFAULT_METHOD, 'o')
     for name in ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate'):
         wrong += disagreements('a study variant', {name: bare.option(name)},

@@ -26,9 +26,9 @@ from mmseg_pm.utils.errors import UsageError
 from .config import (block_index, check_flag, check_keys, check_number,
                      check_span, index_list)
 from .reducer import STRUCTURES_NAME, TokenReducer
-from .registry import (DEFAULT_METHOD, MethodSpec, ModelShape,
-                       compressible_blocks, config_default, keep_rate_for,
-                       register)
+from .registry import (DEFAULT_METHOD, BenchmarkVariant, MethodSpec,
+                       ModelShape, StudyVariant, compressible_blocks,
+                       config_default, keep_rate_for, register)
 from .structure import (ASSIGN_RULES, DEFAULT_RULE, CompressionStructure,
                         lattice_structure)
 from .unit import (DEFAULT_ASSIGN, DEFAULT_IMPL, DEFAULT_NEIGHBOURHOOD,
@@ -407,6 +407,73 @@ def _knob_text(knob: int, shape: ModelShape) -> str:
     return f'keep {knob}/{shape.num_tokens} ({knob / shape.num_tokens:.2f})'
 
 
+def _variant(name: str, label: str, marker: str,
+             placement: Optional[str] = None, ranking: Optional[str] = None,
+             **options) -> StudyVariant:
+    return StudyVariant(name, label, marker, options, placement, ranking)
+
+
+# The study's variants (each writes out the settings that define it; every
+# other one is PMConfig's default; placement None: the project's)
+STUDY_VARIANTS = (
+    _variant('pm-row', "PM per layer, row rule, authors' pinv", 'o', 'score',
+        reconstruct='pinv', assign='static'),
+    _variant('pm-nearest', 'PM per layer, nearest rule, pinv', 's', 'score',
+        rule='nearest', reconstruct='pinv', assign='static'),
+    _variant('pm-span', 'PM span mode, pinv', 'D', 'score', mode='span',
+        reconstruct='pinv', assign='static'),
+    _variant('random', 'PM random centres, pinv (floor)', 'X', 'random',
+        reconstruct='pinv', assign='static'),
+    _variant('res-row', 'PM per layer, row rule, residual', 'o', 'score',
+        reconstruct='residual', assign='static'),
+    _variant('res-span', 'PM span mode, residual', 'D', 'score', mode='span',
+        reconstruct='residual', assign='static'),
+    _variant('res-random', 'PM random centres, residual, static windows', 'X',
+        'random', reconstruct='residual', assign='static'),
+    _variant('res-content', 'PM random centres, residual, content-aware windows, '
+        'block 0 dense', 'p'),
+    _variant('res-content-all', 'PM random centres, residual, content-aware '
+        'windows, every block (the default)', 'H', first_block=0),
+    _variant('res-content-all-prop', 'PM random centres, residual, '
+        'content-aware windows, every block, proportional attention', '<',
+        first_block=0, proportional_attention=True),
+    _variant('res-content-even', 'PM random centres, residual, content-aware '
+        'windows, the same centres in every block', '>', ranking='layer'),
+    _variant('res-content-k5', 'PM random centres, residual, content-aware '
+        'windows over 5 x 5 neighbours', '8', neighbourhood=5),
+    _variant('res-content-k7', 'PM random centres, residual, content-aware '
+        'windows over 7 x 7 neighbours', 'd', neighbourhood=7),
+    _variant('res-nearest', 'PM scored centres, nearest rule, residual', 's',
+        'score', rule='nearest', reconstruct='residual', assign='static'),
+    _variant('res-spread', 'PM spread centres, nearest rule, residual', 'P',
+        'spread', rule='nearest', reconstruct='residual', assign='static'),
+    _variant('res-lattice', 'PM lattice centres, nearest rule, residual', 'h',
+        'lattice', rule='nearest', reconstruct='residual', assign='static'),
+    _variant('res-span-spread', 'PM span mode, spread centres, residual', '*',
+        'spread', mode='span', rule='nearest', reconstruct='residual',
+        assign='static'),
+)
+
+# The benchmark's rows at a keep rate: what each one sets in the config's
+# compression dict, and its label
+BENCHMARK_VARIANTS = (
+    BenchmarkVariant(DEFAULT_METHOD, dict(
+        impl=config_default(PMConfig, 'impl'),
+        reconstruct=config_default(PMConfig, 'reconstruct'),
+        assign=config_default(PMConfig, 'assign')), 'PM keep {keep_rate:g}',
+        by_default=True),
+    BenchmarkVariant('pm-static', dict(
+        impl=config_default(PMConfig, 'impl'),
+        reconstruct=config_default(PMConfig, 'reconstruct'),
+        assign='static'), 'PM keep {keep_rate:g}, static windows'),
+    BenchmarkVariant('pm-pinv', dict(
+        impl=config_default(PMConfig, 'impl'), reconstruct='pinv'),
+        "PM keep {keep_rate:g}, authors' pinv", by_default=True),
+    BenchmarkVariant('pm-matrix', dict(
+        impl='dense', reconstruct=config_default(PMConfig, 'reconstruct')),
+        'PM keep {keep_rate:g}, dense matrices'),
+)
+
 SPEC = MethodSpec(
     name=DEFAULT_METHOD, label='Prune and Merge',
     knob=('the centres per unit, k of the N patch tokens (the placement '
@@ -420,5 +487,6 @@ SPEC = MethodSpec(
     marker='o',
     picture_note='content-aware windows: centres fixed, windows of this '
                  'image',
-    config=PMConfig)
+    config=PMConfig, study_variants=STUDY_VARIANTS,
+    benchmark_variants=BENCHMARK_VARIANTS)
 register(SPEC)

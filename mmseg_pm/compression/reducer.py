@@ -51,6 +51,13 @@ STRUCTURES_NAME = 'token_compressors'  # static structures, one per unit
 MERGER_NAME = 'token_merger'  # reducers that merge each image its own way
 
 
+def methods_with_structures() -> str:
+    """The registered methods that have static structures, as a
+    ``method=`` choice in words (for refusals)."""
+    return ' or '.join(f'method={s.name!r}' for s in method_specs()
+                       if s.structures)
+
+
 @runtime_checkable
 class Block(Protocol):
     """What a reducer may call on a block (the backbone's TransformerBlock):
@@ -167,11 +174,10 @@ class TokenReducer:
 
     def set_structures(self, structures: Sequence) -> None:
         """Install one structure per unit (in block order)."""
-        with_structures = [s.name for s in method_specs() if s.structures]
         raise ValueError(
             f'compression method={self.method!r} has no static structures '
             '(it merges each image its own way); set_structures applies '
-            f'to method={" or ".join(map(repr, with_structures))}')
+            f'to {methods_with_structures()}')
 
     # ------------------------------------------------------------ tracing
     @property

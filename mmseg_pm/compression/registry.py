@@ -32,7 +32,7 @@ every other method on the counted FLOPs of its model at the knob
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 # What ``compression=dict(...)`` without ``method`` means.
@@ -55,6 +55,35 @@ class ModelShape:
     num_tokens: int
     num_layers: int
     embed_dims: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class StudyVariant:
+    """One variant of a method in the quality study: its row ``name`` and
+    ``label``, its plot ``marker``, the knob ``options`` it sets (every
+    other one its config class's default) and, for a method with
+    structures, the centre ``placement`` and ``ranking`` (None: the
+    project's default, the mode's default)."""
+
+    name: str
+    label: str
+    marker: str
+    options: Dict[str, object] = field(default_factory=dict)
+    placement: Optional[str] = None
+    ranking: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BenchmarkVariant:
+    """One row of the benchmark's reference method at a keep rate: the
+    ``settings`` it writes into the config's ``compression`` dict, its
+    ``label`` (formatted with ``keep_rate``) and whether the benchmark runs
+    it when no rows are named (``by_default``)."""
+
+    name: str
+    settings: Dict[str, object]
+    label: str
+    by_default: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,11 @@ class MethodSpec:
     schedule); the study and the benchmark take the nearest setting at any
     distance from a budget and report the GFLOPs it has, instead of
     calling the budget out of reach.
+
+    ``study_variants``: its variants in the quality study (none: one,
+    named and labelled as the method, every option its default).
+    ``benchmark_variants``: its rows in the benchmark when it is the
+    reference the peers are matched to (:data:`DEFAULT_METHOD`).
     """
 
     name: str
@@ -101,6 +135,14 @@ class MethodSpec:
     picture_note: str = ''
     discrete: bool = False
     config: Optional[type] = None
+    study_variants: Tuple[StudyVariant, ...] = ()
+    benchmark_variants: Tuple[BenchmarkVariant, ...] = ()
+
+    def study_rows(self) -> Tuple[StudyVariant, ...]:
+        """Its study variants (one named as the method if it lists
+        none)."""
+        return self.study_variants or (StudyVariant(self.name, self.label,
+                                                    self.marker), )
 
     def __post_init__(self):
         if self.exports and not self.fixed_shapes:
@@ -198,7 +240,8 @@ def no_options(name: str, options: dict) -> None:
                          f'{sorted(options)}')
 
 
-__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'register', 'unregister',
+__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'StudyVariant',
+           'BenchmarkVariant', 'register', 'unregister',
            'method_names', 'method_specs', 'method_spec', 'peer_specs',
            'compressible_blocks', 'keep_rate_for', 'no_options',
            'config_default']
