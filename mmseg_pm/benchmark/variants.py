@@ -22,8 +22,8 @@ Every config gives a family of rows that share its weights:
   its counts depend on both, so it is not a default row);
 * ``config``    the config's backbone exactly as written.
 
-Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
-has none). Their structures come from the checkpoint when its keep rate is
+Compressed rows use the config's compressed blocks (or, when it has none,
+the reference method's ``benchmark_fallback``: blocks 2..L-1). Their structures come from the checkpoint when its keep rate is
 the config's own, else from the built-in lattice at the row's keep rate:
 speed depends on the token counts only.
 """
@@ -252,8 +252,8 @@ def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
     else:
         comp = pm_compression(backbone)
         if comp is None:
-            num_layers = backbone.get('num_layers', 12)
-            comp = dict(mode='layer', layers=list(range(2, num_layers)))
+            comp = method_spec(REFERENCE).benchmark_fallback(
+                backbone.get('num_layers', 12))
         comp.update(keep_rate=spec.keep_rate,
                     **reference_variants()[spec.variant])
         backbone['compression'] = comp

@@ -26,9 +26,10 @@ from mmseg_pm.utils.errors import UsageError
 from .config import (block_index, check_flag, check_keys, check_number,
                      check_span, index_list)
 from .reducer import STRUCTURES_NAME, TokenReducer
-from .registry import (DEFAULT_METHOD, BenchmarkVariant, MethodSpec,
-                       ModelShape, StudyVariant, compressible_blocks,
-                       config_default, keep_rate_for, register)
+from .registry import (DEFAULT_METHOD, FIRST_COMPRESSED_BLOCK,
+                       BenchmarkVariant, MethodSpec, ModelShape, StudyVariant,
+                       compressible_blocks, config_default, keep_rate_for,
+                       register)
 from .structure import (ASSIGN_RULES, DEFAULT_RULE, CompressionStructure,
                         lattice_structure)
 from .unit import (DEFAULT_ASSIGN, DEFAULT_IMPL, DEFAULT_NEIGHBOURHOOD,
@@ -351,29 +352,29 @@ KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
 # ... and, written out only where a variant sets it (every other variant's
 # dict stays as it was)
 EXTRA_KNOB_OPTIONS = ('neighbourhood', 'proportional_attention')
-# ... and the one that picks the compressed layers (pm_layers)
+# ... and the one that picks the compressed layers: the first one, 0 (every
+# block) or FIRST_COMPRESSED_BLOCK (the default)
 LAYOUT_OPTIONS = ('first_block', )
-
-
-def pm_layers(num_layers: int, first_block: int = 1) -> List[int]:
-    """Blocks Prune and Merge compresses: ``first_block`` to the last.
-    1 (the default) leaves block 0 dense, as the released Segmenter configs
-    leave their first blocks dense; 0 compresses every block."""
-    if first_block == 1:
-        return compressible_blocks(num_layers)
-    if first_block != 0:
-        raise ValueError(f'first_block must be 0 or 1, got {first_block!r}')
-    return list(range(num_layers))
+FIRST_BLOCKS = (0, FIRST_COMPRESSED_BLOCK)
+# The benchmark's rows for a config that compresses no block: blocks 2 to
+# the last (the released ViT-S Prune-and-Merge config's)
+BENCHMARK_FIRST_BLOCK = 2
 
 
 def span_units(num_layers: int) -> List[Tuple[int, int]]:
-    """The span-mode units: blocks 1..L-1 in two consecutive halves (the
-    first one longer when odd), each with one shared structure."""
-    blocks = pm_layers(num_layers)
+    """The span-mode units: the compressed blocks in two consecutive
+    halves (the first one longer when odd), each with one shared
+    structure."""
+    blocks = compressible_blocks(num_layers)
     if len(blocks) < 2:
         return [(blocks[0], blocks[-1])]
     cut = blocks[0] + math.ceil(len(blocks) / 2) - 1
     return [(blocks[0], cut), (cut + 1, blocks[-1])]
+
+
+def _benchmark_fallback(num_layers: int) -> dict:
+    return dict(mode='layer',
+                layers=compressible_blocks(num_layers, BENCHMARK_FIRST_BLOCK))
 
 
 def _knob_range(shape: ModelShape) -> Tuple[int, int]:
@@ -388,14 +389,19 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
                          f'expected some of {known}')
     o = {k: options[k] if k in options else config_default(PMConfig, k)
          for k in KNOB_OPTIONS}
-    first_block = options.get('first_block', 1)
+    first_block = options.get('first_block', FIRST_COMPRESSED_BLOCK)
+    if first_block not in FIRST_BLOCKS:
+        raise ValueError(f'first_block must be one of {FIRST_BLOCKS}, got '
+                         f'{first_block!r}')
     if o['mode'] == 'span':
-        if first_block != 1:
+        if first_block != FIRST_COMPRESSED_BLOCK:
             raise ValueError("first_block is an option of mode 'layer'; "
-                             'span units start at block 1')
+                             'span units start at block '
+                             f'{FIRST_COMPRESSED_BLOCK}')
         units = dict(spans=span_units(shape.num_layers))
     else:
-        units = dict(layers=pm_layers(shape.num_layers, first_block))
+        units = dict(layers=compressible_blocks(shape.num_layers,
+                                                first_block))
     return dict(mode=o['mode'], **units,
                 keep_rate=keep_rate_for(knob, shape.num_tokens),
                 prune_rate=o['prune_rate'], rule=o['rule'],
@@ -488,5 +494,6 @@ SPEC = MethodSpec(
     picture_note='content-aware windows: centres fixed, windows of this '
                  'image',
     config=PMConfig, study_variants=STUDY_VARIANTS,
-    benchmark_variants=BENCHMARK_VARIANTS)
+    benchmark_variants=BENCHMARK_VARIANTS,
+    benchmark_fallback=_benchmark_fallback)
 register(SPEC)

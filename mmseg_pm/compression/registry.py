@@ -117,7 +117,9 @@ class MethodSpec:
     ``study_variants``: its variants in the quality study (none: one,
     named and labelled as the method, every option its default).
     ``benchmark_variants``: its rows in the benchmark when it is the
-    reference the peers are matched to (:data:`DEFAULT_METHOD`).
+    reference the peers are matched to (:data:`DEFAULT_METHOD`), and
+    ``benchmark_fallback(num_layers)`` their ``compression=`` dict for a
+    config that compresses nothing.
     """
 
     name: str
@@ -137,6 +139,7 @@ class MethodSpec:
     config: Optional[type] = None
     study_variants: Tuple[StudyVariant, ...] = ()
     benchmark_variants: Tuple[BenchmarkVariant, ...] = ()
+    benchmark_fallback: Optional[Callable[[int], dict]] = None
 
     def study_rows(self) -> Tuple[StudyVariant, ...]:
         """Its study variants (one named as the method if it lists
@@ -216,13 +219,22 @@ def peer_specs() -> List[MethodSpec]:
 
 
 # ------------------------------------------------ shared knob pieces
-def compressible_blocks(num_layers: int) -> List[int]:
-    """The blocks the knobs may compress: all but block 0 (the released
-    Segmenter configs likewise leave the first blocks dense)."""
+# The one home of "which blocks are compressed": every block from
+# FIRST_COMPRESSED_BLOCK on, for the knobs of every method (the released
+# Segmenter configs likewise leave their first blocks dense); a study
+# variant or a benchmark row that differs says its first block
+# (merge.py: first_block=0, BENCHMARK_FIRST_BLOCK).
+FIRST_COMPRESSED_BLOCK = 1
+
+
+def compressible_blocks(num_layers: int,
+                        first_block: int = FIRST_COMPRESSED_BLOCK
+                        ) -> List[int]:
+    """The blocks compressed: ``first_block`` to the last."""
     if num_layers < 2:
         raise ValueError(f'the study needs at least 2 blocks, got '
                          f'{num_layers}')
-    return list(range(1, num_layers))
+    return list(range(first_block, num_layers))
 
 
 def keep_rate_for(count: int, num_tokens: int) -> float:
@@ -243,7 +255,7 @@ def no_options(name: str, options: dict) -> None:
 __all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'StudyVariant',
            'BenchmarkVariant', 'register', 'unregister',
            'method_names', 'method_specs', 'method_spec', 'peer_specs',
-           'compressible_blocks', 'keep_rate_for', 'no_options',
+           'FIRST_COMPRESSED_BLOCK', 'compressible_blocks', 'keep_rate_for', 'no_options',
            'config_default']
 
 
