@@ -23,9 +23,10 @@ Every config gives a family of rows that share its weights:
 * ``config``    the config's backbone exactly as written.
 
 Compressed rows use the config's compressed blocks (or, when it has none,
-the reference method's ``benchmark_fallback``: blocks 2..L-1). Their structures come from the checkpoint when its keep rate is
-the config's own, else from the built-in lattice at the row's keep rate:
-speed depends on the token counts only.
+the reference method's ``benchmark_fallback``: blocks 2..L-1). Their
+structures come from the checkpoint when its keep rate is the config's
+own, else from the built-in lattice at the row's keep rate: speed depends
+on the token counts only.
 """
 from __future__ import annotations
 

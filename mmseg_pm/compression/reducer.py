@@ -21,14 +21,15 @@ after every block (:attr:`sources`, like ToMe's ``trace_source``), with
 ``trace_counts = True`` how many tokens each image kept in every block
 (:attr:`last_counts`).
 
-Implementations (those with a source map through :class:`SourceMapReducer`):
-:class:`mmseg_pm.compression.merge.PruneAndMerge`,
+Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
 :class:`mmseg_pm.compression.tome.ToMe`,
 :class:`mmseg_pm.compression.hourglass.Hourglass`,
 :class:`mmseg_pm.compression.algm.ALGM`,
 :class:`mmseg_pm.compression.mpm.MPM`; every registered method
-(:func:`mmseg_pm.compression.registry.method_names`). A new method
+(:func:`mmseg_pm.compression.registry.method_names`); ToMe, MSTM, ALGM
+and MPM carry a source map and take their full grid from
+:class:`SourceMapReducer`. A new method
 implements this mixin on an ``nn.Module`` and declares its config class
 and its :class:`~.registry.MethodSpec` next to it in one module, which
 registers the spec and which the package's ``__init__`` imports.
