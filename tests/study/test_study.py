@@ -143,13 +143,22 @@ def test_a_cached_row_is_keyed_by_its_variants_settings(tmp_path,
     # a default written out is the same setting; another value is not
     variant = METHODS['res-content']
     assert 'neighbourhood' not in variant.options
-    monkeypatch.setitem(METHODS, 'res-content', dataclasses.replace(
+    replace_variant(monkeypatch, dataclasses.replace(
         variant, options=dict(variant.options,
                               neighbourhood=variant.option('neighbourhood'))))
     assert key('res-content') == keys['res-content']
-    monkeypatch.setitem(METHODS, 'res-content', dataclasses.replace(
+    replace_variant(monkeypatch, dataclasses.replace(
         variant, options=dict(variant.options, neighbourhood=5)))
     assert key('res-content') != keys['res-content']
+
+
+def replace_variant(monkeypatch, variant):
+    """The study's variants (read from the registry at every use) with
+    ``variant`` in place of the one of its name, for this test."""
+    from mmseg_pm.apis import knobs
+    every = dict(METHODS)
+    monkeypatch.setattr(knobs, 'study_methods',
+                        lambda: dict(every, **{variant.name: variant}))
 
 
 @pytest.mark.slow  # a whole study run
