@@ -39,12 +39,11 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import (cosine_similarity, initial_source, merge_tokens,
-                  padding_bias)
 from .config import (block_index, check_flag, check_keys, check_number,
                      check_within_grid, is_int)
+from .ops import cosine_similarity, initial_source, merge_tokens, padding_bias
 from .reducer import SourceMapReducer
-from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
+from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
                        compressible_blocks, no_options, register)
 from .tome import bipartite_assign, bipartite_scores
 

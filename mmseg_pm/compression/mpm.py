@@ -42,11 +42,10 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import (cosine_similarity, initial_source, merge_tokens,
-                  padding_bias)
 from .config import check_keys, check_layers
+from .ops import cosine_similarity, initial_source, merge_tokens, padding_bias
 from .reducer import SourceMapReducer
-from .registry import (MethodSpec, ModelShape, SOURCE_MAP_NOTE,
+from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
                        compressible_blocks, no_options, register)
 
 DEFAULT_LAYERS = (2, 5)

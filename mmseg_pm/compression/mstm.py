@@ -31,13 +31,13 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import (autocast_off, cosine_similarity, gather_tokens,
-                  initial_source, key_metric, merge_tokens)
 from .config import (check_flag, check_keys, check_layers, check_number,
                      per_layer)
+from .ops import (autocast_off, cosine_similarity, gather_tokens,
+                  initial_source, key_metric, merge_tokens)
 from .reducer import SourceMapReducer
-from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
-                       SOURCE_MAP_NOTE, compressible_blocks, keep_rate_for,
+from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
+                       ModelShape, compressible_blocks, keep_rate_for,
                        no_options, register)
 
 

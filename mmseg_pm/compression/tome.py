@@ -24,11 +24,11 @@ from torch import Tensor, nn
 
 from mmseg_pm.utils.errors import UsageError
 
-from .ops import cosine_similarity, initial_source, key_metric, merge_tokens
 from .config import check_keys, check_layers, per_layer
+from .ops import cosine_similarity, initial_source, key_metric, merge_tokens
 from .reducer import SourceMapReducer
-from .registry import (MethodSpec, ModelShape, SORTS_PER_IMAGE,
-                       SOURCE_MAP_NOTE, no_options, register)
+from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
+                       ModelShape, no_options, register)
 
 
 def bipartite_scores(metric: Tensor, num_prefix: int = 1,
