@@ -213,7 +213,7 @@ def test_one_method_end_to_end(tmp_path, monkeypatch):
     # the variant's settings changed under the same name: its row is
     # computed again, not read from the cache
     variant = METHODS['pm-row']
-    monkeypatch.setitem(METHODS, 'pm-row', dataclasses.replace(
+    replace_variant(monkeypatch, dataclasses.replace(
         variant, options=dict(variant.options, rule='nearest')))
     fourth = study_cli.main(argv)
     reused = {s['stage']: s['reused'] for s in fourth['stages']}
