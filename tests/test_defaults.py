@@ -43,7 +43,7 @@ def reducer_class(spec):
     lo, hi = spec.knob_range(shape)
     config = spec.config.from_dict(
         spec.knob_compression(max(lo, (lo + hi) // 2, 1), shape), 4)
-    return type(config.build_reducer((8, 8), 32, True, (64, 64)))
+    return type(config.build_reducer((8, 8), 32, 1, (64, 64)))
 
 
 def test_every_reducer_defaults_to_its_config_class():
@@ -69,7 +69,7 @@ def test_every_reducer_defaults_to_its_config_class():
 
 def test_every_other_layer_takes_the_config_classes_defaults():
     from mmseg_pm.apis.knobs import METHODS, Method
-    from mmseg_pm.benchmark.variants import PM_VARIANTS, REFERENCE
+    from mmseg_pm.benchmark.variants import REFERENCE, reference_variants
     from mmseg_pm.cli import prune as prune_tool
     from mmseg_pm.compression.structure import (build_structure,
                                                 lattice_structure)
@@ -85,7 +85,7 @@ def test_every_other_layer_takes_the_config_classes_defaults():
             if k not in ('keep_rate', 'prune_rate')}
     wrong += disagreements('DemoSettings', demo, truth)
     wrong += disagreements(f'benchmark row {REFERENCE!r}',
-                           PM_VARIANTS[REFERENCE], truth)
+                           reference_variants()[REFERENCE], truth)
     bare = Method('bare', 'bare', DEFAULT_METHOD, 'o')
     for name in ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate'):
         wrong += disagreements('a study variant', {name: bare.option(name)},

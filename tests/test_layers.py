@@ -115,3 +115,89 @@ def test_the_reader_sees_lazy_and_relative_imports():
                      'mmseg_pm.cli.prune',
                      'mmseg_pm.models.backbones.pm_vit']
     assert {top(m) for m in found[1:]} == {'apis', 'cli', 'models'}
+
+
+def import_graph() -> dict:
+    """Module -> the mmseg_pm modules it imports (itself left out)."""
+    graph = {}
+    for a, b in project_imports():
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+    return graph
+
+
+def circles(graph: dict) -> list:
+    """The import circles of ``graph``: every strongly connected set of
+    more than one module (Tarjan's algorithm, iterative), sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                members = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    members.append(member)
+                    if member == node:
+                        break
+                if len(members) > 1:
+                    found.append(sorted(members))
+    return sorted(found)
+
+
+def test_no_import_circle_between_modules():
+    """Module by module (lazy imports counted): a module never needs,
+    through any chain, a module that needs it."""
+    found = circles(import_graph())
+    assert not found, 'modules that import each other:\n' + '\n'.join(
+        '  ' + ', '.join(c) for c in found)
+
+
+def test_the_circle_finder_finds_circles():
+    """An oracle for :func:`circles`: a three-module circle reached from
+    outside, a two-module one, and a chain that is none."""
+    graph = {'a': {'b'}, 'b': {'c'}, 'c': {'a', 'd'}, 'd': set(),
+             'e': {'f'}, 'f': {'e'}, 'g': {'a'}}
+    assert circles(graph) == [['a', 'b', 'c'], ['e', 'f']]
+    assert circles({'a': {'b'}, 'b': {'c'}}) == []
+
+
+def method_modules() -> set:
+    from mmseg_pm.compression.registry import method_specs
+    return {spec.config.__module__ for spec in method_specs()}
+
+
+def test_shared_compression_modules_import_no_method():
+    """Inside compression/, the shared pieces (registry, config checks,
+    ops, unit, search, ...) are a floor below the methods: only the
+    package's ``__init__`` (which registers them) and the methods
+    themselves import a method module."""
+    methods = method_modules()
+    assert 'mmseg_pm.compression.merge' in methods
+    upward = sorted(
+        (a, b) for a, b in project_imports()
+        if b in methods and a.startswith('mmseg_pm.compression.')
+        and a not in methods)
+    assert not upward, 'shared modules that import a method:\n' + '\n'.join(
+        f'  {a} imports {b}' for a, b in upward)

@@ -8,20 +8,21 @@ Every registered method has one integer knob whose FLOPs are monotone in
 it; what it sets and how it is calibrated is the method's description
 (:class:`mmseg_pm.compression.registry.MethodSpec`: ``knob``,
 ``knob_range``, ``knob_compression``, ``knob_text``, ``calibration``),
-declared next to its reducer. Here: the study's variants of the default
-method (Prune and Merge: unit layout, window rule, reconstruction, window
-assignment and centre placement, each left out taking its config class's
-default) and one variant per other registered method, named as the method.
+declared next to its reducer, with its study variants (Prune and Merge's:
+unit layout, window rule, reconstruction, window assignment and centre
+placement, each left out taking its config class's default; a method that
+lists none has one, named as the method). Here: those variants, read from
+the registry.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-from mmseg_pm.compression.registry import (DEFAULT_METHOD, MethodSpec,
-                                           ModelShape, config_default,
-                                           method_spec, peer_specs)
+from mmseg_pm.compression.registry import (MethodSpec, ModelShape,
+                                           config_default, method_spec,
+                                           method_specs)
 from mmseg_pm.compression.search import DEFAULT_PLACEMENT
 
 
@@ -54,54 +55,32 @@ class Method:
         return config_default(self.spec.config, name)
 
 
-def _pm(name: str, label: str, marker: str, placement: str = DEFAULT_PLACEMENT,
-        ranking: Optional[str] = None, **options) -> Method:
-    return Method(name, label, DEFAULT_METHOD, marker, options, placement,
-                  ranking)
+def study_methods() -> Dict[str, Method]:
+    """Every registered method's study variants (its spec's
+    ``study_rows``), in registration order."""
+    return {v.name: Method(v.name, v.label, spec.name, v.marker,
+                           dict(v.options),
+                           v.placement or DEFAULT_PLACEMENT, v.ranking)
+            for spec in method_specs() for v in spec.study_rows()}
 
 
-# The default method's variants (each writes out the settings that define
-# it; every other one is PMConfig's default) and one variant per other
-# registered method.
-METHODS: Dict[str, Method] = {m.name: m for m in (
-    _pm('pm-row', "PM per layer, row rule, authors' pinv", 'o', 'score',
-        reconstruct='pinv', assign='static'),
-    _pm('pm-nearest', 'PM per layer, nearest rule, pinv', 's', 'score',
-        rule='nearest', reconstruct='pinv', assign='static'),
-    _pm('pm-span', 'PM span mode, pinv', 'D', 'score', mode='span',
-        reconstruct='pinv', assign='static'),
-    _pm('random', 'PM random centres, pinv (floor)', 'X', 'random',
-        reconstruct='pinv', assign='static'),
-    _pm('res-row', 'PM per layer, row rule, residual', 'o', 'score',
-        reconstruct='residual', assign='static'),
-    _pm('res-span', 'PM span mode, residual', 'D', 'score', mode='span',
-        reconstruct='residual', assign='static'),
-    _pm('res-random', 'PM random centres, residual, static windows', 'X',
-        'random', reconstruct='residual', assign='static'),
-    _pm('res-content', 'PM random centres, residual, content-aware windows, '
-        'block 0 dense', 'p'),
-    _pm('res-content-all', 'PM random centres, residual, content-aware '
-        'windows, every block (the default)', 'H', first_block=0),
-    _pm('res-content-all-prop', 'PM random centres, residual, '
-        'content-aware windows, every block, proportional attention', '<',
-        first_block=0, proportional_attention=True),
-    _pm('res-content-even', 'PM random centres, residual, content-aware '
-        'windows, the same centres in every block', '>', ranking='layer'),
-    _pm('res-content-k5', 'PM random centres, residual, content-aware '
-        'windows over 5 x 5 neighbours', '8', neighbourhood=5),
-    _pm('res-content-k7', 'PM random centres, residual, content-aware '
-        'windows over 7 x 7 neighbours', 'd', neighbourhood=7),
-    _pm('res-nearest', 'PM scored centres, nearest rule, residual', 's',
-        'score', rule='nearest', reconstruct='residual', assign='static'),
-    _pm('res-spread', 'PM spread centres, nearest rule, residual', 'P',
-        'spread', rule='nearest', reconstruct='residual', assign='static'),
-    _pm('res-lattice', 'PM lattice centres, nearest rule, residual', 'h',
-        'lattice', rule='nearest', reconstruct='residual', assign='static'),
-    _pm('res-span-spread', 'PM span mode, spread centres, residual', '*',
-        'spread', mode='span', rule='nearest', reconstruct='residual',
-        assign='static'),
-    *(Method(s.name, s.label, s.name, s.marker) for s in peer_specs()),
-)}
+class _StudyMethods(Mapping):
+    """:func:`study_methods`, read from the registry at every use (a
+    method registered later has its rows here too)."""
+
+    def __getitem__(self, name: str) -> Method:
+        return study_methods()[name]
+
+    def __iter__(self):
+        return iter(study_methods())
+
+    def __len__(self) -> int:
+        return len(study_methods())
+
+
+# The study's variants: every registered method's (its spec's
+# study_variants; one named as the method where it lists none).
+METHODS: Mapping[str, Method] = _StudyMethods()
 
 
 def model_shape(num_tokens: int, num_layers: int,

@@ -23,7 +23,7 @@ from mmseg_pm.apis.knobs import METHODS, Method
 from mmseg_pm.compression.registry import DEFAULT_METHOD
 from mmseg_pm.compression.search import DEFAULT_PLACEMENT
 
-from .variants import PEER_VARIANTS, PM_VARIANTS, REFERENCE
+from .variants import PEER_VARIANTS, REFERENCE, reference_variants
 
 SETTINGS = ('impl', 'reconstruct', 'assign')
 
@@ -37,8 +37,8 @@ def benchmark_variant(method: Method) -> Optional[str]:
             method.options) - set(SETTINGS):
         return None  # one study variant per row: the default placement,
         # nothing set that the rows do not set (a neighbourhood, a rule)
-    reference = PM_VARIANTS[REFERENCE]
-    for name, settings in PM_VARIANTS.items():
+    reference = reference_variants()[REFERENCE]
+    for name, settings in reference_variants().items():
         if all(method.option(k) == settings.get(k, reference[k])
                for k in SETTINGS):
             return name

@@ -22,17 +22,18 @@ Every config gives a family of rows that share its weights:
   its counts depend on both, so it is not a default row);
 * ``config``    the config's backbone exactly as written.
 
-Compressed rows use the config's compressed blocks (or blocks 2..L-1 when it
-has none). Their structures come from the checkpoint when its keep rate is
-the config's own, else from the built-in lattice at the row's keep rate:
-speed depends on the token counts only.
+Compressed rows use the config's compressed blocks (or, when it has none,
+the reference method's ``benchmark_fallback``: blocks 2..L-1). Their
+structures come from the checkpoint when its keep rate is the config's
+own, else from the built-in lattice at the row's keep rate: speed depends
+on the token counts only.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -48,22 +49,53 @@ def _default(name: str):
     return config_default(method_spec(REFERENCE).config, name)
 
 
-# Prune-and-Merge rows: what each one sets in the compression dict
-PM_VARIANTS = {
-    REFERENCE: dict(impl=_default('impl'), reconstruct=_default('reconstruct'),
-                    assign=_default('assign')),
-    'pm-static': dict(impl=_default('impl'),
-                      reconstruct=_default('reconstruct'), assign='static'),
-    'pm-pinv': dict(impl=_default('impl'), reconstruct='pinv'),
-    'pm-matrix': dict(impl='dense', reconstruct=_default('reconstruct')),
-}
-PEER_VARIANTS = tuple(s.name for s in peer_specs())
+class _Registered(Sequence):
+    """Row names read from the registry at every use (a method
+    registered later, a test's own, has its rows too)."""
+
+    def __init__(self, names: Callable[[], Tuple[str, ...]]):
+        self._names = names
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __add__(self, other) -> tuple:
+        return tuple(self) + tuple(other)
+
+    def __radd__(self, other) -> tuple:
+        return tuple(other) + tuple(self)
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+def reference_variants() -> Dict[str, dict]:
+    """The reference method's rows (its spec's ``benchmark_variants``):
+    what each one sets in the compression dict."""
+    return {v.name: dict(v.settings)
+            for v in method_spec(REFERENCE).benchmark_variants}
+
+
+def _reference_label(variant: str) -> str:
+    [label] = [v.label for v in method_spec(REFERENCE).benchmark_variants
+               if v.name == variant]
+    return label
+
+
 DENSE_VARIANTS = ('mmseg', 'off')
-VARIANTS = DENSE_VARIANTS + tuple(PM_VARIANTS) + PEER_VARIANTS + ('config', )
+PEER_VARIANTS = _Registered(lambda: tuple(s.name for s in peer_specs()))
+VARIANTS = _Registered(lambda: DENSE_VARIANTS + tuple(reference_variants())
+                       + tuple(PEER_VARIANTS) + ('config', ))
 # peers whose counts depend on the image are calibrated on the weights,
 # which random weights cannot do: asked for, not run by default
-DEFAULT_VARIANTS = DENSE_VARIANTS + (REFERENCE, 'pm-pinv') + tuple(
-    s.name for s in peer_specs() if s.fixed_shapes)
+DEFAULT_VARIANTS = _Registered(
+    lambda: DENSE_VARIANTS + tuple(
+        v.name for v in method_spec(REFERENCE).benchmark_variants
+        if v.by_default) + tuple(
+        s.name for s in peer_specs() if s.fixed_shapes))
 
 
 def image_dependent_counts(variant: str) -> bool:
@@ -96,11 +128,11 @@ class ModelSpec:
 
     @property
     def impl(self) -> Optional[str]:
-        return PM_VARIANTS.get(self.variant, {}).get('impl')
+        return reference_variants().get(self.variant, {}).get('impl')
 
     @property
     def reconstruct(self) -> Optional[str]:
-        return PM_VARIANTS.get(self.variant, {}).get('reconstruct')
+        return reference_variants().get(self.variant, {}).get('reconstruct')
 
     @property
     def model_name(self) -> str:
@@ -108,14 +140,9 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        if self.variant == REFERENCE:
-            return f'PM keep {self.keep_rate:g}'
-        if self.variant == 'pm-static':
-            return f'PM keep {self.keep_rate:g}, static windows'
-        if self.variant == 'pm-pinv':
-            return f"PM keep {self.keep_rate:g}, authors' pinv"
-        if self.variant == 'pm-matrix':
-            return f'PM keep {self.keep_rate:g}, dense matrices'
+        if self.variant in reference_variants():
+            return _reference_label(self.variant).format(
+                keep_rate=self.keep_rate)
         if self.variant in PEER_VARIANTS:
             label = f'{method_spec(self.variant).label} at PM keep ' \
                 f'{self.keep_rate:g} GFLOPs'
@@ -186,7 +213,7 @@ def expand_specs(config: str, checkpoint: Optional[str],
         specs.append(ModelSpec(config, 'config', checkpoint,
                                keep_rate=(own or {}).get('keep_rate')))
     compressed = [v for v in variants
-                  if v in PM_VARIANTS or v in PEER_VARIANTS]
+                  if v in reference_variants() or v in PEER_VARIANTS]
     if compressed and own is not None and own_pm is None:
         notes.append(f'{config_stem(config)}: no {", ".join(compressed)} '
                      f'rows: its compression method is '
@@ -226,9 +253,10 @@ def backbone_config(spec: ModelSpec, backbone: dict) -> dict:
     else:
         comp = pm_compression(backbone)
         if comp is None:
-            num_layers = backbone.get('num_layers', 12)
-            comp = dict(mode='layer', layers=list(range(2, num_layers)))
-        comp.update(keep_rate=spec.keep_rate, **PM_VARIANTS[spec.variant])
+            comp = method_spec(REFERENCE).benchmark_fallback(
+                backbone.get('num_layers', 12))
+        comp.update(keep_rate=spec.keep_rate,
+                    **reference_variants()[spec.variant])
         backbone['compression'] = comp
     return backbone
 
@@ -293,7 +321,7 @@ def keeps_checkpoint_structures(spec: ModelSpec,
                                 cfg_options: Optional[dict] = None) -> bool:
     """Whether ``spec`` uses its checkpoint's structures: a PM row at the
     config's own keep rate and reconstruct (other rows get the lattice)."""
-    if not spec.checkpoint or spec.variant not in PM_VARIANTS:
+    if not spec.checkpoint or spec.variant not in reference_variants():
         return False
     comp = pm_compression(load_config(spec.config, cfg_options).model.backbone)
     if comp is None:

@@ -2,13 +2,23 @@
 score arithmetic, every reducer and the method registry
 (:mod:`.registry`: one description per method).
 
+Every method module is imported here, in the order the tools list the
+methods: importing one registers it (``register(SPEC)``). A new method is
+one module and one line here.
+
 Only torch is imported here, never mmseg or mmengine
 (tests/compression/test_purity.py checks it), so it can be used and tested
 on its own.
 """
-from .config import PMConfig
+# the methods, registered in this order (the order of tables and plots)
+from . import merge  # noqa: F401  (isort: skip)
+from . import mstm  # noqa: F401  (isort: skip)
+from . import tome  # noqa: F401  (isort: skip)
+from . import hourglass  # noqa: F401  (isort: skip)
+from . import algm  # noqa: F401  (isort: skip)
+from . import mpm  # noqa: F401  (isort: skip)
+from .merge import PMConfig, PruneAndMerge
 from .reducer import TokenReducer
-from .merge import PruneAndMerge
 from .ops import merge_matrix, reconstruct_matrix
 from .unit import ASSIGNS, RECONSTRUCTS, TokenCompressor
 from .scoring import (attention_scores, check_depth_lambda,

@@ -31,17 +31,21 @@ The source map (tome.py) gives the full grid back at any depth.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass
+from typing import ClassVar, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .ops import merge_tokens
-from .reducer import TokenReducer
+from mmseg_pm.utils.errors import UsageError
+
+from .config import (block_index, check_flag, check_keys, check_number,
+                     check_within_grid, is_int)
+from .ops import cosine_similarity, initial_source, merge_tokens, padding_bias
+from .reducer import SourceMapReducer
 from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
-                       compressible_blocks, no_options)
-from .tome import (bipartite_assign, bipartite_scores, cosine_similarity,
-                   gather_tokens, initial_source)
+                       compressible_blocks, no_options, register)
+from .tome import bipartite_assign, bipartite_scores
 
 
 # ---------------------------------------------------------------- local
@@ -119,39 +123,43 @@ def adaptive_merge_count(best: Tensor, edges: Tensor, layer: int) -> Tensor:
     return (edges & (best >= threshold[:, None])).sum(dim=1)
 
 
+def real_tokens(size: Optional[Tensor]) -> Optional[Tensor]:
+    """(B, T) False at padding, which has size 0 (None: no sizes yet, no
+    padding)."""
+    return None if size is None else size > 0
+
+
 class ALGMState(NamedTuple):
     source: Tensor  # (B, T0): current token of every original token
     size: Optional[Tensor]  # (B, T) original tokens per token, 0: padding
     hw: Tuple[int, int]
 
 
-class ALGM(nn.Module, TokenReducer):
-    """ALGM in the backbone: a local merge at ``local_block`` and a global
-    merge at ``global_block`` (None: none), both 0-based block indices.
+class ALGM(nn.Module, SourceMapReducer):
+    """ALGM in the backbone: a local merge at ``local_layer`` and a global
+    merge at ``global_layer`` (None: none), both 0-based block indices.
     No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that
-    interface); :attr:`last_counts` says what each image of the last
-    forward pass kept.
+    interface); with ``trace_counts`` set, :attr:`last_counts` says what
+    each image of the last forward pass kept.
     """
 
     method = 'algm'
 
-    def __init__(self, local_block: int = 0, global_block: Optional[int] = 4,
+    def __init__(self, local_layer: int = 0, global_layer: Optional[int] = 4,
                  threshold: float = 0.88, window: Tuple[int, int] = (2, 2),
-                 class_token: bool = True,
+                 num_prefix: int = 1,
                  proportional_attention: bool = False):
         super().__init__()
-        self.local_block = local_block
-        self.global_block = global_block
+        self.local_layer = local_layer
+        self.global_layer = global_layer
         self.threshold = threshold
         self.window = tuple(window)
-        self.class_token = class_token
+        self.num_prefix = num_prefix
         self.proportional_attention = proportional_attention
-        self._counts: List[Tensor] = []
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ALGMState:
-        self._counts = []
         return ALGMState(initial_source(x), None, tuple(hw))
 
     def attention_bias(self, size: Optional[Tensor]) -> Optional[Tensor]:
@@ -163,23 +171,22 @@ class ALGM(nn.Module, TokenReducer):
             return size.log()[:, None, None, :]
         if bool((size > 0).all()):
             return None
-        zero = size.new_zeros(())
-        return torch.where(size > 0, zero, -torch.inf)[:, None, None, :]
+        return padding_bias(size > 0, size.dtype)
 
     def run_block(self, i: int, layer: nn.Module, x: Tensor,
                   state: ALGMState) -> Tuple[Tensor, ALGMState]:
         """Block ``i`` on ``x`` (merging at the two blocks)."""
         bias = self.attention_bias(state.size)
-        merges = i in (self.local_block, self.global_block)
+        merges = i in (self.local_layer, self.global_layer)
         if not merges:
             self.record_source(i, state.source)
             out = layer(x, bias)
-            self._record_counts(state.size, out)
+            self.record_counts(i, out, real_tokens(state.size))
             return out, state
         x, _, _ = layer.attention_residual(x, bias)
         size = state.size if state.size is not None else x.new_ones(
             x.shape[:2])
-        if i == self.local_block:
+        if i == self.local_layer:
             assign, slots = self.local_assign(x, state.hw)
             num_slots = int(slots.max())
         else:
@@ -191,16 +198,16 @@ class ALGM(nn.Module, TokenReducer):
         self.record_source(i, source)
         state = state._replace(source=source, size=size)
         out = layer.mlp_residual(x)
-        self._record_counts(size, out)
+        self.record_counts(i, out, real_tokens(size))
         return out, state
 
     def local_assign(self, x: Tensor, hw: Tuple[int, int]
                      ) -> Tuple[Tensor, Tensor]:
-        prefix = int(self.class_token)
+        prefix = self.num_prefix
         num_patches = x.shape[1] - prefix
         if num_patches != hw[0] * hw[1]:
             raise ValueError(
-                f'ALGM local merge at block {self.local_block} needs the full '
+                f'ALGM local merge at block {self.local_layer} needs the full '
                 f'{hw[0]}x{hw[1]} grid but the block has {num_patches} patch '
                 'tokens; put the local merge before the global one')
         windows = grid_windows(hw, self.window, x.device)
@@ -210,39 +217,93 @@ class ALGM(nn.Module, TokenReducer):
 
     def global_assign(self, x: Tensor, valid: Tensor, layer: int
                       ) -> Tuple[Tensor, Tensor]:
-        best, match = bipartite_scores(x, self.class_token, valid)
+        best, match = bipartite_scores(x, self.num_prefix, valid)
         edges = torch.isfinite(best)
         r = adaptive_merge_count(best, edges, layer)
         return bipartite_assign(best, match, r, valid.sum(dim=1), x.shape[1])
 
-    def _record_counts(self, size: Optional[Tensor], out: Tensor) -> None:
-        counts = torch.full(out.shape[:1], out.shape[1], device=out.device) \
-            if size is None else (size > 0).sum(dim=1)
-        self._counts.append(counts.detach())
-
-    @property
-    def last_counts(self) -> Optional[Tensor]:
-        """(B, blocks run) tokens every image kept after each block of the
-        last forward pass (class token included), None before one."""
-        return torch.stack(self._counts, dim=1) if self._counts else None
-
-    def full_grid(self, i: int, x: Tensor, state: ALGMState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
-
     # ------------------------------------------------------------ questions
     def merging_blocks(self) -> List[int]:
-        return [i for i in (self.local_block, self.global_block)
+        return [i for i in (self.local_layer, self.global_layer)
                 if i is not None]
 
     def blocks(self, num_layers: int) -> List[int]:
-        return list(range(self.local_block, num_layers))
+        return list(range(self.local_layer, num_layers))
 
     def extra_repr(self) -> str:
-        return (f'local_block={self.local_block}, '
-                f'global_block={self.global_block}, '
+        return (f'local_layer={self.local_layer}, '
+                f'global_layer={self.global_layer}, '
                 f'threshold={self.threshold}, window={self.window}, '
                 f'proportional_attention={self.proportional_attention}')
+
+
+@dataclass(frozen=True)
+class ALGMConfig:
+    """Adaptive Local-then-Global Merging (``method='algm'``; algm.py).
+
+    ``local_layer``: the block (0-based, like every ``layers`` key here;
+    the authors' "layer 1" is block 0) that merges each ``window`` cell of
+    the grid whose mean pairwise cosine similarity is >= ``threshold``.
+    ``global_layer``: the later block (authors' "layer 5" = block 4 for
+    ViT-T/S/B, "layer 7" = block 6 for ViT-L; None: no global merge) whose
+    bipartite matching merges every token scoring >= mean + std / layer.
+    ``proportional_attention``: the log-size attention bias (off: the
+    authors' attention ignores sizes).
+    """
+
+    method: ClassVar[str]  # set by register()
+    local_layer: int = 0
+    global_layer: Optional[int] = 4
+    threshold: float = 0.88
+    window: Tuple[int, int] = (2, 2)
+    proportional_attention: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'ALGMConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'local_layer', 'global_layer',
+                          'threshold', 'window', 'proportional_attention'},
+                    'algm')
+        local = block_index(cfg.get('local_layer', 0), 'local_layer')
+        glob = cfg.get('global_layer', 4)
+        if glob is not None:
+            glob = block_index(glob, 'global_layer')
+        for name, block in (('local_layer', local), ('global_layer', glob)):
+            if block is not None and not 0 <= block < num_layers:
+                raise UsageError(f'{name}={block} is outside blocks '
+                                 f'0..{num_layers - 1}')
+        if glob is not None and glob <= local:
+            raise UsageError(
+                f'global_layer={glob} must come after local_layer={local}: '
+                'the local merge cuts the full token grid into windows')
+        threshold = check_number(cfg.get('threshold', 0.88), 'threshold')
+        if not -1 <= threshold <= 1:
+            raise UsageError(
+                f'threshold must be in [-1, 1], got {threshold}: it is '
+                "compared with a window's mean cosine similarity, which lies "
+                'there (at -1 every window merges, above 1 none would)')
+        window = cfg.get('window', (2, 2))
+        if is_int(window):
+            window = (window, window)
+        if not isinstance(window, (list, tuple)) or len(window) != 2 or \
+                not all(is_int(w) and w >= 1 for w in window) or \
+                window[0] * window[1] < 2:
+            raise UsageError('window must be a positive int or an (h, w) '
+                             'pair of them covering at least 2 tokens, got '
+                             f'{window!r}')
+        prop = check_flag(cfg.get('proportional_attention', False),
+                           'proportional_attention')
+        return cls(local_layer=local, global_layer=glob, threshold=threshold,
+                   window=(int(window[0]), int(window[1])),
+                   proportional_attention=prop)
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      num_prefix: int, img_size) -> ALGM:
+        check_within_grid('window', self.window, grid, img_size,
+                           'no window fits, so no token would merge '
+                           "locally", "(the authors' window is (2, 2))")
+        return ALGM(self.local_layer, self.global_layer, self.threshold,
+                    self.window, num_prefix, self.proportional_attention)
 
 
 # ---------------------------------------------------------------- knob
@@ -285,4 +346,6 @@ SPEC = MethodSpec(
     no_export=("each image keeps its own number of tokens, so the blocks' "
                'shapes depend on the input'),
     marker='h',
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=ALGMConfig)
+register(SPEC)

@@ -8,7 +8,7 @@ global ranking shares them out among the layers; the placement moves
 centres, never their counts, so every placement has the same FLOPs). Its
 options are the compression settings a study variant changes (``mode``,
 ``rule``, ``reconstruct``, ``assign``, ``prune_rate``); each one left out
-takes :class:`~.config.PMConfig`'s default.
+takes :class:`PMConfig`'s default.
 
 The unit's arithmetic lives in :mod:`.unit`, the content-aware assignment
 in :mod:`.content`, the low-level operations in :mod:`.ops`.
@@ -16,17 +16,26 @@ in :mod:`.content`, the low-level operations in :mod:`.ops`.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
+from .config import (block_index, check_flag, check_keys, check_number,
+                     check_span, index_list)
 from .reducer import STRUCTURES_NAME, TokenReducer
-from .registry import (DEFAULT_METHOD, MethodSpec, ModelShape,
+from .registry import (DEFAULT_METHOD, FIRST_COMPRESSED_BLOCK,
+                       BenchmarkVariant, MethodSpec, ModelShape, StudyVariant,
                        compressible_blocks, config_default, keep_rate_for,
-                       method_spec)
-from .structure import CompressionStructure
+                       register)
+from .structure import (ASSIGN_RULES, DEFAULT_RULE, CompressionStructure,
+                        lattice_structure)
 from .unit import (DEFAULT_ASSIGN, DEFAULT_IMPL, DEFAULT_NEIGHBOURHOOD,
-                   DEFAULT_RECONSTRUCT, TokenCompressor)
+                   DEFAULT_RECONSTRUCT, TokenCompressor, check_unit_settings)
+
+MODES = ('layer', 'span')
 
 
 def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
@@ -203,35 +212,169 @@ class PruneAndMerge(nn.ModuleDict, TokenReducer):
         return total
 
 
+@dataclass(frozen=True)
+class PMConfig:
+    """Which blocks are compressed and how.
+
+    mode 'layer': every block in ``layers`` merges its input, runs on the
+    centres and reconstructs its output. mode 'span': each ``(m, r)`` in
+    ``spans`` merges once before block m and reconstructs after block r.
+    ``units`` is the common form: a list of inclusive ``(first, last)``.
+    ``assign`` 'content' (default): per image, each token joins the most
+    similar centre among the windows of its ``neighbourhood`` x
+    ``neighbourhood`` tokens (docs/content_windows.md); 'static': the
+    structure's windows (checkpoints written before content-aware windows).
+    """
+
+    method: ClassVar[str]  # set by register()
+    mode: str = 'layer'
+    units: List[Tuple[int, int]] = field(default_factory=list)
+    keep_rate: float = 0.7
+    prune_rate: float = 0.0
+    rule: str = DEFAULT_RULE
+    impl: str = DEFAULT_IMPL
+    trainable: bool = True
+    reconstruct: str = DEFAULT_RECONSTRUCT
+    assign: str = DEFAULT_ASSIGN
+    neighbourhood: int = DEFAULT_NEIGHBOURHOOD
+    # log window sizes on the attention logits of the merged tokens
+    proportional_attention: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: Optional[dict],
+                  num_layers: int) -> Optional['PMConfig']:
+        if cfg is None:
+            return None
+        cfg = dict(cfg)
+        method = cfg.pop('method', DEFAULT_METHOD)
+        if method != cls.method:
+            raise UsageError(
+                f"compression method={method!r} is not Prune-and-Merge: it "
+                'has no static structures (tools/prune.py and '
+                "set_structures apply to method='pm' only); parse any "
+                'method with parse_compression()')
+        known = {'mode', 'layers', 'spans', 'keep_rate', 'prune_rate', 'rule',
+                 'impl', 'trainable', 'reconstruct', 'assign',
+                 'neighbourhood', 'proportional_attention'}
+        check_keys(cfg, known, 'pm')
+        mode = cfg.pop('mode', 'layer')
+        if mode not in MODES:
+            raise UsageError(f'compression mode must be one of {MODES}, '
+                             f'got {mode!r}')
+        layers = cfg.pop('layers', None)
+        spans = cfg.pop('spans', None)
+        if layers is None and spans is None:
+            given = f'sets {sorted(cfg)} but ' if cfg else ''
+            raise UsageError(
+                f'compression {given}names no blocks to compress: Prune and '
+                'Merge needs layers=[...] (block indices, e.g. layers=[1, 2, '
+                "3]) or mode='span' with spans=[(first, last), ...]; for the "
+                'dense model leave compression=None')
+        if mode == 'layer':
+            if spans is not None or layers is None:
+                raise UsageError("compression mode 'layer' takes layers=[...] "
+                                 '(block indices), not spans')
+            units = [(block_index(i, 'layers'), ) * 2
+                     for i in index_list(layers, 'layers')]
+        else:
+            if layers is not None or spans is None:
+                raise UsageError("compression mode 'span' takes "
+                                 'spans=[(first, last), ...], not layers')
+            units = [check_span(span) for span in index_list(spans,
+                                                               'spans')]
+        if not units:
+            raise UsageError('compression lists no layers; use '
+                             'compression=None for the dense model')
+        units.sort()
+        for first, last in units:
+            if not 0 <= first <= last < num_layers:
+                raise UsageError(
+                    f'compressed unit {(first, last)} is outside blocks '
+                    f'0..{num_layers - 1} (or has first > last)')
+        for (_, last), (first, _) in zip(units, units[1:]):
+            if first <= last:
+                raise UsageError(f'compressed layers/spans overlap: {units}')
+        for key in ('keep_rate', 'prune_rate'):
+            if key in cfg:
+                cfg[key] = check_number(cfg[key], key)
+        for flag in ('trainable', 'proportional_attention'):
+            if flag in cfg:
+                check_flag(cfg[flag], flag)
+        config = cls(mode=mode, units=units, **cfg)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0 < self.keep_rate <= 1:
+            raise UsageError(f'keep_rate must be in (0, 1], got '
+                             f'{self.keep_rate}')
+        if not 0 <= self.prune_rate < 1:
+            raise UsageError(f'prune_rate must be in [0, 1), got '
+                             f'{self.prune_rate}')
+        if self.keep_rate + self.prune_rate > 1:
+            raise UsageError(
+                f'keep_rate + prune_rate = {self.keep_rate + self.prune_rate}'
+                ' > 1: the kept and pruned fractions of the tokens cannot '
+                'overlap; lower one of them')
+        if self.rule not in ASSIGN_RULES:
+            raise UsageError(f'rule must be one of {ASSIGN_RULES}, got '
+                             f'{self.rule!r}')
+        check_unit_settings(self.impl, self.reconstruct, self.assign,
+                            self.neighbourhood)
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      num_prefix: int, img_size) -> PruneAndMerge:
+        """Its reducer, every unit on centres on a regular lattice with
+        keep_rate of the tokens (until structures are installed)."""
+        default = lattice_structure(grid, self.keep_rate, self.rule)
+        return PruneAndMerge(self.units, default, num_prefix,
+                             self.impl, self.trainable, self.reconstruct,
+                             self.assign, self.neighbourhood,
+                             self.proportional_attention)
+
+    def structure_settings(self) -> dict:
+        """The settings a structure search reads and a loaded structure
+        stands in for (its centres, pruned tokens and windows fix them):
+        tools/prune.py records them, and a checkpoint made with others is
+        refused rather than running with the config's values ignored."""
+        return dict(keep_rate=self.keep_rate, prune_rate=self.prune_rate,
+                    rule=self.rule)
+
+    @property
+    def layers(self) -> List[int]:
+        """Every block that runs on compressed tokens."""
+        return [i for a, b in self.units for i in range(a, b + 1)]
+
+
 # ---------------------------------------------------------------- knob
 # the compression settings a knob value may be given with
 KNOB_OPTIONS = ('mode', 'rule', 'reconstruct', 'assign', 'prune_rate')
 # ... and, written out only where a variant sets it (every other variant's
 # dict stays as it was)
 EXTRA_KNOB_OPTIONS = ('neighbourhood', 'proportional_attention')
-# ... and the one that picks the compressed layers (pm_layers)
+# ... and the one that picks the compressed layers: the first one, 0 (every
+# block) or FIRST_COMPRESSED_BLOCK (the default)
 LAYOUT_OPTIONS = ('first_block', )
-
-
-def pm_layers(num_layers: int, first_block: int = 1) -> List[int]:
-    """Blocks Prune and Merge compresses: ``first_block`` to the last.
-    1 (the default) leaves block 0 dense, as the released Segmenter configs
-    leave their first blocks dense; 0 compresses every block."""
-    if first_block == 1:
-        return compressible_blocks(num_layers)
-    if first_block != 0:
-        raise ValueError(f'first_block must be 0 or 1, got {first_block!r}')
-    return list(range(num_layers))
+FIRST_BLOCKS = (0, FIRST_COMPRESSED_BLOCK)
+# The benchmark's rows for a config that compresses no block: blocks 2 to
+# the last (the released ViT-S Prune-and-Merge config's)
+BENCHMARK_FIRST_BLOCK = 2
 
 
 def span_units(num_layers: int) -> List[Tuple[int, int]]:
-    """The span-mode units: blocks 1..L-1 in two consecutive halves (the
-    first one longer when odd), each with one shared structure."""
-    blocks = pm_layers(num_layers)
+    """The span-mode units: the compressed blocks in two consecutive
+    halves (the first one longer when odd), each with one shared
+    structure."""
+    blocks = compressible_blocks(num_layers)
     if len(blocks) < 2:
         return [(blocks[0], blocks[-1])]
     cut = blocks[0] + math.ceil(len(blocks) / 2) - 1
     return [(blocks[0], cut), (cut + 1, blocks[-1])]
+
+
+def _benchmark_fallback(num_layers: int) -> dict:
+    return dict(mode='layer',
+                layers=compressible_blocks(num_layers, BENCHMARK_FIRST_BLOCK))
 
 
 def _knob_range(shape: ModelShape) -> Tuple[int, int]:
@@ -244,17 +387,21 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
     if unknown:
         raise ValueError(f'unknown Prune-and-Merge knob options {unknown}; '
                          f'expected some of {known}')
-    config = method_spec(SPEC.name).config
-    o = {k: options[k] if k in options else config_default(config, k)
+    o = {k: options[k] if k in options else config_default(PMConfig, k)
          for k in KNOB_OPTIONS}
-    first_block = options.get('first_block', 1)
+    first_block = options.get('first_block', FIRST_COMPRESSED_BLOCK)
+    if first_block not in FIRST_BLOCKS:
+        raise ValueError(f'first_block must be one of {FIRST_BLOCKS}, got '
+                         f'{first_block!r}')
     if o['mode'] == 'span':
-        if first_block != 1:
+        if first_block != FIRST_COMPRESSED_BLOCK:
             raise ValueError("first_block is an option of mode 'layer'; "
-                             'span units start at block 1')
+                             'span units start at block '
+                             f'{FIRST_COMPRESSED_BLOCK}')
         units = dict(spans=span_units(shape.num_layers))
     else:
-        units = dict(layers=pm_layers(shape.num_layers, first_block))
+        units = dict(layers=compressible_blocks(shape.num_layers,
+                                                first_block))
     return dict(mode=o['mode'], **units,
                 keep_rate=keep_rate_for(knob, shape.num_tokens),
                 prune_rate=o['prune_rate'], rule=o['rule'],
@@ -265,6 +412,73 @@ def _knob_compression(knob: int, shape: ModelShape, **options) -> dict:
 def _knob_text(knob: int, shape: ModelShape) -> str:
     return f'keep {knob}/{shape.num_tokens} ({knob / shape.num_tokens:.2f})'
 
+
+def _variant(name: str, label: str, marker: str,
+             placement: Optional[str] = None, ranking: Optional[str] = None,
+             **options) -> StudyVariant:
+    return StudyVariant(name, label, marker, options, placement, ranking)
+
+
+# The study's variants (each writes out the settings that define it; every
+# other one is PMConfig's default; placement None: the project's)
+STUDY_VARIANTS = (
+    _variant('pm-row', "PM per layer, row rule, authors' pinv", 'o', 'score',
+        reconstruct='pinv', assign='static'),
+    _variant('pm-nearest', 'PM per layer, nearest rule, pinv', 's', 'score',
+        rule='nearest', reconstruct='pinv', assign='static'),
+    _variant('pm-span', 'PM span mode, pinv', 'D', 'score', mode='span',
+        reconstruct='pinv', assign='static'),
+    _variant('random', 'PM random centres, pinv (floor)', 'X', 'random',
+        reconstruct='pinv', assign='static'),
+    _variant('res-row', 'PM per layer, row rule, residual', 'o', 'score',
+        reconstruct='residual', assign='static'),
+    _variant('res-span', 'PM span mode, residual', 'D', 'score', mode='span',
+        reconstruct='residual', assign='static'),
+    _variant('res-random', 'PM random centres, residual, static windows', 'X',
+        'random', reconstruct='residual', assign='static'),
+    _variant('res-content', 'PM random centres, residual, content-aware windows, '
+        'block 0 dense', 'p'),
+    _variant('res-content-all', 'PM random centres, residual, content-aware '
+        'windows, every block (the default)', 'H', first_block=0),
+    _variant('res-content-all-prop', 'PM random centres, residual, '
+        'content-aware windows, every block, proportional attention', '<',
+        first_block=0, proportional_attention=True),
+    _variant('res-content-even', 'PM random centres, residual, content-aware '
+        'windows, the same centres in every block', '>', ranking='layer'),
+    _variant('res-content-k5', 'PM random centres, residual, content-aware '
+        'windows over 5 x 5 neighbours', '8', neighbourhood=5),
+    _variant('res-content-k7', 'PM random centres, residual, content-aware '
+        'windows over 7 x 7 neighbours', 'd', neighbourhood=7),
+    _variant('res-nearest', 'PM scored centres, nearest rule, residual', 's',
+        'score', rule='nearest', reconstruct='residual', assign='static'),
+    _variant('res-spread', 'PM spread centres, nearest rule, residual', 'P',
+        'spread', rule='nearest', reconstruct='residual', assign='static'),
+    _variant('res-lattice', 'PM lattice centres, nearest rule, residual', 'h',
+        'lattice', rule='nearest', reconstruct='residual', assign='static'),
+    _variant('res-span-spread', 'PM span mode, spread centres, residual', '*',
+        'spread', mode='span', rule='nearest', reconstruct='residual',
+        assign='static'),
+)
+
+# The benchmark's rows at a keep rate: what each one sets in the config's
+# compression dict, and its label
+BENCHMARK_VARIANTS = (
+    BenchmarkVariant(DEFAULT_METHOD, dict(
+        impl=config_default(PMConfig, 'impl'),
+        reconstruct=config_default(PMConfig, 'reconstruct'),
+        assign=config_default(PMConfig, 'assign')), 'PM keep {keep_rate:g}',
+        by_default=True),
+    BenchmarkVariant('pm-static', dict(
+        impl=config_default(PMConfig, 'impl'),
+        reconstruct=config_default(PMConfig, 'reconstruct'),
+        assign='static'), 'PM keep {keep_rate:g}, static windows'),
+    BenchmarkVariant('pm-pinv', dict(
+        impl=config_default(PMConfig, 'impl'), reconstruct='pinv'),
+        "PM keep {keep_rate:g}, authors' pinv", by_default=True),
+    BenchmarkVariant('pm-matrix', dict(
+        impl='dense', reconstruct=config_default(PMConfig, 'reconstruct')),
+        'PM keep {keep_rate:g}, dense matrices'),
+)
 
 SPEC = MethodSpec(
     name=DEFAULT_METHOD, label='Prune and Merge',
@@ -278,4 +492,8 @@ SPEC = MethodSpec(
     fixed_shapes=True, per_image_merges=True, exports=True, structures=True,
     marker='o',
     picture_note='content-aware windows: centres fixed, windows of this '
-                 'image')
+                 'image',
+    config=PMConfig, study_variants=STUDY_VARIANTS,
+    benchmark_variants=BENCHMARK_VARIANTS,
+    benchmark_fallback=_benchmark_fallback)
+register(SPEC)

@@ -34,16 +34,19 @@ pair must not hinge on bf16/fp16 rounding.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import ClassVar, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .ops import merge_tokens
-from .reducer import TokenReducer
+from mmseg_pm.utils.errors import UsageError
+
+from .config import check_keys, check_layers
+from .ops import cosine_similarity, initial_source, merge_tokens, padding_bias
+from .reducer import SourceMapReducer
 from .registry import (SOURCE_MAP_NOTE, MethodSpec, ModelShape,
-                       compressible_blocks, no_options)
-from .tome import cosine_similarity, gather_tokens, initial_source
+                       compressible_blocks, no_options, register)
 
 DEFAULT_LAYERS = (2, 5)
 
@@ -125,43 +128,31 @@ class MPMState(NamedTuple):
     valid: Optional[Tensor]  # (B, T) False at padding; None: no padding
 
 
-class MPM(nn.Module, TokenReducer):
+class MPM(nn.Module, SourceMapReducer):
     """MPM in the backbone: before every block of ``layers`` (0-based), the
     mutual nearest-neighbour pairs of the patch tokens become their means.
     No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that
-    interface); :attr:`last_counts` says what each image of the last
-    forward pass kept.
+    interface); with ``trace_counts`` set, :attr:`last_counts` says what
+    each image of the last forward pass kept.
     """
 
     method = 'mpm'
 
     def __init__(self, layers: Sequence[int] = DEFAULT_LAYERS,
-                 class_token: bool = True):
+                 num_prefix: int = 1):
         super().__init__()
         self.layers = tuple(sorted(int(i) for i in layers))
-        self.class_token = class_token
-        self._counts: List[Tensor] = []
-        self._input_tokens = 0
+        self.num_prefix = num_prefix
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> MPMState:
-        self._counts, self._input_tokens = [], x.shape[1]
         return MPMState(initial_source(x), None)
-
-    @staticmethod
-    def attention_bias(x: Tensor, valid: Optional[Tensor]
-                       ) -> Optional[Tensor]:
-        """(B, 1, 1, T): -inf at padded keys, 0 elsewhere (None: none)."""
-        if valid is None:
-            return None
-        zero = x.new_zeros(())
-        return torch.where(valid, zero, -torch.inf)[:, None, None, :]
 
     def merge(self, x: Tensor, state: MPMState) -> Tuple[Tensor, MPMState]:
         """One insertion: (B, T, C) tokens -> the merged tokens (padded to
         the batch's largest image) and the new state."""
-        prefix = int(self.class_token)
+        prefix = self.num_prefix
         patches = x[:, prefix:]
         valid = None if state.valid is None else state.valid[:, prefix:]
         partner = mutual_partners(patches, valid)
@@ -186,24 +177,9 @@ class MPM(nn.Module, TokenReducer):
         if i in self.layers:
             x, state = self.merge(x, state)
         self.record_source(i, state.source)
-        out = layer(x, self.attention_bias(x, state.valid))
-        self._record_counts(state.valid, out)
+        out = layer(x, padding_bias(state.valid, x.dtype))
+        self.record_counts(i, out, state.valid)
         return out, state
-
-    def full_grid(self, i: int, x: Tensor, state: MPMState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
-
-    def _record_counts(self, valid: Optional[Tensor], out: Tensor) -> None:
-        counts = torch.full(out.shape[:1], out.shape[1], device=out.device) \
-            if valid is None else valid.sum(dim=1)
-        self._counts.append(counts.detach())
-
-    @property
-    def last_counts(self) -> Optional[Tensor]:
-        """(B, blocks run) tokens every image kept in each block of the
-        last forward pass (class token included), None before one."""
-        return torch.stack(self._counts, dim=1) if self._counts else None
 
     # ------------------------------------------------------------ questions
     def merging_blocks(self) -> List[int]:
@@ -213,7 +189,38 @@ class MPM(nn.Module, TokenReducer):
         return list(range(self.layers[0], num_layers)) if self.layers else []
 
     def extra_repr(self) -> str:
-        return f'layers={self.layers}, class_token={self.class_token}'
+        return f'layers={self.layers}, num_prefix={self.num_prefix}'
+
+
+@dataclass(frozen=True)
+class MPMConfig:
+    """Mutual Pair Merging (``method='mpm'``; mpm.py), training-free.
+
+    ``layers``: the blocks (0-based) before which the mutual nearest-
+    neighbour pairs of the patch tokens become their means; the authors'
+    default (2, 5), before the 3rd and the 6th block, on every backbone.
+    There is no other setting (no keep rate, no threshold).
+    """
+
+    method: ClassVar[str]  # set by register()
+    layers: Tuple[int, ...] = DEFAULT_LAYERS
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'MPMConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'layers'}, 'mpm')
+        if 'layers' not in cfg and max(DEFAULT_LAYERS) >= num_layers:
+            raise UsageError(
+                f"method='mpm' merges before blocks {DEFAULT_LAYERS} by default "
+                f'but the backbone has {num_layers} blocks '
+                f'(0..{num_layers - 1}); give layers=[...] inside them')
+        layers = check_layers(cfg.get('layers', DEFAULT_LAYERS), num_layers,
+                               'layers')
+        return cls(layers=tuple(layers))
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      num_prefix: int, img_size) -> MPM:
+        return MPM(self.layers, num_prefix)
 
 
 # ---------------------------------------------------------------- knob
@@ -258,4 +265,6 @@ SPEC = MethodSpec(
     no_export=("each image keeps its own number of tokens, so the blocks' "
                'shapes depend on the input'),
     marker='P', discrete=True,
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=MPMConfig)
+register(SPEC)

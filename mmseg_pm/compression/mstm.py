@@ -22,19 +22,23 @@ grid back at any depth.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import merge_tokens
-from .reducer import TokenReducer
+from mmseg_pm.utils.errors import UsageError
+
+from .config import (check_flag, check_keys, check_layers, check_number,
+                     per_layer)
+from .ops import (autocast_off, cosine_similarity, gather_tokens,
+                  initial_source, key_metric, merge_tokens)
+from .reducer import SourceMapReducer
 from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
                        ModelShape, compressible_blocks, keep_rate_for,
-                       no_options)
-from .tome import (cosine_similarity, full_precision, gather_tokens,
-                   initial_source, key_metric)
+                       no_options, register)
 
 
 def class_attention(q: Tensor, k: Tensor) -> Tensor:
@@ -42,8 +46,7 @@ def class_attention(q: Tensor, k: Tensor) -> Tensor:
     (B, heads, T, d) queries and keys -> (B, T - 1). Only the class row of
     the attention is computed, in float32 (it ranks the tokens: see
     :func:`cosine_similarity`)."""
-    cuda, cpu = full_precision()
-    with cuda, cpu:
+    with autocast_off(q.device.type):
         q, k = q[:, :, :1].float(), k.float()
         logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)
         return torch.softmax(logits, dim=-1).mean(dim=1)[:, 0, 1:]
@@ -118,7 +121,7 @@ class MSTMState(NamedTuple):
     coarse: Optional[Tensor]  # (B, H*W, C) coarse tokens until fused
 
 
-class MSTM(nn.Module, TokenReducer):
+class MSTM(nn.Module, SourceMapReducer):
     """MSTM in the backbone. ``keep_rates`` maps each pruning block to the
     fraction of the current patch tokens it keeps as crucial tokens.
     Needs the class token (its attention is the importance).
@@ -127,6 +130,7 @@ class MSTM(nn.Module, TokenReducer):
     """
 
     method = 'mstm'
+    num_prefix = 1  # the class token, whose attention ranks the tokens
 
     def __init__(self, embed_dims: int, keep_rates: Dict[int, float],
                  coarse: bool = True):
@@ -138,14 +142,16 @@ class MSTM(nn.Module, TokenReducer):
         self.coarse = CoarseBranch(embed_dims) if coarse else None
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> MSTMState:
-        coarse = None if self.coarse is None else self.coarse(x[:, 1:], hw)
+        p = self.num_prefix
+        coarse = None if self.coarse is None else self.coarse(x[:, p:], hw)
         return MSTMState(initial_source(x), coarse)
 
     def fuse_coarse(self, i: int, x: Tensor,
                     state: MSTMState) -> Tuple[Tensor, MSTMState]:
         """The coarse tokens added before the first pruning block."""
         if i == self.fuse_layer and state.coarse is not None:
-            x = torch.cat((x[:, :1], x[:, 1:] + state.coarse), dim=1)
+            p = self.num_prefix
+            x = torch.cat((x[:, :p], x[:, p:] + state.coarse), dim=1)
             state = state._replace(coarse=None)
         return x, state
 
@@ -161,7 +167,8 @@ class MSTM(nn.Module, TokenReducer):
         """Block ``i`` on ``x``: fuses the coarse tokens before the first
         pruning block; merges at pruning blocks."""
         x, state = self.fuse_coarse(i, x, state)
-        num_patches = x.shape[1] - 1
+        p = self.num_prefix
+        num_patches = x.shape[1] - p
         num_keep = num_patches
         if i in self.keep_rates:
             num_keep = num_crucial(num_patches, self.keep_rates[i])
@@ -170,20 +177,16 @@ class MSTM(nn.Module, TokenReducer):
             return layer(x), state
         x, q, k = layer.attention_residual(x)
         importance = class_attention(q, k)
-        patch_slots = crucial_token_matching(key_metric(k)[:, 1:], importance,
+        patch_slots = crucial_token_matching(key_metric(k)[:, p:], importance,
                                              num_keep)
-        assign = F.pad(patch_slots + 1, (1, 0))  # class token: slot 0
+        assign = F.pad(patch_slots + p, (p, 0))  # class token: slot 0
         # an underflowed softmax must not leave a group with zero weight
         importance = importance.clamp_min(torch.finfo(importance.dtype).tiny)
-        weight = F.pad(importance, (1, 0), value=1.0)
-        x, _ = merge_tokens(x, assign, weight, num_keep + 1)
+        weight = F.pad(importance, (p, 0), value=1.0)
+        x, _ = merge_tokens(x, assign, weight, num_keep + p)
         source = assign.gather(1, state.source)
         self.record_source(i, source)
         return layer.mlp_residual(x), state._replace(source=source)
-
-    def full_grid(self, i: int, x: Tensor, state: MSTMState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
 
     def merging_blocks(self) -> List[int]:
         return list(self.keep_rates)
@@ -194,15 +197,64 @@ class MSTM(nn.Module, TokenReducer):
     def tokens_per_block(self, num_tokens: int, num_layers: int) -> List[int]:
         """Tokens each block outputs (its MLP runs on them), class token
         included, for ``num_tokens`` input tokens."""
-        counts, num_patches = [], num_tokens - 1
+        counts, num_patches = [], num_tokens - self.num_prefix
         for i in range(num_layers):
             if i in self.keep_rates:
                 num_patches = num_crucial(num_patches, self.keep_rates[i])
-            counts.append(num_patches + 1)
+            counts.append(num_patches + self.num_prefix)
         return counts
 
     def extra_repr(self) -> str:
         return f'keep_rates={self.keep_rates}'
+
+
+@dataclass(frozen=True)
+class MSTMConfig:
+    """Multi-Scale And Token Mergence (``method='mstm'``).
+
+    At each block of ``prune_layers`` the top ``keep_rate`` of the current
+    patch tokens (by class-token attention) stay; every other token is merged
+    into its most similar kept token. ``keep_rates`` maps each pruning block
+    to its rate (``keep_rate`` may be one float or one per pruning layer).
+    ``coarse``: fuse the zero-initialised 2x2 coarse branch into the tokens
+    before the first pruning layer.
+    """
+
+    method: ClassVar[str]  # set by register()
+    keep_rates: Dict[int, float] = field(default_factory=dict)
+    coarse: bool = True
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'MSTMConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'prune_layers', 'keep_rate', 'coarse'},
+                    'mstm')
+        if 'prune_layers' not in cfg:
+            raise UsageError("method='mstm' needs prune_layers=[...] (the "
+                             'blocks that merge tokens), e.g. [2, 5, 8]')
+        given = cfg['prune_layers']
+        layers = check_layers(given, num_layers, 'prune_layers')
+        rates = per_layer(cfg.get('keep_rate', 0.7), list(given), 'keep_rate')
+        for rate in rates:
+            if not 0 < check_number(rate, 'keep_rate') <= 1:
+                raise UsageError(f'keep_rate must be in (0, 1], got {rate}')
+        keep_rates = {int(i): float(r) for i, r in zip(given, rates)}
+        coarse = check_flag(cfg.get('coarse', True), 'coarse')
+        return cls(keep_rates={i: keep_rates[i] for i in layers},
+                   coarse=coarse)
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      num_prefix: int, img_size) -> MSTM:
+        if num_prefix != MSTM.num_prefix:
+            raise UsageError(
+                "compression method='mstm' ranks tokens by the class "
+                "token's attention and needs with_cls_token=True; use "
+                "method='tome' or 'pm' for a model without a class token")
+        return MSTM(embed_dims, self.keep_rates, self.coarse)
+
+    @property
+    def prune_layers(self) -> List[int]:
+        return list(self.keep_rates)
 
 
 # ---------------------------------------------------------------- knob
@@ -237,4 +289,6 @@ SPEC = MethodSpec(
     exports=False,
     no_export=SORTS_PER_IMAGE,
     marker='^',
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=MSTMConfig)
+register(SPEC)

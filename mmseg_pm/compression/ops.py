@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -24,6 +25,43 @@ def autocast_off(device_type: str) -> torch.autocast:
     dtype of its operands (which tokens merge must not hinge on bf16/fp16
     rounding)."""
     return torch.autocast(device_type, enabled=False)
+
+
+def key_metric(k: Tensor) -> Tensor:
+    """(B, heads, T, d) keys -> (B, T, d): what token similarity is
+    measured on (ToMe's choice: the keys averaged over heads)."""
+    return k.mean(dim=1)
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """Per image, ``x[b, index[b]]``: (B, T, C) and (B, M) -> (B, M, C)."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def initial_source(x: Tensor) -> Tensor:
+    """The source map before any merge: every token holds itself."""
+    b, t, _ = x.shape
+    return torch.arange(t, device=x.device).expand(b, t)
+
+
+def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """(..., M, d) x (..., N, d) -> (..., M, N) cosine similarities, in
+    fp32 with autocast off: which tokens merge must not hinge on bf16/fp16
+    rounding (the product is a matmul, so torch's FLOP counter counts it)."""
+    with autocast_off(a.device.type):
+        a = F.normalize(a.float(), dim=-1)
+        b = F.normalize(b.float(), dim=-1)
+        return a @ b.transpose(-1, -2)
+
+
+def padding_bias(valid: Optional[Tensor], dtype: torch.dtype
+                 ) -> Optional[Tensor]:
+    """(B, 1, 1, T) attention bias of a padded batch: -inf at the keys
+    where ``valid`` (B, T) is False, 0 elsewhere (None: no padding)."""
+    if valid is None:
+        return None
+    zero = torch.zeros((), dtype=dtype, device=valid.device)
+    return torch.where(valid, zero, -torch.inf)[:, None, None, :]
 
 
 def batched_rows(index: Tensor, batch: int, rows: int) -> Tensor:

@@ -17,7 +17,9 @@ depends on the image), its static structures if it has any (:attr:`units`,
 :meth:`structures`, :meth:`set_structures`), the name its weights have in
 checkpoints (:attr:`state_dict_name`), and, opted in with
 ``trace_source = True``, which current token holds each original position
-after every block (:attr:`sources`, like ToMe's ``trace_source``).
+after every block (:attr:`sources`, like ToMe's ``trace_source``), with
+``trace_counts = True`` how many tokens each image kept in every block
+(:attr:`last_counts`).
 
 Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.mstm.MSTM`,
@@ -25,18 +27,22 @@ Implementations: :class:`mmseg_pm.compression.merge.PruneAndMerge`,
 :class:`mmseg_pm.compression.hourglass.Hourglass`,
 :class:`mmseg_pm.compression.algm.ALGM`,
 :class:`mmseg_pm.compression.mpm.MPM`; every registered method
-(:func:`mmseg_pm.compression.registry.method_names`). A new method
-implements this mixin on an ``nn.Module``, declares its
-:class:`~.registry.MethodSpec` next to it and registers it with its config
-class (mmseg_pm/compression/config.py).
+(:func:`mmseg_pm.compression.registry.method_names`); ToMe, MSTM, ALGM
+and MPM carry a source map and take their full grid from
+:class:`SourceMapReducer`. A new method
+implements this mixin on an ``nn.Module`` and declares its config class
+and its :class:`~.registry.MethodSpec` next to it in one module, which
+registers the spec and which the package's ``__init__`` imports.
 """
 from __future__ import annotations
 
 from typing import (Any, Dict, List, Optional, Protocol, Sequence, Tuple,
                     runtime_checkable)
 
+import torch
 from torch import Tensor
 
+from .ops import gather_tokens
 from .registry import MethodSpec, method_spec, method_specs
 
 # The names the backbone registers a reducer under (its state_dict_name),
@@ -44,6 +50,13 @@ from .registry import MethodSpec, method_spec, method_specs
 # written so far use these two: keep them.
 STRUCTURES_NAME = 'token_compressors'  # static structures, one per unit
 MERGER_NAME = 'token_merger'  # reducers that merge each image its own way
+
+
+def methods_with_structures() -> str:
+    """The registered methods that have static structures, as a
+    ``method=`` choice in words (for refusals)."""
+    return ' or '.join(f'method={s.name!r}' for s in method_specs()
+                       if s.structures)
 
 
 @runtime_checkable
@@ -77,6 +90,7 @@ class TokenReducer:
     state_dict_name: str = MERGER_NAME
     bypass: bool = False
     trace_source: bool = False
+    trace_counts: bool = False
     # (first, last) blocks of each unit with a static structure
     units: Sequence[Tuple[int, int]] = ()
 
@@ -140,7 +154,7 @@ class TokenReducer:
         a method without :attr:`fixed_shapes` the most each block can run
         on: without an image nothing is known to be merged, so
         ``num_tokens`` everywhere (what images really kept is measured,
-        e.g. ALGM's and MPM's ``last_counts``)."""
+        e.g. ALGM's and MPM's :attr:`last_counts`)."""
         if not self.fixed_shapes:
             return [num_tokens] * num_layers
         raise NotImplementedError
@@ -161,11 +175,10 @@ class TokenReducer:
 
     def set_structures(self, structures: Sequence) -> None:
         """Install one structure per unit (in block order)."""
-        with_structures = [s.name for s in method_specs() if s.structures]
         raise ValueError(
             f'compression method={self.method!r} has no static structures '
             '(it merges each image its own way); set_structures applies '
-            f'to method={" or ".join(map(repr, with_structures))}')
+            f'to {methods_with_structures()}')
 
     # ------------------------------------------------------------ tracing
     @property
@@ -177,3 +190,39 @@ class TokenReducer:
     def record_source(self, i: int, source: Tensor) -> None:
         if self.trace_source:
             self.sources[i] = source.detach()
+
+    @property
+    def counts(self) -> Dict[int, Tensor]:
+        """Block -> (B,) tokens every image kept in it (prefix tokens
+        included), recorded by the last forward pass while
+        ``trace_counts`` is True: what a padded batch really ran on."""
+        return self.__dict__.setdefault('_counts', {})
+
+    @property
+    def last_counts(self) -> Optional[Tensor]:
+        """(B, blocks) the :attr:`counts` in block order, None before a
+        traced forward pass."""
+        counts = self.counts
+        return torch.stack([counts[i] for i in sorted(counts)], dim=1) \
+            if counts else None
+
+    def record_counts(self, i: int, x: Tensor,
+                      valid: Optional[Tensor]) -> None:
+        """Record block ``i``'s tokens ``x`` (B, T, C) per image
+        (``valid`` (B, T) False at padding; None: none), only while
+        ``trace_counts`` is set (a count per block would put a graph break
+        into every compiled forward)."""
+        if self.trace_counts:
+            self.counts[i] = (torch.full(x.shape[:1], x.shape[1],
+                                         device=x.device)
+                              if valid is None else valid.sum(dim=1)).detach()
+
+
+class SourceMapReducer(TokenReducer):
+    """A reducer whose state carries the source map (``state.source``,
+    (B, T0): the current token of every original one): its full grid is
+    one gather (ToMe, MSTM, ALGM, MPM)."""
+
+    def full_grid(self, i: int, x: Tensor, state: Any) -> Tensor:
+        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
+        return gather_tokens(x, state.source)

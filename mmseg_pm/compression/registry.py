@@ -1,15 +1,17 @@
 """One description per compression method, and the registry of them.
 
-Every method declares a :class:`MethodSpec` next to its reducer (merge.py,
-tome.py, mstm.py, algm.py, hourglass.py, mpm.py) and is registered with its config class in config.py
-(``@register(SPEC)`` on the class). Everything outside ``compression/``
+Every method module (merge.py, mstm.py, tome.py, hourglass.py, algm.py,
+mpm.py) declares its reducer, its config class and its :class:`MethodSpec`
+and registers the spec (``register(SPEC)``); the package's ``__init__``
+imports every method module, so every method is registered before anything
+asks. This module imports none of them. Everything outside ``compression/``
 asks the registry (:func:`method_spec`, :func:`method_names`) instead of
 naming a method: the config parser, the study and benchmark knobs, the
 visualiser, the export tool, checkpoint messages
 (tests/test_methods.py holds that no other code names one).
 
-Adding a method therefore touches its own module (reducer, knob, spec), its
-config class and its registration line.
+Adding a method therefore means one module (reducer, config class, knob,
+spec, ``register(SPEC)``) and its line in the package's ``__init__``.
 
 Two flags say how a method's merges relate to the image:
 
@@ -30,7 +32,7 @@ every other method on the counted FLOPs of its model at the knob
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 # What ``compression=dict(...)`` without ``method`` means.
@@ -56,12 +58,41 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class StudyVariant:
+    """One variant of a method in the quality study: its row ``name`` and
+    ``label``, its plot ``marker``, the knob ``options`` it sets (every
+    other one its config class's default) and, for a method with
+    structures, the centre ``placement`` and ``ranking`` (None: the
+    project's default, the mode's default)."""
+
+    name: str
+    label: str
+    marker: str
+    options: Dict[str, object] = field(default_factory=dict)
+    placement: Optional[str] = None
+    ranking: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BenchmarkVariant:
+    """One row of the benchmark's reference method at a keep rate: the
+    ``settings`` it writes into the config's ``compression`` dict, its
+    ``label`` (formatted with ``keep_rate``) and whether the benchmark runs
+    it when no rows are named (``by_default``)."""
+
+    name: str
+    settings: Dict[str, object]
+    label: str
+    by_default: bool = False
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """Everything the tools need to know about one compression method.
 
     ``name``: the ``compression=dict(method=name)`` key; ``label``: its name
     in tables, plots and pictures; ``config``: its config class (parses the
-    dict, builds the reducer; set by :func:`register`).
+    dict, builds the reducer).
 
     The knob: one integer whose FLOPs are monotone in it, what the study
     and the benchmark calibrate to a budget. ``knob`` says in words what it
@@ -82,6 +113,13 @@ class MethodSpec:
     schedule); the study and the benchmark take the nearest setting at any
     distance from a budget and report the GFLOPs it has, instead of
     calling the budget out of reach.
+
+    ``study_variants``: its variants in the quality study (none: one,
+    named and labelled as the method, every option its default).
+    ``benchmark_variants``: its rows in the benchmark when it is the
+    reference the peers are matched to (:data:`DEFAULT_METHOD`), and
+    ``benchmark_fallback(num_layers)`` their ``compression=`` dict for a
+    config that compresses nothing.
     """
 
     name: str
@@ -99,6 +137,15 @@ class MethodSpec:
     picture_note: str = ''
     discrete: bool = False
     config: Optional[type] = None
+    study_variants: Tuple[StudyVariant, ...] = ()
+    benchmark_variants: Tuple[BenchmarkVariant, ...] = ()
+    benchmark_fallback: Optional[Callable[[int], dict]] = None
+
+    def study_rows(self) -> Tuple[StudyVariant, ...]:
+        """Its study variants (one named as the method if it lists
+        none)."""
+        return self.study_variants or (StudyVariant(self.name, self.label,
+                                                    self.marker), )
 
     def __post_init__(self):
         if self.exports and not self.fixed_shapes:
@@ -123,23 +170,27 @@ class MethodSpec:
 _METHODS: Dict[str, MethodSpec] = {}
 
 
-def register(spec: MethodSpec):
-    """Class decorator for a method's config class: registers ``spec`` with
-    it (the class gets ``method = spec.name``)."""
+def register(spec: MethodSpec) -> MethodSpec:
+    """Register ``spec`` as it is (its config class gets ``method =
+    spec.name``); a second spec under the same name is refused."""
+    if spec.config is None:
+        raise ValueError(f'{spec.name}: a method is registered with its '
+                         'config class (MethodSpec.config)')
+    if spec.name in _METHODS and _METHODS[spec.name] is not spec:
+        raise ValueError(f'compression method {spec.name!r} is '
+                         'registered twice')
+    spec.config.method = spec.name
+    _METHODS[spec.name] = spec
+    return spec
 
-    def decorate(config: type) -> type:
-        if spec.name in _METHODS and _METHODS[spec.name].config is not config:
-            raise ValueError(f'compression method {spec.name!r} is '
-                             'registered twice')
-        config.method = spec.name
-        _METHODS[spec.name] = dataclasses.replace(spec, config=config)
-        return config
 
-    return decorate
+def unregister(name: str) -> None:
+    """Forget method ``name`` (a test's own method, once the test is
+    done)."""
+    del _METHODS[name]
 
 
 def _registered() -> Dict[str, MethodSpec]:
-    from . import config  # noqa: F401  (registers every method)
     return _METHODS
 
 
@@ -168,13 +219,22 @@ def peer_specs() -> List[MethodSpec]:
 
 
 # ------------------------------------------------ shared knob pieces
-def compressible_blocks(num_layers: int) -> List[int]:
-    """The blocks the knobs may compress: all but block 0 (the released
-    Segmenter configs likewise leave the first blocks dense)."""
+# The one home of "which blocks are compressed": every block from
+# FIRST_COMPRESSED_BLOCK on, for the knobs of every method (the released
+# Segmenter configs likewise leave their first blocks dense); a study
+# variant or a benchmark row that differs says its first block
+# (merge.py: first_block=0, BENCHMARK_FIRST_BLOCK).
+FIRST_COMPRESSED_BLOCK = 1
+
+
+def compressible_blocks(num_layers: int,
+                        first_block: int = FIRST_COMPRESSED_BLOCK
+                        ) -> List[int]:
+    """The blocks compressed: ``first_block`` to the last."""
     if num_layers < 2:
         raise ValueError(f'the study needs at least 2 blocks, got '
                          f'{num_layers}')
-    return list(range(1, num_layers))
+    return list(range(first_block, num_layers))
 
 
 def keep_rate_for(count: int, num_tokens: int) -> float:
@@ -192,9 +252,10 @@ def no_options(name: str, options: dict) -> None:
                          f'{sorted(options)}')
 
 
-__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'register',
+__all__ = ['DEFAULT_METHOD', 'MethodSpec', 'ModelShape', 'StudyVariant',
+           'BenchmarkVariant', 'register', 'unregister',
            'method_names', 'method_specs', 'method_spec', 'peer_specs',
-           'compressible_blocks', 'keep_rate_for', 'no_options',
+           'FIRST_COMPRESSED_BLOCK', 'compressible_blocks', 'keep_rate_for', 'no_options',
            'config_default']
 
 

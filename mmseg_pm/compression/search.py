@@ -34,14 +34,12 @@ decides *where* they go (the pruned tokens are the ranking's in every case):
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-import torch.nn.functional as F
-
-from .config import PMConfig
 from .structure import (PLACEMENTS, CompressionStructure, StructureRecipe,
                         build_structure)
 
@@ -184,8 +182,21 @@ def check_scores(scores: Tensor, num_layers: int, num_tokens: int) -> None:
         raise ValueError('scores must be finite and non-negative')
 
 
+class StructureSettings(Protocol):
+    """What a search reads of a Prune-and-Merge config (``merge.PMConfig``;
+    named by its fields so that the search depends on no method)."""
+
+    units: Sequence[Tuple[int, int]]
+    keep_rate: float
+    prune_rate: float
+    rule: str
+
+    def validate(self) -> None:
+        """Refuse settings out of range."""
+
+
 def search_structures(scores: Tensor,
-                      config: PMConfig,
+                      config: StructureSettings,
                       grid: Tuple[int, int],
                       ranking: str = 'global',
                       placement: str = DEFAULT_PLACEMENT,

@@ -132,13 +132,6 @@ class CompressionStructure:
                              f'{self.grid}, got '
                              f'{tuple(self.recipe.scores.shape)}')
 
-    def merge_matrix(self) -> Tensor:
-        """Dense (K, N) merge matrix, the authors' formulation."""
-        m = torch.zeros(self.num_groups, self.num_tokens)
-        kept = torch.nonzero(~self.pruned).flatten()
-        m[self.group[kept], kept] = self.weight[kept]
-        return m
-
     def tokens_per_group(self) -> Tensor:
         kept = self.group[~self.pruned]
         return torch.bincount(kept, minlength=self.num_groups)

@@ -16,65 +16,35 @@ class token never merged. Token sizes then enter every later attention as a
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import ClassVar, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ops import merge_tokens
-from .reducer import TokenReducer
+from mmseg_pm.utils.errors import UsageError
+
+from .config import check_keys, check_layers, per_layer
+from .ops import cosine_similarity, initial_source, key_metric, merge_tokens
+from .reducer import SourceMapReducer
 from .registry import (SORTS_PER_IMAGE, SOURCE_MAP_NOTE, MethodSpec,
-                       ModelShape, no_options)
+                       ModelShape, no_options, register)
 
 
-def key_metric(k: Tensor) -> Tensor:
-    """(B, heads, T, d) keys -> (B, T, d): what token similarity is
-    measured on (ToMe's choice: the keys averaged over heads)."""
-    return k.mean(dim=1)
-
-
-def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """Per image, ``x[b, index[b]]``: (B, T, C) and (B, M) -> (B, M, C)."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def full_precision():
-    """Autocast off (on every device type): what runs inside computes in the
-    dtype of its operands."""
-    return torch.autocast('cuda', enabled=False), torch.autocast(
-        'cpu', enabled=False)
-
-
-def initial_source(x: Tensor) -> Tensor:
-    """The source map before any merge: every token holds itself."""
-    b, t, _ = x.shape
-    return torch.arange(t, device=x.device).expand(b, t)
-
-
-def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """(..., M, d) x (..., N, d) -> (..., M, N) cosine similarities, in
-    fp32 with autocast off: which tokens merge must not hinge on bf16/fp16
-    rounding (the product is a matmul, so torch's FLOP counter counts it)."""
-    with torch.autocast(a.device.type, enabled=False):
-        a = F.normalize(a.float(), dim=-1)
-        b = F.normalize(b.float(), dim=-1)
-        return a @ b.transpose(-1, -2)
-
-
-def bipartite_scores(metric: Tensor, protect_first: bool = True,
+def bipartite_scores(metric: Tensor, num_prefix: int = 1,
                      valid: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """ToMe's edges: tokens 0, 2, 4, ... form set A and 1, 3, 5, ... set B;
     each A token's best edge goes to its most similar B token (cosine).
 
     ``metric`` (B, T, d); ``valid`` (B, T) False at padding (a batch whose
     images hold different numbers of tokens): padding has no edge (-inf)
-    and is never an edge's end. ``protect_first`` gives token 0 (the class
-    token) no edge. Returns the best score and its B index, (B, |A|) each.
+    and is never an edge's end. A prefix token (``num_prefix`` 0 or 1: the
+    class token, token 0) has no edge. Returns the best score and its B
+    index, (B, |A|) each.
     """
     with torch.no_grad():
         scores = cosine_similarity(metric[:, ::2], metric[:, 1::2])
-        if protect_first:
+        if num_prefix:
             scores[:, 0] = -torch.inf
         if valid is not None:
             scores = scores.masked_fill(~valid[:, None, 1::2], -torch.inf)
@@ -119,43 +89,43 @@ def bipartite_assign(best: Tensor, match: Tensor, r: Tensor,
 
 
 def bipartite_soft_matching(metric: Tensor, r: int,
-                            protect_first: bool = True) -> Tuple[Tensor, int]:
+                            num_prefix: int = 1) -> Tuple[Tensor, int]:
     """ToMe's matching: the slot of each token after merging ``r`` of them
     (the ``r`` A tokens with the most similar edges, see
     :func:`bipartite_scores` and :func:`bipartite_assign`) in every image.
     Returns (assign (B, T), number of slots T - r)."""
     b, t, _ = metric.shape
-    best, match = bipartite_scores(metric, protect_first)
+    best, match = bipartite_scores(metric, num_prefix)
     full = torch.full((b, ), t, device=metric.device)
     assign, _ = bipartite_assign(best, match, torch.full_like(full, r), full,
                                  t)
     return assign, t - r
 
 
-def tome_merges(num_tokens: int, r: int, protect_first: bool) -> int:
+def tome_merges(num_tokens: int, r: int, num_prefix: int) -> int:
     """``r`` capped at what bipartite matching can merge: half the
     mergeable tokens (ToMe's cap)."""
-    return max(0, min(r, (num_tokens - int(protect_first)) // 2))
+    return max(0, min(r, (num_tokens - num_prefix) // 2))
 
 
 def capped_merges(rs: List[int], num_tokens: int,
-                  protect_first: bool = True) -> List[int]:
+                  num_prefix: int = 1) -> List[int]:
     """The ``r`` each consecutive block really merges (see
     :func:`tome_merges`) for ``num_tokens`` input tokens."""
     capped = []
     for r in rs:
-        capped.append(tome_merges(num_tokens, r, protect_first))
+        capped.append(tome_merges(num_tokens, r, num_prefix))
         num_tokens -= capped[-1]
     return capped
 
 
 def check_tome_merges(merges: Dict[int, int], num_tokens: int,
-                      protect_first: bool, where: str = '') -> None:
+                      num_prefix: int, where: str = '') -> None:
     """Refuse an ``r`` larger than what bipartite matching can merge in its
     block (half the mergeable tokens the block has, after the merges of
     the blocks before it), for ``num_tokens`` input tokens."""
     for block in sorted(merges):
-        cap = tome_merges(num_tokens, num_tokens, protect_first)
+        cap = tome_merges(num_tokens, num_tokens, num_prefix)
         if merges[block] > cap:
             raise ValueError(
                 f'ToMe r={merges[block]} at block {block}: the block has '
@@ -169,9 +139,9 @@ class ToMeState(NamedTuple):
     size: Optional[Tensor]  # (B, T) original tokens per current token
 
 
-class ToMe(nn.Module, TokenReducer):
-    """ToMe in the backbone: the blocks of ``merges`` merge ``r`` tokens each
-    between their attention and their MLP; every block after a merge uses
+class ToMe(nn.Module, SourceMapReducer):
+    """ToMe in the backbone: each block of ``r`` merges ``r[block]`` tokens
+    between its attention and its MLP; every block after a merge uses
     proportional attention. No parameters.
 
     A :class:`TokenReducer` (the backbone drives it through that interface).
@@ -179,10 +149,10 @@ class ToMe(nn.Module, TokenReducer):
 
     method = 'tome'
 
-    def __init__(self, merges: Dict[int, int], class_token: bool = True):
+    def __init__(self, r: Dict[int, int], num_prefix: int = 1):
         super().__init__()
-        self.merges = dict(sorted(merges.items()))
-        self.class_token = class_token
+        self.r = dict(sorted(r.items()))
+        self.num_prefix = num_prefix
 
     def start(self, x: Tensor, hw: Tuple[int, int]) -> ToMeState:
         return ToMeState(initial_source(x), None)
@@ -193,13 +163,13 @@ class ToMe(nn.Module, TokenReducer):
         bias = None
         if state.size is not None:  # proportional attention
             bias = state.size.log()[:, None, None, :]
-        r = tome_merges(x.shape[1], self.merges.get(i, 0), self.class_token)
+        r = tome_merges(x.shape[1], self.r.get(i, 0), self.num_prefix)
         if r == 0:
             self.record_source(i, state.source)
             return layer(x, bias), state
         x, _, k = layer.attention_residual(x, bias)
         assign, num_slots = bipartite_soft_matching(key_metric(k), r,
-                                                    self.class_token)
+                                                    self.num_prefix)
         size = state.size if state.size is not None else x.new_ones(
             x.shape[:2])
         x, size = merge_tokens(x, assign, size, num_slots)
@@ -207,12 +177,8 @@ class ToMe(nn.Module, TokenReducer):
         self.record_source(i, source)
         return layer.mlp_residual(x), ToMeState(source, size)
 
-    def full_grid(self, i: int, x: Tensor, state: ToMeState) -> Tensor:
-        """(B, T, C) current tokens -> (B, T0, C), one per original token."""
-        return gather_tokens(x, state.source)
-
     def merging_blocks(self) -> List[int]:
-        return [i for i, r in self.merges.items() if r > 0]
+        return [i for i, r in self.r.items() if r > 0]
 
     def blocks(self, num_layers: int) -> List[int]:
         merging = self.merging_blocks()
@@ -223,13 +189,45 @@ class ToMe(nn.Module, TokenReducer):
         included, for ``num_tokens`` input tokens."""
         counts = []
         for i in range(num_layers):
-            num_tokens -= tome_merges(num_tokens, self.merges.get(i, 0),
-                                      self.class_token)
+            num_tokens -= tome_merges(num_tokens, self.r.get(i, 0),
+                                      self.num_prefix)
             counts.append(num_tokens)
         return counts
 
     def extra_repr(self) -> str:
-        return f'merges={self.merges}, class_token={self.class_token}'
+        return f'r={self.r}, num_prefix={self.num_prefix}'
+
+
+@dataclass(frozen=True)
+class ToMeConfig:
+    """Token Merging (``method='tome'``): ``r`` maps each block of
+    ``layers`` (default: every block) to the number of tokens it merges
+    away (the key ``r`` may be one int or one per layer)."""
+
+    method: ClassVar[str]  # set by register()
+    r: Dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, cfg: dict, num_layers: int) -> 'ToMeConfig':
+        cfg = dict(cfg)
+        check_keys(cfg, {'method', 'layers', 'r'}, 'tome')
+        if 'r' not in cfg:
+            raise UsageError("method='tome' needs r= (tokens merged per "
+                             'block: an int, or a list with one per layer)')
+        given = cfg.get('layers', list(range(num_layers)))
+        layers = check_layers(given, num_layers, 'layers')
+        rs = per_layer(cfg['r'], list(given), 'r')
+        for r in rs:
+            if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+                raise UsageError(f'r must be a non-negative int, got {r!r}')
+        merges = dict(zip((int(i) for i in given), rs))
+        return cls(r={i: merges[i] for i in layers})
+
+    def build_reducer(self, grid: Tuple[int, int], embed_dims: int,
+                      num_prefix: int, img_size) -> ToMe:
+        check_tome_merges(self.r, grid[0] * grid[1] + num_prefix,
+                          num_prefix, f' (the tokens of img_size={img_size})')
+        return ToMe(self.r, num_prefix)
 
 
 # ---------------------------------------------------------------- knob
@@ -273,4 +271,6 @@ SPEC = MethodSpec(
     exports=False,
     no_export=SORTS_PER_IMAGE,
     marker='v',
-    picture_note=SOURCE_MAP_NOTE)
+    picture_note=SOURCE_MAP_NOTE,
+    config=ToMeConfig)
+register(SPEC)

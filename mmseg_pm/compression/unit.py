@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmseg_pm.utils.errors import UsageError
+
 from .content import (AssignmentPlan, CandidateTables, MemberTables,
                       assign_rows, assignment_plan, candidate_tables,
                       candidate_windows, possible_members,
@@ -90,6 +92,32 @@ class UnitPlan(NamedTuple):
     rows: Tensor  # (B * T,)
     offsets: Tensor  # (B, 1): b * S
     assignment: Optional[AssignmentPlan]
+
+
+def check_unit_settings(impl: str, reconstruct: str, assign: str,
+                        neighbourhood: int) -> None:
+    """The one check of a unit's settings (its config parses them, a unit
+    built directly gets the same answer): each a known choice, the
+    neighbourhood an odd int >= 1."""
+    if impl not in IMPLS:
+        raise UsageError(f'impl must be one of {IMPLS}, got {impl!r}')
+    if assign not in ASSIGNS:
+        raise UsageError(
+            f'assign must be one of {ASSIGNS}, got {assign!r} '
+            "('content': per image, each token joins the most similar "
+            "centre near it; 'static': the structure's windows, for "
+            'checkpoints made before content-aware windows)')
+    if (isinstance(neighbourhood, bool) or not isinstance(neighbourhood, int)
+            or neighbourhood < 1 or neighbourhood % 2 == 0):
+        raise UsageError(
+            'neighbourhood must be an odd int >= 1 (the k x k tokens '
+            f'whose windows a token may join), got {neighbourhood!r}')
+    if reconstruct not in RECONSTRUCTS:
+        raise UsageError(
+            f'reconstruct must be one of {RECONSTRUCTS}, got '
+            f"{reconstruct!r} ('residual': every token keeps its "
+            "value and gets its window's update, the project default; "
+            "'pinv': the authors' pseudo-inverse, for their checkpoints)")
 
 
 def _normal_tensors():
@@ -171,15 +199,10 @@ class TokenCompressor(nn.Module):
                  assign: str = DEFAULT_ASSIGN,
                  neighbourhood: int = DEFAULT_NEIGHBOURHOOD):
         super().__init__()
-        for name, value, known in (('merge impl', impl, IMPLS),
-                                   ('reconstruct', reconstruct, RECONSTRUCTS),
-                                   ('assign', assign, ASSIGNS)):
-            if value not in known:
-                raise ValueError(f'unknown {name} {value!r}; use one of '
-                                 f'{known}')
+        check_unit_settings(impl, reconstruct, assign, neighbourhood)
         self.impl = impl
         self.assign = assign
-        self.neighbourhood = int(neighbourhood)
+        self.neighbourhood = neighbourhood
         # A plain attribute (reading the buffer would break torch.compile
         # graphs); loading refuses checkpoints of the other mode.
         self.reconstruct_mode = reconstruct

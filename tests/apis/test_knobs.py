@@ -36,7 +36,7 @@ def test_knobs_mean_what_they_say():
 
 
 @pytest.mark.parametrize('options, message', [
-    (dict(first_block=2), 'first_block must be 0 or 1'),
+    (dict(first_block=2), r'first_block must be one of \(0, 1\)'),
     (dict(first_block=0, mode='span'), "option of mode 'layer'")])
 def test_pm_knob_refuses_a_layout_it_cannot_build(options, message):
     from mmseg_pm.compression.registry import ModelShape, method_spec

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mmseg_pm.compression.mstm import class_attention, crucial_token_matching
-from mmseg_pm.compression.tome import (bipartite_soft_matching,
-                                       cosine_similarity, merge_tokens)
+from mmseg_pm.compression.ops import cosine_similarity, merge_tokens
+from mmseg_pm.compression.tome import bipartite_soft_matching
 
 
 def keys(seed=0, b=4, t=65, d=64):

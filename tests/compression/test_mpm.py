@@ -161,7 +161,7 @@ def test_successive_insertions_equal_the_authors_rule(seed):
     cls = torch.randn(1, 8)
     x = torch.cat((cls, patches))[None]
     reducer = MPM(layers)
-    reducer.trace_source = True
+    reducer.trace_source = reducer.trace_counts = True
     state = reducer.start(x, (5, 6))
     tokens, groups = list(patches), [[i] for i in range(n)]
     uneven, counts = False, []
@@ -212,7 +212,7 @@ def test_dense_block_and_class_token():
     state = reducer.start(x, (2, 5))
     out, _ = reducer.dense_block(0, Identity(), x, state)  # the bypass
     assert torch.equal(out, x)
-    no_cls = MPM((0, ), class_token=False)
+    no_cls = MPM((0, ), num_prefix=0)
     out, state = no_cls.run_block(0, Identity(), x, no_cls.start(x, (1, 11)))
     assert out.shape[1] < 11 and state.source.max() == out.shape[1] - 1
     assert no_cls.merging_blocks() == [0] and no_cls.blocks(3) == [0, 1, 2]

@@ -43,7 +43,10 @@ def test_each_description_matches_its_config_class(name):
 def test_a_method_is_registered_once_and_must_say_why_it_does_not_export():
     spec = method_spec(DEFAULT_METHOD)
     with pytest.raises(ValueError, match='registered twice'):
-        register(spec)(type('Other', (), {}))
+        register(dataclasses.replace(spec, config=type('Other', (), {})))
+    with pytest.raises(ValueError, match='config class'):
+        register(dataclasses.replace(spec, name='unconfigured', config=None))
+    assert register(spec) is spec  # the same spec again is no second one
     with pytest.raises(ValueError, match='no_export'):
         dataclasses.replace(spec, exports=False, no_export='')
     with pytest.raises(ValueError, match='cannot export'):

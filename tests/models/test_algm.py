@@ -114,7 +114,7 @@ def test_local_merge_equals_the_authors_formula(seed):
     x = clustered_features(hw, num_similar=3 + seed, seed=seed)
     tokens, sizes, source = reference_local(x, hw, threshold=0.6)
     assert 1 <= (sizes == 4).sum() < 6  # some windows merge, not all
-    reducer = ALGM(local_block=0, global_block=None, threshold=0.6)
+    reducer = ALGM(local_layer=0, global_layer=None, threshold=0.6)
     state = reducer.start(x[None], hw)
     out, state = reducer.run_block(0, Identity(), x[None], state)
     assert torch.equal(state.size[0], sizes)
@@ -129,7 +129,7 @@ def test_global_merge_equals_the_authors_formula(layer):
     size = torch.randint(1, 5, (1, 23), generator=g).float()
     tokens, sizes, slots, r = reference_global(x[0], size[0], layer)
     assert 0 < r < 11
-    reducer = ALGM(local_block=0, global_block=layer - 1)
+    reducer = ALGM(local_layer=0, global_layer=layer - 1)
     state = ALGMState(torch.arange(23)[None], size, (1, 22))
     out, state = reducer.run_block(layer - 1, Identity(), x, state)
     assert out.shape == (1, 23 - r, 8)
@@ -145,7 +145,7 @@ def test_padding_never_enters_the_global_merge():
     size = torch.ones(2, 23)
     size[0, 17:] = 0  # image 0 has 17 tokens, then padding
     x[0, 17:] = 0
-    reducer = ALGM(local_block=0, global_block=2)
+    reducer = ALGM(local_layer=0, global_layer=2)
     state = ALGMState(torch.arange(17).expand(2, -1), size, (1, 16))
     out, batched = reducer.run_block(2, Identity(), x, state)
     alone = ALGMState(torch.arange(17)[None], size[:1, :17], (1, 16))
@@ -162,6 +162,7 @@ def test_padding_never_enters_the_global_merge():
 def algm_from(dense, compression, **kwargs):
     model = tiny_pm(compression=compression, **kwargs)
     model.load_state_dict(dense.state_dict(), strict=True)
+    model.reducer.trace_counts = True  # the tests read last_counts
     return model
 
 
@@ -245,6 +246,7 @@ def test_bf16_autocast_matches_fp32():
         CONFIGS / 'synthetic' /
         'algm-segmenter_vit-tiny_mask_synthetic-ade-64x64.py')).eval()
     reducer = model.backbone.reducer
+    reducer.trace_counts = True
     x = varied_images(4, (64, 64))
     with torch.inference_mode():
         ref = model(x, mode='tensor')

@@ -8,7 +8,8 @@ from mmseg.registry import MODELS
 from mmseg.models.backbones import VisionTransformer
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.compression.config import HourglassConfig, parse_compression
+from mmseg_pm.compression.config import parse_compression
+from mmseg_pm.compression.hourglass import HourglassConfig
 from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import (CONFIGS, DENSE_TINY, TINY, build_from_config, randomise,
                            tiny_pm, token_counts)

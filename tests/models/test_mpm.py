@@ -8,8 +8,8 @@ from mmengine.config import Config
 from mmseg.models.backbones import VisionTransformer
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.compression.config import MPMConfig, parse_compression
-from mmseg_pm.compression.mpm import MPM
+from mmseg_pm.compression.config import parse_compression
+from mmseg_pm.compression.mpm import MPM, MPMConfig
 from mmseg_pm.models import PMVisionTransformer
 from tests.compression.test_mpm import (reference_full_grid,
                                         reference_insertion)
@@ -60,6 +60,7 @@ def peer_and_mpm(layers, with_cls_token=True, size=SIZE, out_indices=ALL):
     model = PMVisionTransformer(**cfg, compression=dict(
         method='mpm', layers=layers)).eval()
     model.load_state_dict(peer.state_dict(), strict=True)
+    model.reducer.trace_counts = True  # the tests read last_counts
     return peer, model
 
 
@@ -134,6 +135,7 @@ def test_bf16_autocast_runs_on_a_padded_batch():
     are masked: finite logits close to fp32's."""
     model = randomise(build_from_config(MPM_TINY)).eval()
     reducer = model.backbone.reducer
+    reducer.trace_counts = True
     x = images(3, (64, 64), seed=3)
     with torch.inference_mode():
         ref = model(x, mode='tensor')
@@ -155,6 +157,7 @@ def test_segmentor_is_the_dense_segmentor_with_the_authors_rule():
     model.load_state_dict(dense.state_dict(), strict=True)
     assert isinstance(model.backbone.reducer, MPM)
     assert model.backbone.reducer.layers == (1, 2)
+    model.backbone.reducer.trace_counts = True
     x = images(2, (64, 64), seed=4)
     with torch.no_grad():
         logits = model(x, mode='tensor')
@@ -179,6 +182,7 @@ def test_flops_count_the_blocks_on_their_tokens_and_the_merges():
 
     model = randomise(tiny_pm(compression=dict(method='mpm',
                                                layers=(1, 2))))
+    model.reducer.trace_counts = True
     x = images(1, (48, 80), seed=5)
     flops = count_flops(model, x)
     counts = model.reducer.last_counts[0].tolist()
@@ -233,7 +237,7 @@ def test_ade20k_configs_take_the_authors_layers(arch):
     parsed = parse_compression(b.compression, b.num_layers)
     assert parsed.layers == (2, 5)
     reducer = parsed.build_reducer((size // 16, size // 16), b.embed_dims,
-                                   True, b.img_size)
+                                   1, b.img_size)
     assert isinstance(reducer, MPM) and reducer.merging_blocks() == [2, 5]
     assert reducer.blocks(b.num_layers) == list(range(2, b.num_layers))
 

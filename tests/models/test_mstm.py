@@ -9,7 +9,7 @@ import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
 from mmseg_pm.compression.mstm import (class_attention, coarse_cells,
                                        crucial_token_matching)
-from mmseg_pm.compression.tome import merge_tokens
+from mmseg_pm.compression.ops import merge_tokens
 from mmseg_pm.models import PMVisionTransformer
 from tests.helpers import (CONFIGS, TINY,
                            assert_each_image_merges_its_own_way,

@@ -5,7 +5,7 @@ content-aware windows alike; without them it does not."""
 import pytest
 import torch
 
-from mmseg_pm.compression.config import PMConfig
+from mmseg_pm.compression.merge import PMConfig
 from mmseg_pm.compression.merge import PruneAndMerge
 from mmseg_pm.compression.structure import build_structure
 from mmseg_pm.models.backbones.pm_vit import TransformerBlock
@@ -68,7 +68,7 @@ def test_the_bias_is_each_images_window_sizes():
 
 def test_the_config_flag_reaches_the_reducer_and_refuses_non_flags():
     cfg = dict(mode='layer', layers=[1, 2], proportional_attention=True)
-    reducer = PMConfig.from_dict(cfg, 4).build_reducer((4, 4), 16, True, 32)
+    reducer = PMConfig.from_dict(cfg, 4).build_reducer((4, 4), 16, 1, 32)
     assert reducer.proportional_attention
     assert not PMConfig.from_dict(dict(mode='layer', layers=[1]), 4
                                   ).proportional_attention

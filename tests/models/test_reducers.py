@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmseg_pm.compression import TokenReducer
+from mmseg_pm.compression.registry import method_spec
 from mmseg_pm.export import compression_method
 from tests.helpers import TINY, pruned_structure, randomise, tiny_pm, \
     token_counts
@@ -26,6 +27,22 @@ def model_with(method):
     return model
 
 
+@pytest.mark.parametrize('method', [m for m in COMPRESSION
+                                    if not method_spec(m).fixed_shapes])
+def test_token_counts_are_recorded_only_when_asked(method):
+    """The methods whose counts follow the image record them per block,
+    a graph break under torch.compile: a forward pass records none unless
+    ``trace_counts`` is set."""
+    model = model_with(method).eval()
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        model(x)
+        assert model.reducer.last_counts is None
+        model.reducer.trace_counts = True
+        model(x)
+    assert model.reducer.last_counts.shape == (2, len(model.layers))
+
+
 @pytest.mark.parametrize('method', list(COMPRESSION))
 def test_reducer_answers_match_what_runs(method):
     model = model_with(method)
@@ -39,6 +56,7 @@ def test_reducer_answers_match_what_runs(method):
     assert reducer.fixed_shapes == (method not in ('algm', 'mpm'))
     assert reducer.per_image_merges
     num_tokens = 16  # class token + 3 x 5
+    reducer.trace_counts = True
     seen = token_counts(model, torch.randn(2, 3, 48, 80))
     per_block = reducer.tokens_per_block(num_tokens, len(model.layers))
     if reducer.fixed_shapes:

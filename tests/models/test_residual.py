@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mmseg_pm.models  # noqa: F401
-from mmseg_pm.compression import (PMConfig, TokenCompressor,
+from mmseg_pm.compression import (PMConfig, TokenCompressor, merge_matrix,
                                   build_structure, grid_cells,
                                   mean_merge_weights, place_centres,
                                   search_structures)
@@ -80,7 +80,7 @@ def test_residual_unit_formula_by_hand(mode):
                 s = model.token_compressors[str(i)].structure()
                 m = torch.zeros(1 + s.num_groups, 16)
                 m[0, 0] = 1  # the class token is its own window
-                m[1:, 1:] = s.merge_matrix()
+                m[1:, 1:] = merge_matrix(s.group, s.weight, s.num_groups)
                 r = m.T.bool().float()  # R~ = 1 on M's support
                 unit = (units[i], current, m @ current, r)
                 y = unit[2]
@@ -195,6 +195,19 @@ def test_unknown_reconstruct_is_refused_naming_the_choices(value):
                        r"\('residual', 'pinv'\)"):
         tiny_pm(compression=dict(mode='layer', layers=[1],
                                  reconstruct=value))
+
+
+@pytest.mark.parametrize('setting, match', [
+    (dict(reconstruct='inverse'), 'reconstruct must be one of'),
+    (dict(impl='fast'), 'impl must be one of'),
+    (dict(neighbourhood=2), 'neighbourhood must be an odd int')])
+def test_a_unit_built_directly_is_refused_as_its_config_is(setting, match):
+    """One check for a unit's settings: the same message whether they come
+    through the config or straight to the unit."""
+    with pytest.raises(ValueError, match=match):
+        TokenCompressor(pruned_structure(), **setting)
+    with pytest.raises(ValueError, match=match):
+        tiny_pm(compression=dict(mode='layer', layers=[1], **setting))
 
 
 # ---------------------------------------------------------------- placement

@@ -7,7 +7,8 @@ from mmseg.registry import MODELS
 
 import mmseg_pm.models  # noqa: F401
 from mmseg_pm.compression.config import parse_compression
-from mmseg_pm.compression.tome import bipartite_soft_matching, merge_tokens
+from mmseg_pm.compression.ops import merge_tokens
+from mmseg_pm.compression.tome import bipartite_soft_matching
 from mmseg_pm.models import PMVisionTransformer
 from mmseg_pm.models.backbones.pm_vit import Attention
 from tests.helpers import (CONFIGS, TINY,
@@ -25,10 +26,10 @@ def tome_from(dense, compression, **kwargs):
 
 
 def test_config_errors():
-    assert parse_compression(dict(method='tome', r=8), 4).merges == \
+    assert parse_compression(dict(method='tome', r=8), 4).r == \
         {0: 8, 1: 8, 2: 8, 3: 8}
     assert parse_compression(dict(method='tome', layers=[3, 1], r=[2, 5]),
-                             4).merges == {1: 5, 3: 2}
+                             4).r == {1: 5, 3: 2}
     for bad, match in [
         (dict(method='tome', layers=[1]), 'needs r='),
         (dict(method='tome', r=-1), 'non-negative int'),
@@ -59,7 +60,7 @@ def test_bipartite_matching_on_a_hand_made_example():
     assert torch.allclose(merged[0, 4], (2 * x[0, 2] + x[0, 5]) / 3)
     assert torch.equal(merged[0, [0, 1, 3]], x[0, [0, 6, 3]])
     # without protection the class token merges into its twin, token 3
-    assign, _ = bipartite_soft_matching(metric, r=1, protect_first=False)
+    assign, _ = bipartite_soft_matching(metric, r=1, num_prefix=0)
     assert assign[0, 0] == assign[0, 3]
 
 
@@ -179,4 +180,4 @@ def test_configs_build_and_run():
     name = 'tome-segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py'
     cfg = Config.fromfile(CONFIGS / 'segmenter' / name)
     parsed = parse_compression(cfg.model.backbone.compression, 12)
-    assert parsed.method == 'tome' and set(parsed.merges.values()) == {48}
+    assert parsed.method == 'tome' and set(parsed.r.values()) == {48}

@@ -144,13 +144,22 @@ def test_a_cached_row_is_keyed_by_its_variants_settings(tmp_path,
     # a default written out is the same setting; another value is not
     variant = METHODS['res-content']
     assert 'neighbourhood' not in variant.options
-    monkeypatch.setitem(METHODS, 'res-content', dataclasses.replace(
+    replace_variant(monkeypatch, dataclasses.replace(
         variant, options=dict(variant.options,
                               neighbourhood=variant.option('neighbourhood'))))
     assert key('res-content') == keys['res-content']
-    monkeypatch.setitem(METHODS, 'res-content', dataclasses.replace(
+    replace_variant(monkeypatch, dataclasses.replace(
         variant, options=dict(variant.options, neighbourhood=5)))
     assert key('res-content') != keys['res-content']
+
+
+def replace_variant(monkeypatch, variant):
+    """The study's variants (read from the registry at every use) with
+    ``variant`` in place of the one of its name, for this test."""
+    from mmseg_pm.apis import knobs
+    every = dict(METHODS)
+    monkeypatch.setattr(knobs, 'study_methods',
+                        lambda: dict(every, **{variant.name: variant}))
 
 
 @pytest.mark.slow  # a whole study run
@@ -205,7 +214,7 @@ def test_one_method_end_to_end(tmp_path, monkeypatch):
     # the variant's settings changed under the same name: its row is
     # computed again, not read from the cache
     variant = METHODS['pm-row']
-    monkeypatch.setitem(METHODS, 'pm-row', dataclasses.replace(
+    replace_variant(monkeypatch, dataclasses.replace(
         variant, options=dict(variant.options, rule='nearest')))
     fourth = study_cli.main(argv)
     reused = {s['stage']: s['reused'] for s in fourth['stages']}

@@ -38,7 +38,8 @@ from torch.nn.modules.utils import _pair
 from mmseg_pm.utils.errors import (UsageAssertionError, UsageError,
                                    UsageTypeError)
 from mmseg_pm.compression.config import build_reducer, parse_compression
-from mmseg_pm.compression.reducer import STRUCTURES_NAME, TokenReducer
+from mmseg_pm.compression.reducer import (STRUCTURES_NAME, TokenReducer,
+                                          methods_with_structures)
 from mmseg_pm.compression.structure import CompressionStructure
 
 
@@ -288,8 +289,8 @@ class PMVisionTransformer(BaseModule):
             ``keep_rate`` of the tokens and no pruning. The structures are
             built for the grid of ``img_size``. ``method=`` another
             registered method selects its reducer instead, with that
-            method's keys (any input size); see
-            mmseg_pm/compression/config.py.
+            method's keys (any input size); see each method's config
+            class in its module of mmseg_pm/compression/.
     """
 
     def __init__(self,
@@ -431,8 +432,8 @@ class PMVisionTransformer(BaseModule):
         """Install one structure per compressed unit (in block order)."""
         if self.reducer is None:
             raise ValueError(
-                "the dense model (compression=None) has no structures; "
-                "set_structures applies to method='pm'")
+                'the dense model (compression=None) has no structures; '
+                f'set_structures applies to {methods_with_structures()}')
         self.reducer.set_structures(structures)
 
     # ------------------------------------------------------------------
