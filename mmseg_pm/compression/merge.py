@@ -42,7 +42,7 @@ def unit_merge_flops(num_tokens: int, num_prefix: int, num_groups: int,
                      embed_dims: int, reconstructs: int, impl: str,
                      reconstruct: str, similarity_pairs: int = 0) -> int:
     """FLOPs of one unit's merge and ``reconstructs`` reconstructions of
-    ``num_tokens`` patch tokens, as :func:`mmseg_pm.utils.count_flops`
+    ``num_tokens`` patch tokens, as :func:`mmseg_pm.utils.flops.count_flops`
     counts them: the sparse segment sum (2 per source element, prefix
     tokens included), the dense formulation's (K x N) and (N x K)
     products; gathers and scales are element-wise (not counted).

@@ -162,7 +162,7 @@ class TokenReducer:
     def merge_flops(self, grid: Tuple[int, int], embed_dims: int,
                     out_indices: Sequence[int]) -> Optional[int]:
         """FLOPs of the merges and reconstructions of one image on a
-        ``grid`` of patch tokens, as :func:`mmseg_pm.utils.count_flops`
+        ``grid`` of patch tokens, as :func:`mmseg_pm.utils.flops.count_flops`
         counts them, with outputs after the blocks ``out_indices``; None
         where there is no formula (the merges depend on the image)."""
         return None
