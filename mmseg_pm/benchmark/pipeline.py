@@ -181,6 +181,7 @@ def export_rows(rows, modules, part: str, settings, onnx_dir: Path,
         onnx_row = dict(copy.deepcopy(row), backend=ONNX,
                         label=row['label'] + ' [onnxruntime]', memory=None,
                         timing={})
+        onnx_row.pop('ops', None)  # counted for PyTorch eager only
         out.append((onnx_row, session))
     return out
 
