@@ -259,8 +259,7 @@ def derive_structure(structure: CompressionStructure,
     taken as a lattice of its centre count."""
     h, w = structure.grid
     gh, gw = int(grid[0]), int(grid[1])
-    recipe = structure.recipe or StructureRecipe(
-        'lattice', 0, torch.ones(h * w))
+    recipe = structure.recipe or StructureRecipe.lattice(h * w)
     n = gh * gw
     ratio = n / structure.num_tokens
     keep = min(n, max(1, round(structure.num_groups * ratio)))

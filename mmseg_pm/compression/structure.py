@@ -47,6 +47,13 @@ class StructureRecipe:
     scores: Tensor
     rule: str = DEFAULT_RULE
 
+    @classmethod
+    def lattice(cls, num_tokens: int) -> 'StructureRecipe':
+        """What a structure without a recipe (converted from the authors'
+        code, or saved before recipes) is taken as: a lattice of its
+        centre count."""
+        return cls('lattice', 0, torch.ones(num_tokens))
+
     def __post_init__(self):
         object.__setattr__(self, 'seed', int(self.seed))
         object.__setattr__(self, 'scores',

@@ -266,8 +266,8 @@ class TokenCompressor(nn.Module):
             reconstruct = (group >= 0).float()
         else:
             merge, reconstruct = weight, reconstruct_weights(group, weight, k)
-        recipe = structure.recipe or StructureRecipe(
-            'lattice', 0, torch.ones(structure.num_tokens))
+        recipe = structure.recipe or StructureRecipe.lattice(
+            structure.num_tokens)
         with torch.no_grad():
             self.recipe_scores.copy_(recipe.scores)
             self.recipe_seed.fill_(recipe.seed)
